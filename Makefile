@@ -1,0 +1,22 @@
+# The two commands the README opens with. Each installs what it needs.
+.PHONY: up test bench-proxy
+
+# The gateway with the shipped policy and the example agents, on
+# 127.0.0.1:3128 (proxy) and 127.0.0.1:9128 (admin). Ctrl-C stops it.
+up:
+	./deploy/local/prereqs.sh build
+	cargo build --release --locked
+	./deploy/local/up.sh
+
+# Formatting, lints and the whole test suite (unit and end to end).
+test:
+	./deploy/local/prereqs.sh build
+	cargo fmt --all -- --check
+	cargo clippy --locked --all-targets -- -D warnings
+	cargo test --locked --workspace
+
+# Direct vs Clawgress vs Squid 5.7, side by side (see BENCHMARKS.md).
+bench-proxy:
+	./deploy/local/prereqs.sh build squid
+	cargo build --release --locked
+	./gateway/bench/proxy_vs_squid.sh

@@ -1,0 +1,173 @@
+//! Checks a whole audit file against its hash chain and names the first bad line.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use super::chain::{self, ChainHash, GENESIS_HASH};
+
+/// Longer lines are refused rather than buffered: real lines are a few KiB, and a
+/// damaged file must not make the verifier allocate without bound.
+pub const MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
+
+/// A file whose chain is intact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Lines read, torn fragments included.
+    pub lines: u64,
+    /// Hash of the last line (64 zeros for an empty file): store it elsewhere to
+    /// detect a later truncation, which no chain can detect on its own.
+    pub last_hash: String,
+    /// 1-based numbers of torn fragments left by a crash that the writer recovered
+    /// from (each run of them is followed by an `audit_chain_resumed` line that
+    /// chains to the line before the run). Not tampering, but worth reporting.
+    pub torn_lines: Vec<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("cannot read {}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("line {line}: {problem}")]
+    BadLine { line: u64, problem: LineProblem },
+}
+
+/// What is wrong with a line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineProblem {
+    #[error("edited: its hash does not match its content")]
+    Edited,
+    #[error(
+        "a line was removed, inserted or reordered: prev_hash does not match the previous line's hash"
+    )]
+    ChainBroken,
+    /// Only the column: a parser message could quote the line's content.
+    #[error("not JSON (column {column})")]
+    NotJson { column: usize },
+    #[error("missing field `{0}`")]
+    MissingField(&'static str),
+    #[error("malformed: {0}")]
+    Malformed(&'static str),
+    #[error("torn last line: the file ends in an incomplete record (a partial write)")]
+    TornLastLine,
+    #[error("longer than {MAX_LINE_BYTES} bytes")]
+    TooLong,
+}
+
+impl LineProblem {
+    /// What a crash mid-write leaves behind. Anything else (a line that parses but
+    /// fails its hash) is never a torn write.
+    pub(crate) fn could_be_torn(&self) -> bool {
+        matches!(
+            self,
+            LineProblem::NotJson { .. } | LineProblem::MissingField(_)
+        )
+    }
+}
+
+/// Reads `path` line by line and checks every link of the chain.
+pub fn verify_file(path: &Path) -> Result<VerifyReport, VerifyError> {
+    let io_error = |source| VerifyError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let file = File::open(path).map_err(io_error)?;
+    match verify_lines(BufReader::new(file)) {
+        Ok(report) => Ok(report),
+        Err(Failure::Io(source)) => Err(io_error(source)),
+        Err(Failure::Line(line, problem)) => Err(VerifyError::BadLine { line, problem }),
+    }
+}
+
+enum Failure {
+    Io(io::Error),
+    Line(u64, LineProblem),
+}
+
+fn verify_lines(mut reader: impl BufRead) -> Result<VerifyReport, Failure> {
+    let mut last: ChainHash = GENESIS_HASH;
+    let mut line_no = 0u64;
+    let mut torn_lines = Vec::new();
+    // Unparseable lines not yet explained by a following resume marker.
+    let mut pending: Vec<(u64, LineProblem)> = Vec::new();
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let terminated = match read_line_capped(&mut reader, &mut buf).map_err(Failure::Io)? {
+            LineRead::Eof => break,
+            LineRead::TooLong => return Err(Failure::Line(line_no + 1, LineProblem::TooLong)),
+            LineRead::Line { terminated } => terminated,
+        };
+        line_no += 1;
+        let content = if terminated {
+            &buf[..buf.len() - 1]
+        } else {
+            &buf[..]
+        };
+        match chain::check_line(content) {
+            Ok(sealed) => {
+                if let Some((first, problem)) = pending.first() {
+                    if !(sealed.is_chain_resumed && sealed.prev_hash == last) {
+                        return Err(Failure::Line(*first, problem.clone()));
+                    }
+                    torn_lines.extend(pending.drain(..).map(|(n, _)| n));
+                }
+                if sealed.prev_hash != last {
+                    return Err(Failure::Line(line_no, LineProblem::ChainBroken));
+                }
+                last = sealed.hash;
+            }
+            Err(problem) if problem.could_be_torn() => pending.push((line_no, problem)),
+            Err(problem) => {
+                let (line, problem) = pending.first().cloned().unwrap_or((line_no, problem));
+                return Err(Failure::Line(line, problem));
+            }
+        }
+    }
+    // Fragments with no resume marker after them: the crash has not been recovered
+    // from (or someone appended junk); either way the tail is not a complete record.
+    if let Some((first, _)) = pending.first() {
+        return Err(Failure::Line(*first, LineProblem::TornLastLine));
+    }
+    Ok(VerifyReport {
+        lines: line_no,
+        last_hash: hex::encode(last),
+        torn_lines,
+    })
+}
+
+enum LineRead {
+    Eof,
+    TooLong,
+    Line { terminated: bool },
+}
+
+/// Like `read_until(b'\n')`, but gives up past [`MAX_LINE_BYTES`].
+fn read_line_capped(reader: &mut impl BufRead, buf: &mut Vec<u8>) -> io::Result<LineRead> {
+    loop {
+        let available = match reader.fill_buf() {
+            Ok(available) => available,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if available.is_empty() {
+            return Ok(if buf.is_empty() {
+                LineRead::Eof
+            } else {
+                LineRead::Line { terminated: false }
+            });
+        }
+        let (take, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (available.len(), false),
+        };
+        if buf.len() + take > MAX_LINE_BYTES + 1 {
+            return Ok(LineRead::TooLong);
+        }
+        buf.extend_from_slice(&available[..take]);
+        reader.consume(take);
+        if done {
+            return Ok(LineRead::Line { terminated: true });
+        }
+    }
+}

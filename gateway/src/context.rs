@@ -1,0 +1,124 @@
+//! The one request context every phase reads and fills in.
+//!
+//! A request is parsed into a [`RequestContext`] once, at the top of the
+//! pipeline; later phases (identify, classify, decide, forward, record) add to
+//! it and never re-parse the request.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use clawgress_policies::matcher::{AllowedBy, Protocol};
+use http::Method;
+
+use crate::audit::RequestId;
+use crate::decision::{Enforcement, Refusal};
+use crate::identity::Identity;
+
+/// Longest path kept for the audit line; a path can be arbitrarily long and
+/// the audit trail must stay bounded.
+const MAX_AUDIT_PATH: usize = 512;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    /// Absolute-form `GET http://host/path`: the gateway sees and forwards
+    /// each request.
+    Forward,
+    /// `CONNECT host:port`: the gateway opens a byte tunnel.
+    Connect,
+}
+
+/// Where the request is going, as the gateway understood and checked it.
+#[derive(Debug, Clone)]
+pub struct Destination {
+    /// Normalized host name, or the IP literal as text.
+    pub host: Arc<str>,
+    pub port: u16,
+    pub protocol: Protocol,
+    /// The path only (no query string: a query can hold secrets).
+    pub path: Option<String>,
+    /// The exact address dialed, after the SSRF check.
+    pub addr: Option<SocketAddr>,
+}
+
+/// How the request ended, for the audit line and the metrics.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The upstream answered (or the tunnel ran); `status` is the upstream's
+    /// status (200 for a tunnel that was set up).
+    Served { status: u16 },
+    /// The gateway answered itself.
+    Refused(Refusal),
+}
+
+#[derive(Debug)]
+pub struct RequestContext {
+    pub request_id: RequestId,
+    pub timestamp: DateTime<Utc>,
+    pub started: Instant,
+    pub client: SocketAddr,
+    pub method: Method,
+    pub kind: RequestKind,
+    pub identity: Option<Arc<Identity>>,
+    pub destination: Option<Destination>,
+    pub allowed_by: Option<AllowedBy>,
+    pub enforcement: Enforcement,
+    /// Report mode let this policy refusal through.
+    pub would_deny: Option<(&'static str, Arc<str>)>,
+    pub trace_id: Option<String>,
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+}
+
+impl RequestContext {
+    pub fn new(client: SocketAddr, method: Method, kind: RequestKind, trace_id: Option<String>) -> Self {
+        RequestContext {
+            request_id: crate::audit::new_request_id(),
+            timestamp: Utc::now(),
+            started: Instant::now(),
+            client,
+            method,
+            kind,
+            identity: None,
+            destination: None,
+            allowed_by: None,
+            enforcement: Enforcement::Enforce,
+            would_deny: None,
+            trace_id,
+            bytes_out: 0,
+            bytes_in: 0,
+        }
+    }
+
+    pub fn destination_host(&self) -> Option<&str> {
+        self.destination.as_ref().map(|d| &*d.host)
+    }
+
+    pub fn destination_ip(&self) -> Option<IpAddr> {
+        self.destination.as_ref().and_then(|d| d.addr).map(|a| a.ip())
+    }
+}
+
+/// Keeps at most [`MAX_AUDIT_PATH`] bytes of a path, cut on a char boundary.
+pub fn audit_path(path: &str) -> String {
+    if path.len() <= MAX_AUDIT_PATH {
+        return path.to_string();
+    }
+    let mut end = MAX_AUDIT_PATH;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    path[..end].to_string()
+}
+
+/// The trace id of a W3C `traceparent` header (`00-<trace>-<span>-<flags>`),
+/// if it is well formed. Anything else is ignored rather than copied into
+/// the audit trail.
+pub fn trace_id_from(traceparent: Option<&http::HeaderValue>) -> Option<String> {
+    let value = traceparent?.to_str().ok()?;
+    let mut parts = value.split('-');
+    let (_version, trace) = (parts.next()?, parts.next()?);
+    (trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit()) && trace != "0".repeat(32))
+        .then(|| trace.to_ascii_lowercase())
+}

@@ -1,0 +1,242 @@
+//! What the gateway decided about one request, and why.
+//!
+//! Every refusal the gateway can produce is a [`Refusal`]; its reason code,
+//! HTTP status and alert flag are defined here and nowhere else, so the
+//! response a client sees, the audit line and the metric labels can never
+//! disagree.
+
+use std::sync::Arc;
+
+use clawgress_policies::matcher::{AllowedBy, DenyReason};
+use http::StatusCode;
+
+use crate::dns::{HostError, ResolveError, RestrictedKind};
+use crate::identity::IdentityError;
+
+/// `enforce` refuses what the policy denies; `report` lets it through and
+/// records a would-deny, so a new policy can be tried on live traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enforcement {
+    Enforce,
+    Report,
+}
+
+impl Enforcement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Enforcement::Enforce => "enforce",
+            Enforcement::Report => "report",
+        }
+    }
+}
+
+/// Why a request was not served (or, in report mode, would not have been).
+#[derive(Debug)]
+pub enum Refusal {
+    /// Missing or bad proxy credentials.
+    Identity(IdentityError),
+    /// A request that is not a usable forward-proxy request.
+    Request(RequestProblem),
+    /// The host could not be parsed, including non-canonical IPv4 literals.
+    MalformedHost(HostError),
+    /// The allowlist, blocklist or block patterns said no.
+    Policy { reason: DenyReason, policy_id: Arc<str> },
+    /// The destination address is private and nothing explicitly allowed it.
+    PrivateAddress(RestrictedKind),
+    /// The name could not be resolved.
+    Dns(ResolveError),
+    /// The upstream could not be reached or broke the exchange.
+    Upstream(UpstreamFailure),
+    /// No place in the audit queue: serving would leave no record.
+    AuditUnavailable,
+}
+
+/// Shapes of request the proxy refuses before looking at identity or policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestProblem {
+    /// An origin-form request (`GET /path`): the client talked to the proxy as
+    /// if it were the origin. Answering it would loop back into ourselves.
+    NotProxyRequest,
+    /// Absolute-form with a scheme other than `http` (https goes via CONNECT).
+    UnsupportedScheme,
+    /// A CONNECT or absolute URI without a usable host and port.
+    MissingAuthority,
+    /// The request already passed through this gateway.
+    ProxyLoop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    ConnectFailed,
+    ConnectTimeout,
+    ResponseTimeout,
+    Reset,
+}
+
+impl Refusal {
+    /// The stable reason code users script against. Changing one is a
+    /// breaking change of the public contract.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Identity(e) => e.reason(),
+            Refusal::Request(RequestProblem::NotProxyRequest) => "not_a_proxy_request",
+            Refusal::Request(RequestProblem::UnsupportedScheme) => "unsupported_url_scheme",
+            Refusal::Request(RequestProblem::MissingAuthority) => "malformed_host",
+            Refusal::Request(RequestProblem::ProxyLoop) => "proxy_loop",
+            Refusal::MalformedHost(_) => "malformed_host",
+            Refusal::Policy { reason, .. } => reason.as_str(),
+            Refusal::PrivateAddress(_) => "private_address",
+            Refusal::Dns(ResolveError::NotFound { .. }) => "dns_not_found",
+            Refusal::Dns(_) => "dns_failure",
+            Refusal::Upstream(UpstreamFailure::ConnectFailed) => "upstream_connect_failed",
+            Refusal::Upstream(UpstreamFailure::ConnectTimeout) => "upstream_connect_timeout",
+            Refusal::Upstream(UpstreamFailure::ResponseTimeout) => "upstream_timeout",
+            Refusal::Upstream(UpstreamFailure::Reset) => "upstream_reset",
+            Refusal::AuditUnavailable => "audit_unavailable",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refusal::Identity(_) => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            Refusal::Request(RequestProblem::ProxyLoop) => StatusCode::LOOP_DETECTED,
+            Refusal::Request(_) | Refusal::MalformedHost(_) => StatusCode::BAD_REQUEST,
+            Refusal::Policy { .. } | Refusal::PrivateAddress(_) => StatusCode::FORBIDDEN,
+            Refusal::Dns(_) => StatusCode::BAD_GATEWAY,
+            Refusal::Upstream(UpstreamFailure::ConnectTimeout | UpstreamFailure::ResponseTimeout) => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            Refusal::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Refusal::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The policy id reported with the refusal: the rule that decided, or the
+    /// built-in check that did.
+    pub fn policy_id(&self) -> Arc<str> {
+        match self {
+            Refusal::Policy { policy_id, .. } => policy_id.clone(),
+            Refusal::PrivateAddress(_) => Arc::from("ssrf.private_address"),
+            Refusal::Identity(_) => Arc::from("identity"),
+            Refusal::MalformedHost(_) | Refusal::Request(_) => Arc::from("request"),
+            Refusal::Dns(_) => Arc::from("dns"),
+            Refusal::Upstream(_) => Arc::from("upstream"),
+            Refusal::AuditUnavailable => Arc::from("audit"),
+        }
+    }
+
+    /// Whether the audit line raises an alert (seed §8.2: a request to a
+    /// blocked destination is worth a look; a missing credential is not).
+    pub fn alert(&self) -> bool {
+        matches!(
+            self,
+            Refusal::Policy { .. } | Refusal::PrivateAddress(_) | Refusal::MalformedHost(_) | Refusal::AuditUnavailable
+        )
+    }
+
+    /// A policy refusal is the only kind that report mode lets through.
+    pub fn is_policy(&self) -> bool {
+        matches!(self, Refusal::Policy { .. } | Refusal::PrivateAddress(_))
+    }
+
+    /// A human sentence for the response body. Never contains a credential
+    /// or anything from the request body.
+    pub fn detail(&self) -> String {
+        match self {
+            Refusal::Identity(e) => format!(
+                "{e}. Send Proxy-Authorization: Basic base64(agent_id:api_key) or Bearer <JWT>."
+            ),
+            Refusal::Request(RequestProblem::NotProxyRequest) => {
+                "this is a forward proxy: send absolute-form requests (GET http://host/path) or CONNECT host:port"
+                    .to_string()
+            }
+            Refusal::Request(RequestProblem::UnsupportedScheme) => {
+                "only http:// URLs can be forwarded in absolute form; use CONNECT for https".to_string()
+            }
+            Refusal::Request(RequestProblem::MissingAuthority) => {
+                "the request target has no host and port".to_string()
+            }
+            Refusal::Request(RequestProblem::ProxyLoop) => {
+                "the request already passed through this gateway (Via header)".to_string()
+            }
+            Refusal::MalformedHost(e) => e.to_string(),
+            Refusal::Policy { reason, .. } => match reason {
+                DenyReason::DomainNotInAllowlist => "the destination is not in the allowlist".to_string(),
+                DenyReason::BlockedPattern => "the destination matches a blocked DNS pattern".to_string(),
+                DenyReason::Blocklisted => "the destination is on the project blocklist".to_string(),
+                DenyReason::PortNotAllowed => "the allowlist entry does not allow this port".to_string(),
+                DenyReason::ProtocolNotAllowed => {
+                    "the allowlist entry does not allow this protocol".to_string()
+                }
+                DenyReason::RoleNotAllowed => "the allowlist entry is not open to this agent's role".to_string(),
+            },
+            Refusal::PrivateAddress(kind) => format!(
+                "the destination resolves to a {} address; allow it explicitly with a rule for localhost, \
+                 allow_private: true, or dns.static_hosts",
+                kind.as_str()
+            ),
+            Refusal::Dns(e) => e.to_string(),
+            Refusal::Upstream(f) => match f {
+                UpstreamFailure::ConnectFailed => "could not connect to the upstream".to_string(),
+                UpstreamFailure::ConnectTimeout => "connecting to the upstream timed out".to_string(),
+                UpstreamFailure::ResponseTimeout => "the upstream did not answer in time".to_string(),
+                UpstreamFailure::Reset => "the upstream closed the connection".to_string(),
+            },
+            Refusal::AuditUnavailable => {
+                "the audit trail cannot take another record; the gateway fails closed".to_string()
+            }
+        }
+    }
+}
+
+/// The outcome of the decide phase for a request that may proceed.
+#[derive(Debug, Clone)]
+pub struct Permit {
+    pub allowed_by: Option<AllowedBy>,
+    /// Set when report mode let a policy refusal through.
+    pub would_deny: Option<(&'static str, Arc<str>)>,
+}
+
+/// Every reason code the gateway can produce, for bounded metric labels.
+/// A unit test checks that each refusal's code is in here.
+pub const ALL_REASONS: &[&str] = &[
+    // identity (407)
+    "missing_credentials",
+    "malformed_credentials",
+    "unsupported_scheme",
+    "unknown_agent",
+    "bad_api_key",
+    "agent_disabled",
+    "jwt_not_configured",
+    "invalid_token",
+    "token_expired",
+    "token_not_yet_valid",
+    "wrong_issuer",
+    "wrong_audience",
+    "unknown_signing_key",
+    "missing_claim",
+    "invalid_claim",
+    "claim_conflict",
+    // request shape (400, 508)
+    "not_a_proxy_request",
+    "unsupported_url_scheme",
+    "malformed_host",
+    "proxy_loop",
+    // policy (403)
+    "domain_not_in_allowlist",
+    "blocked_pattern",
+    "blocklisted",
+    "port_not_allowed",
+    "protocol_not_allowed",
+    "role_not_allowed",
+    "private_address",
+    // dns and upstream (502, 504)
+    "dns_not_found",
+    "dns_failure",
+    "upstream_connect_failed",
+    "upstream_connect_timeout",
+    "upstream_timeout",
+    "upstream_reset",
+    // audit (503)
+    "audit_unavailable",
+];

@@ -1,0 +1,173 @@
+//! Who is asking: turns a `Proxy-Authorization` header into a canonical agent [`Identity`].
+//!
+//! Two credential forms are accepted, as the proxy contract says:
+//! - `Basic base64(agent_id:api_key)`, checked against the SHA-256 digests in the agents file;
+//! - `Bearer <JWT>` (HS*/RS*/PS*/ES*/EdDSA), checked against the keys in the agents file's `jwt`
+//!   section, with `iss`, `aud`, `exp` and `nbf` enforced.
+//!
+//! The [`IdentityResolver`] is built once from the agents file and is immutable afterwards; a
+//! reload builds a new one and swaps the `Arc`. Every failure is an [`IdentityError`] with a
+//! stable [`reason`](IdentityError::reason) code; the gateway maps all of them to `407`.
+
+mod agents_file;
+mod basic;
+mod clock;
+mod credentials;
+mod error;
+mod file_error;
+mod jwt;
+mod jwt_cache;
+mod jwt_keys;
+mod registry;
+mod schema;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+pub use error::IdentityError;
+pub use file_error::AgentsFileError;
+
+use credentials::Credentials;
+use jwt::JwtVerifier;
+use registry::AgentRegistry;
+
+/// Agents files are small; anything bigger is a mistake (or an attack on the loader).
+const MAX_AGENTS_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The canonical identity every later stage (policy, limits, audit) reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub agent_id: Arc<str>,
+    pub team: Arc<str>,
+    pub project: Arc<str>,
+    pub environment: Arc<str>,
+    /// e.g. `scraper` or `ai-agent`; matches the pod label used by the network policies.
+    pub role: Arc<str>,
+    pub method: AuthMethod,
+    /// The token's `sid` (or `session_id`) claim; API keys carry no session.
+    pub session_id: Option<Arc<str>>,
+}
+
+/// How the identity was proven; recorded in the audit trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthMethod {
+    ApiKey,
+    Jwt,
+}
+
+impl AuthMethod {
+    /// Stable name for logs, audit lines and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::ApiKey => "api_key",
+            AuthMethod::Jwt => "jwt",
+        }
+    }
+}
+
+impl fmt::Display for AuthMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Resolves `Proxy-Authorization` headers to identities. Immutable once built; share it via
+/// `Arc` and rebuild it to reload the agents file.
+pub struct IdentityResolver {
+    registry: AgentRegistry,
+    jwt: Option<JwtVerifier>,
+}
+
+impl IdentityResolver {
+    /// Reads and validates the agents file at `path`. Relative key paths inside it are
+    /// resolved against the file's directory.
+    pub fn load(path: &Path) -> Result<Self, AgentsFileError> {
+        let origin = path.display().to_string();
+        let text = read_agents_file(path)
+            .map_err(|message| AgentsFileError::unlocated(&origin, message))?;
+        let base_dir = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        Self::from_str(&text, &origin, base_dir)
+    }
+
+    /// Builds a resolver from agents-file text. `origin` names the text in error messages
+    /// (`origin:line:column: ...`); `base_dir` anchors relative key paths.
+    pub fn from_str(text: &str, origin: &str, base_dir: &Path) -> Result<Self, AgentsFileError> {
+        let compiled = agents_file::compile(text, origin, base_dir)?;
+        tracing::info!(
+            origin,
+            agents = compiled.registry.len(),
+            disabled_agents = compiled.registry.disabled_count(),
+            jwt_keys = compiled.jwt.as_ref().map_or(0, JwtVerifier::key_count),
+            "agents file loaded"
+        );
+        Ok(Self {
+            registry: compiled.registry,
+            jwt: compiled.jwt,
+        })
+    }
+
+    /// Identifies the sender of one request. On the API-key path this returns the prebuilt
+    /// `Arc` from the registry and does not allocate.
+    pub fn identify(
+        &self,
+        proxy_authorization: Option<&http::HeaderValue>,
+    ) -> Result<Arc<Identity>, IdentityError> {
+        let header = proxy_authorization.ok_or(IdentityError::Missing)?;
+        match credentials::parse(header)? {
+            Credentials::Basic(encoded) => basic::authenticate(&self.registry, encoded),
+            Credentials::Bearer(token) => match &self.jwt {
+                Some(verifier) => verifier.authenticate(&self.registry, token),
+                None => Err(IdentityError::JwtNotConfigured),
+            },
+        }
+    }
+
+    /// Number of agents listed in the agents file (disabled ones included).
+    pub fn agent_count(&self) -> usize {
+        self.registry.len()
+    }
+
+    /// Whether `Bearer` tokens are accepted at all.
+    pub fn jwt_enabled(&self) -> bool {
+        self.jwt.is_some()
+    }
+
+    #[cfg(test)]
+    fn with_clock(mut self, clock: clock::Clock) -> Self {
+        if let Some(jwt) = self.jwt.take() {
+            self.jwt = Some(jwt.with_clock(clock));
+        }
+        self
+    }
+}
+
+impl fmt::Debug for IdentityResolver {
+    // Hand-written so that no key material can ever reach a log through `{:?}`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdentityResolver")
+            .field("agents", &self.registry.len())
+            .field(
+                "jwt_keys",
+                &self.jwt.as_ref().map_or(0, JwtVerifier::key_count),
+            )
+            .finish()
+    }
+}
+
+fn read_agents_file(path: &Path) -> Result<String, String> {
+    let metadata = std::fs::metadata(path).map_err(|e| format!("cannot read agents file: {e}"))?;
+    if metadata.len() > MAX_AGENTS_FILE_BYTES {
+        return Err(format!(
+            "agents file is {} bytes; the limit is {MAX_AGENTS_FILE_BYTES}",
+            metadata.len()
+        ));
+    }
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read agents file: {e}"))
+}

@@ -1,0 +1,71 @@
+//! The agents listed in the agents file, with prebuilt identities.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use super::{Identity, IdentityError};
+
+pub(super) type KeyDigest = [u8; 32];
+
+#[derive(Debug)]
+pub(super) struct RegisteredAgent {
+    /// Built once at load so that API-key requests only clone an `Arc`.
+    pub identity: Arc<Identity>,
+    /// `None`: the agent can only authenticate with a JWT.
+    pub key_digest: Option<KeyDigest>,
+    pub disabled: bool,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct AgentRegistry {
+    agents: HashMap<Arc<str>, RegisteredAgent>,
+}
+
+impl AgentRegistry {
+    /// The caller (the agents-file compiler) has already rejected duplicates.
+    pub fn insert(&mut self, agent: RegisteredAgent) {
+        self.agents.insert(agent.identity.agent_id.clone(), agent);
+    }
+
+    pub fn get(&self, agent_id: &str) -> Option<&RegisteredAgent> {
+        self.agents.get(agent_id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.agents.len()
+    }
+
+    pub fn disabled_count(&self) -> usize {
+        self.agents.values().filter(|a| a.disabled).count()
+    }
+
+    pub fn verify_api_key(
+        &self,
+        agent_id: &str,
+        api_key: &[u8],
+    ) -> Result<Arc<Identity>, IdentityError> {
+        // Hash before the lookup so that an unknown agent costs the same as a known one.
+        let presented: KeyDigest = Sha256::digest(api_key).into();
+        let agent = self
+            .agents
+            .get(agent_id)
+            .ok_or(IdentityError::UnknownAgent)?;
+        let stored = agent.key_digest.as_ref().ok_or(IdentityError::BadApiKey)?;
+        if !digests_equal(&presented, stored) {
+            return Err(IdentityError::BadApiKey);
+        }
+        // Checked after the key so that "disabled" is only revealed to the key's holder.
+        if agent.disabled {
+            return Err(IdentityError::Disabled);
+        }
+        Ok(agent.identity.clone())
+    }
+}
+
+/// Constant-time comparison: the time taken must not depend on where the digests differ.
+fn digests_equal(a: &KeyDigest, b: &KeyDigest) -> bool {
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}

@@ -1,0 +1,7 @@
+//! Tests of the identity module; split by concern under `tests/`.
+
+mod agents_file;
+mod basic;
+mod cache;
+mod jwt;
+mod support;

@@ -1,0 +1,119 @@
+//! The Clawgress egress gateway: an explicit forward proxy that identifies
+//! the agent, decides by policy, forwards to exactly the address it checked,
+//! and records every decision in a hash-chained audit trail and in metrics.
+//!
+//! | module | job |
+//! |---|---|
+//! | [`proxy`] | listener and the request pipeline (identify → classify → decide → forward/tunnel → record) |
+//! | [`identity`] | agent registry, API keys, JWTs |
+//! | [`dns`] | host parsing, SSRF address classes, the caching resolver |
+//! | [`decision`] | refusal kinds, their reason codes and statuses |
+//! | [`response`] | refusals as problem+json responses |
+//! | [`record`] | audit line and metrics for each finished request |
+//! | [`audit`] | audit events, the hash-chained writer, `verify` |
+//! | [`metrics`] | Prometheus metrics |
+//! | [`admin`] | `/metrics`, `/healthz`, `/readyz` |
+//! | [`reload`] | SIGHUP and file-change reload |
+//! | [`state`] | the shared state and the policy snapshot |
+
+pub mod admin;
+pub mod audit;
+pub mod context;
+pub mod decision;
+pub mod dns;
+pub mod identity;
+pub mod metrics;
+pub mod proxy;
+pub mod record;
+pub mod reload;
+pub mod response;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use state::Gateway;
+
+/// Everything `clawgress gateway` needs to start.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub policy: PathBuf,
+    pub agents: PathBuf,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub audit: PathBuf,
+    /// Audit records that may wait for the writer; past this the gateway
+    /// fails closed.
+    pub audit_queue: usize,
+    pub watch_interval: Duration,
+    /// How long in-flight requests may run after a shutdown signal.
+    pub drain: Duration,
+}
+
+/// Starts the gateway and serves until `shutdown` resolves; then stops
+/// accepting, lets in-flight requests finish, and flushes the audit trail.
+pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let metrics = Arc::new(metrics::GatewayMetrics::new(decision::ALL_REASONS)?);
+    let bundle = clawgress_policies::load_file(&config.policy).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for warning in &bundle.warnings {
+        tracing::warn!("{}: {warning}", bundle.source);
+    }
+    let snapshot = state::PolicySnapshot::build(&bundle)?;
+    metrics.record_policy_reload_success(&snapshot.version);
+    let identities = identity::IdentityResolver::load(&config.agents).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(dir) = config.audit.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create the audit directory {}", dir.display()))?;
+    }
+    let (audit, writer) = audit::start_writer(&config.audit, config.audit_queue, metrics.audit())
+        .with_context(|| format!("cannot open the audit trail {}", config.audit.display()))?;
+
+    let proxy_listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} for the proxy", config.listen))?;
+    let admin_listener = TcpListener::bind(config.admin)
+        .await
+        .with_context(|| format!("cannot listen on {} for the admin port", config.admin))?;
+    let proxy_addr = proxy_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let gateway = Arc::new(Gateway {
+        policy: ArcSwap::from_pointee(snapshot),
+        identities: ArcSwap::from_pointee(identities),
+        audit,
+        metrics,
+        upstream: state::upstream_client(),
+    });
+
+    let (stop, stopped) = watch::channel(false);
+    let proxy = tokio::spawn(proxy::server::serve(proxy_listener, gateway.clone(), stopped.clone(), config.drain));
+    let admin = tokio::spawn(admin::serve(admin_listener, gateway.clone(), stopped.clone()));
+    let watcher = tokio::spawn(reload::watch_files(
+        gateway.clone(),
+        reload::Watched { policy: config.policy.clone(), agents: config.agents.clone(), interval: config.watch_interval },
+        stopped,
+    ));
+    // Machine-readable start lines: scripts and tests read the real ports
+    // from here when they asked for port 0.
+    println!("proxy listening on {proxy_addr}");
+    println!("admin listening on {admin_addr} (/metrics /healthz /readyz)");
+    println!("audit trail {}", config.audit.display());
+
+    shutdown.await;
+    tracing::info!("shutting down: no new connections, draining in-flight requests");
+    let _ = stop.send(true);
+    let _ = proxy.await;
+    let _ = admin.await;
+    let _ = watcher.await;
+    // Every request holds an audit slot; once the servers are done and the
+    // gateway's last clone is gone, the writer drains and stops.
+    drop(gateway);
+    writer.shutdown().await.context("the audit trail could not be flushed")?;
+    Ok(())
+}

@@ -1,0 +1,486 @@
+//! The gateway's Prometheus metrics, in one registry served at `/metrics`.
+//!
+//! Every label value comes from a closed set fixed in code (enums here, or the
+//! reason codes given to [`GatewayMetrics::new`]), never from a request, so the
+//! number of series is bounded by construction. Children whose labels are known
+//! up front are resolved once and kept in arrays indexed by enum; the rest are
+//! resolved on first use and cached, so recording a request never hashes label
+//! strings or takes the vec's lock after warm-up.
+
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::audit::AuditMetrics;
+
+/// The `reason` of a request that has none (most allowed requests).
+pub const NO_REASON: &str = "none";
+/// The `reason` recorded for a code that was not registered with
+/// [`GatewayMetrics::new`]: bounded, and visible as a sign of a missing code.
+pub const OTHER_REASON: &str = "other";
+const OTHER_INDEX: usize = 1;
+
+/// Content type of [`GatewayMetrics::render`].
+pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
+
+/// Whole-request latency buckets, seconds: from a cached local answer to a slow
+/// model completion.
+const DURATION_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Longest policy version kept as a label; versions are digests.
+const MAX_VERSION_LABEL: usize = 64;
+
+/// What happened to a request, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecisionLabel {
+    Allow,
+    Deny,
+    WouldDeny,
+    /// Allowed, but the gateway or upstream failed to complete it.
+    Error,
+}
+
+impl DecisionLabel {
+    const ALL: [DecisionLabel; 4] = [Self::Allow, Self::Deny, Self::WouldDeny, Self::Error];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+            Self::WouldDeny => "would_deny",
+            Self::Error => "error",
+        }
+    }
+}
+
+const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+
+/// Index into [`STATUS_CLASSES`]; anything that is not a real HTTP status is "none".
+fn status_class_index(status: Option<u16>) -> usize {
+    match status {
+        Some(s @ 100..=599) => usize::from(s / 100 - 1),
+        _ => STATUS_CLASSES.len() - 1,
+    }
+}
+
+/// The listener a connection arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerLabel {
+    Proxy,
+    Transparent,
+    Admin,
+}
+
+impl ListenerLabel {
+    const ALL: [ListenerLabel; 3] = [Self::Proxy, Self::Transparent, Self::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Proxy => "proxy",
+            Self::Transparent => "transparent",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+/// How a DNS lookup ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsResult {
+    Resolved,
+    NotFound,
+    /// Resolved, but every address was refused (private range, metadata, ...).
+    Blocked,
+    Timeout,
+    Error,
+}
+
+impl DnsResult {
+    const ALL: [DnsResult; 5] = [
+        Self::Resolved,
+        Self::NotFound,
+        Self::Blocked,
+        Self::Timeout,
+        Self::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Resolved => "ok",
+            Self::NotFound => "nxdomain",
+            Self::Blocked => "blocked",
+            Self::Timeout => "timeout",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// Counter children created on first use and then reached by index.
+struct LazyCounters {
+    vec: IntCounterVec,
+    cells: Box<[OnceLock<IntCounter>]>,
+}
+
+impl LazyCounters {
+    fn new(vec: IntCounterVec, len: usize) -> Self {
+        LazyCounters {
+            vec,
+            cells: (0..len).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    fn get<const N: usize>(
+        &self,
+        index: usize,
+        labels: impl FnOnce() -> [&'static str; N],
+    ) -> &IntCounter {
+        self.cells[index].get_or_init(|| self.vec.with_label_values(&labels()))
+    }
+}
+
+/// All of the gateway's metrics.
+pub struct GatewayMetrics {
+    registry: Registry,
+    /// Registered reason codes; index 0 is [`NO_REASON`], 1 is [`OTHER_REASON`].
+    reasons: Box<[&'static str]>,
+    /// `http_client_requests_total`, indexed by (decision, reason, status class).
+    requests: LazyCounters,
+    durations: [Histogram; 4],
+    upstream_resets: IntCounter,
+    /// `[out, in]`.
+    egress_bytes: [IntCounter; 2],
+    /// `egress_requests_blocked_total`, indexed by reason.
+    blocked: LazyCounters,
+    /// `[success, failure]`.
+    policy_reloads: [IntCounter; 2],
+    policy_last_reload_success: IntGauge,
+    policy_version: IntGaugeVec,
+    /// Reset-then-set of the version must not interleave between two reloads.
+    policy_version_update: Mutex<()>,
+    audit: AuditMetrics,
+    connections: [IntGauge; 3],
+    dns_lookups: [IntCounter; 5],
+}
+
+impl std::fmt::Debug for GatewayMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayMetrics")
+            .field("reasons", &self.reasons)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GatewayMetrics {
+    /// `reasons` is the closed set of reason codes the gateway can produce (deny
+    /// reasons, upstream error codes). Any other code is recorded as "other".
+    pub fn new(reasons: &[&'static str]) -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let mut reason_table = vec![NO_REASON, OTHER_REASON];
+        for &reason in reasons {
+            if !reason_table.contains(&reason) {
+                reason_table.push(reason);
+            }
+        }
+
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "http_client_requests_total",
+                "Requests handled by the egress gateway",
+            ),
+            &["decision", "reason", "status_class"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        let durations_vec = HistogramVec::new(
+            HistogramOpts::new(
+                "http_client_duration_seconds",
+                "Whole-request latency through the egress gateway",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["decision"],
+        )?;
+        registry.register(Box::new(durations_vec.clone()))?;
+        let durations = try_array(DecisionLabel::ALL, |d| {
+            durations_vec.get_metric_with_label_values(&[d.as_str()])
+        })?;
+
+        let upstream_resets = register(
+            &registry,
+            IntCounter::new(
+                "upstream_reset_events",
+                "Upstream connections reset or closed before a complete response",
+            )?,
+        )?;
+        let bytes_vec = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "egress_bytes_total",
+                    "Bytes relayed between agents and destinations",
+                ),
+                &["direction"],
+            )?,
+        )?;
+        let egress_bytes = try_array(["out", "in"], |d| {
+            bytes_vec.get_metric_with_label_values(&[d])
+        })?;
+        let blocked = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "egress_requests_blocked_total",
+                    "Requests refused by policy",
+                ),
+                &["reason"],
+            )?,
+        )?;
+        let reloads_vec = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new("policy_reloads_total", "Policy reload attempts"),
+                &["result"],
+            )?,
+        )?;
+        let policy_reloads = try_array(["success", "failure"], |r| {
+            reloads_vec.get_metric_with_label_values(&[r])
+        })?;
+        let policy_last_reload_success = register(
+            &registry,
+            IntGauge::new(
+                "policy_last_reload_success",
+                "1 if the last policy reload succeeded, 0 if it failed",
+            )?,
+        )?;
+        let policy_version = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "policy_version_info",
+                    "The policy version in force (value 1)",
+                ),
+                &["version"],
+            )?,
+        )?;
+
+        let audit = AuditMetrics {
+            lines_written: register(
+                &registry,
+                IntCounter::new("audit_lines_written_total", "Audit lines written")?,
+            )?,
+            write_errors: register(
+                &registry,
+                IntCounter::new("audit_write_errors_total", "Audit write or fsync failures")?,
+            )?,
+            queue_full: register(
+                &registry,
+                IntCounter::new(
+                    "audit_queue_full_total",
+                    "Requests refused because the audit queue was full",
+                )?,
+            )?,
+            queue_depth: register(
+                &registry,
+                IntGauge::new(
+                    "audit_queue_depth",
+                    "Audit slots reserved by in-flight requests or waiting to be written",
+                )?,
+            )?,
+            slots_abandoned: register(
+                &registry,
+                IntCounter::new(
+                    "audit_slots_abandoned_total",
+                    "Audit slots released without a record (possible unaudited request)",
+                )?,
+            )?,
+        };
+
+        let connections_vec = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new("connections_active", "Open client connections"),
+                &["listener"],
+            )?,
+        )?;
+        let connections = try_array(ListenerLabel::ALL, |l| {
+            connections_vec.get_metric_with_label_values(&[l.as_str()])
+        })?;
+        let dns_vec = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new("dns_lookups_total", "DNS lookups by outcome"),
+                &["result"],
+            )?,
+        )?;
+        let dns_lookups = try_array(DnsResult::ALL, |r| {
+            dns_vec.get_metric_with_label_values(&[r.as_str()])
+        })?;
+
+        let reason_count = reason_table.len();
+        Ok(GatewayMetrics {
+            registry,
+            reasons: reason_table.into_boxed_slice(),
+            requests: LazyCounters::new(
+                requests,
+                DecisionLabel::ALL.len() * reason_count * STATUS_CLASSES.len(),
+            ),
+            durations,
+            upstream_resets,
+            egress_bytes,
+            blocked: LazyCounters::new(blocked, reason_count),
+            policy_reloads,
+            policy_last_reload_success,
+            policy_version,
+            policy_version_update: Mutex::new(()),
+            audit,
+            connections,
+            dns_lookups,
+        })
+    }
+
+    /// Records one finished request. A `Deny` also counts as blocked.
+    pub fn record_request(
+        &self,
+        decision: DecisionLabel,
+        reason: &'static str,
+        status: Option<u16>,
+        elapsed: Duration,
+    ) {
+        let reason_index = self.reason_index(reason);
+        let status_index = status_class_index(status);
+        let index = ((decision as usize) * self.reasons.len() + reason_index)
+            * STATUS_CLASSES.len()
+            + status_index;
+        self.requests
+            .get(index, || {
+                [
+                    decision.as_str(),
+                    self.reasons[reason_index],
+                    STATUS_CLASSES[status_index],
+                ]
+            })
+            .inc();
+        self.durations[decision as usize].observe(elapsed.as_secs_f64());
+        if decision == DecisionLabel::Deny {
+            self.blocked
+                .get(reason_index, || [self.reasons[reason_index]])
+                .inc();
+        }
+    }
+
+    pub fn record_upstream_reset(&self) {
+        self.upstream_resets.inc();
+    }
+
+    /// Bytes sent towards destinations (`out`) and received from them (`in`).
+    pub fn record_bytes(&self, bytes_out: u64, bytes_in: u64) {
+        self.egress_bytes[0].inc_by(bytes_out);
+        self.egress_bytes[1].inc_by(bytes_in);
+    }
+
+    /// `version` is the policy bundle's digest; anything else is shown as "invalid"
+    /// so the label cannot carry arbitrary text.
+    pub fn record_policy_reload_success(&self, version: &str) {
+        self.policy_reloads[0].inc();
+        self.policy_last_reload_success.set(1);
+        let label = version_label(version);
+        let _guard = self
+            .policy_version_update
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.policy_version.reset();
+        self.policy_version.with_label_values(&[label]).set(1);
+    }
+
+    /// The previous version stays in force, and in `policy_version_info`.
+    pub fn record_policy_reload_failure(&self) {
+        self.policy_reloads[1].inc();
+        self.policy_last_reload_success.set(0);
+    }
+
+    pub fn record_dns_lookup(&self, result: DnsResult) {
+        self.dns_lookups[result as usize].inc();
+    }
+
+    /// Counts a connection as active until the returned guard is dropped.
+    pub fn connection_opened(&self, listener: ListenerLabel) -> ConnectionGuard {
+        let gauge = self.connections[listener as usize].clone();
+        gauge.inc();
+        ConnectionGuard { gauge }
+    }
+
+    /// The audit writer's counters, registered here.
+    pub fn audit(&self) -> AuditMetrics {
+        self.audit.clone()
+    }
+
+    /// For components that own further metrics.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Prometheus text format 0.0.4.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+
+    fn reason_index(&self, reason: &str) -> usize {
+        self.reasons
+            .iter()
+            .position(|&known| known == reason)
+            .unwrap_or(OTHER_INDEX)
+    }
+}
+
+/// Decrements `connections_active` when the connection ends, however it ends.
+#[must_use = "the connection counts as active until this guard is dropped"]
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    gauge: IntGauge,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+fn register<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    collector: C,
+) -> prometheus::Result<C> {
+    registry.register(Box::new(collector.clone()))?;
+    Ok(collector)
+}
+
+fn try_array<L: Copy, T, const N: usize>(
+    labels: [L; N],
+    mut child: impl FnMut(L) -> prometheus::Result<T>,
+) -> prometheus::Result<[T; N]> {
+    let children = labels
+        .iter()
+        .map(|&l| child(l))
+        .collect::<prometheus::Result<Vec<T>>>()?;
+    children
+        .try_into()
+        .map_err(|_| prometheus::Error::Msg("label array length mismatch".into()))
+}
+
+fn version_label(version: &str) -> &str {
+    let well_formed = !version.is_empty()
+        && version.len() <= MAX_VERSION_LABEL
+        && version
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    if well_formed { version } else { "invalid" }
+}
+
+#[cfg(test)]
+mod tests;

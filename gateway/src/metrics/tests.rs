@@ -1,0 +1,50 @@
+use std::time::Duration;
+
+use super::*;
+
+fn metrics() -> GatewayMetrics {
+    GatewayMetrics::new(&["domain_not_in_allowlist", "private_address"]).expect("metrics")
+}
+
+#[test]
+fn recorded_requests_render_with_bounded_labels() {
+    let m = metrics();
+    m.record_request(DecisionLabel::Allow, NO_REASON, Some(200), Duration::from_millis(3));
+    m.record_request(DecisionLabel::Deny, "domain_not_in_allowlist", Some(403), Duration::from_millis(1));
+    m.record_request(DecisionLabel::Deny, "not_registered_reason", Some(403), Duration::from_millis(1));
+    m.record_upstream_reset();
+    m.record_bytes(10, 20);
+    let text = m.render();
+    assert!(text.contains(r#"http_client_requests_total{decision="allow",reason="none",status_class="2xx"} 1"#), "{text}");
+    assert!(text.contains(r#"egress_requests_blocked_total{reason="domain_not_in_allowlist"} 1"#), "{text}");
+    assert!(text.contains(r#"egress_requests_blocked_total{reason="other"} 1"#), "an unknown code must not become a label: {text}");
+    assert!(!text.contains("not_registered_reason"));
+    assert!(text.contains("upstream_reset_events 1"), "{text}");
+    assert!(text.contains(r#"egress_bytes_total{direction="out"} 10"#), "{text}");
+    assert!(text.contains(r#"egress_bytes_total{direction="in"} 20"#), "{text}");
+    assert!(text.contains("http_client_duration_seconds_bucket"), "{text}");
+}
+
+#[test]
+fn only_the_current_policy_version_is_exported() {
+    let m = metrics();
+    m.record_policy_reload_success("aaaa1111");
+    m.record_policy_reload_success("bbbb2222");
+    m.record_policy_reload_failure();
+    let text = m.render();
+    assert!(!text.contains(r#"version="aaaa1111""#), "{text}");
+    assert!(text.contains(r#"policy_version_info{version="bbbb2222"} 1"#), "{text}");
+    assert!(text.contains(r#"policy_reloads_total{result="failure"} 1"#), "{text}");
+    assert!(text.contains("policy_last_reload_success 0"), "{text}");
+}
+
+#[test]
+fn connection_guards_track_open_connections() {
+    let m = metrics();
+    let a = m.connection_opened(ListenerLabel::Proxy);
+    let b = m.connection_opened(ListenerLabel::Proxy);
+    assert!(m.render().contains(r#"connections_active{listener="proxy"} 2"#));
+    drop(a);
+    drop(b);
+    assert!(m.render().contains(r#"connections_active{listener="proxy"} 0"#));
+}

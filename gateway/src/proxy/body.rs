@@ -1,0 +1,164 @@
+//! Bodies that stream through the proxy without being buffered, counting
+//! bytes as they pass, and recording the request when the response ends.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use crate::record::Finisher;
+
+/// Byte counters shared between the request body (going out) and the
+/// response body (coming in) of one exchange.
+#[derive(Debug, Default)]
+pub struct Transfer {
+    pub bytes_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+}
+
+/// The request body sent upstream: the client's body, streamed, counted.
+pub struct OutboundBody {
+    inner: Incoming,
+    transfer: Arc<Transfer>,
+}
+
+impl OutboundBody {
+    pub fn new(inner: Incoming, transfer: Arc<Transfer>) -> Self {
+        OutboundBody { inner, transfer }
+    }
+}
+
+impl Body for OutboundBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.transfer.bytes_out.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Every response the proxy sends: one of its own, or the upstream's streamed
+/// through. An enum rather than a boxed trait object: no allocation per
+/// response, and every variant is `Unpin`.
+pub enum ProxyBody {
+    Local(Full<Bytes>),
+    Upstream(UpstreamBody),
+}
+
+impl ProxyBody {
+    pub fn empty() -> Self {
+        ProxyBody::Local(Full::new(Bytes::new()))
+    }
+
+    pub fn local(bytes: impl Into<Bytes>) -> Self {
+        ProxyBody::Local(Full::new(bytes.into()))
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Local(full) => Pin::new(full).poll_frame(cx).map_err(|never| match never {}),
+            ProxyBody::Upstream(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Local(full) => full.is_end_stream(),
+            ProxyBody::Upstream(body) => body.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Local(full) => full.size_hint(),
+            ProxyBody::Upstream(body) => body.inner.size_hint(),
+        }
+    }
+}
+
+/// The upstream's response body on its way to the client. When it ends, or
+/// the client goes away mid-stream, the exchange is recorded exactly once
+/// (the finisher runs on drop).
+pub struct UpstreamBody {
+    inner: Incoming,
+    transfer: Arc<Transfer>,
+    finisher: Option<Finisher>,
+}
+
+impl UpstreamBody {
+    pub fn new(inner: Incoming, transfer: Arc<Transfer>, finisher: Finisher) -> Self {
+        UpstreamBody { inner, transfer, finisher: Some(finisher) }
+    }
+
+    fn finish(&mut self) {
+        if let Some(finisher) = self.finisher.take() {
+            finisher.finish(&self.transfer);
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.transfer.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                if self.inner.is_end_stream() {
+                    self.finish();
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(finisher) = self.finisher.as_mut() {
+                    finisher.upstream_reset();
+                }
+                self.finish();
+            }
+            Poll::Ready(None) => self.finish(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}

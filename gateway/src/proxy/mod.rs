@@ -1,0 +1,217 @@
+//! The explicit forward proxy: one pipeline of phases over one
+//! [`RequestContext`].
+//!
+//! identify → classify → decide → (forward | tunnel) → record
+//!
+//! `admit` runs the first three phases and either returns what the last
+//! phases need or a [`Refusal`]; refusals become responses in
+//! [`crate::response`] and audit lines in [`crate::record`], each in one place.
+
+pub mod body;
+mod forward;
+pub mod server;
+mod tunnel;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use clawgress_policies::matcher::{MatchOutcome, MatchRequest, Protocol};
+use http::{Method, Request, Response, header};
+use hyper::body::Incoming;
+
+use crate::Gateway;
+use crate::audit::AuditSlot;
+use crate::context::{Destination, Outcome, RequestContext, RequestKind, audit_path, trace_id_from};
+use crate::decision::{Enforcement, Refusal, RequestProblem};
+use crate::dns::{AddressClass, Host, ResolveError, ResolveSource, Resolved, classify, parse_host};
+use crate::metrics::{DecisionLabel, DnsResult};
+use crate::record::record;
+use crate::response::refusal_response;
+use crate::state::PolicySnapshot;
+use body::ProxyBody;
+
+/// The proxy's answer to one request. Never an error: every failure is a
+/// response the client can read.
+pub async fn handle(gateway: Arc<Gateway>, client: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
+    let kind = if req.method() == Method::CONNECT { RequestKind::Connect } else { RequestKind::Forward };
+    let trace_id = trace_id_from(req.headers().get("traceparent"));
+    let mut ctx = RequestContext::new(client, req.method().clone(), kind, trace_id);
+
+    // Reserve the audit record first: a request we could not record is a
+    // request we must not serve (fail closed).
+    let Ok(slot) = gateway.audit.reserve() else {
+        let refusal = Refusal::AuditUnavailable;
+        let response = refusal_response(&ctx, &refusal);
+        gateway.metrics.record_request(
+            DecisionLabel::Deny,
+            refusal.reason(),
+            Some(refusal.status().as_u16()),
+            ctx.started.elapsed(),
+        );
+        return response;
+    };
+
+    let policy = gateway.policy.load_full();
+    match admit(&gateway, &policy, &mut ctx, &req).await {
+        Ok(()) => match kind {
+            RequestKind::Forward => forward::forward(gateway, policy, ctx, slot, req).await,
+            RequestKind::Connect => tunnel::open(gateway, policy, ctx, slot, req).await,
+        },
+        Err(refusal) => refuse(&gateway, ctx, slot, refusal),
+    }
+}
+
+/// Answers with a refusal and records it.
+fn refuse(gateway: &Gateway, ctx: RequestContext, slot: AuditSlot, refusal: Refusal) -> Response<ProxyBody> {
+    let response = refusal_response(&ctx, &refusal);
+    record(gateway, ctx, slot, Outcome::Refused(refusal));
+    response
+}
+
+/// Identify, classify and decide. On success `ctx` carries the identity, the
+/// checked destination (with the exact address to dial) and the rule that
+/// allowed it.
+async fn admit(
+    gateway: &Gateway,
+    policy: &PolicySnapshot,
+    ctx: &mut RequestContext,
+    req: &Request<Incoming>,
+) -> Result<(), Refusal> {
+    // Shape first: an origin-form request is answered before anything else,
+    // so a client that mistook us for the origin gets a clear 400.
+    let (host, port, protocol, path) = request_target(ctx.kind, req)?;
+    if is_loop(req) {
+        return Err(Refusal::Request(RequestProblem::ProxyLoop));
+    }
+
+    // Identify.
+    let identity = gateway
+        .identities
+        .load()
+        .identify(req.headers().get(header::PROXY_AUTHORIZATION))
+        .map_err(Refusal::Identity)?;
+    ctx.enforcement = policy.enforcement_for(&identity.environment);
+    ctx.identity = Some(identity.clone());
+
+    // Classify.
+    let host = parse_host(host).map_err(Refusal::MalformedHost)?;
+    let host_text: Arc<str> = match &host {
+        Host::Domain(name) => Arc::from(name.as_str()),
+        Host::Ip(ip) => Arc::from(ip.to_string()),
+    };
+    ctx.destination = Some(Destination { host: host_text.clone(), port, protocol, path, addr: None });
+
+    // Decide: the allowlist before DNS, so a denied name is never resolved
+    // (seed §6.2: resolution only succeeds for allowlisted names).
+    let matched = policy.compiled.evaluate(
+        &MatchRequest { host: &host_text, port, protocol, role: &identity.role },
+        chrono::Utc::now(),
+    );
+    // A literal private address is refused as such, more specific than "not
+    // in the allowlist", unless a rule explicitly allows private targets.
+    if let Host::Ip(ip) = host
+        && let AddressClass::Restricted(kind) = classify(ip)
+        && !matches!(&matched, MatchOutcome::Allow(allowed) if allowed.private_ok)
+    {
+        return Err(Refusal::PrivateAddress(kind));
+    }
+    let private_ok = match matched {
+        MatchOutcome::Allow(allowed_by) => {
+            let private_ok = allowed_by.private_ok;
+            ctx.allowed_by = Some(allowed_by);
+            private_ok
+        }
+        MatchOutcome::Deny(denial) => {
+            let refusal = Refusal::Policy { reason: denial.reason, policy_id: denial.policy_id };
+            if ctx.enforcement == Enforcement::Enforce {
+                return Err(refusal);
+            }
+            ctx.would_deny = Some((refusal.reason(), refusal.policy_id()));
+            false
+        }
+    };
+
+    let ip = match host {
+        Host::Ip(ip) => check_addresses(&[ip], private_ok)?,
+        Host::Domain(name) => {
+            let resolved = policy.resolver.resolve(&name).await;
+            if let Some(result) = dns_result(&resolved) {
+                gateway.metrics.record_dns_lookup(result);
+            }
+            let resolved = resolved.map_err(Refusal::Dns)?;
+            // A name the operator mapped in dns.static_hosts is explicitly allowed.
+            let explicit = private_ok || policy.resolver.is_static(&name);
+            check_addresses(&resolved.addrs, explicit)?
+        }
+    };
+    if let Some(dest) = ctx.destination.as_mut() {
+        dest.addr = Some(SocketAddr::new(ip, port));
+    }
+    Ok(())
+}
+
+/// Every resolved address must pass, not just the first: a name that mixes
+/// public and private answers is a rebinding attempt. Returns the one address
+/// that will be dialed.
+fn check_addresses(addrs: &[IpAddr], explicit: bool) -> Result<IpAddr, Refusal> {
+    let first = *addrs.first().ok_or(Refusal::Request(RequestProblem::MissingAuthority))?;
+    if !explicit {
+        for ip in addrs {
+            if let AddressClass::Restricted(kind) = classify(*ip) {
+                return Err(Refusal::PrivateAddress(kind));
+            }
+        }
+    }
+    Ok(first)
+}
+
+/// Host, port, protocol and audit path of a proxy-shaped request.
+fn request_target(
+    kind: RequestKind,
+    req: &Request<Incoming>,
+) -> Result<(&str, u16, Protocol, Option<String>), Refusal> {
+    let uri = req.uri();
+    match kind {
+        RequestKind::Connect => {
+            let authority = uri.authority().ok_or(Refusal::Request(RequestProblem::MissingAuthority))?;
+            let port = authority.port_u16().ok_or(Refusal::Request(RequestProblem::MissingAuthority))?;
+            // A tunnel carries TLS in the intended use; the rule's protocol
+            // for a tunnel is https whatever the port.
+            Ok((authority.host(), port, Protocol::Https, None))
+        }
+        RequestKind::Forward => {
+            let scheme = uri.scheme_str().ok_or(Refusal::Request(RequestProblem::NotProxyRequest))?;
+            if !scheme.eq_ignore_ascii_case("http") {
+                return Err(Refusal::Request(RequestProblem::UnsupportedScheme));
+            }
+            let authority = uri.authority().ok_or(Refusal::Request(RequestProblem::MissingAuthority))?;
+            if authority.as_str().contains('@') {
+                // userinfo in a proxied URL is a classic confusion vector.
+                return Err(Refusal::Request(RequestProblem::MissingAuthority));
+            }
+            let port = authority.port_u16().unwrap_or(80);
+            Ok((authority.host(), port, Protocol::Http, Some(audit_path(uri.path()))))
+        }
+    }
+}
+
+const VIA_TOKEN: &str = "clawgress";
+
+fn is_loop(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get_all(header::VIA)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|hop| hop.trim().ends_with(VIA_TOKEN))))
+}
+
+/// Lookups that went to a name server, by outcome; static and cached answers
+/// are not lookups.
+fn dns_result(resolved: &Result<Resolved, ResolveError>) -> Option<DnsResult> {
+    match resolved {
+        Ok(r) if r.source == ResolveSource::Dns => Some(DnsResult::Resolved),
+        Ok(_) => None,
+        Err(ResolveError::NotFound { .. }) => Some(DnsResult::NotFound),
+        Err(ResolveError::Timeout { .. }) => Some(DnsResult::Timeout),
+        Err(_) => Some(DnsResult::Error),
+    }
+}

@@ -1,0 +1,107 @@
+//! CONNECT tunnels: dial the checked address first (so a failure is a clear
+//! 502, not a dead tunnel), answer 200, then copy bytes both ways with
+//! half-close, and record the tunnel's byte counts when it ends.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::body::{ProxyBody, Transfer};
+use super::refuse;
+use crate::Gateway;
+use crate::audit::AuditSlot;
+use crate::context::RequestContext;
+use crate::decision::{Refusal, RequestProblem, UpstreamFailure};
+use crate::record::Finisher;
+use crate::state::PolicySnapshot;
+
+pub(super) async fn open(
+    gateway: Arc<Gateway>,
+    policy: Arc<PolicySnapshot>,
+    ctx: RequestContext,
+    slot: AuditSlot,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let Some(addr) = ctx.destination.as_ref().and_then(|d| d.addr) else {
+        return refuse(&gateway, ctx, slot, Refusal::Request(RequestProblem::MissingAuthority));
+    };
+    let upstream = match tokio::time::timeout(policy.connect_timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(_)) => return refuse(&gateway, ctx, slot, Refusal::Upstream(UpstreamFailure::ConnectFailed)),
+        Err(_) => return refuse(&gateway, ctx, slot, Refusal::Upstream(UpstreamFailure::ConnectTimeout)),
+    };
+    let _ = upstream.set_nodelay(true);
+
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let mut finisher = Finisher::new(gateway, ctx, slot, StatusCode::OK.as_u16());
+    tokio::spawn(async move {
+        let transfer = Transfer::default();
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let mut client = TokioIo::new(upgraded);
+                let mut upstream = CountingStream { inner: upstream, transfer: &transfer };
+                if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+                    && is_reset(&error)
+                {
+                    finisher.upstream_reset();
+                }
+            }
+            Err(error) => tracing::debug!(%error, "client went away before the tunnel opened"),
+        }
+        finisher.finish(&transfer);
+    });
+    let mut response = Response::new(ProxyBody::empty());
+    *response.status_mut() = StatusCode::OK;
+    response
+}
+
+fn is_reset(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe
+    )
+}
+
+/// The upstream side of a tunnel, counting bytes: what is written goes out,
+/// what is read came in. Counting here rather than trusting
+/// copy_bidirectional's totals keeps the counts when the tunnel ends in an
+/// error.
+struct CountingStream<'a> {
+    inner: TcpStream,
+    transfer: &'a Transfer,
+}
+
+impl AsyncRead for CountingStream<'_> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = (buf.filled().len() - before) as u64;
+        self.transfer.bytes_in.fetch_add(read, std::sync::atomic::Ordering::Relaxed);
+        polled
+    }
+}
+
+impl AsyncWrite for CountingStream<'_> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(written)) = &polled {
+            self.transfer.bytes_out.fetch_add(*written as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,101 @@
+//! Policy and agent-registry reload: on SIGHUP and whenever a file's
+//! content changes. A file that fails validation is refused; the last good
+//! version stays in force, and an error line and a metric say so.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+use crate::Gateway;
+use crate::identity::IdentityResolver;
+use crate::state::PolicySnapshot;
+
+pub struct Watched {
+    pub policy: PathBuf,
+    pub agents: PathBuf,
+    /// How often file contents are compared. Content, not mtime: editors and
+    /// config-map mounts replace files in ways mtime does not always show.
+    pub interval: Duration,
+}
+
+pub async fn watch_files(gateway: Arc<Gateway>, watched: Watched, mut shutdown: watch::Receiver<bool>) {
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(stream) => Some(stream),
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP; reloading on file change only");
+            None
+        }
+    };
+    let mut policy_seen = digest(&watched.policy);
+    let mut agents_seen = digest(&watched.agents);
+    loop {
+        let forced = tokio::select! {
+            _ = async { match hangup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => true,
+            _ = tokio::time::sleep(watched.interval) => false,
+            _ = shutdown.changed() => return,
+        };
+        let policy_now = digest(&watched.policy);
+        if forced || policy_now != policy_seen {
+            policy_seen = policy_now;
+            reload_policy(&gateway, &watched.policy);
+        }
+        let agents_now = digest(&watched.agents);
+        if forced || agents_now != agents_seen {
+            agents_seen = agents_now;
+            reload_agents(&gateway, &watched.agents);
+        }
+    }
+}
+
+pub fn reload_policy(gateway: &Gateway, path: &Path) -> bool {
+    let built = clawgress_policies::load_file(path)
+        .map_err(|e| e.to_string())
+        .and_then(|bundle| PolicySnapshot::build(&bundle).map_err(|e| format!("{e:#}")).map(|s| (bundle, s)));
+    match built {
+        Ok((bundle, snapshot)) => {
+            for warning in &bundle.warnings {
+                tracing::warn!("{}: {warning}", bundle.source);
+            }
+            let version = snapshot.version.clone();
+            gateway.policy.store(Arc::new(snapshot));
+            gateway.metrics.record_policy_reload_success(&version);
+            tracing::info!(%version, "policy reloaded");
+            true
+        }
+        Err(message) => {
+            let current = gateway.policy.load().version.clone();
+            gateway.metrics.record_policy_reload_failure();
+            tracing::error!(
+                "policy reload refused; version {current} stays in force. {}",
+                message.replace('\n', " | ")
+            );
+            false
+        }
+    }
+}
+
+pub fn reload_agents(gateway: &Gateway, path: &Path) -> bool {
+    match IdentityResolver::load(path) {
+        Ok(resolver) => {
+            let count = resolver.agent_count();
+            gateway.identities.store(Arc::new(resolver));
+            tracing::info!(agents = count, "agent registry reloaded");
+            true
+        }
+        Err(error) => {
+            tracing::error!(
+                "agent registry reload refused; the previous registry stays in force. {}",
+                error.to_string().replace('\n', " | ")
+            );
+            false
+        }
+    }
+}
+
+fn digest(path: &Path) -> Option<[u8; 32]> {
+    std::fs::read(path).ok().map(|bytes| Sha256::digest(&bytes).into())
+}

@@ -1,0 +1,96 @@
+//! The gateway's shared state: the policy snapshot in force, the agent
+//! registry, the audit sink, the metrics and the upstream connection pool.
+//!
+//! Policy and identities are swapped atomically on reload (`ArcSwap`): a
+//! request reads one snapshot at its start and keeps it to its end, so a
+//! reload never changes the rules under a request in flight.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use clawgress_policies::PolicyBundle;
+use clawgress_policies::CompiledPolicy;
+use clawgress_policies::model;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::audit::AuditSink;
+use crate::decision::Enforcement;
+use crate::dns::{Resolver, ResolverConfig};
+use crate::identity::IdentityResolver;
+use crate::metrics::GatewayMetrics;
+use crate::proxy::body::OutboundBody;
+
+/// Longest time to wait for a TCP connection to an upstream.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most names kept in the DNS cache; bounds memory under a flood of names.
+const DNS_CACHE_ENTRIES: usize = 65_536;
+
+pub type UpstreamClient = Client<HttpConnector, OutboundBody>;
+
+pub struct Gateway {
+    pub policy: ArcSwap<PolicySnapshot>,
+    pub identities: ArcSwap<IdentityResolver>,
+    pub audit: AuditSink,
+    pub metrics: Arc<GatewayMetrics>,
+    pub upstream: UpstreamClient,
+}
+
+/// One loaded policy bundle, compiled, with the resolver its `dns` section
+/// describes.
+pub struct PolicySnapshot {
+    pub compiled: CompiledPolicy,
+    pub resolver: Resolver,
+    pub version: String,
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    egress: model::EgressPolicy,
+}
+
+impl PolicySnapshot {
+    pub fn build(bundle: &PolicyBundle) -> anyhow::Result<Self> {
+        let doc = &bundle.document;
+        let resolver = Resolver::new(ResolverConfig {
+            static_hosts: doc.dns.static_hosts.iter().map(|(name, ip)| (name.clone(), *ip)).collect(),
+            cache_ttl: doc.dns.cache_ttl.duration(),
+            negative_cache_ttl: doc.dns.negative_cache_ttl.duration(),
+            nameservers: (!doc.dns.nameservers.is_empty()).then(|| doc.dns.nameservers.clone()),
+            max_cache_entries: DNS_CACHE_ENTRIES,
+            ..ResolverConfig::default()
+        })
+        .with_context(|| format!("{}: cannot set up the DNS resolver", bundle.source))?;
+        Ok(PolicySnapshot {
+            compiled: CompiledPolicy::compile(bundle),
+            resolver,
+            version: bundle.version.clone(),
+            request_timeout: doc.fault_containment.request_timeout.value.duration(),
+            connect_timeout: CONNECT_TIMEOUT,
+            egress: doc.egress.clone(),
+        })
+    }
+
+    pub fn enforcement_for(&self, environment: &str) -> Enforcement {
+        match self.egress.enforcement_for(environment) {
+            model::Enforcement::Enforce => Enforcement::Enforce,
+            model::Enforcement::Report => Enforcement::Report,
+        }
+    }
+}
+
+/// The pool of upstream connections. It only ever dials IP literals (the
+/// address the decide phase checked), so it never resolves a name itself.
+pub fn upstream_client() -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(512)
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .build(connector)
+}

@@ -1,0 +1,135 @@
+//! Forward mode: one closed-loop keep-alive HTTP/1.1 connection per worker.
+//!
+//! Each worker drives its connection and its requests in one task, so a request
+//! never waits for another task to be scheduled: on a 2-core machine shared with
+//! the proxy and the target, the load generator must not be the bottleneck.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::header::{HOST, HeaderValue, PROXY_AUTHORIZATION};
+use hyper::{Request, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::stats::{MeasureWindow, Tally};
+
+/// After a failed connect, wait this long before the next attempt so a dead
+/// proxy costs errors in the report, not a busy loop stealing CPU.
+pub const RECONNECT_PAUSE: Duration = Duration::from_millis(10);
+
+/// Everything a request needs, built once; per request only reference counts
+/// are bumped (Uri and HeaderValue share their bytes).
+#[derive(Clone)]
+pub struct RequestTemplate {
+    pub uri: Uri,
+    pub host: HeaderValue,
+    pub proxy_authorization: Option<HeaderValue>,
+}
+
+impl RequestTemplate {
+    pub fn build(&self) -> Request<Empty<Bytes>> {
+        let mut request = Request::new(Empty::new());
+        *request.uri_mut() = self.uri.clone();
+        let headers = request.headers_mut();
+        headers.insert(HOST, self.host.clone());
+        if let Some(credential) = &self.proxy_authorization {
+            headers.insert(PROXY_AUTHORIZATION, credential.clone());
+        }
+        request
+    }
+}
+
+/// Where a forward-mode worker connects and what it sends there.
+pub struct ForwardPlan {
+    pub dial: SocketAddr,
+    pub request: RequestTemplate,
+    pub window: MeasureWindow,
+}
+
+/// Runs one connection's closed loop until the window ends; reconnects whenever
+/// the connection closes.
+pub async fn forward_worker(plan: &ForwardPlan) -> Tally {
+    let mut tally = Tally::default();
+    let reconnecting = async {
+        loop {
+            one_connection(plan, &mut tally).await;
+        }
+    };
+    tokio::select! {
+        () = tokio::time::sleep_until(plan.window.end.into()) => {}
+        () = reconnecting => {}
+    }
+    tally
+}
+
+async fn one_connection(plan: &ForwardPlan, tally: &mut Tally) {
+    let (sender, driver) = match open(plan.dial).await {
+        Ok(opened) => opened,
+        Err(_) => {
+            tally.error(&plan.window, Instant::now());
+            tokio::time::sleep(RECONNECT_PAUSE).await;
+            return;
+        }
+    };
+    let requests = async move {
+        let mut sender = sender;
+        while sender.ready().await.is_ok() {
+            let started = Instant::now();
+            let outcome = exchange(&mut sender, &plan.request).await;
+            let done = Instant::now();
+            match outcome {
+                Ok(status) if status.is_success() => tally.success(&plan.window, started, done),
+                Ok(_) => tally.error(&plan.window, done),
+                Err(_) => {
+                    tally.error(&plan.window, done);
+                    return;
+                }
+            }
+        }
+        // A close between requests (the peer ended keep-alive) is not an error:
+        // dropping the sender lets the driver finish and we reconnect.
+    };
+    tokio::join!(driver, requests);
+}
+
+/// The connection's driver future is returned instead of spawned so the caller
+/// polls it in its own task. It owns the connection and drops it as soon as the
+/// connection ends, which wakes any request still waiting with an error.
+pub async fn open(
+    dial: SocketAddr,
+) -> anyhow::Result<(SendRequest<Empty<Bytes>>, impl Future<Output = ()>)> {
+    let stream = TcpStream::connect(dial).await?;
+    handshake(stream).await
+}
+
+pub async fn handshake(
+    stream: TcpStream,
+) -> anyhow::Result<(SendRequest<Empty<Bytes>>, impl Future<Output = ()>)> {
+    stream.set_nodelay(true)?;
+    let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+    let driver = async move {
+        // The error, if any, also reaches the request in flight; that is
+        // where it is counted.
+        let _ = connection.await;
+    };
+    Ok((sender, driver))
+}
+
+/// Sends one request and reads its whole body (discarding it, without
+/// buffering), so the next request can reuse the connection.
+pub async fn exchange(
+    sender: &mut SendRequest<Empty<Bytes>>,
+    template: &RequestTemplate,
+) -> anyhow::Result<StatusCode> {
+    let response = sender.send_request(template.build()).await?;
+    let status = response.status();
+    let mut body = response.into_body();
+    while let Some(frame) = body.frame().await {
+        frame?;
+    }
+    Ok(status)
+}

@@ -1,0 +1,178 @@
+//! The `clawgress` command line. It only parses arguments and calls into the
+//! crates; behaviour lives in `gateway/`, `policies/` and friends.
+
+mod bench;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "clawgress", version, about = "Queue-driven scraping and AI-agent egress, through one governed gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the egress gateway (explicit HTTP forward proxy).
+    Gateway(GatewayArgs),
+    /// Work with policy bundles.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Work with the audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Load-test a proxy (or a direct target): p50/p99 latency and requests/s.
+    Bench(bench::BenchArgs),
+    /// Serve fixed-size responses, as the target for `clawgress bench`.
+    BenchTarget(bench::TargetArgs),
+}
+
+#[derive(clap::Args)]
+struct GatewayArgs {
+    /// The policy bundle (YAML), e.g. policies/default.yaml.
+    #[arg(long, env = "CLAWGRESS_POLICY")]
+    policy: PathBuf,
+    /// The agent registry (YAML), e.g. policies/agents.example.yaml.
+    #[arg(long, env = "CLAWGRESS_AGENTS")]
+    agents: PathBuf,
+    /// Proxy address. Port 0 picks a free port (printed at start).
+    #[arg(long, default_value = "127.0.0.1:3128")]
+    listen: SocketAddr,
+    /// Admin address: /metrics, /healthz, /readyz.
+    #[arg(long, default_value = "127.0.0.1:9128")]
+    admin: SocketAddr,
+    /// The hash-chained audit trail [default: <state dir>/audit.jsonl].
+    #[arg(long)]
+    audit: Option<PathBuf>,
+    /// State directory [default: $CLAWGRESS_STATE_DIR, else $XDG_STATE_HOME/clawgress, else ~/.local/state/clawgress].
+    #[arg(long, env = "CLAWGRESS_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Audit records that may wait for the writer before the gateway fails closed.
+    #[arg(long, default_value_t = 65_536)]
+    audit_queue: usize,
+    /// How often the policy and agent files are checked for changes, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    watch_interval_ms: u64,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy bundle and print a summary; exits non-zero if invalid.
+    Check { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify the hash chain; reports the first edited, removed or reordered line.
+    Verify { file: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CLAWGRESS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Gateway(args) => {
+            let state_dir = args.state_dir.unwrap_or_else(default_state_dir);
+            let config = clawgress_gateway::GatewayConfig {
+                policy: args.policy,
+                agents: args.agents,
+                listen: args.listen,
+                admin: args.admin,
+                audit: args.audit.unwrap_or_else(|| state_dir.join("audit.jsonl")),
+                audit_queue: args.audit_queue.max(1),
+                watch_interval: Duration::from_millis(args.watch_interval_ms.max(10)),
+                drain: Duration::from_secs(30),
+            };
+            runtime()?.block_on(clawgress_gateway::run(config, shutdown_signal()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy { command: PolicyCommand::Check { file } } => {
+            match clawgress_policies::load_file(&file) {
+                Ok(bundle) => {
+                    println!("{}", clawgress_policies::summary(&bundle));
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(error) => {
+                    eprintln!("{error}");
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
+        Command::Audit { command: AuditCommand::Verify { file } } => {
+            match clawgress_gateway::audit::verify_file(&file) {
+                Ok(report) => {
+                    println!("{}: {} lines, chain intact, last hash {}", file.display(), report.lines, report.last_hash);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(error) => {
+                    eprintln!("{}: {error}", file.display());
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Command::Bench(args) => {
+            runtime()?.block_on(bench::run_bench(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::BenchTarget(args) => {
+            runtime()?.block_on(bench::run_target(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(dir).join("clawgress");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/state/clawgress"),
+        None => PathBuf::from(".clawgress"),
+    }
+}
+
+/// Ctrl-C or SIGTERM: both mean "stop cleanly".
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut stream) => {
+                stream.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

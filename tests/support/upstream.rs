@@ -1,0 +1,154 @@
+//! Local stand-ins for the internet: an HTTP origin, a TLS origin with its
+//! own test CA, and a raw TCP server that exercises half-close.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+pub struct Origin {
+    pub addr: SocketAddr,
+    pub requests: Arc<AtomicUsize>,
+    /// Released by a test to let `/slow-stream` send its last chunk.
+    pub release: Arc<Notify>,
+}
+
+/// Routes:
+/// - `/hello`: a small body;
+/// - `/headers`: the request headers it received, as JSON;
+/// - `/echo`: the request body streamed back;
+/// - `/slow-stream`: one chunk, then waits for `release`, then the rest;
+/// - `/status/NNN`: that status;
+/// - `/big/N`: N bytes.
+pub async fn origin() -> Origin {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+    let addr = listener.local_addr().expect("origin addr");
+    let requests = Arc::new(AtomicUsize::new(0));
+    let release = Arc::new(Notify::new());
+    let (count, rel) = (requests.clone(), release.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let (count, rel) = (count.clone(), rel.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let rel = rel.clone();
+                    async move { Ok::<_, Infallible>(route(req, rel).await) }
+                });
+                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    Origin { addr, requests, release }
+}
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+async fn route(req: Request<Incoming>, release: Arc<Notify>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    if path == "/hello" {
+        return Response::builder().header("x-upstream", "yes").body(full("hello from upstream")).unwrap();
+    }
+    if path == "/headers" {
+        let map: serde_json::Map<String, serde_json::Value> = req
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str().to_string(), serde_json::Value::String(v.to_str().unwrap_or("").to_string())))
+            .collect();
+        let mut body = serde_json::Value::Object(map);
+        body["_request_target"] = serde_json::Value::String(req.uri().to_string());
+        return Response::new(full(body.to_string()));
+    }
+    if path == "/echo" {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+        let mut incoming = req.into_body();
+        tokio::spawn(async move {
+            while let Some(Ok(frame)) = incoming.frame().await {
+                if let Ok(data) = frame.into_data()
+                    && tx.send(Ok(Frame::data(data))).await.is_err()
+                {
+                    return;
+                }
+            }
+        });
+        return Response::new(BodyExt::boxed(ChannelBody(rx)));
+    }
+    if path == "/slow-stream" {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+        tokio::spawn(async move {
+            let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"first;")))).await;
+            release.notified().await;
+            let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"last")))).await;
+        });
+        return Response::new(BodyExt::boxed(ChannelBody(rx)));
+    }
+    if let Some(code) = path.strip_prefix("/status/").and_then(|c| c.parse::<u16>().ok()) {
+        return Response::builder().status(code).body(full(format!("status {code}"))).unwrap();
+    }
+    if let Some(n) = path.strip_prefix("/big/").and_then(|c| c.parse::<usize>().ok()) {
+        return Response::new(full(vec![b'x'; n]));
+    }
+    Response::builder().status(404).body(full("no such route")).unwrap()
+}
+
+/// A response body fed by a channel: frames go out as they are sent.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, Infallible>>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// A raw TCP server for half-close: it echoes what it reads, and when the
+/// client shuts down its write side it sends `bye` and closes.
+pub async fn half_close_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+    let addr = listener.local_addr().expect("echo addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) => {
+                            let _ = stream.write_all(b"bye").await;
+                            let _ = stream.shutdown().await;
+                            return;
+                        }
+                        Ok(n) => {
+                            if stream.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(_) => return,
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
