@@ -11,7 +11,11 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "clawgress", version, about = "Queue-driven scraping and AI-agent egress, through one governed gateway")]
+#[command(
+    name = "clawgress",
+    version,
+    about = "Queue-driven scraping and AI-agent egress, through one governed gateway"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -60,6 +64,9 @@ struct GatewayArgs {
     /// Audit records that may wait for the writer before the gateway fails closed.
     #[arg(long, default_value_t = 65_536)]
     audit_queue: usize,
+    /// Proxy worker threads [default: one per CPU].
+    #[arg(long)]
+    workers: Option<usize>,
     /// How often the policy and agent files are checked for changes, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     watch_interval_ms: u64,
@@ -107,41 +114,51 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 audit: args.audit.unwrap_or_else(|| state_dir.join("audit.jsonl")),
                 audit_queue: args.audit_queue.max(1),
                 watch_interval: Duration::from_millis(args.watch_interval_ms.max(10)),
+                workers: args
+                    .workers
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
                 drain: Duration::from_secs(30),
             };
             runtime()?.block_on(clawgress_gateway::run(config, shutdown_signal()))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Policy { command: PolicyCommand::Check { file } } => {
-            match clawgress_policies::load_file(&file) {
-                Ok(bundle) => {
-                    println!("{}", clawgress_policies::summary(&bundle));
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(error) => {
-                    eprintln!("{error}");
-                    Ok(ExitCode::from(2))
-                }
+        Command::Policy {
+            command: PolicyCommand::Check { file },
+        } => match clawgress_policies::load_file(&file) {
+            Ok(bundle) => {
+                println!("{}", clawgress_policies::summary(&bundle));
+                Ok(ExitCode::SUCCESS)
             }
-        }
-        Command::Audit { command: AuditCommand::Verify { file } } => {
-            match clawgress_gateway::audit::verify_file(&file) {
-                Ok(report) => {
-                    println!("{}: {} lines, chain intact, last hash {}", file.display(), report.lines, report.last_hash);
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(error) => {
-                    eprintln!("{}: {error}", file.display());
-                    Ok(ExitCode::from(1))
-                }
+            Err(error) => {
+                eprintln!("{error}");
+                Ok(ExitCode::from(2))
             }
-        }
+        },
+        Command::Audit {
+            command: AuditCommand::Verify { file },
+        } => match clawgress_gateway::audit::verify_file(&file) {
+            Ok(report) => {
+                println!(
+                    "{}: {} lines, chain intact, last hash {}",
+                    file.display(),
+                    report.lines,
+                    report.last_hash
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(error) => {
+                eprintln!("{}: {error}", file.display());
+                Ok(ExitCode::from(1))
+            }
+        },
+        // The load generator and the target each take one core at most, so
+        // on a small machine the process under test keeps the rest.
         Command::Bench(args) => {
-            runtime()?.block_on(bench::run_bench(args))?;
+            single_thread_runtime()?.block_on(bench::run_bench(args))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::BenchTarget(args) => {
-            runtime()?.block_on(bench::run_target(args))?;
+            single_thread_runtime()?.block_on(bench::run_target(args))?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -149,6 +166,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn single_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
 fn default_state_dir() -> PathBuf {

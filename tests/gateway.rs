@@ -156,11 +156,21 @@ async fn world(enforcement: &str) -> World {
     .await;
     let policy = policy_yaml(origin.addr.port(), tls.addr.port(), echo.port(), dns.addr, enforcement);
     let gw = GatewayProc::start(&policy, &agents_yaml());
-    World { gw, origin, tls, echo, dns }
+    World {
+        gw,
+        origin,
+        tls,
+        echo,
+        dns,
+    }
 }
 
 fn get(target: &str, auth: Option<(&str, &str)>) -> String {
-    let host = target.trim_start_matches("http://").split('/').next().unwrap_or_default();
+    let host = target
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap_or_default();
     let mut head = format!("GET {target} HTTP/1.1\r\nHost: {host}");
     if let Some((agent, key)) = auth {
         head.push_str(&format!("\r\nProxy-Authorization: {}", basic(agent, key)));
@@ -181,10 +191,18 @@ async fn allowed_request_is_forwarded_streamed_and_audited() {
     let w = world("enforce").await;
     let port = w.origin.addr.port();
     let client = reqwest::Client::builder()
-        .proxy(reqwest::Proxy::http(w.gw.proxy_url()).unwrap().basic_auth(SCRAPER.0, SCRAPER.1))
+        .proxy(
+            reqwest::Proxy::http(w.gw.proxy_url())
+                .unwrap()
+                .basic_auth(SCRAPER.0, SCRAPER.1),
+        )
         .build()
         .unwrap();
-    let response = client.get(format!("http://site.test:{port}/hello?token=secret")).send().await.unwrap();
+    let response = client
+        .get(format!("http://site.test:{port}/hello?token=secret"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-upstream"], "yes");
     assert_eq!(response.text().await.unwrap(), "hello from upstream");
@@ -196,7 +214,10 @@ async fn allowed_request_is_forwarded_streamed_and_audited() {
     assert_eq!(line["environment"], "dev");
     assert_eq!(line["request"]["domain"], "site.test");
     assert_eq!(line["request"]["method"], "GET");
-    assert_eq!(line["request"]["path"], "/hello", "the query string must never reach the audit trail");
+    assert_eq!(
+        line["request"]["path"], "/hello",
+        "the query string must never reach the audit trail"
+    );
     assert_eq!(line["response"]["status"], 200);
     assert_eq!(line["bytes_in"], 19);
     assert_eq!(line["decision"], "allow");
@@ -212,10 +233,18 @@ async fn allowed_request_is_forwarded_streamed_and_audited() {
 async fn credentials_are_never_forwarded_and_host_names_the_origin() {
     let w = world("enforce").await;
     let port = w.origin.addr.port();
-    let response = raw::send(w.gw.proxy, &get(&format!("http://site.test:{port}/headers"), Some(SCRAPER)), b"").await;
+    let response = raw::send(
+        w.gw.proxy,
+        &get(&format!("http://site.test:{port}/headers"), Some(SCRAPER)),
+        b"",
+    )
+    .await;
     assert_eq!(response.status, 200);
     let seen = response.json();
-    assert!(seen.get("proxy-authorization").is_none(), "credential leaked upstream: {seen}");
+    assert!(
+        seen.get("proxy-authorization").is_none(),
+        "credential leaked upstream: {seen}"
+    );
     assert_eq!(seen["host"], format!("site.test:{port}"));
     assert_eq!(seen["_request_target"], "/headers", "upstream must get origin-form");
     assert!(seen["via"].as_str().unwrap_or_default().contains("clawgress"));
@@ -235,24 +264,41 @@ async fn missing_bad_unknown_and_disabled_credentials_get_407() {
         let response = raw::send(w.gw.proxy, &get(&target, auth), b"").await;
         assert_eq!(response.status, 407, "{reason}");
         assert!(
-            response.headers_named("proxy-authenticate").contains(&"Basic realm=\"clawgress\""),
+            response
+                .headers_named("proxy-authenticate")
+                .contains(&"Basic realm=\"clawgress\""),
             "407 without Proxy-Authenticate: {:?}",
             response.headers
         );
         assert_eq!(response.reason(), reason);
         assert!(!String::from_utf8_lossy(&response.body).contains("wrong-key"));
     }
-    let malformed = raw::send(w.gw.proxy, &format!("GET {target} HTTP/1.1\r\nProxy-Authorization: Basic !!!"), b"").await;
+    let malformed = raw::send(
+        w.gw.proxy,
+        &format!("GET {target} HTTP/1.1\r\nProxy-Authorization: Basic !!!"),
+        b"",
+    )
+    .await;
     assert_eq!(malformed.status, 407);
-    assert_eq!(w.origin.requests.load(std::sync::atomic::Ordering::SeqCst), 0, "nothing may reach the origin");
+    assert_eq!(
+        w.origin.requests.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing may reach the origin"
+    );
     let audit = std::fs::read_to_string(&w.gw.audit).unwrap_or_default();
-    assert!(!audit.contains("wrong-key") && !audit.contains("whatever"), "a presented key reached the audit trail");
+    assert!(
+        !audit.contains("wrong-key") && !audit.contains("whatever"),
+        "a presented key reached the audit trail"
+    );
 }
 
 #[tokio::test]
 async fn jwt_bearer_identity_is_accepted() {
     let w = world("enforce").await;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let claims = serde_json::json!({
         "iss": "https://idp.test", "aud": "clawgress", "sub": SCRAPER.0,
         "exp": now + 600, "nbf": now - 10,
@@ -268,7 +314,8 @@ async fn jwt_bearer_identity_is_accepted() {
     let response = raw::send(w.gw.proxy, &head, b"").await;
     assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
 
-    let expired = serde_json::json!({"iss": "https://idp.test", "aud": "clawgress", "sub": SCRAPER.0, "exp": now - 600});
+    let expired =
+        serde_json::json!({"iss": "https://idp.test", "aud": "clawgress", "sub": SCRAPER.0, "exp": now - 600});
     let token = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &expired,
@@ -285,26 +332,89 @@ async fn every_policy_reason_code_is_answered_and_audited() {
     let w = world("enforce").await;
     let port = w.origin.addr.port();
     let cases = [
-        (get(&format!("http://unlisted.test:{port}/"), Some(SCRAPER)), 403, "domain_not_in_allowlist", "default_deny"),
-        (get("http://hidden.onion/", Some(SCRAPER)), 403, "blocked_pattern", "dns.block_patterns"),
-        (get(&format!("http://a.blocked.test:{port}/"), Some(SCRAPER)), 403, "blocklisted", "project_blocklist[0]"),
-        (get("http://site.test:1/", Some(SCRAPER)), 403, "port_not_allowed", "allowlist.local_sites[0]"),
-        (connect(&format!("site.test:{port}"), Some(SCRAPER)), 403, "protocol_not_allowed", "allowlist.local_sites[0]"),
-        (get(&format!("http://ai.test:{port}/"), Some(SCRAPER)), 403, "role_not_allowed", "allowlist.ai_providers[0]"),
-        (get(&format!("http://expired.test:{port}/"), Some(SCRAPER)), 403, "domain_not_in_allowlist", "default_deny"),
-        (get(&format!("http://wild.test:{port}/"), Some(SCRAPER)), 403, "domain_not_in_allowlist", "default_deny"),
-        (get(&format!("http://evilsite.test:{port}/"), Some(SCRAPER)), 403, "domain_not_in_allowlist", "default_deny"),
-        ("GET /hello HTTP/1.1\r\nHost: site.test".to_string(), 400, "not_a_proxy_request", "request"),
-        (get("https://site.test/", Some(SCRAPER)), 400, "unsupported_url_scheme", "request"),
+        (
+            get(&format!("http://unlisted.test:{port}/"), Some(SCRAPER)),
+            403,
+            "domain_not_in_allowlist",
+            "default_deny",
+        ),
+        (
+            get("http://hidden.onion/", Some(SCRAPER)),
+            403,
+            "blocked_pattern",
+            "dns.block_patterns",
+        ),
+        (
+            get(&format!("http://a.blocked.test:{port}/"), Some(SCRAPER)),
+            403,
+            "blocklisted",
+            "project_blocklist[0]",
+        ),
+        (
+            get("http://site.test:1/", Some(SCRAPER)),
+            403,
+            "port_not_allowed",
+            "allowlist.local_sites[0]",
+        ),
+        (
+            connect(&format!("site.test:{port}"), Some(SCRAPER)),
+            403,
+            "protocol_not_allowed",
+            "allowlist.local_sites[0]",
+        ),
+        (
+            get(&format!("http://ai.test:{port}/"), Some(SCRAPER)),
+            403,
+            "role_not_allowed",
+            "allowlist.ai_providers[0]",
+        ),
+        (
+            get(&format!("http://expired.test:{port}/"), Some(SCRAPER)),
+            403,
+            "domain_not_in_allowlist",
+            "default_deny",
+        ),
+        (
+            get(&format!("http://wild.test:{port}/"), Some(SCRAPER)),
+            403,
+            "domain_not_in_allowlist",
+            "default_deny",
+        ),
+        (
+            get(&format!("http://evilsite.test:{port}/"), Some(SCRAPER)),
+            403,
+            "domain_not_in_allowlist",
+            "default_deny",
+        ),
+        (
+            "GET /hello HTTP/1.1\r\nHost: site.test".to_string(),
+            400,
+            "not_a_proxy_request",
+            "request",
+        ),
+        (
+            get("https://site.test/", Some(SCRAPER)),
+            400,
+            "unsupported_url_scheme",
+            "request",
+        ),
     ];
     for (head, status, reason, policy_id) in cases {
         let response = raw::send(w.gw.proxy, &head, b"").await;
-        assert_eq!(response.status, status, "{head}: {}", String::from_utf8_lossy(&response.body));
+        assert_eq!(
+            response.status,
+            status,
+            "{head}: {}",
+            String::from_utf8_lossy(&response.body)
+        );
         assert_eq!(response.reason(), reason, "{head}");
         let body = response.json();
         assert_eq!(body["policy_id"], policy_id, "{head}");
         let decision = response.header("x-clawgress-decision").unwrap_or_default();
-        assert!(decision.contains(&format!("reason={reason}")), "{head}: header {decision}");
+        assert!(
+            decision.contains(&format!("reason={reason}")),
+            "{head}: header {decision}"
+        );
         let request_id = body["request_id"].as_str().unwrap().to_string();
         let line = w.gw.audit_for(&request_id).await;
         assert_eq!(line["type"], "egress_denied");
@@ -317,10 +427,20 @@ async fn every_policy_reason_code_is_answered_and_audited() {
     }
     // Allowed neighbours of the denied names still pass.
     for host in ["a.wild.test", "b.c.wild.test"] {
-        let response = raw::send(w.gw.proxy, &get(&format!("http://{host}:{port}/hello"), Some(SCRAPER)), b"").await;
+        let response = raw::send(
+            w.gw.proxy,
+            &get(&format!("http://{host}:{port}/hello"), Some(SCRAPER)),
+            b"",
+        )
+        .await;
         assert_eq!(response.status, 200, "{host}");
     }
-    let ai = raw::send(w.gw.proxy, &get(&format!("http://ai.test:{port}/hello"), Some(AI_AGENT)), b"").await;
+    let ai = raw::send(
+        w.gw.proxy,
+        &get(&format!("http://ai.test:{port}/hello"), Some(AI_AGENT)),
+        b"",
+    )
+    .await;
     assert_eq!(ai.status, 200, "the ai-agent role may use the ai_providers group");
     // Only the three allowed requests reached the origin.
     assert_eq!(w.origin.requests.load(std::sync::atomic::Ordering::SeqCst), 3);
@@ -334,37 +454,89 @@ async fn private_addresses_in_every_form_are_denied() {
     let w = world("enforce").await;
     let port = w.origin.addr.port();
     // Non-canonical IPv4 literals are malformed, never interpreted.
-    for host in ["2130706433", "0x7f.1", "0x7f000001", "0177.0.0.1", "127.1", "127.0.1", "127.000.000.001"] {
+    for host in [
+        "2130706433",
+        "0x7f.1",
+        "0x7f000001",
+        "0177.0.0.1",
+        "127.1",
+        "127.0.1",
+        "127.000.000.001",
+    ] {
         let response = raw::send(w.gw.proxy, &get(&format!("http://{host}:{port}/"), Some(SCRAPER)), b"").await;
         assert_eq!(response.status, 400, "{host}");
         assert_eq!(response.reason(), "malformed_host", "{host}");
     }
     // Literal private addresses, and their IPv6 encodings.
     for host in [
-        "127.0.0.1", "10.0.0.1", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
-        "224.0.0.1", "240.0.0.1", "[::1]", "[::ffff:127.0.0.1]", "[::ffff:10.0.0.1]", "[64:ff9b::a9fe:a9fe]",
-        "[2002:7f00:1::]", "[fd00::1]", "[fe80::1]", "[::]", "[ff02::1]",
+        "127.0.0.1",
+        "10.0.0.1",
+        "172.16.0.1",
+        "192.168.1.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "0.0.0.0",
+        "224.0.0.1",
+        "240.0.0.1",
+        "[::1]",
+        "[::ffff:127.0.0.1]",
+        "[::ffff:10.0.0.1]",
+        "[64:ff9b::a9fe:a9fe]",
+        "[2002:7f00:1::]",
+        "[fd00::1]",
+        "[fe80::1]",
+        "[::]",
+        "[ff02::1]",
     ] {
         let response = raw::send(w.gw.proxy, &get(&format!("http://{host}:{port}/"), Some(SCRAPER)), b"").await;
-        assert_eq!(response.status, 403, "{host}: {}", String::from_utf8_lossy(&response.body));
+        assert_eq!(
+            response.status,
+            403,
+            "{host}: {}",
+            String::from_utf8_lossy(&response.body)
+        );
         assert_eq!(response.reason(), "private_address", "{host}");
     }
     // Names that resolve to private addresses, including one that mixes a
     // public and a private answer (a rebinding attempt).
     for host in ["rebind.test", "metadata.test", "mixed.test", "mapped.test"] {
         let port = if host == "metadata.test" { 80 } else { port };
-        let response = raw::send(w.gw.proxy, &get(&format!("http://{host}:{port}/hello"), Some(SCRAPER)), b"").await;
-        assert_eq!(response.status, 403, "{host}: {}", String::from_utf8_lossy(&response.body));
+        let response = raw::send(
+            w.gw.proxy,
+            &get(&format!("http://{host}:{port}/hello"), Some(SCRAPER)),
+            b"",
+        )
+        .await;
+        assert_eq!(
+            response.status,
+            403,
+            "{host}: {}",
+            String::from_utf8_lossy(&response.body)
+        );
         assert_eq!(response.reason(), "private_address", "{host}");
     }
     assert_eq!(w.origin.requests.load(std::sync::atomic::Ordering::SeqCst), 0);
     // allow_private: true is an explicit allowance.
-    let response = raw::send(w.gw.proxy, &get(&format!("http://internal.test:{port}/hello"), Some(SCRAPER)), b"").await;
+    let response = raw::send(
+        w.gw.proxy,
+        &get(&format!("http://internal.test:{port}/hello"), Some(SCRAPER)),
+        b"",
+    )
+    .await;
     assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
     // DNS answers are cached: a second request does not query again.
-    let again = raw::send(w.gw.proxy, &get(&format!("http://internal.test:{port}/hello"), Some(SCRAPER)), b"").await;
+    let again = raw::send(
+        w.gw.proxy,
+        &get(&format!("http://internal.test:{port}/hello"), Some(SCRAPER)),
+        b"",
+    )
+    .await;
     assert_eq!(again.status, 200);
-    assert_eq!(w.dns.queries_for("internal.test"), 2, "one A and one AAAA query, then the cache");
+    assert_eq!(
+        w.dns.queries_for("internal.test"),
+        2,
+        "one A and one AAAA query, then the cache"
+    );
 }
 
 #[tokio::test]
@@ -373,20 +545,35 @@ async fn connect_tunnels_carry_tls_end_to_end_and_count_bytes() {
     let authority = format!("tls.test:{}", w.tls.addr.port());
     let mut stream = tokio::net::TcpStream::connect(w.gw.proxy).await.unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    stream.write_all(format!("{}\r\n\r\n", connect(&authority, Some(SCRAPER))).as_bytes()).await.unwrap();
+    stream
+        .write_all(format!("{}\r\n\r\n", connect(&authority, Some(SCRAPER))).as_bytes())
+        .await
+        .unwrap();
     let response = raw::read_response(&mut stream).await;
     assert_eq!(response.status, 200);
-    let mut tls = support::tls::connect(stream, "tls.test", &w.tls.ca_der).await.expect("TLS through the tunnel");
-    tls.write_all(b"GET / HTTP/1.1\r\nHost: tls.test\r\n\r\n").await.unwrap();
+    let mut tls = support::tls::connect(stream, "tls.test", &w.tls.ca_der)
+        .await
+        .expect("TLS through the tunnel");
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: tls.test\r\n\r\n")
+        .await
+        .unwrap();
     let mut answer = Vec::new();
     tls.read_to_end(&mut answer).await.unwrap();
     assert!(String::from_utf8_lossy(&answer).ends_with("hello over tls"));
     drop(tls);
-    let line = w.gw.wait_audit(|l| l["type"] == "egress_request" && l["request"]["method"] == "CONNECT").await;
+    let line =
+        w.gw.wait_audit(|l| l["type"] == "egress_request" && l["request"]["method"] == "CONNECT")
+            .await;
     assert_eq!(line["request"]["domain"], "tls.test");
     assert_eq!(line["protocol"], "https");
-    assert!(line["bytes_out"].as_u64().unwrap() > 100, "ClientHello and request went out: {line}");
-    assert!(line["bytes_in"].as_u64().unwrap() > 100, "certificate and answer came in: {line}");
+    assert!(
+        line["bytes_out"].as_u64().unwrap() > 100,
+        "ClientHello and request went out: {line}"
+    );
+    assert!(
+        line["bytes_in"].as_u64().unwrap() > 100,
+        "certificate and answer came in: {line}"
+    );
 }
 
 #[tokio::test]
@@ -400,8 +587,14 @@ async fn connect_tunnels_half_close() {
     stream.write_all(b"ping").await.unwrap();
     stream.shutdown().await.unwrap();
     let mut rest = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await.unwrap().unwrap();
-    assert_eq!(rest, b"pingbye", "the server's answer after our half-close must come back");
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        rest, b"pingbye",
+        "the server's answer after our half-close must come back"
+    );
 }
 
 #[tokio::test]
@@ -466,14 +659,29 @@ async fn keep_alive_serves_many_requests_on_one_connection() {
 async fn report_mode_lets_policy_denials_through_but_not_private_addresses() {
     let w = world("report").await;
     let port = w.origin.addr.port();
-    let response = raw::send(w.gw.proxy, &get(&format!("http://unlisted.test:{port}/hello"), Some(SCRAPER)), b"").await;
+    let response = raw::send(
+        w.gw.proxy,
+        &get(&format!("http://unlisted.test:{port}/hello"), Some(SCRAPER)),
+        b"",
+    )
+    .await;
     assert_eq!(response.status, 200);
-    assert!(response.header("x-clawgress-decision").unwrap_or_default().starts_with("would_deny"));
+    assert!(
+        response
+            .header("x-clawgress-decision")
+            .unwrap_or_default()
+            .starts_with("would_deny")
+    );
     let line = w.gw.wait_audit(|l| l["request"]["domain"] == "unlisted.test").await;
     assert_eq!(line["decision"], "would_deny");
     assert_eq!(line["reason"], "domain_not_in_allowlist");
     assert_eq!(line["enforcement_mode"], "report");
-    let private = raw::send(w.gw.proxy, &get(&format!("http://10.0.0.1:{port}/"), Some(SCRAPER)), b"").await;
+    let private = raw::send(
+        w.gw.proxy,
+        &get(&format!("http://10.0.0.1:{port}/"), Some(SCRAPER)),
+        b"",
+    )
+    .await;
     assert_eq!(private.status, 403, "the SSRF guard is enforced in report mode too");
     let anonymous = raw::send(w.gw.proxy, &get(&format!("http://unlisted.test:{port}/"), None), b"").await;
     assert_eq!(anonymous.status, 407, "identity is mandatory in report mode too");
@@ -489,19 +697,28 @@ async fn policy_reloads_on_change_and_refuses_a_broken_file() {
     let current = std::fs::read_to_string(&w.gw.policy).unwrap();
     let widened = current.replace(
         "  ai_providers:",
-        &format!("  extra:\n    - domain: \"unlisted.test\"\n      ports: [{port}]\n      protocols: [http]\n  ai_providers:"),
+        &format!(
+            "  extra:\n    - domain: \"unlisted.test\"\n      ports: [{port}]\n      protocols: [http]\n  ai_providers:"
+        ),
     );
     std::fs::write(&w.gw.policy, &widened).unwrap();
     wait_for_status(&w.gw, &target, 200).await;
 
     // A broken file is refused and the last good policy stays in force.
-    std::fs::write(&w.gw.policy, widened.replace("protocols: [http]", "protocols: [gopher]")).unwrap();
+    std::fs::write(
+        &w.gw.policy,
+        widened.replace("protocols: [http]", "protocols: [gopher]"),
+    )
+    .unwrap();
     wait_until(|| w.gw.log().contains("policy reload refused")).await;
     let log = w.gw.log();
     assert!(log.contains("policy.yaml:"), "the error names the file and line: {log}");
     assert_eq!(raw::send(w.gw.proxy, &target, b"").await.status, 200);
     let metrics = w.gw.metrics().await;
-    assert!(metrics.contains("policy_reloads_total{result=\"failure\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("policy_reloads_total{result=\"failure\"} 1"),
+        "{metrics}"
+    );
 
     // SIGHUP reloads too: put the original back and signal.
     std::fs::write(&w.gw.policy, &current).unwrap();
@@ -515,7 +732,11 @@ async fn wait_for_status(gw: &GatewayProc, head: &str, status: u16) {
         if raw::send(gw.proxy, head, b"").await.status == status {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "status {status} never came; log:\n{}", gw.log());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "status {status} never came; log:\n{}",
+            gw.log()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -532,8 +753,18 @@ async fn wait_until(condition: impl Fn() -> bool) {
 async fn metrics_and_health_are_served_with_bounded_labels() {
     let w = world("enforce").await;
     let port = w.origin.addr.port();
-    raw::send(w.gw.proxy, &get(&format!("http://site.test:{port}/hello"), Some(SCRAPER)), b"").await;
-    raw::send(w.gw.proxy, &get(&format!("http://unlisted.test:{port}/secret-path"), Some(SCRAPER)), b"").await;
+    raw::send(
+        w.gw.proxy,
+        &get(&format!("http://site.test:{port}/hello"), Some(SCRAPER)),
+        b"",
+    )
+    .await;
+    raw::send(
+        w.gw.proxy,
+        &get(&format!("http://unlisted.test:{port}/secret-path"), Some(SCRAPER)),
+        b"",
+    )
+    .await;
     let metrics = w.gw.metrics().await;
     for name in [
         "http_client_requests_total",
@@ -545,8 +776,14 @@ async fn metrics_and_health_are_served_with_bounded_labels() {
     ] {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }
-    assert!(metrics.contains("egress_requests_blocked_total{reason=\"domain_not_in_allowlist\"} 1"), "{metrics}");
-    assert!(!metrics.contains("secret-path") && !metrics.contains("unlisted.test"), "a URL became a label");
+    assert!(
+        metrics.contains("egress_requests_blocked_total{reason=\"domain_not_in_allowlist\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("secret-path") && !metrics.contains("unlisted.test"),
+        "a URL became a label"
+    );
     for path in ["/healthz", "/readyz"] {
         let response = raw::send(w.gw.admin, &format!("GET {path} HTTP/1.1\r\nHost: admin"), b"").await;
         assert_eq!(response.status, 200, "{path}");
@@ -560,13 +797,26 @@ async fn audit_trail_survives_restart_and_detects_tampering() {
     for i in 0..5 {
         let path = if i % 2 == 0 { "hello" } else { "nope" };
         let host = if i % 2 == 0 { "site.test" } else { "unlisted.test" };
-        raw::send(w.gw.proxy, &get(&format!("http://{host}:{port}/{path}"), Some(SCRAPER)), b"").await;
+        raw::send(
+            w.gw.proxy,
+            &get(&format!("http://{host}:{port}/{path}"), Some(SCRAPER)),
+            b"",
+        )
+        .await;
     }
     assert!(w.gw.stop().success(), "clean exit on SIGTERM");
     let audit = w.gw.audit.clone();
-    assert_eq!(w.gw.audit_lines().len(), 5, "every request has exactly one line after a clean stop");
+    assert_eq!(
+        w.gw.audit_lines().len(),
+        5,
+        "every request has exactly one line after a clean stop"
+    );
     let verify = |path: &std::path::Path| {
-        std::process::Command::new(support::clawgress_bin()).args(["audit", "verify"]).arg(path).output().unwrap()
+        std::process::Command::new(support::clawgress_bin())
+            .args(["audit", "verify"])
+            .arg(path)
+            .output()
+            .unwrap()
     };
     let ok = verify(&audit);
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
@@ -577,14 +827,22 @@ async fn audit_trail_survives_restart_and_detects_tampering() {
     std::fs::write(&tampered, edited).unwrap();
     let bad = verify(&tampered);
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("line 2"), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("line 2"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
 
     let mut lines: Vec<&str> = text.lines().collect();
     lines.remove(2);
     std::fs::write(&tampered, lines.join("\n") + "\n").unwrap();
     let removed = verify(&tampered);
     assert!(!removed.status.success());
-    assert!(String::from_utf8_lossy(&removed.stderr).contains("line 3"), "{}", String::from_utf8_lossy(&removed.stderr));
+    assert!(
+        String::from_utf8_lossy(&removed.stderr).contains("line 3"),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
 }
 
 #[test]
@@ -605,9 +863,16 @@ fn policy_check_summarizes_the_default_bundle_and_locates_errors() {
     let dir = tempfile::tempdir().unwrap();
     let broken = dir.path().join("broken.yaml");
     std::fs::write(&broken, "egress:\n  default_action: deny\nallowlist:\n  g:\n    - domain: \"a.com\"\n      ports: [443]\n      protocols: [https]\n      rate_limt: 5/min\n").unwrap();
-    let bad = std::process::Command::new(support::clawgress_bin()).args(["policy", "check"]).arg(&broken).output().unwrap();
+    let bad = std::process::Command::new(support::clawgress_bin())
+        .args(["policy", "check"])
+        .arg(&broken)
+        .output()
+        .unwrap();
     assert_eq!(bad.status.code(), Some(2));
     let message = String::from_utf8_lossy(&bad.stderr);
     assert!(message.contains("broken.yaml:8:"), "{message}");
-    assert!(message.contains("rate_limit"), "the hint names the right key: {message}");
+    assert!(
+        message.contains("rate_limit"),
+        "the hint names the right key: {message}"
+    );
 }

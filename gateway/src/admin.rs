@@ -33,7 +33,10 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: w
                 let gateway = gateway.clone();
                 async move { Ok::<_, std::convert::Infallible>(route(&gateway, &req)) }
             });
-            if let Err(error) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+            if let Err(error) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
                 tracing::debug!(%error, "admin connection ended with an error");
             }
         });
@@ -59,7 +62,10 @@ fn route(gateway: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 let version = gateway.policy.load().version.clone();
                 text(StatusCode::OK, &format!("ready policy_version={version}\n"))
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "not ready: the audit writer is not running\n")
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: the audit writer is not running\n",
+                )
             }
         }
         _ => text(StatusCode::NOT_FOUND, "not found; try /metrics, /healthz or /readyz\n"),
@@ -69,8 +75,9 @@ fn route(gateway: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::copy_from_slice(body.as_bytes())));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }

@@ -143,9 +143,9 @@ impl Refusal {
     /// or anything from the request body.
     pub fn detail(&self) -> String {
         match self {
-            Refusal::Identity(e) => format!(
-                "{e}. Send Proxy-Authorization: Basic base64(agent_id:api_key) or Bearer <JWT>."
-            ),
+            Refusal::Identity(e) => {
+                format!("{e}. Send Proxy-Authorization: Basic base64(agent_id:api_key) or Bearer <JWT>.")
+            }
             Refusal::Request(RequestProblem::NotProxyRequest) => {
                 "this is a forward proxy: send absolute-form requests (GET http://host/path) or CONNECT host:port"
                     .to_string()
@@ -153,9 +153,7 @@ impl Refusal {
             Refusal::Request(RequestProblem::UnsupportedScheme) => {
                 "only http:// URLs can be forwarded in absolute form; use CONNECT for https".to_string()
             }
-            Refusal::Request(RequestProblem::MissingAuthority) => {
-                "the request target has no host and port".to_string()
-            }
+            Refusal::Request(RequestProblem::MissingAuthority) => "the request target has no host and port".to_string(),
             Refusal::Request(RequestProblem::ProxyLoop) => {
                 "the request already passed through this gateway (Via header)".to_string()
             }
@@ -165,9 +163,7 @@ impl Refusal {
                 DenyReason::BlockedPattern => "the destination matches a blocked DNS pattern".to_string(),
                 DenyReason::Blocklisted => "the destination is on the project blocklist".to_string(),
                 DenyReason::PortNotAllowed => "the allowlist entry does not allow this port".to_string(),
-                DenyReason::ProtocolNotAllowed => {
-                    "the allowlist entry does not allow this protocol".to_string()
-                }
+                DenyReason::ProtocolNotAllowed => "the allowlist entry does not allow this protocol".to_string(),
                 DenyReason::RoleNotAllowed => "the allowlist entry is not open to this agent's role".to_string(),
             },
             Refusal::PrivateAddress(kind) => format!(

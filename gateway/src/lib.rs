@@ -53,6 +53,8 @@ pub struct GatewayConfig {
     /// fails closed.
     pub audit_queue: usize,
     pub watch_interval: Duration,
+    /// Proxy worker threads, each with its own runtime and listener.
+    pub workers: usize,
     /// How long in-flight requests may run after a shutdown signal.
     pub drain: Duration,
 }
@@ -74,13 +76,12 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
     let (audit, writer) = audit::start_writer(&config.audit, config.audit_queue, metrics.audit())
         .with_context(|| format!("cannot open the audit trail {}", config.audit.display()))?;
 
-    let proxy_listener = TcpListener::bind(config.listen)
-        .await
+    let proxy_listeners = proxy::server::bind_listeners(config.listen, config.workers)
         .with_context(|| format!("cannot listen on {} for the proxy", config.listen))?;
     let admin_listener = TcpListener::bind(config.admin)
         .await
         .with_context(|| format!("cannot listen on {} for the admin port", config.admin))?;
-    let proxy_addr = proxy_listener.local_addr()?;
+    let proxy_addr = proxy_listeners[0].local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
 
     let gateway = Arc::new(Gateway {
@@ -88,32 +89,44 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
         identities: ArcSwap::from_pointee(identities),
         audit,
         metrics,
-        upstream: state::upstream_client(),
     });
 
     let (stop, stopped) = watch::channel(false);
-    let proxy = tokio::spawn(proxy::server::serve(proxy_listener, gateway.clone(), stopped.clone(), config.drain));
+    let workers = proxy::server::spawn_workers(proxy_listeners, gateway.clone(), stopped.clone(), config.drain)
+        .context("cannot start the proxy workers")?;
     let admin = tokio::spawn(admin::serve(admin_listener, gateway.clone(), stopped.clone()));
     let watcher = tokio::spawn(reload::watch_files(
         gateway.clone(),
-        reload::Watched { policy: config.policy.clone(), agents: config.agents.clone(), interval: config.watch_interval },
+        reload::Watched {
+            policy: config.policy.clone(),
+            agents: config.agents.clone(),
+            interval: config.watch_interval,
+        },
         stopped,
     ));
     // Machine-readable start lines: scripts and tests read the real ports
     // from here when they asked for port 0.
-    println!("proxy listening on {proxy_addr}");
+    println!("proxy listening on {proxy_addr} ({} workers)", config.workers.max(1));
     println!("admin listening on {admin_addr} (/metrics /healthz /readyz)");
     println!("audit trail {}", config.audit.display());
 
     shutdown.await;
     tracing::info!("shutting down: no new connections, draining in-flight requests");
     let _ = stop.send(true);
-    let _ = proxy.await;
+    let _ = tokio::task::spawn_blocking(move || {
+        for worker in workers {
+            let _ = worker.join();
+        }
+    })
+    .await;
     let _ = admin.await;
     let _ = watcher.await;
     // Every request holds an audit slot; once the servers are done and the
     // gateway's last clone is gone, the writer drains and stops.
     drop(gateway);
-    writer.shutdown().await.context("the audit trail could not be flushed")?;
+    writer
+        .shutdown()
+        .await
+        .context("the audit trail could not be flushed")?;
     Ok(())
 }

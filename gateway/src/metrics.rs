@@ -11,8 +11,8 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::audit::AuditMetrics;
@@ -134,11 +134,7 @@ impl LazyCounters {
         }
     }
 
-    fn get<const N: usize>(
-        &self,
-        index: usize,
-        labels: impl FnOnce() -> [&'static str; N],
-    ) -> &IntCounter {
+    fn get<const N: usize>(&self, index: usize, labels: impl FnOnce() -> [&'static str; N]) -> &IntCounter {
         self.cells[index].get_or_init(|| self.vec.with_label_values(&labels()))
     }
 }
@@ -188,10 +184,7 @@ impl GatewayMetrics {
         }
 
         let requests = IntCounterVec::new(
-            Opts::new(
-                "http_client_requests_total",
-                "Requests handled by the egress gateway",
-            ),
+            Opts::new("http_client_requests_total", "Requests handled by the egress gateway"),
             &["decision", "reason", "status_class"],
         )?;
         registry.register(Box::new(requests.clone()))?;
@@ -218,32 +211,21 @@ impl GatewayMetrics {
         let bytes_vec = register(
             &registry,
             IntCounterVec::new(
-                Opts::new(
-                    "egress_bytes_total",
-                    "Bytes relayed between agents and destinations",
-                ),
+                Opts::new("egress_bytes_total", "Bytes relayed between agents and destinations"),
                 &["direction"],
             )?,
         )?;
-        let egress_bytes = try_array(["out", "in"], |d| {
-            bytes_vec.get_metric_with_label_values(&[d])
-        })?;
+        let egress_bytes = try_array(["out", "in"], |d| bytes_vec.get_metric_with_label_values(&[d]))?;
         let blocked = register(
             &registry,
             IntCounterVec::new(
-                Opts::new(
-                    "egress_requests_blocked_total",
-                    "Requests refused by policy",
-                ),
+                Opts::new("egress_requests_blocked_total", "Requests refused by policy"),
                 &["reason"],
             )?,
         )?;
         let reloads_vec = register(
             &registry,
-            IntCounterVec::new(
-                Opts::new("policy_reloads_total", "Policy reload attempts"),
-                &["result"],
-            )?,
+            IntCounterVec::new(Opts::new("policy_reloads_total", "Policy reload attempts"), &["result"])?,
         )?;
         let policy_reloads = try_array(["success", "failure"], |r| {
             reloads_vec.get_metric_with_label_values(&[r])
@@ -258,10 +240,7 @@ impl GatewayMetrics {
         let policy_version = register(
             &registry,
             IntGaugeVec::new(
-                Opts::new(
-                    "policy_version_info",
-                    "The policy version in force (value 1)",
-                ),
+                Opts::new("policy_version_info", "The policy version in force (value 1)"),
                 &["version"],
             )?,
         )?;
@@ -310,23 +289,15 @@ impl GatewayMetrics {
         })?;
         let dns_vec = register(
             &registry,
-            IntCounterVec::new(
-                Opts::new("dns_lookups_total", "DNS lookups by outcome"),
-                &["result"],
-            )?,
+            IntCounterVec::new(Opts::new("dns_lookups_total", "DNS lookups by outcome"), &["result"])?,
         )?;
-        let dns_lookups = try_array(DnsResult::ALL, |r| {
-            dns_vec.get_metric_with_label_values(&[r.as_str()])
-        })?;
+        let dns_lookups = try_array(DnsResult::ALL, |r| dns_vec.get_metric_with_label_values(&[r.as_str()]))?;
 
         let reason_count = reason_table.len();
         Ok(GatewayMetrics {
             registry,
             reasons: reason_table.into_boxed_slice(),
-            requests: LazyCounters::new(
-                requests,
-                DecisionLabel::ALL.len() * reason_count * STATUS_CLASSES.len(),
-            ),
+            requests: LazyCounters::new(requests, DecisionLabel::ALL.len() * reason_count * STATUS_CLASSES.len()),
             durations,
             upstream_resets,
             egress_bytes,
@@ -351,9 +322,7 @@ impl GatewayMetrics {
     ) {
         let reason_index = self.reason_index(reason);
         let status_index = status_class_index(status);
-        let index = ((decision as usize) * self.reasons.len() + reason_index)
-            * STATUS_CLASSES.len()
-            + status_index;
+        let index = ((decision as usize) * self.reasons.len() + reason_index) * STATUS_CLASSES.len() + status_index;
         self.requests
             .get(index, || {
                 [
@@ -365,9 +334,7 @@ impl GatewayMetrics {
             .inc();
         self.durations[decision as usize].observe(elapsed.as_secs_f64());
         if decision == DecisionLabel::Deny {
-            self.blocked
-                .get(reason_index, || [self.reasons[reason_index]])
-                .inc();
+            self.blocked.get(reason_index, || [self.reasons[reason_index]]).inc();
         }
     }
 

@@ -28,7 +28,13 @@ pub struct Finisher {
 
 impl Finisher {
     pub fn new(gateway: Arc<Gateway>, ctx: RequestContext, slot: AuditSlot, status: u16) -> Self {
-        Finisher { gateway, ctx, slot, status, reset: false }
+        Finisher {
+            gateway,
+            ctx,
+            slot,
+            status,
+            reset: false,
+        }
     }
 
     /// The upstream broke the exchange after it had started.
@@ -37,7 +43,13 @@ impl Finisher {
     }
 
     pub fn finish(self, transfer: &Transfer) {
-        let Finisher { gateway, mut ctx, slot, status, reset } = self;
+        let Finisher {
+            gateway,
+            mut ctx,
+            slot,
+            status,
+            reset,
+        } = self;
         ctx.bytes_out = transfer.bytes_out.load(Ordering::Relaxed);
         ctx.bytes_in = transfer.bytes_in.load(Ordering::Relaxed);
         if reset {
@@ -58,20 +70,29 @@ pub fn record(gateway: &Gateway, ctx: RequestContext, slot: AuditSlot, outcome: 
 fn record_served(gateway: &Gateway, ctx: RequestContext, slot: AuditSlot, status: u16, reset: bool) {
     let elapsed = ctx.started.elapsed();
     let (label, reason, verdict, policy_id) = match &ctx.would_deny {
-        Some((reason, policy_id)) => {
-            (DecisionLabel::WouldDeny, *reason, Verdict::WouldDeny { reason, alert: true }, policy_id.to_string())
-        }
+        Some((reason, policy_id)) => (
+            DecisionLabel::WouldDeny,
+            *reason,
+            Verdict::WouldDeny { reason, alert: true },
+            policy_id.to_string(),
+        ),
         None => {
             let allowed_by = ctx.allowed_by.as_ref();
             (
                 DecisionLabel::Allow,
                 NO_REASON,
-                Verdict::Allow { allowed_by: allowed_by.map(|a| a.group.to_string()) },
+                Verdict::Allow {
+                    allowed_by: allowed_by.map(|a| a.group.to_string()),
+                },
                 allowed_by.map(|a| a.policy_id.to_string()).unwrap_or_default(),
             )
         }
     };
-    let (label, reason) = if reset { (DecisionLabel::Error, "upstream_reset") } else { (label, reason) };
+    let (label, reason) = if reset {
+        (DecisionLabel::Error, "upstream_reset")
+    } else {
+        (label, reason)
+    };
     gateway.metrics.record_request(label, reason, Some(status), elapsed);
     gateway.metrics.record_bytes(ctx.bytes_out, ctx.bytes_in);
 
@@ -93,20 +114,38 @@ fn record_refused(gateway: &Gateway, ctx: RequestContext, slot: AuditSlot, refus
     let reason = refusal.reason();
     let event = if let Refusal::Upstream(_) = refusal {
         // The policy allowed it; the upstream failed. That is an error, not a denial.
-        gateway.metrics.record_request(DecisionLabel::Error, reason, Some(status), elapsed);
+        gateway
+            .metrics
+            .record_request(DecisionLabel::Error, reason, Some(status), elapsed);
         let allowed_by = ctx.allowed_by.as_ref();
         let mut event = event(
             gateway,
             &ctx,
-            Verdict::Allow { allowed_by: allowed_by.map(|a| a.group.to_string()) },
+            Verdict::Allow {
+                allowed_by: allowed_by.map(|a| a.group.to_string()),
+            },
             allowed_by.map(|a| a.policy_id.to_string()).unwrap_or_default(),
         );
         event.upstream_error = Some(reason);
-        event.response = Some(ResponseSummary { status, latency_ms: elapsed.as_millis() as u64, size_bytes: 0 });
+        event.response = Some(ResponseSummary {
+            status,
+            latency_ms: elapsed.as_millis() as u64,
+            size_bytes: 0,
+        });
         event
     } else {
-        gateway.metrics.record_request(DecisionLabel::Deny, reason, Some(status), elapsed);
-        event(gateway, &ctx, Verdict::Deny { reason, alert: refusal.alert() }, refusal.policy_id().to_string())
+        gateway
+            .metrics
+            .record_request(DecisionLabel::Deny, reason, Some(status), elapsed);
+        event(
+            gateway,
+            &ctx,
+            Verdict::Deny {
+                reason,
+                alert: refusal.alert(),
+            },
+            refusal.policy_id().to_string(),
+        )
     };
     slot.record(event);
 }

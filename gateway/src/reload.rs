@@ -54,7 +54,11 @@ pub async fn watch_files(gateway: Arc<Gateway>, watched: Watched, mut shutdown: 
 pub fn reload_policy(gateway: &Gateway, path: &Path) -> bool {
     let built = clawgress_policies::load_file(path)
         .map_err(|e| e.to_string())
-        .and_then(|bundle| PolicySnapshot::build(&bundle).map_err(|e| format!("{e:#}")).map(|s| (bundle, s)));
+        .and_then(|bundle| {
+            PolicySnapshot::build(&bundle)
+                .map_err(|e| format!("{e:#}"))
+                .map(|s| (bundle, s))
+        });
     match built {
         Ok((bundle, snapshot)) => {
             for warning in &bundle.warnings {

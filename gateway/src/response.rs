@@ -53,7 +53,10 @@ pub fn refusal_response(ctx: &RequestContext, refusal: &Refusal) -> Response<Pro
     let mut response = Response::new(ProxyBody::local(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Ok(value) = HeaderValue::from_str(&format!("deny; reason={reason}; policy_id={policy_id}")) {
         headers.insert(DECISION_HEADER, value);
@@ -62,8 +65,14 @@ pub fn refusal_response(ctx: &RequestContext, refusal: &Refusal) -> Response<Pro
         headers.insert(REQUEST_ID_HEADER, value);
     }
     if status == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
-        headers.insert(header::PROXY_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"clawgress\""));
-        headers.append(header::PROXY_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"clawgress\""));
+        headers.insert(
+            header::PROXY_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"clawgress\""),
+        );
+        headers.append(
+            header::PROXY_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"clawgress\""),
+        );
     }
     response
 }

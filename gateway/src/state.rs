@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
-use clawgress_policies::PolicyBundle;
 use clawgress_policies::CompiledPolicy;
+use clawgress_policies::PolicyBundle;
 use clawgress_policies::model;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -36,7 +36,6 @@ pub struct Gateway {
     pub identities: ArcSwap<IdentityResolver>,
     pub audit: AuditSink,
     pub metrics: Arc<GatewayMetrics>,
-    pub upstream: UpstreamClient,
 }
 
 /// One loaded policy bundle, compiled, with the resolver its `dns` section
@@ -54,7 +53,12 @@ impl PolicySnapshot {
     pub fn build(bundle: &PolicyBundle) -> anyhow::Result<Self> {
         let doc = &bundle.document;
         let resolver = Resolver::new(ResolverConfig {
-            static_hosts: doc.dns.static_hosts.iter().map(|(name, ip)| (name.clone(), *ip)).collect(),
+            static_hosts: doc
+                .dns
+                .static_hosts
+                .iter()
+                .map(|(name, ip)| (name.clone(), *ip))
+                .collect(),
             cache_ttl: doc.dns.cache_ttl.duration(),
             negative_cache_ttl: doc.dns.negative_cache_ttl.duration(),
             nameservers: (!doc.dns.nameservers.is_empty()).then(|| doc.dns.nameservers.clone()),
@@ -80,9 +84,21 @@ impl PolicySnapshot {
     }
 }
 
-/// The pool of upstream connections. It only ever dials IP literals (the
+thread_local! {
+    /// Each proxy worker thread runs its own single-threaded runtime, so each
+    /// keeps its own pool: a request and its upstream connection are then
+    /// driven by the same thread, with no cross-thread wake-ups.
+    static UPSTREAM: UpstreamClient = upstream_client();
+}
+
+/// The calling worker's upstream pool.
+pub fn upstream() -> UpstreamClient {
+    UPSTREAM.with(UpstreamClient::clone)
+}
+
+/// A pool of upstream connections. It only ever dials IP literals (the
 /// address the decide phase checked), so it never resolves a name itself.
-pub fn upstream_client() -> UpstreamClient {
+fn upstream_client() -> UpstreamClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(CONNECT_TIMEOUT));

@@ -14,10 +14,7 @@ use std::fmt;
 pub(crate) const HINT_MARKER: &str = "\n  hint: ";
 
 /// A serde error carrying a problem and the hint that fixes it.
-pub(crate) fn hinted<E: serde::de::Error>(
-    problem: impl fmt::Display,
-    hint: impl fmt::Display,
-) -> E {
+pub(crate) fn hinted<E: serde::de::Error>(problem: impl fmt::Display, hint: impl fmt::Display) -> E {
     E::custom(format_args!("{problem}{HINT_MARKER}{hint}"))
 }
 
@@ -72,11 +69,7 @@ impl Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.origin, self.line, self.column, self.message
-        )?;
+        write!(f, "{}:{}:{}: {}", self.origin, self.line, self.column, self.message)?;
         if let Some(hint) = &self.hint {
             write!(f, "{HINT_MARKER}{hint}")?;
         }
@@ -100,11 +93,7 @@ pub enum PolicyError {
         "{origin}: the file is {size} bytes; policy files are limited to {limit} bytes{HINT_MARKER}\
          split unrelated rules into separate bundles or remove generated content"
     )]
-    TooLarge {
-        origin: String,
-        size: u64,
-        limit: u64,
-    },
+    TooLarge { origin: String, size: u64, limit: u64 },
     /// The text is not a valid policy. Holds at least one diagnostic, in
     /// file order.
     #[error("{}", DisplayAll(.0))]

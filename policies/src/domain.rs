@@ -15,11 +15,7 @@ pub struct DomainError {
 
 impl fmt::Display for DomainError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "'{}' is not a valid domain name: {}",
-            self.input, self.problem
-        )
+        write!(f, "'{}' is not a valid domain name: {}", self.input, self.problem)
     }
 }
 
@@ -43,8 +39,7 @@ pub fn normalize_domain(input: &str) -> Result<String, DomainError> {
     let ascii = if trimmed.is_ascii() {
         trimmed.to_ascii_lowercase()
     } else {
-        idna::domain_to_ascii_strict(trimmed)
-            .map_err(|_| err("it is not a valid internationalized (IDNA) name"))?
+        idna::domain_to_ascii_strict(trimmed).map_err(|_| err("it is not a valid internationalized (IDNA) name"))?
     };
     for label in ascii.split('.') {
         if label.is_empty() {
@@ -60,9 +55,7 @@ pub fn normalize_domain(input: &str) -> Result<String, DomainError> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
-            return Err(err(
-                "only letters, digits, '-' and '_' are allowed in a label",
-            ));
+            return Err(err("only letters, digits, '-' and '_' are allowed in a label"));
         }
     }
     if ascii.starts_with("xn--") || ascii.contains(".xn--") {

@@ -61,11 +61,7 @@ pub fn load_str(text: &str, origin: &str) -> Result<PolicyBundle, PolicyError> {
 }
 
 /// [`load_str`] judging expiry against `now` instead of the clock.
-pub fn load_str_at(
-    text: &str,
-    origin: &str,
-    now: DateTime<Utc>,
-) -> Result<PolicyBundle, PolicyError> {
+pub fn load_str_at(text: &str, origin: &str, now: DateTime<Utc>) -> Result<PolicyBundle, PolicyError> {
     load_bytes(text.as_bytes(), origin, now)
 }
 
@@ -99,16 +95,14 @@ fn load_bytes(bytes: &[u8], origin: &str, now: DateTime<Utc>) -> Result<PolicyBu
 }
 
 fn parse(text: &str, origin: &str) -> Result<PolicyDocument, PolicyError> {
-    let parsed: Option<PolicyDocument> =
-        serde_saphyr::from_str_with_options(text, parser_options())
-            .map_err(|e| PolicyError::Invalid(vec![yaml_error::to_diagnostic(&e, origin)]))?;
+    let parsed: Option<PolicyDocument> = serde_saphyr::from_str_with_options(text, parser_options())
+        .map_err(|e| PolicyError::Invalid(vec![yaml_error::to_diagnostic(&e, origin)]))?;
     // An empty file would load as "deny everything"; far more likely it is
     // the wrong file or a truncated one.
     parsed.ok_or_else(|| {
         PolicyError::Invalid(vec![
-            Diagnostic::new(origin, 1, 1, "the policy file is empty").with_hint(
-                "start from policies/default.yaml; an empty allowlist is written `allowlist: {}`",
-            ),
+            Diagnostic::new(origin, 1, 1, "the policy file is empty")
+                .with_hint("start from policies/default.yaml; an empty allowlist is written `allowlist: {}`"),
         ])
     })
 }
@@ -147,15 +141,9 @@ fn version_of(bytes: &[u8]) -> String {
 fn position_of(bytes: &[u8], offset: usize) -> (u32, u32) {
     let before = &bytes[..offset.min(bytes.len())];
     let line = before.iter().filter(|b| **b == b'\n').count() + 1;
-    let line_start = before
-        .iter()
-        .rposition(|b| *b == b'\n')
-        .map_or(0, |i| i + 1);
+    let line_start = before.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
     // `before` is valid UTF-8 up to offset, so counting chars is exact.
-    let column = String::from_utf8_lossy(&before[line_start..])
-        .chars()
-        .count()
-        + 1;
+    let column = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
     (
         u32::try_from(line).unwrap_or(u32::MAX),
         u32::try_from(column).unwrap_or(u32::MAX),

@@ -103,10 +103,7 @@ impl<T> Default for PatternTable<T> {
 }
 
 impl<T> PatternTable<T> {
-    fn slot(
-        &mut self,
-        pattern: &DomainPattern,
-    ) -> std::collections::hash_map::Entry<'_, Box<str>, T> {
+    fn slot(&mut self, pattern: &DomainPattern) -> std::collections::hash_map::Entry<'_, Box<str>, T> {
         match pattern {
             DomainPattern::Exact(name) => self.exact.entry(name.as_str().into()),
             DomainPattern::Wildcard { suffix } => self.wildcard.entry(suffix.as_str().into()),
@@ -118,9 +115,7 @@ impl<T> PatternTable<T> {
     /// only tried on a proper suffix, so `*.example.com` never covers
     /// `example.com` itself.
     fn covering<'s>(&'s self, host: &'s str) -> impl Iterator<Item = &'s T> + 's {
-        let parents = host
-            .match_indices('.')
-            .map(move |(dot, _)| &host[dot + 1..]);
+        let parents = host.match_indices('.').map(move |(dot, _)| &host[dot + 1..]);
         self.exact
             .get(host)
             .into_iter()
@@ -172,9 +167,7 @@ impl CompiledRule {
             return Err(Miss::Protocol);
         }
         let role_in = |roles: &[Box<str>]| roles.iter().any(|r| **r == *req.role);
-        if !self.group_roles.as_deref().is_none_or(role_in)
-            || !self.rule_roles.as_deref().is_none_or(role_in)
-        {
+        if !self.group_roles.as_deref().is_none_or(role_in) || !self.rule_roles.as_deref().is_none_or(role_in) {
             return Err(Miss::Role);
         }
         Ok(())
@@ -243,10 +236,7 @@ impl CompiledPolicy {
                 own
             })
         };
-        let mut add = |group: &Arc<str>,
-                       group_roles: &Option<Arc<[Box<str>]>>,
-                       policy_id: String,
-                       rule: &AllowRule| {
+        let mut add = |group: &Arc<str>, group_roles: &Option<Arc<[Box<str>]>>, policy_id: String, rule: &AllowRule| {
             let protocols = &rule.protocols;
             compiled
                 .allow
@@ -305,12 +295,7 @@ impl CompiledPolicy {
             return deny(DenyReason::Blocklisted, policy_id);
         }
         let mut closest: Option<(Miss, &CompiledRule)> = None;
-        for rule in self
-            .allow
-            .covering(req.host)
-            .flatten()
-            .map(|&i| &self.rules[i])
-        {
+        for rule in self.allow.covering(req.host).flatten().map(|&i| &self.rules[i]) {
             if !rule.is_active(now) {
                 continue;
             }

@@ -18,17 +18,13 @@ mod tls;
 
 use serde::{Deserialize, Deserializer};
 
-pub use allowlist::{
-    AllowGroup, AllowRule, Allowlist, BlockEntry, Ports, Protocol, Protocols, Roles, TlsMode,
-};
+pub use allowlist::{AllowGroup, AllowRule, Allowlist, BlockEntry, Ports, Protocol, Protocols, Roles, TlsMode};
 pub use containment::{
-    AutoTerminate, BreakerRecovery, BreakerStates, BreakerThresholds, CircuitBreaker,
-    FaultContainment, Sandbox, SandboxNetwork,
+    AutoTerminate, BreakerRecovery, BreakerStates, BreakerThresholds, CircuitBreaker, FaultContainment, Sandbox,
+    SandboxNetwork,
 };
 pub use dns::{DnsPolicy, ResolverKind};
-pub use egress::{
-    DefaultAction, EgressPolicy, Enforcement, EnvironmentOverride, FailMode, Logging, Monitoring,
-};
+pub use egress::{DefaultAction, EgressPolicy, Enforcement, EnvironmentOverride, FailMode, Logging, Monitoring};
 pub use limits::{AgentLimit, DomainLimit, GlobalLimit, ProjectLimit, RateLimits, ThrottleAction};
 pub use tls::{PinSet, SpkiPin, TlsPolicy, TlsVersion};
 

@@ -13,8 +13,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use crate::domain::normalize_domain;
 use crate::values::ValueError;
 
-const DOMAIN_HINT: &str =
-    "write an exact name like api.example.com or a wildcard like *.example.com";
+const DOMAIN_HINT: &str = "write an exact name like api.example.com or a wildcard like *.example.com";
 
 /// Which names a rule, block entry or pin applies to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -44,11 +43,7 @@ impl DomainPattern {
         match (self, other) {
             (DomainPattern::Exact(name), _) => other.matches(name),
             (DomainPattern::Wildcard { suffix }, DomainPattern::Wildcard { suffix: outer }) => {
-                suffix == outer
-                    || DomainPattern::Wildcard {
-                        suffix: outer.clone(),
-                    }
-                    .matches(suffix)
+                suffix == outer || DomainPattern::Wildcard { suffix: outer.clone() }.matches(suffix)
             }
             (DomainPattern::Wildcard { .. }, DomainPattern::Exact(_)) => false,
         }
@@ -89,16 +84,13 @@ impl FromStr for DomainPattern {
         if trimmed == "*" || trimmed == "*." {
             return Err(ValueError {
                 problem: "a lone '*' would allow every destination".to_string(),
-                hint: "list each domain, or a wildcard under a name you control like *.example.com"
-                    .to_string(),
+                hint: "list each domain, or a wildcard under a name you control like *.example.com".to_string(),
             });
         }
         for (index, label) in trimmed.split('.').enumerate() {
             if label.contains('*') {
                 let problem = if label != "*" {
-                    format!(
-                        "'{trimmed}': a wildcard must be a whole label ('*.example.com'), not part of one"
-                    )
+                    format!("'{trimmed}': a wildcard must be a whole label ('*.example.com'), not part of one")
                 } else if index > 0 {
                     format!("'{trimmed}': only the leftmost label may be a wildcard")
                 } else {
@@ -120,8 +112,7 @@ impl FromStr for DomainPattern {
                 "'{trimmed}' is a URL or has a port; only the host name belongs here"
             )));
         }
-        let name =
-            normalize_domain(rest).map_err(|e| bad(format!("'{trimmed}': {}", e.problem)))?;
+        let name = normalize_domain(rest).map_err(|e| bad(format!("'{trimmed}': {}", e.problem)))?;
         // An all-digit last label is an IPv4 literal (or a decimal/hex form
         // of one); rules name hosts, addresses are reached via static_hosts.
         let last = name.rsplit('.').next().unwrap_or(&name);

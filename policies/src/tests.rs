@@ -26,23 +26,13 @@ fn request<'a>(host: &'a str, port: u16, protocol: Protocol, role: &'a str) -> M
 #[test]
 fn default_bundle_loads_with_only_the_expected_warnings() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("default.yaml");
-    let bundle =
-        load_file_at(&path, today()).unwrap_or_else(|e| panic!("default.yaml must load:\n{e}"));
+    let bundle = load_file_at(&path, today()).unwrap_or_else(|e| panic!("default.yaml must load:\n{e}"));
     let warnings: Vec<String> = bundle.warnings.iter().map(|w| w.message.clone()).collect();
     assert_eq!(bundle.warnings.len(), 4, "{warnings:#?}");
-    assert!(
-        warnings[0]
-            .starts_with("project_allowlist[0] (api.custom-service.com) expired on 2025-03-01")
-    );
-    assert!(
-        warnings[1]
-            .starts_with("project_allowlist[1] (api.your-service.com) expired on 2025-06-01")
-    );
+    assert!(warnings[0].starts_with("project_allowlist[0] (api.custom-service.com) expired on 2025-03-01"));
+    assert!(warnings[1].starts_with("project_allowlist[1] (api.your-service.com) expired on 2025-06-01"));
     assert_eq!(warnings[2], "placeholder pin for api.openai.com is ignored");
-    assert_eq!(
-        warnings[3],
-        "placeholder pin for api.anthropic.com is ignored"
-    );
+    assert_eq!(warnings[3], "placeholder pin for api.anthropic.com is ignored");
     assert!(
         bundle
             .warnings
@@ -59,35 +49,24 @@ fn default_bundle_decides_the_seeded_cases() {
     let policy = CompiledPolicy::compile(&bundle);
     let now = today();
 
-    match policy.evaluate(
-        &request("api.openai.com", 443, Protocol::Https, "ai-agent"),
-        now,
-    ) {
+    match policy.evaluate(&request("api.openai.com", 443, Protocol::Https, "ai-agent"), now) {
         MatchOutcome::Allow(by) => {
             assert_eq!(&*by.policy_id, "allowlist.ai_providers[0]");
             assert_eq!(&*by.group, "ai_providers");
             assert!(!by.private_ok);
             assert_eq!(by.tls, TlsMode::Passthrough);
-            assert_eq!(
-                by.rate_limit.map(|r| r.to_string()).as_deref(),
-                Some("100/min")
-            );
+            assert_eq!(by.rate_limit.map(|r| r.to_string()).as_deref(), Some("100/min"));
         }
         other => panic!("api.openai.com denied: {other:?}"),
     }
     match policy.evaluate(&request("localhost", 6333, Protocol::Http, "scraper"), now) {
         MatchOutcome::Allow(by) => {
             assert_eq!(&*by.policy_id, "allowlist.storage[0]");
-            assert!(
-                by.private_ok,
-                "a localhost rule must allow the loopback address"
-            );
+            assert!(by.private_ok, "a localhost rule must allow the loopback address");
         }
         other => panic!("localhost:6333 denied: {other:?}"),
     }
-    let denied = |host, port, protocol| match policy
-        .evaluate(&request(host, port, protocol, "scraper"), now)
-    {
+    let denied = |host, port, protocol| match policy.evaluate(&request(host, port, protocol, "scraper"), now) {
         MatchOutcome::Deny(denial) => (denial.reason, denial.policy_id.to_string()),
         MatchOutcome::Allow(by) => panic!("{host} allowed by {}", by.policy_id),
     };
@@ -120,9 +99,7 @@ fn default_bundle_decides_the_seeded_cases() {
 
 #[test]
 fn default_bundle_keeps_the_seed_values() {
-    let doc = load_str_at(DEFAULT_YAML, "default.yaml", today())
-        .unwrap()
-        .document;
+    let doc = load_str_at(DEFAULT_YAML, "default.yaml", today()).unwrap().document;
     assert_eq!(doc.rate_limits.per_agent.default.to_string(), "100/min");
     assert_eq!(doc.rate_limits.per_project.burst.get(), 100);
     assert_eq!(doc.fault_containment.max_pending_bytes.as_u64(), 10_000_000);
@@ -234,10 +211,7 @@ fn sections() -> Vec<&'static str> {
         .collect();
     starts.insert(0, 0);
     starts.push(DEFAULT_YAML.len());
-    starts
-        .windows(2)
-        .map(|w| &DEFAULT_YAML[w[0]..w[1]])
-        .collect()
+    starts.windows(2).map(|w| &DEFAULT_YAML[w[0]..w[1]]).collect()
 }
 
 fn check_one(text: &str, counts: &mut (usize, usize)) {
@@ -246,19 +220,13 @@ fn check_one(text: &str, counts: &mut (usize, usize)) {
             counts.0 += 1;
             // Whatever loaded must also compile and evaluate.
             let policy = CompiledPolicy::compile(&bundle);
-            let _ = policy.evaluate(
-                &request("api.openai.com", 443, Protocol::Https, "x"),
-                today(),
-            );
+            let _ = policy.evaluate(&request("api.openai.com", 443, Protocol::Https, "x"), today());
         }
         Err(PolicyError::Invalid(diagnostics)) => {
             counts.1 += 1;
             assert!(!diagnostics.is_empty());
             for d in &diagnostics {
-                assert!(
-                    d.line >= 1 && d.column >= 1,
-                    "unlocated: {d}\n--- input ---\n{text}"
-                );
+                assert!(d.line >= 1 && d.column >= 1, "unlocated: {d}\n--- input ---\n{text}");
                 assert!(!d.message.is_empty(), "empty message\n{text}");
                 assert!(
                     d.to_string()

@@ -33,15 +33,9 @@ pub struct ProxyUrl {
 }
 
 pub fn parse_target(raw: &str) -> anyhow::Result<TargetUrl> {
-    let uri: Uri = raw
-        .parse()
-        .with_context(|| format!("--target {raw:?} is not a URL"))?;
+    let uri: Uri = raw.parse().with_context(|| format!("--target {raw:?} is not a URL"))?;
     let (host, port) = http_host_port(&uri, "--target")?;
-    let authority = uri
-        .authority()
-        .context("--target needs a host")?
-        .as_str()
-        .to_owned();
+    let authority = uri.authority().context("--target needs a host")?.as_str().to_owned();
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let connect_authority = join_host_port(&host, port);
     let absolute: Uri = format!("http://{authority}{path}")
@@ -97,17 +91,12 @@ fn http_host_port(uri: &Uri, flag: &str) -> anyhow::Result<(String, u16)> {
         Some(other) => bail!("{flag} must be an http:// URL, not {other}://"),
         None => bail!("{flag} must be an http:// URL"),
     }
-    let authority = uri
-        .authority()
-        .with_context(|| format!("{flag} needs a host"))?;
+    let authority = uri.authority().with_context(|| format!("{flag} needs a host"))?;
     if authority.as_str().contains('@') {
         bail!("{flag} must not carry user information; use --proxy-user");
     }
     let host = authority.host();
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
     if host.is_empty() {
         bail!("{flag} needs a host");
     }

@@ -99,16 +99,12 @@ async fn one_connection(plan: &ForwardPlan, tally: &mut Tally) {
 /// The connection's driver future is returned instead of spawned so the caller
 /// polls it in its own task. It owns the connection and drops it as soon as the
 /// connection ends, which wakes any request still waiting with an error.
-pub async fn open(
-    dial: SocketAddr,
-) -> anyhow::Result<(SendRequest<Empty<Bytes>>, impl Future<Output = ()>)> {
+pub async fn open(dial: SocketAddr) -> anyhow::Result<(SendRequest<Empty<Bytes>>, impl Future<Output = ()>)> {
     let stream = TcpStream::connect(dial).await?;
     handshake(stream).await
 }
 
-pub async fn handshake(
-    stream: TcpStream,
-) -> anyhow::Result<(SendRequest<Empty<Bytes>>, impl Future<Output = ()>)> {
+pub async fn handshake(stream: TcpStream) -> anyhow::Result<(SendRequest<Empty<Bytes>>, impl Future<Output = ()>)> {
     stream.set_nodelay(true)?;
     let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
     let driver = async move {

@@ -65,10 +65,7 @@ impl fmt::Debug for BenchArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BenchArgs")
             .field("proxy", &self.proxy)
-            .field(
-                "proxy_user",
-                &self.proxy_user.as_ref().map(|_| "<redacted>"),
-            )
+            .field("proxy_user", &self.proxy_user.as_ref().map(|_| "<redacted>"))
             .field("target", &self.target)
             .field("connect", &self.connect)
             .field("connections", &self.connections)
@@ -102,10 +99,7 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         println!("{}", report.human_line());
     }
     if report.requests == 0 {
-        anyhow::bail!(
-            "no request succeeded in the measured window ({} errors)",
-            report.errors
-        );
+        anyhow::bail!("no request succeeded in the measured window ({} errors)", report.errors);
     }
     Ok(())
 }
@@ -120,22 +114,14 @@ pub async fn run_target(args: TargetArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let bound = listener.local_addr()?;
-    eprintln!(
-        "bench-target listening on {bound}, answering {} bytes",
-        args.size
-    );
+    eprintln!("bench-target listening on {bound}, answering {} bytes", args.size);
     let shutdown = async {
         // If the signal handler cannot be installed, serve until killed.
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
     };
-    target::serve(
-        listener,
-        target::CannedResponse::of_size(args.size),
-        shutdown,
-    )
-    .await;
+    target::serve(listener, target::CannedResponse::of_size(args.size), shutdown).await;
     Ok(())
 }
 

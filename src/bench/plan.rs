@@ -44,22 +44,14 @@ impl BenchPlan {
         if proxy.is_none() && args.connect {
             bail!("--connect needs --proxy");
         }
-        let proxy_authorization = args
-            .proxy_user
-            .as_deref()
-            .map(basic_credentials)
-            .transpose()?;
+        let proxy_authorization = args.proxy_user.as_deref().map(basic_credentials).transpose()?;
         // Resolved once: a per-connection lookup would be measured as proxy latency.
         let dial = match &proxy {
             Some(proxy) => resolve(&proxy.host, proxy.port, "--proxy").await?,
             None => resolve(&target.host, target.port, "--target").await?,
         };
         Ok(Self {
-            mode: if args.connect {
-                Mode::Connect
-            } else {
-                Mode::Forward
-            },
+            mode: if args.connect { Mode::Connect } else { Mode::Forward },
             target,
             proxy,
             dial,
@@ -124,16 +116,10 @@ impl BenchPlan {
     }
 
     fn tunnel_plan(&self, window: MeasureWindow) -> TunnelPlan {
-        let credential = self
-            .proxy_authorization
-            .as_ref()
-            .map(|value| value.as_bytes());
+        let credential = self.proxy_authorization.as_ref().map(|value| value.as_bytes());
         TunnelPlan {
             proxy: self.dial,
-            connect_request: TunnelPlan::connect_request(
-                &self.target.connect_authority,
-                credential,
-            ),
+            connect_request: TunnelPlan::connect_request(&self.target.connect_authority, credential),
             inner_request: RequestTemplate {
                 uri: self.target.origin_form.clone(),
                 host: self.target.host_header.clone(),

@@ -148,8 +148,7 @@ impl Tally {
     /// A successful exchange; counted if it completed inside the window.
     pub fn success(&mut self, window: &MeasureWindow, started: Instant, done: Instant) {
         if window.contains(done) {
-            self.latency
-                .record(micros(done.saturating_duration_since(started)));
+            self.latency.record(micros(done.saturating_duration_since(started)));
         }
     }
 

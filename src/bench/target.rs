@@ -47,11 +47,7 @@ impl CannedResponse {
 }
 
 /// Accepts and serves connections until `shutdown` resolves.
-pub async fn serve(
-    listener: TcpListener,
-    canned: CannedResponse,
-    shutdown: impl Future<Output = ()>,
-) {
+pub async fn serve(listener: TcpListener, canned: CannedResponse, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {

@@ -36,9 +36,7 @@ fn args(target: String) -> BenchArgs {
 }
 
 async fn start_target(size: usize) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     let addr = listener.local_addr().expect("local addr");
     tokio::spawn(target::serve(
         listener,
@@ -54,9 +52,7 @@ async fn start_server<F>(keep_alive: bool, respond: F) -> SocketAddr
 where
     F: Fn(&Request<Incoming>) -> StatusCode + Send + Sync + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     let addr = listener.local_addr().expect("local addr");
     let respond = Arc::new(respond);
     tokio::spawn(async move {
@@ -81,9 +77,7 @@ where
 /// A CONNECT-only proxy: checks the request head, answers `status`, and on 200
 /// splices to the requested loopback port. Counts tunnels opened.
 async fn start_connect_proxy(status: &'static str, tunnels: Arc<AtomicU64>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     let addr = listener.local_addr().expect("local addr");
     tokio::spawn(async move {
         while let Ok((mut client, _)) = listener.accept().await {
@@ -103,8 +97,7 @@ async fn start_connect_proxy(status: &'static str, tunnels: Arc<AtomicU64>) -> S
                     .and_then(|rest| rest.split(' ').next())
                     .unwrap_or_default()
                     .to_owned();
-                let authorized =
-                    head.contains(&format!("Proxy-Authorization: {BENCH_AGENT_BASIC}\r\n"));
+                let authorized = head.contains(&format!("Proxy-Authorization: {BENCH_AGENT_BASIC}\r\n"));
                 let named_host = head.contains(&format!("\r\nHost: {authority}\r\n"));
                 if status != "200" || !authorized || !named_host {
                     let answer = format!("HTTP/1.1 {status} No\r\nContent-Length: 0\r\n\r\n");
@@ -152,10 +145,7 @@ async fn direct_run_measures_the_target() {
 async fn proxied_run_sends_absolute_form_host_and_credential() {
     let proxy = start_server(true, |request| {
         let absolute = *request.uri() == "http://bench.local:18080/data?n=1";
-        let host = request
-            .headers()
-            .get("host")
-            .is_some_and(|h| h == "bench.local:18080");
+        let host = request.headers().get("host").is_some_and(|h| h == "bench.local:18080");
         let authorized = request
             .headers()
             .get(PROXY_AUTHORIZATION)
@@ -171,22 +161,14 @@ async fn proxied_run_sends_absolute_form_host_and_credential() {
     let mut run = args("http://bench.local:18080/data?n=1".to_owned());
     run.proxy = Some(format!("http://{proxy}"));
     run.proxy_user = Some("bench-agent:bench-key".to_owned());
-    let report = BenchPlan::from_args(&run)
-        .await
-        .expect("valid plan")
-        .run()
-        .await;
+    let report = BenchPlan::from_args(&run).await.expect("valid plan").run().await;
     assert_eq!(report.errors, 0);
     assert!(report.requests > 10, "only {} requests", report.requests);
     assert_eq!(report.proxy, Some(format!("http://{proxy}")));
     assert_eq!(report.target, "http://bench.local:18080/data?n=1");
 
     run.proxy_user = Some("bench-agent:wrong".to_owned());
-    let denied = BenchPlan::from_args(&run)
-        .await
-        .expect("valid plan")
-        .run()
-        .await;
+    let denied = BenchPlan::from_args(&run).await.expect("valid plan").run().await;
     assert_eq!(denied.requests, 0);
     assert!(denied.errors > 10, "only {} errors", denied.errors);
     assert_eq!(denied.p50_us, 0, "errors carry no latency");
@@ -209,20 +191,14 @@ async fn closed_connections_are_reopened_without_errors() {
     let origin = start_server(false, |_| StatusCode::OK).await;
     let mut run = args(format!("http://{origin}/"));
     run.connections = 1;
-    let report = BenchPlan::from_args(&run)
-        .await
-        .expect("valid plan")
-        .run()
-        .await;
+    let report = BenchPlan::from_args(&run).await.expect("valid plan").run().await;
     assert_eq!(report.errors, 0);
     assert!(report.requests > 10, "only {} requests", report.requests);
 }
 
 #[tokio::test]
 async fn refused_connections_count_as_errors_and_fail_the_run() {
-    let unused = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
+    let unused = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     let addr = unused.local_addr().expect("local addr");
     drop(unused);
     let report = BenchPlan::from_args(&args(format!("http://{addr}/")))
@@ -246,11 +222,7 @@ async fn connect_mode_opens_one_tunnel_per_request() {
     run.proxy = Some(format!("http://{proxy}"));
     run.proxy_user = Some("bench-agent:bench-key".to_owned());
     run.connect = true;
-    let report = BenchPlan::from_args(&run)
-        .await
-        .expect("valid plan")
-        .run()
-        .await;
+    let report = BenchPlan::from_args(&run).await.expect("valid plan").run().await;
     assert_eq!(report.mode, Mode::Connect);
     assert_eq!(report.errors, 0);
     assert!(report.requests > 5, "only {} requests", report.requests);
@@ -266,11 +238,7 @@ async fn connect_mode_counts_refused_tunnels_as_errors() {
     let mut run = args(format!("http://{target}/"));
     run.proxy = Some(format!("http://{proxy}"));
     run.connect = true;
-    let report = BenchPlan::from_args(&run)
-        .await
-        .expect("valid plan")
-        .run()
-        .await;
+    let report = BenchPlan::from_args(&run).await.expect("valid plan").run().await;
     assert_eq!(report.requests, 0);
     assert!(report.errors > 5, "only {} errors", report.errors);
     assert_eq!(tunnels.load(Ordering::Relaxed), 0);
@@ -317,8 +285,7 @@ struct TargetCommand {
 
 #[test]
 fn command_line_defaults_match_the_documentation() {
-    let parsed = BenchCommand::try_parse_from(["bench", "--target", "http://127.0.0.1:18080/"])
-        .expect("parses");
+    let parsed = BenchCommand::try_parse_from(["bench", "--target", "http://127.0.0.1:18080/"]).expect("parses");
     let bench = parsed.bench;
     assert_eq!(bench.connections, 1);
     assert_eq!(bench.duration, 10.0);
@@ -327,10 +294,7 @@ fn command_line_defaults_match_the_documentation() {
     assert!(bench.proxy.is_none());
 
     let parsed = TargetCommand::try_parse_from(["bench-target"]).expect("parses");
-    assert_eq!(
-        parsed.target.listen,
-        "127.0.0.1:18080".parse().expect("addr")
-    );
+    assert_eq!(parsed.target.listen, "127.0.0.1:18080".parse().expect("addr"));
     assert_eq!(parsed.target.size, 1024);
 }
 

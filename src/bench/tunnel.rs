@@ -106,10 +106,7 @@ async fn one_tunnel(plan: &TunnelPlan, head_buffer: &mut [u8]) -> anyhow::Result
 /// Reads the proxy's answer to CONNECT up to the blank line and returns its
 /// status. Bytes after the head would belong to the origin, which has not been
 /// asked anything yet, so they are a protocol error.
-async fn read_connect_response(
-    stream: &mut TcpStream,
-    buffer: &mut [u8],
-) -> anyhow::Result<StatusCode> {
+async fn read_connect_response(stream: &mut TcpStream, buffer: &mut [u8]) -> anyhow::Result<StatusCode> {
     let mut filled = 0;
     loop {
         if filled == buffer.len() {
@@ -144,10 +141,7 @@ pub fn parse_status_line(head: &[u8]) -> anyhow::Result<StatusCode> {
         .or_else(|| head.strip_prefix(b"HTTP/1.0 "))
         .context("CONNECT response is not HTTP/1.x")?;
     let code = rest.get(..3).context("CONNECT response has no status")?;
-    if rest
-        .get(3)
-        .is_some_and(|&after| after != b' ' && after != b'\r')
-    {
+    if rest.get(3).is_some_and(|&after| after != b' ' && after != b'\r') {
         bail!("CONNECT response status is not three digits");
     }
     StatusCode::from_bytes(code).context("CONNECT response status is not a number")

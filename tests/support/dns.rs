@@ -27,7 +27,9 @@ impl TestDns {
         tokio::spawn(async move {
             let mut buf = [0u8; 512];
             loop {
-                let Ok((n, peer)) = socket.recv_from(&mut buf).await else { continue };
+                let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
+                    continue;
+                };
                 if let Some((name, answer)) = answer(&buf[..n], &records) {
                     seen.lock().unwrap().push(name);
                     let _ = socket.send_to(&answer, peer).await;
@@ -39,7 +41,12 @@ impl TestDns {
 
     /// Names queried so far (one entry per query, A and AAAA separately).
     pub fn queries_for(&self, name: &str) -> usize {
-        self.queries.lock().unwrap().iter().filter(|q| q.as_str() == name).count()
+        self.queries
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|q| q.as_str() == name)
+            .count()
     }
 }
 

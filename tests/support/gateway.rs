@@ -34,7 +34,15 @@ impl GatewayProc {
         std::fs::write(&policy, policy_yaml).expect("write policy");
         std::fs::write(&agents, agents_yaml).expect("write agents");
         let mut child = Command::new(super::clawgress_bin())
-            .args(["gateway", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--watch-interval-ms", "100"])
+            .args([
+                "gateway",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+                "--watch-interval-ms",
+                "100",
+            ])
             .arg("--policy")
             .arg(&policy)
             .arg("--agents")
@@ -43,7 +51,10 @@ impl GatewayProc {
             .arg(&audit)
             .args(extra)
             .env("CLAWGRESS_LOG", "info")
-            .env("CLAWGRESS_TEST_JWT_SECRET", "jwt-test-secret-that-is-long-enough-0123456789")
+            .env(
+                "CLAWGRESS_TEST_JWT_SECRET",
+                "jwt-test-secret-that-is-long-enough-0123456789",
+            )
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).expect("log file"))
             .spawn()
@@ -114,19 +125,31 @@ impl GatewayProc {
             if let Some(line) = self.audit_lines().into_iter().find(|l| matches(l)) {
                 return line;
             }
-            assert!(Instant::now() < deadline, "no matching audit line; audit:\n{:#?}", self.audit_lines());
+            assert!(
+                Instant::now() < deadline,
+                "no matching audit line; audit:\n{:#?}",
+                self.audit_lines()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     pub async fn metrics(&self) -> String {
-        let response = super::raw::send(self.admin, "GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close", b"").await;
+        let response = super::raw::send(
+            self.admin,
+            "GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close",
+            b"",
+        )
+        .await;
         assert_eq!(response.status, 200);
         String::from_utf8(response.body).expect("metrics are UTF-8")
     }
 
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status();
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status();
         assert!(status.is_ok_and(|s| s.success()), "kill -{name} failed");
     }
 
@@ -138,7 +161,10 @@ impl GatewayProc {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "gateway did not stop within 20 s after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not stop within 20 s after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

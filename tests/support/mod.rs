@@ -22,5 +22,8 @@ pub fn sha256_hex(text: &str) -> String {
 
 pub fn basic(agent: &str, key: &str) -> String {
     use base64::Engine;
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{agent}:{key}")))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{agent}:{key}"))
+    )
 }

@@ -42,10 +42,14 @@ pub async fn origin(name: &str) -> TlsOrigin {
     let addr = listener.local_addr().expect("tls addr");
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(stream).await else { return };
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
                 let mut buf = vec![0u8; 4096];
                 let mut seen = Vec::new();
                 while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -64,7 +68,10 @@ pub async fn origin(name: &str) -> TlsOrigin {
             });
         }
     });
-    TlsOrigin { addr, ca_der: ca.der().clone() }
+    TlsOrigin {
+        addr,
+        ca_der: ca.der().clone(),
+    }
 }
 
 /// TLS over an already-open tunnel, trusting only `ca`, with SNI `name`.

@@ -41,7 +41,9 @@ pub async fn origin() -> Origin {
     let (count, rel) = (requests.clone(), release.clone());
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let (count, rel) = (count.clone(), rel.clone());
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
@@ -49,11 +51,17 @@ pub async fn origin() -> Origin {
                     let rel = rel.clone();
                     async move { Ok::<_, Infallible>(route(req, rel).await) }
                 });
-                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
             });
         }
     });
-    Origin { addr, requests, release }
+    Origin {
+        addr,
+        requests,
+        release,
+    }
 }
 
 fn full(bytes: impl Into<Bytes>) -> Body {
@@ -63,13 +71,21 @@ fn full(bytes: impl Into<Bytes>) -> Body {
 async fn route(req: Request<Incoming>, release: Arc<Notify>) -> Response<Body> {
     let path = req.uri().path().to_string();
     if path == "/hello" {
-        return Response::builder().header("x-upstream", "yes").body(full("hello from upstream")).unwrap();
+        return Response::builder()
+            .header("x-upstream", "yes")
+            .body(full("hello from upstream"))
+            .unwrap();
     }
     if path == "/headers" {
         let map: serde_json::Map<String, serde_json::Value> = req
             .headers()
             .iter()
-            .map(|(n, v)| (n.as_str().to_string(), serde_json::Value::String(v.to_str().unwrap_or("").to_string())))
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_string(),
+                    serde_json::Value::String(v.to_str().unwrap_or("").to_string()),
+                )
+            })
             .collect();
         let mut body = serde_json::Value::Object(map);
         body["_request_target"] = serde_json::Value::String(req.uri().to_string());
@@ -99,7 +115,10 @@ async fn route(req: Request<Incoming>, release: Arc<Notify>) -> Response<Body> {
         return Response::new(BodyExt::boxed(ChannelBody(rx)));
     }
     if let Some(code) = path.strip_prefix("/status/").and_then(|c| c.parse::<u16>().ok()) {
-        return Response::builder().status(code).body(full(format!("status {code}"))).unwrap();
+        return Response::builder()
+            .status(code)
+            .body(full(format!("status {code}")))
+            .unwrap();
     }
     if let Some(n) = path.strip_prefix("/big/").and_then(|c| c.parse::<usize>().ok()) {
         return Response::new(full(vec![b'x'; n]));
@@ -129,7 +148,9 @@ pub async fn half_close_echo() -> SocketAddr {
     let addr = listener.local_addr().expect("echo addr");
     tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else { continue };
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
                 let mut buf = [0u8; 4096];
                 loop {

@@ -67,18 +67,11 @@ struct ChainFields {
 /// place, and its hash matching its content. Whether it links to the previous line
 /// is the caller's business.
 pub(crate) fn check_line(line: &[u8]) -> Result<SealedLine, LineProblem> {
-    let fields: ChainFields =
-        serde_json::from_slice(line).map_err(|e| LineProblem::NotJson { column: e.column() })?;
-    let prev_hex = fields
-        .prev_hash
-        .ok_or(LineProblem::MissingField("prev_hash"))?;
+    let fields: ChainFields = serde_json::from_slice(line).map_err(|e| LineProblem::NotJson { column: e.column() })?;
+    let prev_hex = fields.prev_hash.ok_or(LineProblem::MissingField("prev_hash"))?;
     let hash_hex = fields.hash.ok_or(LineProblem::MissingField("hash"))?;
-    let prev_hash = parse_hash(&prev_hex).ok_or(LineProblem::Malformed(
-        "prev_hash is not 64 lowercase hex digits",
-    ))?;
-    let hash = parse_hash(&hash_hex).ok_or(LineProblem::Malformed(
-        "hash is not 64 lowercase hex digits",
-    ))?;
+    let prev_hash = parse_hash(&prev_hex).ok_or(LineProblem::Malformed("prev_hash is not 64 lowercase hex digits"))?;
+    let hash = parse_hash(&hash_hex).ok_or(LineProblem::Malformed("hash is not 64 lowercase hex digits"))?;
 
     // The hashed part is everything before the final `,"hash":"…"}`; it must itself
     // end with this line's prev_hash, so the link is covered by the hash.
@@ -95,13 +88,10 @@ pub(crate) fn check_line(line: &[u8]) -> Result<SealedLine, LineProblem> {
     let prev_tail_len = PREV_HASH_KEY.len() + 64 + 1;
     let prev_in_place = body.len() >= prev_tail_len && {
         let tail = &body[body.len() - prev_tail_len..];
-        tail.starts_with(PREV_HASH_KEY)
-            && &tail[PREV_HASH_KEY.len()..PREV_HASH_KEY.len() + 64] == prev_hex.as_bytes()
+        tail.starts_with(PREV_HASH_KEY) && &tail[PREV_HASH_KEY.len()..PREV_HASH_KEY.len() + 64] == prev_hex.as_bytes()
     };
     if !prev_in_place {
-        return Err(LineProblem::Malformed(
-            "prev_hash does not come right before hash",
-        ));
+        return Err(LineProblem::Malformed("prev_hash does not come right before hash"));
     }
     if <ChainHash>::from(Sha256::digest(body)) != hash {
         return Err(LineProblem::Edited);

@@ -57,9 +57,7 @@ impl ChainFile {
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
-                return Err(AuditError::Locked {
-                    path: path.to_owned(),
-                });
+                return Err(AuditError::Locked { path: path.to_owned() });
             }
             Err(TryLockError::Error(e)) => return Err(open_error(e)),
         }
@@ -73,11 +71,10 @@ impl ChainFile {
         file.seek(SeekFrom::Start(tail_start)).map_err(open_error)?;
         file.read_to_end(&mut tail).map_err(open_error)?;
 
-        let found =
-            find_chain_end(&tail, tail_start == 0).map_err(|problem| AuditError::CorruptTail {
-                path: path.to_owned(),
-                problem,
-            })?;
+        let found = find_chain_end(&tail, tail_start == 0).map_err(|problem| AuditError::CorruptTail {
+            path: path.to_owned(),
+            problem,
+        })?;
         let mut chain_file = ChainFile {
             file,
             path: path.to_owned(),
@@ -98,9 +95,8 @@ impl ChainFile {
             };
             let start = repair.len();
             serde_json::to_writer(&mut repair, &marker).map_err(|e| AuditError::Write(e.into()))?;
-            let hash = chain::seal(&mut repair, start, &chain_file.last_hash).ok_or_else(|| {
-                AuditError::Write(io::Error::other("resume marker is not a JSON object"))
-            })?;
+            let hash = chain::seal(&mut repair, start, &chain_file.last_hash)
+                .ok_or_else(|| AuditError::Write(io::Error::other("resume marker is not a JSON object")))?;
             chain_file.last_hash = hash;
         }
         if !repair.is_empty() {
@@ -157,10 +153,7 @@ pub(crate) struct ChainEnd {
 /// a line that parses but fails its own hash is an edit, and the writer refuses to
 /// chain onto an edited file. `tail_is_whole_file` says whether a file with no
 /// record at all (only fragments) may start from the genesis hash.
-pub(crate) fn find_chain_end(
-    tail: &[u8],
-    tail_is_whole_file: bool,
-) -> Result<ChainEnd, LineProblem> {
+pub(crate) fn find_chain_end(tail: &[u8], tail_is_whole_file: bool) -> Result<ChainEnd, LineProblem> {
     let unterminated = tail.last().is_some_and(|&b| b != b'\n');
     let body = tail.strip_suffix(b"\n").unwrap_or(tail);
     let mut lines: Vec<&[u8]> = if tail.is_empty() {
@@ -194,9 +187,7 @@ pub(crate) fn find_chain_end(
         Some(hash) => hash,
         None if tail_is_whole_file => GENESIS_HASH,
         None => {
-            return Err(LineProblem::Malformed(
-                "no complete record near the end of the file",
-            ));
+            return Err(LineProblem::Malformed("no complete record near the end of the file"));
         }
     };
     Ok(ChainEnd {

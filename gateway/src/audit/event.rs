@@ -269,11 +269,7 @@ pub struct AdminEvent {
 }
 
 impl AdminEvent {
-    pub fn new(
-        actor: impl Into<String>,
-        role: impl Into<String>,
-        action: impl Into<String>,
-    ) -> Self {
+    pub fn new(actor: impl Into<String>, role: impl Into<String>, action: impl Into<String>) -> Self {
         AdminEvent {
             timestamp: Utc::now(),
             request_id: None,

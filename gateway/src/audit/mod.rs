@@ -80,13 +80,12 @@ pub mod writer;
 
 pub use chain::{ChainHash, GENESIS_HASH};
 pub use event::{
-    AdminEvent, AuditEvent, AuditIdentity, EgressEvent, EnforcementMode, MAX_PATH_BYTES, Protocol,
-    RequestId, RequestSummary, ResponseSummary, Verdict, new_request_id,
+    AdminEvent, AuditEvent, AuditIdentity, EgressEvent, EnforcementMode, MAX_PATH_BYTES, Protocol, RequestId,
+    RequestSummary, ResponseSummary, Verdict, new_request_id,
 };
 pub use verify::{LineProblem, VerifyError, VerifyReport, verify_file};
 pub use writer::{
-    AuditError, AuditMetrics, AuditSink, AuditSlot, AuditUnavailable, AuditWriterHandle,
-    FSYNC_INTERVAL, start_writer,
+    AuditError, AuditMetrics, AuditSink, AuditSlot, AuditUnavailable, AuditWriterHandle, FSYNC_INTERVAL, start_writer,
 };
 
 #[cfg(test)]

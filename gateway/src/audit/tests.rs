@@ -24,12 +24,7 @@ fn allowed_event(n: u64) -> EgressEvent {
         session_id: Some("session-abc123".into()),
         task_slug: Some("feat-user-auth".into()),
     };
-    let mut request = RequestSummary::new(
-        "POST",
-        "api.openai.com",
-        Some(443),
-        Some("/v1/chat/completions"),
-    );
+    let mut request = RequestSummary::new("POST", "api.openai.com", Some(443), Some("/v1/chat/completions"));
     request.size_bytes = Some(1234);
     let mut event = EgressEvent::new(
         new_request_id(),
@@ -66,12 +61,7 @@ fn denied_event() -> EgressEvent {
     let mut event = EgressEvent::new(
         new_request_id(),
         identity,
-        RequestSummary::new(
-            "GET",
-            "malicious-site.com",
-            None,
-            Some("/data?token=s3cr3t"),
-        ),
+        RequestSummary::new("GET", "malicious-site.com", None, Some("/data?token=s3cr3t")),
         Verdict::Deny {
             reason: "domain_not_in_allowlist",
             alert: true,
@@ -91,10 +81,7 @@ fn keys(line: &str) -> Vec<String> {
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str("a JSON object")
         }
-        fn visit_map<A: serde::de::MapAccess<'de>>(
-            mut self,
-            mut map: A,
-        ) -> Result<Self::Value, A::Error> {
+        fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut map: A) -> Result<Self::Value, A::Error> {
             while let Some((key, _)) = map.next_entry::<String, serde::de::IgnoredAny>()? {
                 self.0.push(key);
             }
@@ -141,9 +128,7 @@ fn allowed_event_has_the_documented_fields_in_order() {
         "anomaly_score",
     ];
     assert_eq!(keys(&line), expected);
-    assert!(line.starts_with(
-        r#"{"timestamp":"2025-12-04T10:30:00.123Z","type":"egress_request","request_id":""#
-    ));
+    assert!(line.starts_with(r#"{"timestamp":"2025-12-04T10:30:00.123Z","type":"egress_request","request_id":""#));
     assert!(line.contains(
         r#""request":{"method":"POST","domain":"api.openai.com","port":443,"path":"/v1/chat/completions","size_bytes":1234},"response":{"status":200,"latency_ms":1523,"size_bytes":5678}"#
     ));
@@ -177,18 +162,11 @@ fn denied_event_omits_unknown_fields_and_drops_the_query() {
         "policy_version",
         "session_id",
     ] {
-        assert!(
-            value.get(absent).is_none(),
-            "{absent} should be omitted: {line}"
-        );
+        assert!(value.get(absent).is_none(), "{absent} should be omitted: {line}");
     }
     let order = keys(&line);
     let pos = |k: &str| order.iter().position(|x| x == k).expect(k);
-    assert!(
-        pos("request") < pos("reason")
-            && pos("reason") < pos("action")
-            && pos("alert") < pos("decision")
-    );
+    assert!(pos("request") < pos("reason") && pos("reason") < pos("action") && pos("alert") < pos("decision"));
 }
 
 #[test]
@@ -255,10 +233,7 @@ fn request_ids_are_unique_32_hex_digits() {
     assert_eq!(unique.len(), ids.len());
     for id in &ids {
         assert_eq!(id.len(), 32);
-        assert!(
-            id.bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-        );
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
     }
     assert_eq!(ids[0][..16], ids[999][..16], "one process prefix");
 }
@@ -411,10 +386,7 @@ async fn a_torn_last_line_is_reported_then_recovered_on_restart() {
     assert_eq!(marker["type"], "audit_chain_resumed");
     assert_eq!(marker["torn_lines"], 1);
     let line9: serde_json::Value = serde_json::from_str(&lines[8]).expect("json");
-    assert_eq!(
-        marker["prev_hash"], line9["hash"],
-        "chains from the last complete line"
-    );
+    assert_eq!(marker["prev_hash"], line9["hash"], "chains from the last complete line");
 }
 
 #[tokio::test]
@@ -535,10 +507,7 @@ async fn zero_capacity_is_refused() {
 #[test]
 fn starting_outside_a_runtime_is_an_error_not_a_panic() {
     let (_dir, path) = temp_log();
-    assert!(matches!(
-        start_writer(&path, 4, metrics()),
-        Err(AuditError::NoRuntime)
-    ));
+    assert!(matches!(start_writer(&path, 4, metrics()), Err(AuditError::NoRuntime)));
 }
 
 #[test]

@@ -37,9 +37,7 @@ pub enum VerifyError {
 pub enum LineProblem {
     #[error("edited: its hash does not match its content")]
     Edited,
-    #[error(
-        "a line was removed, inserted or reordered: prev_hash does not match the previous line's hash"
-    )]
+    #[error("a line was removed, inserted or reordered: prev_hash does not match the previous line's hash")]
     ChainBroken,
     /// Only the column: a parser message could quote the line's content.
     #[error("not JSON (column {column})")]
@@ -58,10 +56,7 @@ impl LineProblem {
     /// What a crash mid-write leaves behind. Anything else (a line that parses but
     /// fails its hash) is never a torn write.
     pub(crate) fn could_be_torn(&self) -> bool {
-        matches!(
-            self,
-            LineProblem::NotJson { .. } | LineProblem::MissingField(_)
-        )
+        matches!(self, LineProblem::NotJson { .. } | LineProblem::MissingField(_))
     }
 }
 
@@ -99,11 +94,7 @@ fn verify_lines(mut reader: impl BufRead) -> Result<VerifyReport, Failure> {
             LineRead::Line { terminated } => terminated,
         };
         line_no += 1;
-        let content = if terminated {
-            &buf[..buf.len() - 1]
-        } else {
-            &buf[..]
-        };
+        let content = if terminated { &buf[..buf.len() - 1] } else { &buf[..] };
         match chain::check_line(content) {
             Ok(sealed) => {
                 if let Some((first, problem)) = pending.first() {

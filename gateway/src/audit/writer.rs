@@ -23,6 +23,10 @@ use super::verify::LineProblem;
 
 /// Events taken from the queue per batch (one write call each).
 const MAX_BATCH: usize = 512;
+/// How long the writer lets records gather after a batch that was not
+/// full. Bounds how stale the file is under load (fsync runs every
+/// FSYNC_INTERVAL anyway) while sparing a wake-up per request.
+const BATCH_LINGER: Duration = Duration::from_millis(2);
 /// Longest a written line waits for `fsync` while the writer is running.
 pub const FSYNC_INTERVAL: Duration = Duration::from_millis(100);
 const RETRY_FIRST: Duration = Duration::from_millis(50);
@@ -158,9 +162,7 @@ impl Drop for AuditSlot {
     fn drop(&mut self) {
         if self.permit.take().is_some() {
             self.abandoned.inc();
-            tracing::warn!(
-                "audit slot dropped without a record; a request may be missing from the audit"
-            );
+            tracing::warn!("audit slot dropped without a record; a request may be missing from the audit");
         }
     }
 }
@@ -219,13 +221,7 @@ pub fn start_writer(
         dirty_since: None,
     };
     let task = runtime.spawn(writer.run(rx, stop_rx));
-    Ok((
-        AuditSink { tx, metrics },
-        AuditWriterHandle {
-            stop: stop_tx,
-            task,
-        },
-    ))
+    Ok((AuditSink { tx, metrics }, AuditWriterHandle { stop: stop_tx, task }))
 }
 
 fn used_slots(max: usize, free: usize) -> i64 {
@@ -270,13 +266,19 @@ impl Writer {
                 // Zero means closed and drained: every sender and permit is gone,
                 // or shutdown closed the queue and everything in it was taken.
                 Step::Received(0) => break,
-                Step::Received(_) => {
+                Step::Received(received) => {
                     self.metrics
                         .queue_depth
                         .set(used_slots(rx.max_capacity(), rx.capacity()));
                     self = self.write_batch(&stop).await?;
                     if sync_at.is_some_and(|at| Instant::now() >= at) {
                         self = self.sync().await?.0;
+                    }
+                    if received < MAX_BATCH {
+                        // Let the next batch gather without waking this task
+                        // (and a blocking thread) once per request: a waiting
+                        // receiver costs every sender a cross-thread wake-up.
+                        sleep(BATCH_LINGER).await;
                     }
                 }
                 Step::SyncDue => self = self.sync().await?.0,
@@ -321,10 +323,7 @@ impl Writer {
                     if *stop.borrow() {
                         retries_while_stopping += 1;
                         if retries_while_stopping > RETRIES_WHILE_STOPPING {
-                            tracing::error!(
-                                lines,
-                                "audit writer stopping with a batch it could not write"
-                            );
+                            tracing::error!(lines, "audit writer stopping with a batch it could not write");
                             return Err(AuditError::Write(e));
                         }
                     }

@@ -91,11 +91,8 @@ impl AnswerCache {
         // pushes behind; drop them once they outnumber the live entries.
         if self.order.len() > 2 * self.max_entries.max(16) {
             let slots = &self.slots;
-            self.order.retain(|(name, generation)| {
-                slots
-                    .get(name)
-                    .is_some_and(|slot| slot.generation == *generation)
-            });
+            self.order
+                .retain(|(name, generation)| slots.get(name).is_some_and(|slot| slot.generation == *generation));
         }
     }
 

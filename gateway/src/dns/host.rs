@@ -61,10 +61,7 @@ impl fmt::Display for HostError {
                  e.g. [2001:db8::1]"
             ),
             HostError::InvalidName(e) => {
-                write!(
-                    f,
-                    "{e}; use a DNS name made of letters, digits, '-' and '.'"
-                )
+                write!(f, "{e}; use a DNS name made of letters, digits, '-' and '.'")
             }
         }
     }
@@ -101,9 +98,7 @@ pub fn parse_host(raw: &str) -> Result<Host, HostError> {
 fn parse_ipv6(text: &str) -> Option<Host> {
     // The std parser refuses zone ids (`%eth0`) and IPv4 dotted quads on
     // their own, which is exactly what we want.
-    text.parse::<Ipv6Addr>()
-        .ok()
-        .map(|ip| Host::Ip(IpAddr::V6(ip)))
+    text.parse::<Ipv6Addr>().ok().map(|ip| Host::Ip(IpAddr::V6(ip)))
 }
 
 /// Only `a.b.c.d`, each 0-255 in decimal without leading zeros; the std

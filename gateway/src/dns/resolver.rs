@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 
 use clawgress_policies::domain::normalize_domain;
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{
-    LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig as HickoryConfig,
-};
+use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig as HickoryConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
@@ -100,9 +98,7 @@ pub enum ResolveError {
          or map the name in dns.static_hosts"
     )]
     NotFound { host: String },
-    #[error(
-        "resolving '{host}' timed out: the gateway's DNS servers did not answer; try again later"
-    )]
+    #[error("resolving '{host}' timed out: the gateway's DNS servers did not answer; try again later")]
     Timeout { host: String },
     #[error("resolving '{host}' failed: {message}")]
     Failed { host: String, message: String },
@@ -137,9 +133,7 @@ impl Resolver {
             return Err(setup("dns timeout must be greater than zero"));
         }
         if !(1..=MAX_ATTEMPTS).contains(&cfg.attempts) {
-            return Err(setup(format!(
-                "dns attempts must be between 1 and {MAX_ATTEMPTS}"
-            )));
+            return Err(setup(format!("dns attempts must be between 1 and {MAX_ATTEMPTS}")));
         }
         let mut static_hosts = HashMap::with_capacity(cfg.static_hosts.len());
         for (name, ip) in &cfg.static_hosts {
@@ -203,8 +197,7 @@ impl Resolver {
 
     #[cfg(test)]
     pub(super) fn lookups_started(&self) -> usize {
-        self.lookups_started
-            .load(std::sync::atomic::Ordering::SeqCst)
+        self.lookups_started.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn cached(&self, host: &str) -> Option<Result<Resolved, ResolveError>> {
@@ -219,10 +212,7 @@ impl Resolver {
     }
 
     fn join_in_flight(&self, host: &str) -> Shared {
-        lock(&self.in_flight)
-            .entry(host.to_string())
-            .or_default()
-            .clone()
+        lock(&self.in_flight).entry(host.to_string()).or_default().clone()
     }
 
     async fn lookup_and_remember(&self, host: &str) -> Result<Resolved, ResolveError> {
@@ -235,9 +225,7 @@ impl Resolver {
         let now = Instant::now();
         match &outcome {
             Ok((addrs, valid_until)) => {
-                let ttl = valid_until
-                    .saturating_duration_since(now)
-                    .min(self.cache_ttl);
+                let ttl = valid_until.saturating_duration_since(now).min(self.cache_ttl);
                 let answer = CachedAnswer::Found(addrs.clone());
                 lock(&self.cache).insert(host, answer, ttl, now);
             }
@@ -265,8 +253,7 @@ impl Resolver {
         // policy never checked.
         let name = Name::from_ascii(format!("{host}.")).map_err(|e| failed(host, e))?;
         #[cfg(test)]
-        self.lookups_started
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.lookups_started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let lookup = match tokio::time::timeout(self.timeout, self.dns.lookup_ip(name)).await {
             Err(_) => return Err(timed_out(host)),
             Ok(Err(e)) => return Err(from_net_error(host, &e)),
@@ -312,12 +299,11 @@ impl Drop for LeaveInFlight<'_> {
 
 fn build_hickory(cfg: &ResolverConfig) -> Result<TokioResolver, ResolveError> {
     let mut builder = match &cfg.nameservers {
-        None => TokioResolver::builder_tokio()
-            .map_err(|e| setup(format!("reading the system DNS configuration: {e}")))?,
+        None => {
+            TokioResolver::builder_tokio().map_err(|e| setup(format!("reading the system DNS configuration: {e}")))?
+        }
         Some(servers) if servers.is_empty() => {
-            return Err(setup(
-                "dns nameservers is empty; omit it to use /etc/resolv.conf",
-            ));
+            return Err(setup("dns nameservers is empty; omit it to use /etc/resolv.conf"));
         }
         Some(servers) => {
             let servers = servers.iter().map(|addr| nameserver(*addr)).collect();
@@ -355,10 +341,7 @@ fn from_net_error(host: &str, err: &NetError) -> ResolveError {
     match err {
         NetError::Timeout => timed_out(host),
         NetError::Dns(DnsError::NoRecordsFound(no_records))
-            if matches!(
-                no_records.response_code,
-                ResponseCode::NXDomain | ResponseCode::NoError
-            ) =>
+            if matches!(no_records.response_code, ResponseCode::NXDomain | ResponseCode::NoError) =>
         {
             not_found(host)
         }
@@ -373,15 +356,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn not_found(host: &str) -> ResolveError {
-    ResolveError::NotFound {
-        host: host.to_string(),
-    }
+    ResolveError::NotFound { host: host.to_string() }
 }
 
 fn timed_out(host: &str) -> ResolveError {
-    ResolveError::Timeout {
-        host: host.to_string(),
-    }
+    ResolveError::Timeout { host: host.to_string() }
 }
 
 fn failed(host: &str, err: impl std::fmt::Display) -> ResolveError {

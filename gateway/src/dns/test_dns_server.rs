@@ -45,16 +45,11 @@ pub(super) struct TestDnsServer {
 impl TestDnsServer {
     /// Names not in `zone` get NXDOMAIN. Every reply is sent after `delay`.
     pub(super) async fn start(zone: HashMap<&str, Behaviour>, delay: Duration) -> Self {
-        let socket = UdpSocket::bind("127.0.0.1:0")
-            .await
-            .expect("bind test DNS socket");
+        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind test DNS socket");
         let addr = socket.local_addr().expect("test DNS socket address");
         let socket = Arc::new(socket);
-        let zone: Arc<HashMap<String, Behaviour>> = Arc::new(
-            zone.into_iter()
-                .map(|(name, b)| (name.to_string(), b))
-                .collect(),
-        );
+        let zone: Arc<HashMap<String, Behaviour>> =
+            Arc::new(zone.into_iter().map(|(name, b)| (name.to_string(), b)).collect());
         let queries = Arc::new(Mutex::new(HashMap::new()));
         let counter = queries.clone();
         let task = tokio::spawn(async move {
@@ -81,11 +76,7 @@ impl TestDnsServer {
                 });
             }
         });
-        TestDnsServer {
-            addr,
-            queries,
-            task,
-        }
+        TestDnsServer { addr, queries, task }
     }
 
     pub(super) fn addr(&self) -> SocketAddr {

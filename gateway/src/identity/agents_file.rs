@@ -21,23 +21,17 @@ const MAX_LEEWAY_SECONDS: u64 = 300;
 
 const LAYOUT_HINT: &str = "see policies/agents.example.yaml for the expected layout";
 const DIGEST_HINT: &str = "store the hex SHA-256 of the key, e.g. `printf %s \"$KEY\" | sha256sum`";
-const ALGORITHMS: &str =
-    "HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA";
+const ALGORITHMS: &str = "HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA";
 
 pub(super) struct Compiled {
     pub registry: AgentRegistry,
     pub jwt: Option<JwtVerifier>,
 }
 
-pub(super) fn compile(
-    text: &str,
-    origin: &str,
-    base_dir: &Path,
-) -> Result<Compiled, AgentsFileError> {
+pub(super) fn compile(text: &str, origin: &str, base_dir: &Path) -> Result<Compiled, AgentsFileError> {
     let at = Reporter { origin };
     let options = serde_saphyr::options! { with_snippet: false };
-    let doc: AgentsFileDoc =
-        serde_saphyr::from_str_with_options(text, options).map_err(|e| at.yaml(&e))?;
+    let doc: AgentsFileDoc = serde_saphyr::from_str_with_options(text, options).map_err(|e| at.yaml(&e))?;
 
     let registry = compile_agents(&at, doc.agents)?;
     let jwt = match doc.jwt {
@@ -83,9 +77,7 @@ impl Reporter<'_> {
                         location,
                         "inline `secret` is not allowed: secrets never live in the agents file",
                     )
-                    .with_hint(
-                        "use `secret_file: /path/to/secret` or `secret_env: VARIABLE_NAME`",
-                    );
+                    .with_hint("use `secret_file: /path/to/secret` or `secret_env: VARIABLE_NAME`");
             }
             serde_saphyr::Error::DuplicateMappingKey { key: Some(key), .. } => {
                 // The library's own text suggests a parser option, which is advice for developers.
@@ -110,10 +102,7 @@ impl Reporter<'_> {
     }
 }
 
-fn compile_agents(
-    at: &Reporter<'_>,
-    agents: Vec<Spanned<AgentDoc>>,
-) -> Result<AgentRegistry, AgentsFileError> {
+fn compile_agents(at: &Reporter<'_>, agents: Vec<Spanned<AgentDoc>>) -> Result<AgentRegistry, AgentsFileError> {
     let mut registry = AgentRegistry::default();
     let mut first_seen: HashMap<String, Location> = HashMap::new();
     let mut digest_owner: HashMap<KeyDigest, String> = HashMap::new();
@@ -147,7 +136,13 @@ fn compile_agents(
                 let parsed = parse_digest(at, digest)?;
                 if let Some(owner) = digest_owner.get(&parsed) {
                     return Err(at
-                        .error(digest.referenced, format!("agent `{}` has the same api_key_sha256 as agent `{owner}`", agent.id.value))
+                        .error(
+                            digest.referenced,
+                            format!(
+                                "agent `{}` has the same api_key_sha256 as agent `{owner}`",
+                                agent.id.value
+                            ),
+                        )
                         .with_hint("give every agent its own key, so that a leaked key identifies one agent"));
                 }
                 digest_owner.insert(parsed, agent.id.value.clone());
@@ -186,11 +181,7 @@ fn check_agent_id(at: &Reporter<'_>, id: &Spanned<String>) -> Result<(), AgentsF
 }
 
 /// Identity fields end up in logs, audit lines and policy selectors: no blanks, no control characters.
-fn check_label(
-    at: &Reporter<'_>,
-    field: &str,
-    value: &Spanned<String>,
-) -> Result<(), AgentsFileError> {
+fn check_label(at: &Reporter<'_>, field: &str, value: &Spanned<String>) -> Result<(), AgentsFileError> {
     if value.value.trim().is_empty() {
         return Err(at.error(value.referenced, format!("`{field}` must not be empty")));
     }
@@ -210,18 +201,17 @@ fn parse_digest(at: &Reporter<'_>, digest: &Spanned<String>) -> Result<KeyDigest
         return Err(at
             .error(
                 digest.referenced,
-                format!("api_key_sha256 must be 64 hex characters (a SHA-256 digest); got {} characters", digest.value.chars().count()),
+                format!(
+                    "api_key_sha256 must be 64 hex characters (a SHA-256 digest); got {} characters",
+                    digest.value.chars().count()
+                ),
             )
             .with_hint(DIGEST_HINT));
     }
     Ok(parsed)
 }
 
-fn compile_jwt(
-    at: &Reporter<'_>,
-    base_dir: &Path,
-    doc: JwtDoc,
-) -> Result<JwtVerifier, AgentsFileError> {
+fn compile_jwt(at: &Reporter<'_>, base_dir: &Path, doc: JwtDoc) -> Result<JwtVerifier, AgentsFileError> {
     check_label(at, "issuer", &doc.issuer)?;
     check_label(at, "audience", &doc.audience)?;
     let leeway_seconds = match &doc.leeway_seconds {
@@ -242,10 +232,7 @@ fn compile_jwt(
     let claims = compile_claims(at, doc.claims)?;
     if doc.keys.value.is_empty() {
         return Err(at
-            .error(
-                doc.keys.referenced,
-                "`jwt.keys` is empty: no token could ever verify",
-            )
+            .error(doc.keys.referenced, "`jwt.keys` is empty: no token could ever verify")
             .with_hint("add a key, or remove the `jwt` section to accept only API keys"));
     }
     let mut keys = Vec::with_capacity(doc.keys.value.len());
@@ -257,10 +244,7 @@ fn compile_jwt(
                 return Err(at
                     .error(
                         *location,
-                        format!(
-                            "duplicate kid `{kid}` (first defined at line {})",
-                            first.line()
-                        ),
+                        format!("duplicate kid `{kid}` (first defined at line {})", first.line()),
                     )
                     .with_hint("every key needs its own kid"));
             }
@@ -278,10 +262,7 @@ fn compile_jwt(
     Ok(JwtVerifier::new(settings, keys))
 }
 
-fn compile_claims(
-    at: &Reporter<'_>,
-    doc: Option<ClaimsDoc>,
-) -> Result<ClaimNames, AgentsFileError> {
+fn compile_claims(at: &Reporter<'_>, doc: Option<ClaimsDoc>) -> Result<ClaimNames, AgentsFileError> {
     let doc = doc.unwrap_or(ClaimsDoc {
         agent: None,
         team: None,
@@ -289,10 +270,7 @@ fn compile_claims(
         environment: None,
         role: None,
     });
-    let name = |field: &str,
-                configured: Option<Spanned<String>>,
-                default: &str|
-     -> Result<Arc<str>, AgentsFileError> {
+    let name = |field: &str, configured: Option<Spanned<String>>, default: &str| -> Result<Arc<str>, AgentsFileError> {
         match configured {
             Some(value) => {
                 check_label(at, field, &value)?;
@@ -312,11 +290,7 @@ fn compile_claims(
 
 type CompiledKey = (JwtKey, Option<(String, Location)>);
 
-fn compile_key(
-    at: &Reporter<'_>,
-    base_dir: &Path,
-    key: Spanned<KeyDoc>,
-) -> Result<CompiledKey, AgentsFileError> {
+fn compile_key(at: &Reporter<'_>, base_dir: &Path, key: Spanned<KeyDoc>) -> Result<CompiledKey, AgentsFileError> {
     let entry = key.referenced;
     let key = key.value;
     let kid = match key.kid {
@@ -337,10 +311,8 @@ fn compile_key(
                 .with_hint("use `secret_file` or `secret_env` for HS* keys"));
         }
         match (&key.secret_file, &key.secret_env) {
-            (Some(file), None) => {
-                jwt_keys::hmac_from_file(algorithm, &jwt_keys::resolve(base_dir, &file.value))
-                    .map_err(|p| at.key_problem(file.referenced, p))?
-            }
+            (Some(file), None) => jwt_keys::hmac_from_file(algorithm, &jwt_keys::resolve(base_dir, &file.value))
+                .map_err(|p| at.key_problem(file.referenced, p))?,
             (None, Some(variable)) => {
                 check_label(at, "secret_env", variable)?;
                 jwt_keys::hmac_from_env(algorithm, &variable.value)
@@ -356,10 +328,7 @@ fn compile_key(
             }
             (None, None) => {
                 return Err(at
-                    .error(
-                        entry,
-                        format!("{algorithm:?} key needs `secret_file` or `secret_env`"),
-                    )
+                    .error(entry, format!("{algorithm:?} key needs `secret_file` or `secret_env`"))
                     .with_hint("the secret itself is never written in the agents file"));
             }
         }
@@ -375,9 +344,7 @@ fn compile_key(
         let Some(file) = &key.public_key_file else {
             return Err(at
                 .error(entry, format!("{algorithm:?} key needs `public_key_file`"))
-                .with_hint(
-                    "a PEM file with `-----BEGIN PUBLIC KEY-----`; relative to the agents file",
-                ));
+                .with_hint("a PEM file with `-----BEGIN PUBLIC KEY-----`; relative to the agents file"));
         };
         jwt_keys::public_key_from_file(algorithm, &jwt_keys::resolve(base_dir, &file.value))
             .map_err(|p| at.key_problem(file.referenced, p))?
@@ -390,10 +357,7 @@ fn compile_key(
     Ok((jwt_key, kid))
 }
 
-fn parse_algorithm(
-    at: &Reporter<'_>,
-    algorithm: &Spanned<String>,
-) -> Result<Algorithm, AgentsFileError> {
+fn parse_algorithm(at: &Reporter<'_>, algorithm: &Spanned<String>) -> Result<Algorithm, AgentsFileError> {
     let parsed = match algorithm.value.as_str() {
         "HS256" => Algorithm::HS256,
         "HS384" => Algorithm::HS384,
@@ -421,7 +385,5 @@ fn parse_algorithm(
 
 /// Messages quote text from the file; keep terminal control characters out of them.
 fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }

@@ -20,10 +20,7 @@ const BASIC_BASE64: GeneralPurpose = GeneralPurpose::new(
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
-pub(super) fn authenticate(
-    registry: &AgentRegistry,
-    encoded: &str,
-) -> Result<Arc<Identity>, IdentityError> {
+pub(super) fn authenticate(registry: &AgentRegistry, encoded: &str) -> Result<Arc<Identity>, IdentityError> {
     if encoded.len() > MAX_ENCODED_LEN {
         return Err(IdentityError::Malformed("basic credentials are too long"));
     }
@@ -43,15 +40,15 @@ fn decode_and_verify(
     let len = BASIC_BASE64
         .decode_slice(encoded, buffer)
         .map_err(|_| IdentityError::Malformed("basic credentials are not valid base64"))?;
-    let decoded = buffer.get(..len).ok_or(IdentityError::Malformed(
-        "basic credentials are not valid base64",
-    ))?;
-    let decoded = std::str::from_utf8(decoded)
-        .map_err(|_| IdentityError::Malformed("basic credentials are not UTF-8"))?;
+    let decoded = buffer
+        .get(..len)
+        .ok_or(IdentityError::Malformed("basic credentials are not valid base64"))?;
+    let decoded =
+        std::str::from_utf8(decoded).map_err(|_| IdentityError::Malformed("basic credentials are not UTF-8"))?;
     // Agent ids cannot contain ':', keys can: split at the first one.
-    let (agent_id, api_key) = decoded.split_once(':').ok_or(IdentityError::Malformed(
-        "basic credentials lack the ':' separator",
-    ))?;
+    let (agent_id, api_key) = decoded
+        .split_once(':')
+        .ok_or(IdentityError::Malformed("basic credentials lack the ':' separator"))?;
     if agent_id.is_empty() {
         return Err(IdentityError::Malformed("empty agent id"));
     }

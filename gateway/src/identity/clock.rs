@@ -19,9 +19,7 @@ impl Clock {
     pub fn now(&self) -> u64 {
         match self {
             // A clock before 1970 makes every token look not-yet-valid: fail closed.
-            Clock::System => SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            Clock::System => SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             #[cfg(test)]
             Clock::Manual(now) => now.load(Ordering::SeqCst),
         }

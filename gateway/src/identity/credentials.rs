@@ -36,9 +36,7 @@ pub(super) fn parse(header: &HeaderValue) -> Result<Credentials<'_>, IdentityErr
         });
     }
     if credentials.contains(is_blank) {
-        return Err(IdentityError::Malformed(
-            "whitespace inside the credentials",
-        ));
+        return Err(IdentityError::Malformed("whitespace inside the credentials"));
     }
     if credentials.len() > MAX_CREDENTIALS_LEN {
         return Err(IdentityError::Malformed("credentials are too long"));

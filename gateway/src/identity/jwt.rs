@@ -95,11 +95,7 @@ impl JwtVerifier {
         &self.cache
     }
 
-    pub fn authenticate(
-        &self,
-        registry: &AgentRegistry,
-        token: &str,
-    ) -> Result<Arc<Identity>, IdentityError> {
+    pub fn authenticate(&self, registry: &AgentRegistry, token: &str) -> Result<Arc<Identity>, IdentityError> {
         let now = self.clock.now();
         let fingerprint: TokenFingerprint = Sha256::digest(token.as_bytes()).into();
         if let Some(identity) = self.cache.get(&fingerprint, now) {
@@ -108,18 +104,14 @@ impl JwtVerifier {
         let claims = self.verify_signature_and_audience(token)?;
         let expires_at = check_validity_window(&claims, now, self.settings.leeway_seconds)?;
         let identity = Arc::new(self.bind(registry, &claims)?);
-        self.cache
-            .insert(fingerprint, identity.clone(), expires_at, now);
+        self.cache.insert(fingerprint, identity.clone(), expires_at, now);
         Ok(identity)
     }
 
-    fn verify_signature_and_audience(
-        &self,
-        token: &str,
-    ) -> Result<Map<String, Value>, IdentityError> {
+    fn verify_signature_and_audience(&self, token: &str) -> Result<Map<String, Value>, IdentityError> {
         // `alg: none` and unknown algorithms fail here: they are not `Algorithm` values.
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|_| IdentityError::InvalidToken("malformed token header"))?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|_| IdentityError::InvalidToken("malformed token header"))?;
         let mut first_error = None;
         for key in self.candidate_keys(header.kid.as_deref(), header.alg)? {
             match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &key.validation) {
@@ -141,17 +133,9 @@ impl JwtVerifier {
     /// A token with a `kid` is checked with the keys carrying that kid (or, when none does,
     /// with the keys configured without a kid); a token without one with every key. Only keys
     /// configured for the header's `alg` are ever used.
-    fn candidate_keys(
-        &self,
-        kid: Option<&str>,
-        alg: Algorithm,
-    ) -> Result<Vec<&PreparedKey>, IdentityError> {
+    fn candidate_keys(&self, kid: Option<&str>, alg: Algorithm) -> Result<Vec<&PreparedKey>, IdentityError> {
         let mut pool: Vec<&PreparedKey> = match kid {
-            Some(kid) => self
-                .keys
-                .iter()
-                .filter(|k| k.kid.as_deref() == Some(kid))
-                .collect(),
+            Some(kid) => self.keys.iter().filter(|k| k.kid.as_deref() == Some(kid)).collect(),
             None => self.keys.iter().collect(),
         };
         let named_by_kid = kid.is_some() && !pool.is_empty();
@@ -169,22 +153,15 @@ impl JwtVerifier {
         Ok(pool)
     }
 
-    fn bind(
-        &self,
-        registry: &AgentRegistry,
-        claims: &Map<String, Value>,
-    ) -> Result<Identity, IdentityError> {
+    fn bind(&self, registry: &AgentRegistry, claims: &Map<String, Value>) -> Result<Identity, IdentityError> {
         let names = &self.settings.claims;
-        let agent_id = string_claim(claims, &names.agent)?
-            .ok_or_else(|| IdentityError::MissingClaim(names.agent.clone()))?;
+        let agent_id =
+            string_claim(claims, &names.agent)?.ok_or_else(|| IdentityError::MissingClaim(names.agent.clone()))?;
         let session_id = session_claim(claims)?;
         let attributes = [
             (&names.team, string_claim(claims, &names.team)?),
             (&names.project, string_claim(claims, &names.project)?),
-            (
-                &names.environment,
-                string_claim(claims, &names.environment)?,
-            ),
+            (&names.environment, string_claim(claims, &names.environment)?),
             (&names.role, string_claim(claims, &names.role)?),
         ];
 
@@ -241,14 +218,10 @@ fn validation_for(settings: &JwtSettings, algorithm: Algorithm) -> Validation {
 fn map_decode_error(kind: &ErrorKind) -> IdentityError {
     match kind {
         ErrorKind::InvalidSignature => IdentityError::InvalidToken("the signature does not verify"),
-        ErrorKind::InvalidAlgorithm => {
-            IdentityError::InvalidToken("the token's alg does not match its key")
-        }
+        ErrorKind::InvalidAlgorithm => IdentityError::InvalidToken("the token's alg does not match its key"),
         ErrorKind::InvalidIssuer => IdentityError::WrongIssuer,
         ErrorKind::InvalidAudience => IdentityError::WrongAudience,
-        ErrorKind::MissingRequiredClaim(claim) => {
-            IdentityError::MissingClaim(Arc::from(claim.as_str()))
-        }
+        ErrorKind::MissingRequiredClaim(claim) => IdentityError::MissingClaim(Arc::from(claim.as_str())),
         ErrorKind::ExpiredSignature => IdentityError::TokenExpired,
         ErrorKind::ImmatureSignature => IdentityError::TokenNotYetValid,
         _ => IdentityError::InvalidToken("malformed token"),
@@ -257,13 +230,8 @@ fn map_decode_error(kind: &ErrorKind) -> IdentityError {
 
 /// Enforces `exp` (required) and `nbf` (optional) with the configured leeway and returns `exp`.
 /// RFC 7519: the token is valid while `now < exp` and from `nbf` on.
-fn check_validity_window(
-    claims: &Map<String, Value>,
-    now: u64,
-    leeway: u64,
-) -> Result<u64, IdentityError> {
-    let exp = numeric_date(claims, "exp")?
-        .ok_or_else(|| IdentityError::MissingClaim(Arc::from("exp")))?;
+fn check_validity_window(claims: &Map<String, Value>, now: u64, leeway: u64) -> Result<u64, IdentityError> {
+    let exp = numeric_date(claims, "exp")?.ok_or_else(|| IdentityError::MissingClaim(Arc::from("exp")))?;
     if now >= exp.saturating_add(leeway) {
         return Err(IdentityError::TokenExpired);
     }
@@ -275,19 +243,12 @@ fn check_validity_window(
     Ok(exp)
 }
 
-fn numeric_date(
-    claims: &Map<String, Value>,
-    name: &'static str,
-) -> Result<Option<u64>, IdentityError> {
+fn numeric_date(claims: &Map<String, Value>, name: &'static str) -> Result<Option<u64>, IdentityError> {
     match claims.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => n
             .as_u64()
-            .or_else(|| {
-                n.as_f64()
-                    .filter(|f| f.is_finite() && *f >= 0.0)
-                    .map(|f| f as u64)
-            })
+            .or_else(|| n.as_f64().filter(|f| f.is_finite() && *f >= 0.0).map(|f| f as u64))
             .map(Some)
             .ok_or(IdentityError::InvalidClaim(Arc::from(name))),
         Some(_) => Err(IdentityError::InvalidClaim(Arc::from(name))),
@@ -295,10 +256,7 @@ fn numeric_date(
 }
 
 /// A claim that must be a short printable string when present.
-fn string_claim<'c>(
-    claims: &'c Map<String, Value>,
-    name: &Arc<str>,
-) -> Result<Option<&'c str>, IdentityError> {
+fn string_claim<'c>(claims: &'c Map<String, Value>, name: &Arc<str>) -> Result<Option<&'c str>, IdentityError> {
     match claims.get(&**name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(value)) if is_clean_claim(value) => Ok(Some(value)),

@@ -47,13 +47,7 @@ impl TokenCache {
 
     /// `expires_at` is the token's `exp`; the entry lives until `min(exp, now + 60s)` so the
     /// cache can never serve a token past its expiry.
-    pub fn insert(
-        &self,
-        fingerprint: TokenFingerprint,
-        identity: Arc<Identity>,
-        expires_at: u64,
-        now: u64,
-    ) {
+    pub fn insert(&self, fingerprint: TokenFingerprint, identity: Arc<Identity>, expires_at: u64, now: u64) {
         let valid_until = expires_at.min(now.saturating_add(MAX_CACHE_SECONDS));
         if valid_until <= now {
             return;
@@ -64,30 +58,17 @@ impl TokenCache {
             if entries.len() >= self.capacity {
                 // Still full of live entries: drop an arbitrary eighth (HashMap order is
                 // effectively random) so the next inserts do not rescan the whole map.
-                let victims: Vec<TokenFingerprint> = entries
-                    .keys()
-                    .take((self.capacity / 8).max(1))
-                    .copied()
-                    .collect();
+                let victims: Vec<TokenFingerprint> = entries.keys().take((self.capacity / 8).max(1)).copied().collect();
                 for victim in &victims {
                     entries.remove(victim);
                 }
             }
         }
-        entries.insert(
-            fingerprint,
-            CachedToken {
-                identity,
-                valid_until,
-            },
-        );
+        entries.insert(fingerprint, CachedToken { identity, valid_until });
     }
 
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.entries
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.entries.read().unwrap_or_else(PoisonError::into_inner).len()
     }
 }

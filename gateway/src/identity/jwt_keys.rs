@@ -42,18 +42,13 @@ pub(super) fn hmac_from_file(algorithm: Algorithm, path: &Path) -> Result<Decodi
     hmac_key(algorithm, &secret)
 }
 
-pub(super) fn hmac_from_env(
-    algorithm: Algorithm,
-    variable: &str,
-) -> Result<DecodingKey, KeyProblem> {
+pub(super) fn hmac_from_env(algorithm: Algorithm, variable: &str) -> Result<DecodingKey, KeyProblem> {
     let secret = match std::env::var(variable) {
         Ok(secret) => secret,
         Err(std::env::VarError::NotPresent) => {
             return Err(KeyProblem::new(
                 format!("environment variable `{variable}` is not set"),
-                Some(
-                    "export it in the gateway's environment (e.g. a systemd EnvironmentFile) or use secret_file",
-                ),
+                Some("export it in the gateway's environment (e.g. a systemd EnvironmentFile) or use secret_file"),
             ));
         }
         Err(std::env::VarError::NotUnicode(_)) => {
@@ -85,18 +80,13 @@ fn hmac_key(algorithm: Algorithm, secret: &[u8]) -> Result<DecodingKey, KeyProbl
     Ok(DecodingKey::from_secret(secret))
 }
 
-pub(super) fn public_key_from_file(
-    algorithm: Algorithm,
-    path: &Path,
-) -> Result<DecodingKey, KeyProblem> {
+pub(super) fn public_key_from_file(algorithm: Algorithm, path: &Path) -> Result<DecodingKey, KeyProblem> {
     let pem = read_key_file(path)?;
     let text = String::from_utf8_lossy(&pem);
     if text.contains("PRIVATE KEY-----") {
         return Err(KeyProblem::new(
             format!("`{}` holds a private key", path.display()),
-            Some(
-                "give the gateway only the public key, e.g. `openssl pkey -in key.pem -pubout -out pub.pem`",
-            ),
+            Some("give the gateway only the public key, e.g. `openssl pkey -in key.pem -pubout -out pub.pem`"),
         ));
     }
     let family = algorithm.family();
@@ -114,10 +104,7 @@ pub(super) fn public_key_from_file(
     };
     parsed.ok_or_else(|| {
         KeyProblem::new(
-            format!(
-                "`{}` is not a PEM public key usable with {algorithm:?}",
-                path.display()
-            ),
+            format!("`{}` is not a PEM public key usable with {algorithm:?}", path.display()),
             Some("expected `-----BEGIN PUBLIC KEY-----` holding a key of the algorithm's type"),
         )
     })
@@ -142,10 +129,5 @@ fn read_key_file(path: &Path) -> Result<Vec<u8>, KeyProblem> {
             None,
         ));
     }
-    std::fs::read(path).map_err(|e| {
-        KeyProblem::new(
-            format!("cannot read key file `{}`: {e}", path.display()),
-            None,
-        )
-    })
+    std::fs::read(path).map_err(|e| KeyProblem::new(format!("cannot read key file `{}`: {e}", path.display()), None))
 }

@@ -87,8 +87,7 @@ impl IdentityResolver {
     /// resolved against the file's directory.
     pub fn load(path: &Path) -> Result<Self, AgentsFileError> {
         let origin = path.display().to_string();
-        let text = read_agents_file(path)
-            .map_err(|message| AgentsFileError::unlocated(&origin, message))?;
+        let text = read_agents_file(path).map_err(|message| AgentsFileError::unlocated(&origin, message))?;
         let base_dir = match path.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => parent,
             _ => Path::new("."),
@@ -115,10 +114,7 @@ impl IdentityResolver {
 
     /// Identifies the sender of one request. On the API-key path this returns the prebuilt
     /// `Arc` from the registry and does not allocate.
-    pub fn identify(
-        &self,
-        proxy_authorization: Option<&http::HeaderValue>,
-    ) -> Result<Arc<Identity>, IdentityError> {
+    pub fn identify(&self, proxy_authorization: Option<&http::HeaderValue>) -> Result<Arc<Identity>, IdentityError> {
         let header = proxy_authorization.ok_or(IdentityError::Missing)?;
         match credentials::parse(header)? {
             Credentials::Basic(encoded) => basic::authenticate(&self.registry, encoded),
@@ -153,10 +149,7 @@ impl fmt::Debug for IdentityResolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IdentityResolver")
             .field("agents", &self.registry.len())
-            .field(
-                "jwt_keys",
-                &self.jwt.as_ref().map_or(0, JwtVerifier::key_count),
-            )
+            .field("jwt_keys", &self.jwt.as_ref().map_or(0, JwtVerifier::key_count))
             .finish()
     }
 }

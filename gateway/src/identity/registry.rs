@@ -41,17 +41,10 @@ impl AgentRegistry {
         self.agents.values().filter(|a| a.disabled).count()
     }
 
-    pub fn verify_api_key(
-        &self,
-        agent_id: &str,
-        api_key: &[u8],
-    ) -> Result<Arc<Identity>, IdentityError> {
+    pub fn verify_api_key(&self, agent_id: &str, api_key: &[u8]) -> Result<Arc<Identity>, IdentityError> {
         // Hash before the lookup so that an unknown agent costs the same as a known one.
         let presented: KeyDigest = Sha256::digest(api_key).into();
-        let agent = self
-            .agents
-            .get(agent_id)
-            .ok_or(IdentityError::UnknownAgent)?;
+        let agent = self.agents.get(agent_id).ok_or(IdentityError::UnknownAgent)?;
         let stored = agent.key_digest.as_ref().ok_or(IdentityError::BadApiKey)?;
         if !digests_equal(&presented, stored) {
             return Err(IdentityError::BadApiKey);

@@ -10,14 +10,33 @@ fn metrics() -> GatewayMetrics {
 fn recorded_requests_render_with_bounded_labels() {
     let m = metrics();
     m.record_request(DecisionLabel::Allow, NO_REASON, Some(200), Duration::from_millis(3));
-    m.record_request(DecisionLabel::Deny, "domain_not_in_allowlist", Some(403), Duration::from_millis(1));
-    m.record_request(DecisionLabel::Deny, "not_registered_reason", Some(403), Duration::from_millis(1));
+    m.record_request(
+        DecisionLabel::Deny,
+        "domain_not_in_allowlist",
+        Some(403),
+        Duration::from_millis(1),
+    );
+    m.record_request(
+        DecisionLabel::Deny,
+        "not_registered_reason",
+        Some(403),
+        Duration::from_millis(1),
+    );
     m.record_upstream_reset();
     m.record_bytes(10, 20);
     let text = m.render();
-    assert!(text.contains(r#"http_client_requests_total{decision="allow",reason="none",status_class="2xx"} 1"#), "{text}");
-    assert!(text.contains(r#"egress_requests_blocked_total{reason="domain_not_in_allowlist"} 1"#), "{text}");
-    assert!(text.contains(r#"egress_requests_blocked_total{reason="other"} 1"#), "an unknown code must not become a label: {text}");
+    assert!(
+        text.contains(r#"http_client_requests_total{decision="allow",reason="none",status_class="2xx"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"egress_requests_blocked_total{reason="domain_not_in_allowlist"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"egress_requests_blocked_total{reason="other"} 1"#),
+        "an unknown code must not become a label: {text}"
+    );
     assert!(!text.contains("not_registered_reason"));
     assert!(text.contains("upstream_reset_events 1"), "{text}");
     assert!(text.contains(r#"egress_bytes_total{direction="out"} 10"#), "{text}");

@@ -106,12 +106,17 @@ impl Body for ProxyBody {
 pub struct UpstreamBody {
     inner: Incoming,
     transfer: Arc<Transfer>,
-    finisher: Option<Finisher>,
+    // Boxed: the request context is large and most responses are small.
+    finisher: Option<Box<Finisher>>,
 }
 
 impl UpstreamBody {
     pub fn new(inner: Incoming, transfer: Arc<Transfer>, finisher: Finisher) -> Self {
-        UpstreamBody { inner, transfer, finisher: Some(finisher) }
+        UpstreamBody {
+            inner,
+            transfer,
+            finisher: Some(Box::new(finisher)),
+        }
     }
 
     fn finish(&mut self) {

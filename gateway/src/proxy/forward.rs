@@ -34,17 +34,22 @@ pub(super) async fn forward(
     };
     // The Host header names the origin as the client wrote it; the URI names
     // the checked address, which is all the connection pool ever dials.
-    let host = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+    let host = parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
     parts.uri = upstream_uri;
     strip_hop_by_hop(&mut parts.headers);
     if let Some(host) = host {
         parts.headers.insert(header::HOST, host);
     }
-    parts.headers.append(header::VIA, HeaderValue::from_static("1.1 clawgress"));
+    parts
+        .headers
+        .append(header::VIA, HeaderValue::from_static("1.1 clawgress"));
 
     let transfer = Arc::new(Transfer::default());
     let outbound = Request::from_parts(parts, OutboundBody::new(body, transfer.clone()));
-    let sent = tokio::time::timeout(policy.request_timeout, gateway.upstream.request(outbound)).await;
+    let sent = tokio::time::timeout(policy.request_timeout, crate::state::upstream().request(outbound)).await;
     let response = match sent {
         Ok(Ok(response)) => response,
         Ok(Err(error)) => {

@@ -33,7 +33,11 @@ use body::ProxyBody;
 /// The proxy's answer to one request. Never an error: every failure is a
 /// response the client can read.
 pub async fn handle(gateway: Arc<Gateway>, client: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
-    let kind = if req.method() == Method::CONNECT { RequestKind::Connect } else { RequestKind::Forward };
+    let kind = if req.method() == Method::CONNECT {
+        RequestKind::Connect
+    } else {
+        RequestKind::Forward
+    };
     let trace_id = trace_id_from(req.headers().get("traceparent"));
     let mut ctx = RequestContext::new(client, req.method().clone(), kind, trace_id);
 
@@ -99,12 +103,23 @@ async fn admit(
         Host::Domain(name) => Arc::from(name.as_str()),
         Host::Ip(ip) => Arc::from(ip.to_string()),
     };
-    ctx.destination = Some(Destination { host: host_text.clone(), port, protocol, path, addr: None });
+    ctx.destination = Some(Destination {
+        host: host_text.clone(),
+        port,
+        protocol,
+        path,
+        addr: None,
+    });
 
     // Decide: the allowlist before DNS, so a denied name is never resolved
     // (seed §6.2: resolution only succeeds for allowlisted names).
     let matched = policy.compiled.evaluate(
-        &MatchRequest { host: &host_text, port, protocol, role: &identity.role },
+        &MatchRequest {
+            host: &host_text,
+            port,
+            protocol,
+            role: &identity.role,
+        },
         chrono::Utc::now(),
     );
     // A literal private address is refused as such, more specific than "not
@@ -122,7 +137,10 @@ async fn admit(
             private_ok
         }
         MatchOutcome::Deny(denial) => {
-            let refusal = Refusal::Policy { reason: denial.reason, policy_id: denial.policy_id };
+            let refusal = Refusal::Policy {
+                reason: denial.reason,
+                policy_id: denial.policy_id,
+            };
             if ctx.enforcement == Enforcement::Enforce {
                 return Err(refusal);
             }
@@ -154,7 +172,9 @@ async fn admit(
 /// public and private answers is a rebinding attempt. Returns the one address
 /// that will be dialed.
 fn check_addresses(addrs: &[IpAddr], explicit: bool) -> Result<IpAddr, Refusal> {
-    let first = *addrs.first().ok_or(Refusal::Request(RequestProblem::MissingAuthority))?;
+    let first = *addrs
+        .first()
+        .ok_or(Refusal::Request(RequestProblem::MissingAuthority))?;
     if !explicit {
         for ip in addrs {
             if let AddressClass::Restricted(kind) = classify(*ip) {
@@ -173,18 +193,26 @@ fn request_target(
     let uri = req.uri();
     match kind {
         RequestKind::Connect => {
-            let authority = uri.authority().ok_or(Refusal::Request(RequestProblem::MissingAuthority))?;
-            let port = authority.port_u16().ok_or(Refusal::Request(RequestProblem::MissingAuthority))?;
+            let authority = uri
+                .authority()
+                .ok_or(Refusal::Request(RequestProblem::MissingAuthority))?;
+            let port = authority
+                .port_u16()
+                .ok_or(Refusal::Request(RequestProblem::MissingAuthority))?;
             // A tunnel carries TLS in the intended use; the rule's protocol
             // for a tunnel is https whatever the port.
             Ok((authority.host(), port, Protocol::Https, None))
         }
         RequestKind::Forward => {
-            let scheme = uri.scheme_str().ok_or(Refusal::Request(RequestProblem::NotProxyRequest))?;
+            let scheme = uri
+                .scheme_str()
+                .ok_or(Refusal::Request(RequestProblem::NotProxyRequest))?;
             if !scheme.eq_ignore_ascii_case("http") {
                 return Err(Refusal::Request(RequestProblem::UnsupportedScheme));
             }
-            let authority = uri.authority().ok_or(Refusal::Request(RequestProblem::MissingAuthority))?;
+            let authority = uri
+                .authority()
+                .ok_or(Refusal::Request(RequestProblem::MissingAuthority))?;
             if authority.as_str().contains('@') {
                 // userinfo in a proxied URL is a classic confusion vector.
                 return Err(Refusal::Request(RequestProblem::MissingAuthority));
@@ -198,10 +226,10 @@ fn request_target(
 const VIA_TOKEN: &str = "clawgress";
 
 fn is_loop(req: &Request<Incoming>) -> bool {
-    req.headers()
-        .get_all(header::VIA)
-        .iter()
-        .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|hop| hop.trim().ends_with(VIA_TOKEN))))
+    req.headers().get_all(header::VIA).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|hop| hop.trim().ends_with(VIA_TOKEN)))
+    })
 }
 
 /// Lookups that went to a name server, by outcome; static and cached answers

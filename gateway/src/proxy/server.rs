@@ -18,7 +18,56 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest request head accepted (request line plus headers).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 
-pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bool>, drain: Duration) {
+/// Starts one proxy worker per listener, each on its own thread with its own
+/// single-threaded runtime (thread per core): a connection, its upstream
+/// exchange and its body streaming all stay on one thread. The kernel spreads
+/// connections over the listeners (`SO_REUSEPORT`).
+pub fn spawn_workers(
+    listeners: Vec<std::net::TcpListener>,
+    gateway: Arc<Gateway>,
+    shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+    let mut workers = Vec::with_capacity(listeners.len());
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let (gateway, shutdown) = (gateway.clone(), shutdown.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let worker = std::thread::Builder::new()
+            .name(format!("proxy-{index}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => serve(listener, gateway, shutdown, drain).await,
+                        Err(error) => tracing::error!(%error, "proxy worker {index} cannot use its listener"),
+                    }
+                });
+            })?;
+        workers.push(worker);
+    }
+    Ok(workers)
+}
+
+/// Binds `count` listening sockets to one address with `SO_REUSEPORT`. With
+/// port 0 the first socket picks the port and the others share it.
+pub fn bind_listeners(addr: std::net::SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Socket, Type};
+    let mut listeners = Vec::with_capacity(count);
+    let mut addr = addr;
+    for _ in 0..count.max(1) {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        let listener: std::net::TcpListener = socket.into();
+        addr = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bool>, drain: Duration) {
     // One clone per open connection: the drain waits for the count to fall.
     let open = Arc::new(());
     let mut builder = http1::Builder::new();

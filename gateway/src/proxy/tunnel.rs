@@ -46,7 +46,10 @@ pub(super) async fn open(
         match on_upgrade.await {
             Ok(upgraded) => {
                 let mut client = TokioIo::new(upgraded);
-                let mut upstream = CountingStream { inner: upstream, transfer: &transfer };
+                let mut upstream = CountingStream {
+                    inner: upstream,
+                    transfer: &transfer,
+                };
                 if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await
                     && is_reset(&error)
                 {
@@ -83,7 +86,9 @@ impl AsyncRead for CountingStream<'_> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         let read = (buf.filled().len() - before) as u64;
-        self.transfer.bytes_in.fetch_add(read, std::sync::atomic::Ordering::Relaxed);
+        self.transfer
+            .bytes_in
+            .fetch_add(read, std::sync::atomic::Ordering::Relaxed);
         polled
     }
 }
@@ -92,7 +97,9 @@ impl AsyncWrite for CountingStream<'_> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(written)) = &polled {
-            self.transfer.bytes_out.fetch_add(*written as u64, std::sync::atomic::Ordering::Relaxed);
+            self.transfer
+                .bytes_out
+                .fetch_add(*written as u64, std::sync::atomic::Ordering::Relaxed);
         }
         polled
     }

@@ -3,10 +3,7 @@ use super::*;
 #[test]
 fn diagnostics_display_as_file_line_column_with_a_hint_line() {
     let d = Diagnostic::new("p.yaml", 3, 7, "unknown key `x`").with_hint("remove it");
-    assert_eq!(
-        d.to_string(),
-        "p.yaml:3:7: unknown key `x`\n  hint: remove it"
-    );
+    assert_eq!(d.to_string(), "p.yaml:3:7: unknown key `x`\n  hint: remove it");
     assert_eq!(
         Diagnostic::new("p.yaml", 1, 1, "empty").to_string(),
         "p.yaml:1:1: empty"
@@ -16,10 +13,7 @@ fn diagnostics_display_as_file_line_column_with_a_hint_line() {
 #[test]
 fn embedded_hints_are_split_back_out() {
     let d = Diagnostic::from_marked("p.yaml", 2, 4, &format!("bad{HINT_MARKER}write good"));
-    assert_eq!(
-        (d.message.as_str(), d.hint.as_deref()),
-        ("bad", Some("write good"))
-    );
+    assert_eq!((d.message.as_str(), d.hint.as_deref()), ("bad", Some("write good")));
     assert_eq!(Diagnostic::from_marked("p.yaml", 2, 4, "plain").hint, None);
 }
 
@@ -29,10 +23,7 @@ fn invalid_errors_list_every_diagnostic() {
         Diagnostic::new("p.yaml", 1, 1, "first"),
         Diagnostic::new("p.yaml", 9, 2, "second").with_hint("fix"),
     ]);
-    assert_eq!(
-        err.to_string(),
-        "p.yaml:1:1: first\np.yaml:9:2: second\n  hint: fix"
-    );
+    assert_eq!(err.to_string(), "p.yaml:1:1: first\np.yaml:9:2: second\n  hint: fix");
     assert_eq!(err.diagnostics().len(), 2);
 }
 

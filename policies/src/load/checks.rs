@@ -64,10 +64,7 @@ pub(crate) fn check(doc: &PolicyDocument, origin: &str, now: DateTime<Utc>) -> F
     check_tls(doc, &mut checker);
     check_timeouts(doc, &mut checker);
     checker.findings.errors.sort_by_key(|d| (d.line, d.column));
-    checker
-        .findings
-        .warnings
-        .sort_by_key(|d| (d.line, d.column));
+    checker.findings.warnings.sort_by_key(|d| (d.line, d.column));
     checker.findings
 }
 
@@ -85,28 +82,22 @@ fn check_groups(doc: &PolicyDocument, checker: &mut Checker<'_>) {
         if group.rules.is_empty() {
             checker.warn(
                 &group.name,
-                format!(
-                    "group `{}` has no rules and allows nothing",
-                    group.name.value
-                ),
+                format!("group `{}` has no rules and allows nothing", group.name.value),
                 None,
             );
         }
     }
 }
 
-fn check_rule(
-    doc: &PolicyDocument,
-    policy_id: &str,
-    rule: &AllowRule,
-    now: DateTime<Utc>,
-    checker: &mut Checker<'_>,
-) {
+fn check_rule(doc: &PolicyDocument, policy_id: &str, rule: &AllowRule, now: DateTime<Utc>, checker: &mut Checker<'_>) {
     let domain = &rule.domain;
     if rule.is_localhost() && domain.is_wildcard() {
         checker.error(
             domain,
-            format!("{policy_id}: `{}` opens loopback for any name; localhost rules must name one host", domain.value),
+            format!(
+                "{policy_id}: `{}` opens loopback for any name; localhost rules must name one host",
+                domain.value
+            ),
             "write `domain: localhost` with the explicit ports of the local service, e.g. ports: [6333]",
         );
     }
@@ -115,7 +106,10 @@ fn check_rule(
     {
         checker.warn(
             domain,
-            format!("{policy_id}: `{}` allows every name in a whole top-level domain", domain.value),
+            format!(
+                "{policy_id}: `{}` allows every name in a whole top-level domain",
+                domain.value
+            ),
             Some("allow the specific names or a wildcard under a domain you trust, like *.example.com".to_string()),
         );
     }
@@ -156,10 +150,7 @@ fn check_rule(
                     "{policy_id}: rate_limit {} is above rate_limits.per_domain.max and is capped",
                     rate.value
                 ),
-                Some(format!(
-                    "write at most {}, or raise per_domain.max",
-                    per_domain.max
-                )),
+                Some(format!("write at most {}, or raise per_domain.max", per_domain.max)),
             );
         }
     }
@@ -167,31 +158,16 @@ fn check_rule(
 
 /// The block entry or pattern that covers every name `pattern` covers.
 fn blocked_by(doc: &PolicyDocument, pattern: &DomainPattern) -> Option<(String, String)> {
-    if let Some(block) = doc
-        .dns
-        .block_patterns
-        .iter()
-        .find(|b| pattern.is_covered_by(b))
-    {
-        return Some((
-            format!("dns.block_patterns ({})", block.value),
-            String::new(),
-        ));
+    if let Some(block) = doc.dns.block_patterns.iter().find(|b| pattern.is_covered_by(b)) {
+        return Some((format!("dns.block_patterns ({})", block.value), String::new()));
     }
     doc.project_blocklist
         .iter()
         .enumerate()
         .find(|(_, b)| pattern.is_covered_by(&b.domain))
         .map(|(i, b)| {
-            let reason = b
-                .reason
-                .as_deref()
-                .map(|r| format!(": {r}"))
-                .unwrap_or_default();
-            (
-                format!("project_blocklist[{i}] ({})", b.domain.value),
-                reason,
-            )
+            let reason = b.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+            (format!("project_blocklist[{i}] ({})", b.domain.value), reason)
         })
 }
 

@@ -35,11 +35,14 @@ const RULE_HEAD: &str = "allowlist:\n  g:\n    - domain: a.com\n";
 
 #[test]
 fn unknown_key_points_at_the_key_and_suggests_the_close_one() {
-    let text = format!(
-        "{RULE_HEAD}      ports: [443]\n      protocols: [https]\n      rate_limt: 5/min\n"
-    );
+    let text = format!("{RULE_HEAD}      ports: [443]\n      protocols: [https]\n      rate_limt: 5/min\n");
     let shown = error(&text);
-    assert!(shown.starts_with("p.yaml:6:7: unknown key `rate_limt`\n  hint: did you mean `rate_limit`? known keys: domain, ports,"), "{shown}");
+    assert!(
+        shown.starts_with(
+            "p.yaml:6:7: unknown key `rate_limt`\n  hint: did you mean `rate_limit`? known keys: domain, ports,"
+        ),
+        "{shown}"
+    );
 }
 
 #[test]
@@ -60,9 +63,7 @@ fn bad_domains_point_at_the_value() {
         ("\"a..com\"", "empty label"),
         ("\"10.0.0.1\"", "is an IP address"),
     ] {
-        let text = format!(
-            "allowlist:\n  g:\n    - domain: {domain}\n      ports: [443]\n      protocols: [https]\n"
-        );
+        let text = format!("allowlist:\n  g:\n    - domain: {domain}\n      ports: [443]\n      protocols: [https]\n");
         let shown = error(&text);
         assert!(shown.starts_with("p.yaml:3:15: "), "{shown}");
         assert!(shown.contains(problem), "{shown}");
@@ -98,8 +99,7 @@ fn empty_lists_are_refused_where_they_start() {
     );
     let text = format!("{RULE_HEAD}      ports: [443]\n      protocols: []\n");
     assert!(error(&text).starts_with("p.yaml:5:18: the list of protocols is empty"));
-    let text =
-        format!("{RULE_HEAD}      ports: [443]\n      protocols: [https]\n      roles: []\n");
+    let text = format!("{RULE_HEAD}      ports: [443]\n      protocols: [https]\n      roles: []\n");
     assert!(error(&text).starts_with("p.yaml:6:14: the list of roles is empty"));
 }
 
@@ -123,10 +123,7 @@ fn missing_required_key_points_at_the_rule() {
         shown.starts_with("p.yaml:3:5: required key `rules` is missing"),
         "{shown}"
     );
-    assert!(
-        error("project_blocklist:\n  - reason: x\n")
-            .starts_with("p.yaml:2:5: required key `domain` is missing")
-    );
+    assert!(error("project_blocklist:\n  - reason: x\n").starts_with("p.yaml:2:5: required key `domain` is missing"));
 }
 
 #[test]
@@ -143,11 +140,13 @@ fn unknown_enum_value_lists_the_valid_ones() {
 #[test]
 fn default_action_other_than_deny_is_refused_with_the_reason() {
     let shown = error("egress:\n  default_action: allow\n");
-    assert!(shown.starts_with("p.yaml:2:19: default_action is 'allow', but only `deny` is accepted: default-deny is not negotiable"), "{shown}");
     assert!(
-        shown.contains("hint: write `default_action: deny`"),
+        shown.starts_with(
+            "p.yaml:2:19: default_action is 'allow', but only `deny` is accepted: default-deny is not negotiable"
+        ),
         "{shown}"
     );
+    assert!(shown.contains("hint: write `default_action: deny`"), "{shown}");
 }
 
 #[test]
@@ -175,17 +174,12 @@ fn value_type_errors_are_located() {
         error("rate_limits:\n  per_agent:\n    burst: 0\n"),
         "p.yaml:3:12: '0' is not a whole number of 1 or more\n  hint: write a count like 20"
     );
+    assert!(error("compliance_logging:\n  enabled: maybe\n").starts_with("p.yaml:2:12: expected true or false here"));
     assert!(
-        error("compliance_logging:\n  enabled: maybe\n")
-            .starts_with("p.yaml:2:12: expected true or false here")
+        error("fault_containment:\n  max_pending_bytes: 10mb\n").starts_with("p.yaml:2:22: 'mb' is not a size unit")
     );
     assert!(
-        error("fault_containment:\n  max_pending_bytes: 10mb\n")
-            .starts_with("p.yaml:2:22: 'mb' is not a size unit")
-    );
-    assert!(
-        error("circuit_breaker:\n  thresholds:\n    failure_rate: 150%\n")
-            .starts_with("p.yaml:3:19: 150% is outside")
+        error("circuit_breaker:\n  thresholds:\n    failure_rate: 150%\n").starts_with("p.yaml:3:19: 150% is outside")
     );
 }
 
@@ -199,17 +193,10 @@ fn static_hosts_with_invalid_addresses_are_errors() {
         error("dns:\n  static_hosts:\n    \"*.internal\": 10.0.0.3\n")
             .starts_with("p.yaml:3:5: '*.internal' is a wildcard")
     );
-    let doc = load_str_at(
-        "dns:\n  static_hosts:\n    DB.Internal.: \"::1\"\n",
-        "p.yaml",
-        now(),
-    )
-    .unwrap()
-    .document;
-    assert_eq!(
-        doc.dns.static_hosts.get("db.internal"),
-        Some(&"::1".parse().unwrap())
-    );
+    let doc = load_str_at("dns:\n  static_hosts:\n    DB.Internal.: \"::1\"\n", "p.yaml", now())
+        .unwrap()
+        .document;
+    assert_eq!(doc.dns.static_hosts.get("db.internal"), Some(&"::1".parse().unwrap()));
 }
 
 #[test]
@@ -226,8 +213,7 @@ fn bad_pins_are_errors_and_the_seed_placeholder_is_a_warning() {
         ))
         .contains("is 3 bytes")
     );
-    let warned =
-        warnings("tls:\n  pins:\n    - domain: api.openai.com\n      pins: [\"sha256/...\"]\n");
+    let warned = warnings("tls:\n  pins:\n    - domain: api.openai.com\n      pins: [\"sha256/...\"]\n");
     assert_eq!(
         warned,
         [
@@ -250,23 +236,11 @@ fn syntax_errors_are_located() {
         shown.starts_with("p.yaml:3:2: while parsing a block mapping, did not find expected key"),
         "{shown}"
     );
-    assert!(shown.ends_with(
-        "hint: check the YAML syntax (indentation, colons, quotes, brackets) at this position"
-    ));
-    assert!(
-        error("dns:\n  block_patterns: [\"*.onion\"\n")
-            .starts_with("p.yaml:2:19: unclosed bracket")
-    );
-    assert!(
-        error("dns:\n  block_patterns: ['*.onion\n").starts_with("p.yaml:2:20: unclosed quote")
-    );
-    assert!(
-        error("egress: {}\n---\ndns: {}\n")
-            .starts_with("p.yaml:2:1: the file holds more than one YAML document")
-    );
-    assert!(
-        error("allowlist:\n  g: *nope\n").starts_with("p.yaml:2:6: this alias refers to an anchor")
-    );
+    assert!(shown.ends_with("hint: check the YAML syntax (indentation, colons, quotes, brackets) at this position"));
+    assert!(error("dns:\n  block_patterns: [\"*.onion\"\n").starts_with("p.yaml:2:19: unclosed bracket"));
+    assert!(error("dns:\n  block_patterns: ['*.onion\n").starts_with("p.yaml:2:20: unclosed quote"));
+    assert!(error("egress: {}\n---\ndns: {}\n").starts_with("p.yaml:2:1: the file holds more than one YAML document"));
+    assert!(error("allowlist:\n  g: *nope\n").starts_with("p.yaml:2:6: this alias refers to an anchor"));
 }
 
 #[test]
@@ -294,23 +268,13 @@ fn group_named_like_the_project_allowlist_clashes() {
     );
     assert!(error(&text).starts_with("p.yaml:2:3: duplicate group name `project_allowlist`"));
     // Without a top-level project_allowlist the name is free.
-    assert!(
-        load_str_at(
-            &format!("allowlist:\n  project_allowlist:\n{rule}"),
-            "p.yaml",
-            now()
-        )
-        .is_ok()
-    );
+    assert!(load_str_at(&format!("allowlist:\n  project_allowlist:\n{rule}"), "p.yaml", now()).is_ok());
 }
 
 #[test]
 fn wildcard_localhost_is_refused() {
     let text = "allowlist:\n  g:\n    - domain: \"*.localhost\"\n      ports: [80]\n      protocols: [http]\n";
-    assert!(
-        error(text)
-            .starts_with("p.yaml:3:15: allowlist.g[0]: `*.localhost` opens loopback for any name")
-    );
+    assert!(error(text).starts_with("p.yaml:3:15: allowlist.g[0]: `*.localhost` opens loopback for any name"));
 }
 
 #[test]
@@ -335,24 +299,17 @@ fn preferred_tls_version_below_the_minimum_is_an_error() {
 
 #[test]
 fn expired_entries_warn_and_stay_in_the_document() {
-    let text = format!(
-        "{RULE_HEAD}      ports: [443]\n      protocols: [https]\n      expires: \"2025-03-01\"\n"
-    );
+    let text = format!("{RULE_HEAD}      ports: [443]\n      protocols: [https]\n      expires: \"2025-03-01\"\n");
     let warned = warnings(&text);
     assert_eq!(warned.len(), 1);
-    assert!(warned[0].starts_with(
-        "p.yaml:6:16: allowlist.g[0] (a.com) expired on 2025-03-01; it is kept but inactive"
-    ));
+    assert!(
+        warned[0].starts_with("p.yaml:6:16: allowlist.g[0] (a.com) expired on 2025-03-01; it is kept but inactive")
+    );
     let bundle = load_str_at(&text, "p.yaml", now()).unwrap();
     assert_eq!(bundle.document.allowlist.groups[0].rules.len(), 1);
     // Before the date: no warning.
     let before = Utc.with_ymd_and_hms(2025, 3, 1, 23, 59, 59).unwrap();
-    assert!(
-        load_str_at(&text, "p.yaml", before)
-            .unwrap()
-            .warnings
-            .is_empty()
-    );
+    assert!(load_str_at(&text, "p.yaml", before).unwrap().warnings.is_empty());
 }
 
 #[test]
@@ -361,37 +318,29 @@ fn rules_shadowed_by_blocks_warn() {
     let warned = warnings(text);
     assert_eq!(warned.len(), 3, "{warned:#?}");
     assert!(warned[0].starts_with("p.yaml:3:15: allowlist.g[0] (www.competitor.com) is blocked by project_blocklist[0] (*.competitor.com): Legal restriction; the block wins"));
-    assert!(warned[1].starts_with(
-        "p.yaml:6:15: allowlist.g[1] (*.shop.competitor.com) is blocked by project_blocklist[0]"
-    ));
+    assert!(
+        warned[1].starts_with("p.yaml:6:15: allowlist.g[1] (*.shop.competitor.com) is blocked by project_blocklist[0]")
+    );
     // competitor.com itself is not under *.competitor.com: no warning for it.
-    assert!(warned[2].starts_with(
-        "p.yaml:12:15: allowlist.g[3] (x.onion) is blocked by dns.block_patterns (*.onion)"
-    ));
+    assert!(warned[2].starts_with("p.yaml:12:15: allowlist.g[3] (x.onion) is blocked by dns.block_patterns (*.onion)"));
 }
 
 #[test]
 fn rate_limits_above_the_domain_maximum_warn() {
-    let text = format!(
-        "{RULE_HEAD}      ports: [443]\n      protocols: [https]\n      rate_limit: 10/s\n"
-    );
+    let text = format!("{RULE_HEAD}      ports: [443]\n      protocols: [https]\n      rate_limit: 10/s\n");
     let warned = warnings(&text);
     assert_eq!(warned.len(), 1);
-    assert!(warned[0].starts_with(
-        "p.yaml:6:19: allowlist.g[0]: rate_limit 10/s is above rate_limits.per_domain.max"
-    ));
+    assert!(warned[0].starts_with("p.yaml:6:19: allowlist.g[0]: rate_limit 10/s is above rate_limits.per_domain.max"));
     let fixed = format!("{text}rate_limits:\n  per_domain:\n    customizable: false\n");
     assert!(warnings(&fixed)[0].contains("rate_limit is ignored"));
 }
 
 #[test]
 fn top_level_wildcards_warn() {
-    let warned = warnings(
-        "allowlist:\n  g:\n    - domain: \"*.com\"\n      ports: [443]\n      protocols: [https]\n",
+    let warned = warnings("allowlist:\n  g:\n    - domain: \"*.com\"\n      ports: [443]\n      protocols: [https]\n");
+    assert!(
+        warned[0].starts_with("p.yaml:3:15: allowlist.g[0]: `*.com` allows every name in a whole top-level domain")
     );
-    assert!(warned[0].starts_with(
-        "p.yaml:3:15: allowlist.g[0]: `*.com` allows every name in a whole top-level domain"
-    ));
 }
 
 // ------------------------------------------------------------ limits and files
@@ -423,11 +372,7 @@ fn mass_aliases_and_deep_nesting_are_refused() {
         shown.contains("too complex to load safely") && shown.contains("aliases"),
         "{shown}"
     );
-    let deep = format!(
-        "dns:\n  block_patterns: {}{}\n",
-        "[".repeat(5000),
-        "]".repeat(5000)
-    );
+    let deep = format!("dns:\n  block_patterns: {}{}\n", "[".repeat(5000), "]".repeat(5000));
     let all = errors(&deep);
     assert!(all[0].line == 2, "{all:#?}");
 }
@@ -459,17 +404,14 @@ fn files_load_and_missing_files_say_so() {
     std::fs::write(&path, "egress:\n  enforcement: report\n").unwrap();
     let bundle = load_file_at(&path, now()).unwrap();
     assert_eq!(bundle.source, path.display().to_string());
-    assert_eq!(
-        bundle.document.egress.enforcement,
-        crate::model::Enforcement::Report
-    );
+    assert_eq!(bundle.document.egress.enforcement, crate::model::Enforcement::Report);
     let missing = dir.path().join("nope.yaml");
     let err = load_file(&missing).unwrap_err();
     assert!(matches!(err, PolicyError::Read { .. }));
-    assert!(err.to_string().starts_with(&format!(
-        "{}: cannot read the policy file",
-        missing.display()
-    )));
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}: cannot read the policy file", missing.display()))
+    );
 }
 
 #[test]
@@ -480,8 +422,5 @@ fn version_is_the_sha256_prefix_of_the_bytes() {
     let expected = hex::encode(&Sha256::digest(text.as_bytes())[..6]);
     assert_eq!(bundle.version, expected);
     let other = load_str_at("egress:\n  logging: none\n\n", "p.yaml", now()).unwrap();
-    assert_ne!(
-        other.version, bundle.version,
-        "a changed file must get a new version"
-    );
+    assert_ne!(other.version, bundle.version, "a changed file must get a new version");
 }

@@ -32,13 +32,9 @@ const BOMB_HINT: &str = "a policy file needs no deep nesting or mass aliases; wr
 /// The message (possibly with an embedded hint marker) and a hint.
 fn describe(error: &YamlError) -> (String, Option<String>) {
     match error {
-        YamlError::WithSnippet { error, .. } | YamlError::AliasError { error, .. } => {
-            describe(error)
-        }
+        YamlError::WithSnippet { error, .. } | YamlError::AliasError { error, .. } => describe(error),
         YamlError::Message { msg, .. } => (msg.clone(), None),
-        YamlError::SerdeUnknownField {
-            field, expected, ..
-        } => {
+        YamlError::SerdeUnknownField { field, expected, .. } => {
             let known = expected.join(", ");
             let hint = match did_you_mean(field, expected) {
                 Some(close) => format!("did you mean `{close}`? known keys: {known}"),
@@ -47,9 +43,7 @@ fn describe(error: &YamlError) -> (String, Option<String>) {
             };
             (format!("unknown key `{field}`"), Some(hint))
         }
-        YamlError::SerdeUnknownVariant {
-            variant, expected, ..
-        } => {
+        YamlError::SerdeUnknownVariant { variant, expected, .. } => {
             let allowed = expected.join(", ");
             let hint = match did_you_mean(variant, expected) {
                 Some(close) => format!("did you mean `{close}`? write one of: {allowed}"),
@@ -72,24 +66,17 @@ fn describe(error: &YamlError) -> (String, Option<String>) {
         }
         YamlError::InvalidScalar { ty, .. } => invalid_scalar(ty),
         YamlError::SerdeInvalidType {
-            unexpected,
-            expected,
-            ..
+            unexpected, expected, ..
         }
         | YamlError::SerdeInvalidValue {
-            unexpected,
-            expected,
-            ..
+            unexpected, expected, ..
         } => {
             let hint = if expected.starts_with("a nonzero") {
                 "write a whole number of 1 or more".to_string()
             } else {
                 format!("write {expected}")
             };
-            (
-                format!("found {unexpected}, expected {expected}"),
-                Some(hint),
-            )
+            (format!("found {unexpected}, expected {expected}"), Some(hint))
         }
         YamlError::Unexpected { expected, location } if expected.starts_with("mapping") => {
             let hint = if location.line() == 1 && location.column() == 1 {
@@ -116,16 +103,10 @@ fn describe(error: &YamlError) -> (String, Option<String>) {
             ..
         } => (
             "the file holds more than one YAML document".to_string(),
-            Some(
-                "a policy file is one document; remove the `---` separator and merge the parts"
-                    .to_string(),
-            ),
+            Some("a policy file is one document; remove the `---` separator and merge the parts".to_string()),
         ),
         YamlError::Budget { breach, .. } => (
-            format!(
-                "the document is too complex to load safely: {}",
-                breach_text(breach)
-            ),
+            format!("the document is too complex to load safely: {}", breach_text(breach)),
             Some(BOMB_HINT.into()),
         ),
         YamlError::AliasReplayLimitExceeded { .. }
@@ -149,10 +130,7 @@ fn describe(error: &YamlError) -> (String, Option<String>) {
         ),
         other => (
             strip_location(&other.without_snippet().to_string()),
-            Some(
-                "check the YAML syntax (indentation, colons, quotes, brackets) at this position"
-                    .to_string(),
-            ),
+            Some("check the YAML syntax (indentation, colons, quotes, brackets) at this position".to_string()),
         ),
     }
 }

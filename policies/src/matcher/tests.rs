@@ -12,13 +12,7 @@ fn compile(yaml: &str) -> CompiledPolicy {
     CompiledPolicy::compile(&bundle)
 }
 
-fn eval(
-    policy: &CompiledPolicy,
-    host: &str,
-    port: u16,
-    protocol: Protocol,
-    role: &str,
-) -> MatchOutcome {
+fn eval(policy: &CompiledPolicy, host: &str, port: u16, protocol: Protocol, role: &str) -> MatchOutcome {
     policy.evaluate(
         &MatchRequest {
             host,
@@ -59,10 +53,7 @@ fn exact_names_match_only_themselves() {
     let policy = compile(&format!(
         "allowlist:\n  ai:\n    - domain: api.openai.com\n      {WEB}\n"
     ));
-    assert_eq!(
-        https(&policy, "api.openai.com"),
-        Ok("allowlist.ai[0]".into())
-    );
+    assert_eq!(https(&policy, "api.openai.com"), Ok("allowlist.ai[0]".into()));
     for other in [
         "evilapi.openai.com",
         "x.api.openai.com",
@@ -84,16 +75,8 @@ fn wildcards_match_below_the_suffix_but_not_the_suffix_itself() {
         "allowlist:\n  w:\n    - domain: \"*.example.com\"\n      {WEB}\n"
     ));
     assert_eq!(https(&policy, "a.example.com"), Ok("allowlist.w[0]".into()));
-    assert_eq!(
-        https(&policy, "a.b.example.com"),
-        Ok("allowlist.w[0]".into())
-    );
-    for other in [
-        "example.com",
-        "badexample.com",
-        "a.example.com.evil.net",
-        "com",
-    ] {
+    assert_eq!(https(&policy, "a.b.example.com"), Ok("allowlist.w[0]".into()));
+    for other in ["example.com", "badexample.com", "a.example.com.evil.net", "com"] {
         assert_eq!(
             https(&policy, other),
             denied("domain_not_in_allowlist", "default_deny"),
@@ -182,9 +165,7 @@ fn group_roles_and_rule_roles_must_both_allow() {
         Ok("allowlist.g[1]".into())
     );
     assert_eq!(
-        verdict(&policy, "b.com", 443, Protocol::Https, "other")
-            .unwrap_err()
-            .0,
+        verdict(&policy, "b.com", 443, Protocol::Https, "other").unwrap_err().0,
         "role_not_allowed"
     );
 }
@@ -222,10 +203,7 @@ fn the_closest_rule_explains_a_denial() {
                  \x20   - domain: x.com\n      ports: [443]\n      protocols: [http]\n\
                  \x20   - domain: x.com\n      ports: [443]\n      protocols: [https]\n      roles: [ai-agent]\n";
     let policy = compile(&format!("allowlist:\n  g:\n{rules}"));
-    assert_eq!(
-        https(&policy, "x.com"),
-        denied("role_not_allowed", "allowlist.g[2]")
-    );
+    assert_eq!(https(&policy, "x.com"), denied("role_not_allowed", "allowlist.g[2]"));
     let policy = compile(&format!(
         "allowlist:\n  g:\n{}",
         &rules[..rules
@@ -237,13 +215,10 @@ fn the_closest_rule_explains_a_denial() {
         denied("protocol_not_allowed", "allowlist.g[1]")
     );
     // Equally close rules: the first (most specific, then document order) is named.
-    let policy = compile(&format!(
-        "allowlist:\n  g:\n    - domain: \"*.x.com\"\n      ports: [1]\n      protocols: [https]\n    - domain: a.x.com\n      ports: [2]\n      protocols: [https]\n"
-    ));
-    assert_eq!(
-        https(&policy, "a.x.com"),
-        denied("port_not_allowed", "allowlist.g[1]")
+    let policy = compile(
+        "allowlist:\n  g:\n    - domain: \"*.x.com\"\n      ports: [1]\n      protocols: [https]\n    - domain: a.x.com\n      ports: [2]\n      protocols: [https]\n",
     );
+    assert_eq!(https(&policy, "a.x.com"), denied("port_not_allowed", "allowlist.g[1]"));
 }
 
 #[test]
@@ -272,10 +247,7 @@ fn expired_rules_are_treated_as_absent() {
         protocol: Protocol::Https,
         role: "x",
     };
-    assert!(matches!(
-        policy.evaluate(&req, tomorrow),
-        MatchOutcome::Deny(_)
-    ));
+    assert!(matches!(policy.evaluate(&req, tomorrow), MatchOutcome::Deny(_)));
 }
 
 #[test]
@@ -296,20 +268,11 @@ fn allowed_by_carries_the_rule_settings() {
     assert!(!x.private_ok);
     assert_eq!(x.tls, TlsMode::Intercept);
     // 10/s is above the default per_domain.max of 500/min: capped.
-    assert_eq!(
-        x.rate_limit.map(|r| r.to_string()).as_deref(),
-        Some("500/min")
-    );
+    assert_eq!(x.rate_limit.map(|r| r.to_string()).as_deref(), Some("500/min"));
     let y = allowed("api.y.com", 443, Protocol::Https);
-    assert_eq!(
-        y.rate_limit.map(|r| r.to_string()).as_deref(),
-        Some("50/min")
-    );
+    assert_eq!(y.rate_limit.map(|r| r.to_string()).as_deref(), Some("50/min"));
     assert_eq!(y.tls, TlsMode::Passthrough);
-    assert_eq!(
-        allowed("db.internal", 5432, Protocol::Http).rate_limit,
-        None
-    );
+    assert_eq!(allowed("db.internal", 5432, Protocol::Http).rate_limit, None);
 }
 
 #[test]
@@ -328,10 +291,7 @@ fn static_hosts_and_version_are_exposed() {
     let yaml = "dns:\n  static_hosts:\n    Test.Local: 127.0.0.1\n    v6.local: \"::1\"\n";
     let bundle = load_str_at(yaml, "m.yaml", now()).unwrap();
     let policy = CompiledPolicy::compile(&bundle);
-    assert_eq!(
-        policy.static_host("test.local"),
-        Some("127.0.0.1".parse().unwrap())
-    );
+    assert_eq!(policy.static_host("test.local"), Some("127.0.0.1".parse().unwrap()));
     assert_eq!(policy.static_host("v6.local"), Some("::1".parse().unwrap()));
     assert_eq!(policy.static_host("other.local"), None);
     assert_eq!(policy.version(), bundle.version);

@@ -173,10 +173,7 @@ fn non_empty<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
                 items.push(item);
             }
             if items.is_empty() {
-                return Err(hinted(
-                    format!("the list of {} is empty", self.what),
-                    self.hint,
-                ));
+                return Err(hinted(format!("the list of {} is empty", self.what), self.hint));
             }
             Ok(items)
         }
@@ -194,12 +191,7 @@ pub struct Ports(pub Vec<Port>);
 
 impl<'de> Deserialize<'de> for Ports {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        non_empty(
-            deserializer,
-            "ports",
-            "list at least one port, e.g. ports: [443]",
-        )
-        .map(Ports)
+        non_empty(deserializer, "ports", "list at least one port, e.g. ports: [443]").map(Ports)
     }
 }
 
@@ -281,11 +273,7 @@ impl TryFrom<RawGroupSpec> for GroupSpec {
     type Error = String;
 
     fn try_from(raw: RawGroupSpec) -> Result<Self, String> {
-        let rules = missing_key(
-            raw.rules,
-            "rules",
-            "rules:` with the group's rules below it",
-        )?;
+        let rules = missing_key(raw.rules, "rules", "rules:` with the group's rules below it")?;
         Ok(GroupSpec {
             roles: raw.roles,
             description: raw.description,
@@ -397,11 +385,7 @@ impl TryFrom<RawBlockEntry> for BlockEntry {
     type Error = String;
 
     fn try_from(raw: RawBlockEntry) -> Result<Self, String> {
-        let domain = missing_key(
-            raw.domain,
-            "domain",
-            "domain: \"*.example.com\"` or an exact name",
-        )?;
+        let domain = missing_key(raw.domain, "domain", "domain: \"*.example.com\"` or an exact name")?;
         Ok(BlockEntry {
             domain,
             reason: raw.reason,

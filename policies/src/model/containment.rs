@@ -131,10 +131,7 @@ impl Default for CircuitBreaker {
             thresholds: BreakerThresholds::default(),
             states: BreakerStates::default(),
             recovery: BreakerRecovery::default(),
-            failure_status_codes: [502, 503, 504]
-                .into_iter()
-                .map(Located::unlocated)
-                .collect(),
+            failure_status_codes: [502, 503, 504].into_iter().map(Located::unlocated).collect(),
         }
     }
 }

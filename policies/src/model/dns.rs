@@ -60,9 +60,7 @@ fn seed_block_patterns() -> Vec<Located<DomainPattern>> {
 
 /// `block_patterns:` with nothing under it keeps the seed's patterns; an
 /// explicit `[]` is needed to drop them.
-fn block_patterns<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Vec<Located<DomainPattern>>, D::Error> {
+fn block_patterns<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Located<DomainPattern>>, D::Error> {
     Ok(Option::deserialize(deserializer)?.unwrap_or_else(seed_block_patterns))
 }
 
@@ -101,22 +99,20 @@ impl<'de> Deserialize<'de> for Nameserver {
             return Ok(Nameserver(addr));
         }
         let bare = trimmed.trim_start_matches('[').trim_end_matches(']');
-        bare.parse::<IpAddr>().map(|ip| Nameserver(SocketAddr::new(ip, 53))).map_err(|_| {
-            hinted(
-                format!("'{text}' is not a nameserver address"),
-                "write an IP address with an optional port, like 127.0.0.1:5353, 10.0.0.2 or [::1]:53",
-            )
-        })
+        bare.parse::<IpAddr>()
+            .map(|ip| Nameserver(SocketAddr::new(ip, 53)))
+            .map_err(|_| {
+                hinted(
+                    format!("'{text}' is not a nameserver address"),
+                    "write an IP address with an optional port, like 127.0.0.1:5353, 10.0.0.2 or [::1]:53",
+                )
+            })
     }
 }
 
 fn nameservers<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<SocketAddr>, D::Error> {
     let listed: Option<Vec<Nameserver>> = Option::deserialize(deserializer)?;
-    Ok(listed
-        .unwrap_or_default()
-        .into_iter()
-        .map(|n| n.0)
-        .collect())
+    Ok(listed.unwrap_or_default().into_iter().map(|n| n.0).collect())
 }
 
 /// An address in `static_hosts`, with a message that names the mistake.
@@ -136,9 +132,7 @@ impl<'de> Deserialize<'de> for StaticAddress {
 }
 
 /// Reads `static_hosts`, normalizing every name.
-fn static_hosts<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<BTreeMap<String, IpAddr>, D::Error> {
+fn static_hosts<'de, D: Deserializer<'de>>(deserializer: D) -> Result<BTreeMap<String, IpAddr>, D::Error> {
     struct Hosts;
     impl<'de> Visitor<'de> for Hosts {
         type Value = BTreeMap<String, IpAddr>;
@@ -155,9 +149,7 @@ fn static_hosts<'de, D: Deserializer<'de>>(
                 // `api.example.com`) are distinct YAML keys but the same host.
                 if hosts.insert(name.as_str().to_string(), ip).is_some() {
                     return Err(hinted(
-                        format!(
-                            "static_hosts maps {name} twice (names are compared case-insensitively)"
-                        ),
+                        format!("static_hosts maps {name} twice (names are compared case-insensitively)"),
                         "keep one entry per name",
                     ));
                 }

@@ -100,9 +100,7 @@ impl<'de> Deserialize<'de> for DefaultAction {
 
 fn refuse<E: serde::de::Error>(written: &str) -> E {
     hinted(
-        format!(
-            "default_action is '{written}', but only `deny` is accepted: default-deny is not negotiable"
-        ),
+        format!("default_action is '{written}', but only `deny` is accepted: default-deny is not negotiable"),
         "write `default_action: deny` and list what may pass under allowlist; use `enforcement: report` \
          to try a policy without blocking",
     )

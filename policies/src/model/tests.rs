@@ -50,10 +50,7 @@ fn seed_core_allowlist() {
             "generativelanguage.googleapis.com"
         ]
     );
-    assert_eq!(
-        domains(&groups[1].rules),
-        ["api.github.com", "registry.npmjs.org"]
-    );
+    assert_eq!(domains(&groups[1].rules), ["api.github.com", "registry.npmjs.org"]);
     let github = &groups[1].rules[0];
     assert_eq!(
         github.rate_limit.as_ref().map(|r| r.to_string()).as_deref(),
@@ -119,9 +116,7 @@ fn seed_containment_blocks_are_the_defaults() {
     assert_eq!(sandbox.timeout.value, Sandbox::default().timeout.value);
     assert_eq!(sandbox.network, SandboxNetwork::default());
 
-    let fault = seed!("s5_2_fault_containment.yaml")
-        .document
-        .fault_containment;
+    let fault = seed!("s5_2_fault_containment.yaml").document.fault_containment;
     assert_eq!(fault.auto_terminate, AutoTerminate::default());
     assert_eq!(fault.max_concurrent_requests.value, 10);
     assert_eq!(fault.max_pending_bytes.as_u64(), 10_000_000);
@@ -130,16 +125,9 @@ fn seed_containment_blocks_are_the_defaults() {
     let breaker = seed!("s5_3_circuit_breaker.yaml").document.circuit_breaker;
     assert_eq!(breaker.thresholds, BreakerThresholds::default());
     assert_eq!(breaker.states, BreakerStates::default());
-    assert_eq!(
-        breaker.recovery.wait_time,
-        BreakerRecovery::default().wait_time
-    );
+    assert_eq!(breaker.recovery.wait_time, BreakerRecovery::default().wait_time);
     assert_eq!(breaker.recovery.success_threshold.value, 2);
-    let codes: Vec<u16> = breaker
-        .failure_status_codes
-        .iter()
-        .map(|c| c.value)
-        .collect();
+    let codes: Vec<u16> = breaker.failure_status_codes.iter().map(|c| c.value).collect();
     assert_eq!(codes, [502, 503, 504]);
 }
 
@@ -157,10 +145,7 @@ fn seed_dns_block() {
         .collect();
     assert_eq!(patterns, defaults);
     assert_eq!(
-        (
-            dns.cache_ttl.to_string(),
-            dns.negative_cache_ttl.to_string()
-        ),
+        (dns.cache_ttl.to_string(), dns.negative_cache_ttl.to_string()),
         ("5m".into(), "1m".into())
     );
 }
@@ -184,18 +169,13 @@ fn seed_tls_block_warns_about_placeholder_pins() {
             "placeholder pin for api.anthropic.com is ignored"
         ]
     );
-    assert_eq!(
-        (bundle.warnings[0].line, bundle.warnings[0].column),
-        (12, 14)
-    );
+    assert_eq!((bundle.warnings[0].line, bundle.warnings[0].column), (12, 14));
 }
 
 #[test]
 fn seed_compliance_logging_is_the_default() {
     assert_eq!(
-        seed!("s9_2_compliance_logging.yaml")
-            .document
-            .compliance_logging,
+        seed!("s9_2_compliance_logging.yaml").document.compliance_logging,
         ComplianceLogging::default()
     );
 }
@@ -224,10 +204,7 @@ fn all_seed_blocks_combine_into_one_bundle() {
 fn a_group_may_be_a_map_limited_to_roles() {
     let text = "allowlist:\n  scraping:\n    roles: [scraper]\n    description: \"Sites to fetch\"\n    rules:\n      - domain: \"*.example.com\"\n        ports: [443]\n        protocols: [https]\n";
     let group = &load("g.yaml", text).document.allowlist.groups[0];
-    assert_eq!(
-        group.roles.as_ref().map(|r| r.allows("scraper")),
-        Some(true)
-    );
+    assert_eq!(group.roles.as_ref().map(|r| r.allows("scraper")), Some(true));
     assert_eq!(group.description.as_deref(), Some("Sites to fetch"));
     assert_eq!(group.rules.len(), 1);
     let warned = load("g.yaml", "allowlist:\n  empty: []\n").warnings;
@@ -239,19 +216,11 @@ fn missing_sections_take_the_seed_defaults_and_lists_start_empty() {
     let doc = load("min.yaml", "egress:\n  default_action: deny\n").document;
     assert_eq!(doc.rate_limits, RateLimits::default());
     assert_eq!(doc.compliance_logging, ComplianceLogging::default());
-    assert!(
-        doc.allowlist.groups.is_empty()
-            && doc.project_allowlist.is_empty()
-            && doc.project_blocklist.is_empty()
-    );
+    assert!(doc.allowlist.groups.is_empty() && doc.project_allowlist.is_empty() && doc.project_blocklist.is_empty());
     assert_eq!(doc.dns.block_patterns.len(), 3);
     assert!(doc.tls.pins.is_empty());
     // A partly written section keeps the defaults of what it leaves out.
-    let doc = load(
-        "p.yaml",
-        "rate_limits:\n  per_agent:\n    default: 50/min\n",
-    )
-    .document;
+    let doc = load("p.yaml", "rate_limits:\n  per_agent:\n    default: 50/min\n").document;
     assert_eq!(doc.rate_limits.per_agent.burst.get(), 20);
     assert_eq!(doc.rate_limits.per_project, ProjectLimit::default());
 }
@@ -285,11 +254,7 @@ fn sections_written_with_nothing_under_them_take_the_defaults() {
         3,
         "an empty block_patterns key keeps the seed's patterns"
     );
-    assert!(
-        doc.allowlist.groups.is_empty()
-            && doc.tls.pins.is_empty()
-            && doc.dns.nameservers.is_empty()
-    );
+    assert!(doc.allowlist.groups.is_empty() && doc.tls.pins.is_empty() && doc.dns.nameservers.is_empty());
     assert_eq!(doc.circuit_breaker.recovery.probe_count, 3);
     // An explicit empty list is how the patterns are dropped.
     assert!(

@@ -105,11 +105,7 @@ impl fmt::Display for SpkiPin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SpkiPin::Sha256(digest) => {
-                write!(
-                    f,
-                    "sha256/{}",
-                    base64::engine::general_purpose::STANDARD.encode(digest)
-                )
+                write!(f, "sha256/{}", base64::engine::general_purpose::STANDARD.encode(digest))
             }
             SpkiPin::Placeholder => f.write_str("sha256/..."),
         }
@@ -135,15 +131,10 @@ impl<'de> Deserialize<'de> for SpkiPin {
                 }
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(encoded)
-                    .map_err(|_| {
-                        hinted(format!("the pin '{text}' is not valid base64"), PIN_HINT)
-                    })?;
+                    .map_err(|_| hinted(format!("the pin '{text}' is not valid base64"), PIN_HINT))?;
                 let digest: [u8; 32] = bytes.try_into().map_err(|bytes: Vec<u8>| {
                     hinted(
-                        format!(
-                            "the pin '{text}' is {} bytes; a SHA-256 digest is 32",
-                            bytes.len()
-                        ),
+                        format!("the pin '{text}' is {} bytes; a SHA-256 digest is 32", bytes.len()),
                         PIN_HINT,
                     )
                 })?;

@@ -16,10 +16,7 @@ fn patterns_are_normalized() {
             suffix: "example.com".into()
         }
     );
-    assert_eq!(
-        pattern("*.bücher.example").to_string(),
-        "*.xn--bcher-kva.example"
-    );
+    assert_eq!(pattern("*.bücher.example").to_string(), "*.xn--bcher-kva.example");
     assert_eq!(pattern(" localhost ").to_string(), "localhost");
 }
 
@@ -89,20 +86,14 @@ fn coverage_between_patterns() {
 
 #[test]
 fn host_names_are_exact() {
-    assert_eq!(
-        "DB.Internal".parse::<HostName>().unwrap().as_str(),
-        "db.internal"
-    );
+    assert_eq!("DB.Internal".parse::<HostName>().unwrap().as_str(), "db.internal");
     assert!("*.internal".parse::<HostName>().is_err());
 }
 
 #[test]
 fn role_and_group_names_are_identifiers() {
     assert_eq!("ai-agent".parse::<RoleName>().unwrap().as_str(), "ai-agent");
-    assert_eq!(
-        "ai_providers".parse::<GroupName>().unwrap().as_str(),
-        "ai_providers"
-    );
+    assert_eq!("ai_providers".parse::<GroupName>().unwrap().as_str(), "ai_providers");
     for bad in ["", "a.b", "a b", "a[0]", &"x".repeat(65)] {
         assert!(bad.parse::<RoleName>().is_err(), "{bad} accepted as role");
         assert!(bad.parse::<GroupName>().is_err(), "{bad} accepted as group");

@@ -9,11 +9,7 @@ fn summary_counts_groups_rules_and_blocks() {
     let text = include_str!("../../default.yaml");
     let bundle = load_str_at(text, "default.yaml", now).unwrap();
     let s = summary_at(&bundle, now);
-    let groups: Vec<(&str, usize, usize)> = s
-        .groups
-        .iter()
-        .map(|g| (g.name.as_str(), g.rules, g.expired))
-        .collect();
+    let groups: Vec<(&str, usize, usize)> = s.groups.iter().map(|g| (g.name.as_str(), g.rules, g.expired)).collect();
     assert_eq!(
         groups,
         [
@@ -24,29 +20,20 @@ fn summary_counts_groups_rules_and_blocks() {
         ]
     );
     assert_eq!((s.active_rules, s.expired_rules), (6, 2));
-    assert_eq!(
-        (s.blocklist_entries, s.block_patterns, s.static_hosts),
-        (1, 3, 0)
-    );
+    assert_eq!((s.blocklist_entries, s.block_patterns, s.static_hosts), (1, 3, 0));
     assert_eq!(s.warnings.len(), 4);
 
     let shown = s.to_string();
     let lines: Vec<&str> = shown.lines().collect();
     assert_eq!(
         lines[0],
-        format!(
-            "default.yaml: OK with 4 warnings (version {})",
-            bundle.version
-        )
+        format!("default.yaml: OK with 4 warnings (version {})", bundle.version)
     );
     assert_eq!(
         lines[1],
         "  default action: deny; enforcement: enforce; fail mode: closed"
     );
-    assert_eq!(
-        lines[2],
-        "  allowlist: 4 groups with 8 rules (6 active, 2 expired)"
-    );
+    assert_eq!(lines[2], "  allowlist: 4 groups with 8 rules (6 active, 2 expired)");
     assert_eq!(lines[3], "    ai_providers       3 rules");
     assert_eq!(lines[6], "    project_allowlist  2 rules (2 expired)");
     assert_eq!(
@@ -67,9 +54,6 @@ fn summary_of_a_clean_bundle_says_ok_and_shows_roles() {
         shown.starts_with(&format!("p.yaml: OK (version {})\n", bundle.version)),
         "{shown}"
     );
-    assert!(
-        shown.contains("    crawl  1 rule  roles: scraper\n"),
-        "{shown}"
-    );
+    assert!(shown.contains("    crawl  1 rule  roles: scraper\n"), "{shown}");
     assert_eq!(summary(&bundle).groups[0].active, 1);
 }

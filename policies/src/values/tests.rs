@@ -1,4 +1,6 @@
-use chrono::TimeZone;
+use chrono::{TimeZone, Utc};
+
+use serde::Deserialize;
 
 use super::*;
 
@@ -26,11 +28,7 @@ fn rates_parse_every_window_spelling() {
         ("3/MIN", 3, RateWindow::Minute),
     ] {
         let rate: Rate = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
-        assert_eq!(
-            (rate.count().get(), rate.window()),
-            (count, window),
-            "{text}"
-        );
+        assert_eq!((rate.count().get(), rate.window()), (count, window), "{text}");
     }
     assert_eq!("100/min".parse::<Rate>().unwrap().to_string(), "100/min");
     assert_eq!("10/s".parse::<Rate>().unwrap().per_second(), 10.0);
@@ -72,10 +70,7 @@ fn durations_parse_every_unit() {
     }
     assert_eq!("90s".parse::<DurationSpec>().unwrap().to_string(), "90s");
     assert_eq!("120s".parse::<DurationSpec>().unwrap().to_string(), "2m");
-    assert_eq!(
-        "1500ms".parse::<DurationSpec>().unwrap().to_string(),
-        "1500ms"
-    );
+    assert_eq!("1500ms".parse::<DurationSpec>().unwrap().to_string(), "1500ms");
     for bad in [
         "30",
         "s",
@@ -87,11 +82,7 @@ fn durations_parse_every_unit() {
     ] {
         assert!(bad.parse::<DurationSpec>().is_err(), "{bad} accepted");
     }
-    assert!(
-        yaml::<DurationSpec>("30")
-            .unwrap_err()
-            .contains("has no unit")
-    );
+    assert!(yaml::<DurationSpec>("30").unwrap_err().contains("has no unit"));
 }
 
 #[test]
@@ -133,18 +124,8 @@ fn percentages_need_the_sign_and_a_range() {
 
 #[test]
 fn cpu_quantities_accept_millicores_and_cores() {
-    for (text, millicores) in [
-        ("100m", 100),
-        ("0.5", 500),
-        ("2", 2000),
-        ("1.25", 1250),
-        (".5", 500),
-    ] {
-        assert_eq!(
-            text.parse::<CpuQuantity>().unwrap().millicores(),
-            millicores,
-            "{text}"
-        );
+    for (text, millicores) in [("100m", 100), ("0.5", 500), ("2", 2000), ("1.25", 1250), (".5", 500)] {
+        assert_eq!(text.parse::<CpuQuantity>().unwrap().millicores(), millicores, "{text}");
     }
     assert_eq!(yaml::<CpuQuantity>("0.5").unwrap().millicores(), 500);
     assert_eq!(yaml::<CpuQuantity>("2").unwrap().millicores(), 2000);
@@ -157,26 +138,17 @@ fn cpu_quantities_accept_millicores_and_cores() {
 #[test]
 fn expiry_dates_mean_the_end_of_the_day_utc() {
     let expiry: Expiry = "2025-03-01".parse().unwrap();
-    assert_eq!(
-        expiry.ends_at(),
-        Utc.with_ymd_and_hms(2025, 3, 2, 0, 0, 0).unwrap()
-    );
+    assert_eq!(expiry.ends_at(), Utc.with_ymd_and_hms(2025, 3, 2, 0, 0, 0).unwrap());
     assert!(!expiry.is_past(Utc.with_ymd_and_hms(2025, 3, 1, 23, 59, 59).unwrap()));
     assert!(expiry.is_past(Utc.with_ymd_and_hms(2025, 3, 2, 0, 0, 0).unwrap()));
     let stamp: Expiry = "2025-03-01T12:00:00+02:00".parse().unwrap();
-    assert_eq!(
-        stamp.ends_at(),
-        Utc.with_ymd_and_hms(2025, 3, 1, 10, 0, 0).unwrap()
-    );
+    assert_eq!(stamp.ends_at(), Utc.with_ymd_and_hms(2025, 3, 1, 10, 0, 0).unwrap());
     assert_eq!(stamp.to_string(), "2025-03-01T12:00:00+02:00");
     for bad in ["2025-02-30", "tomorrow", "2025/03/01", "9999-12-31x"] {
         assert!(bad.parse::<Expiry>().is_err(), "{bad} accepted");
     }
     // Unquoted in YAML it still reads as a date.
-    assert_eq!(
-        yaml::<Expiry>("2025-03-01").unwrap().to_string(),
-        "2025-03-01"
-    );
+    assert_eq!(yaml::<Expiry>("2025-03-01").unwrap().to_string(), "2025-03-01");
 }
 
 #[test]
@@ -195,6 +167,6 @@ fn value_errors_display_with_their_hint() {
     let err = "7".parse::<DurationSpec>().unwrap_err();
     assert_eq!(
         err.to_string(),
-        format!("the duration '7' has no unit{HINT_MARKER}{DURATION_HINT}")
+        format!("the duration '7' has no unit{HINT_MARKER}write a whole number with a unit: 500ms, 30s, 5m, 24h or 7d")
     );
 }

@@ -7,10 +7,7 @@ fn target_yields_absolute_origin_and_connect_forms() {
     assert_eq!(target.port, 18080);
     assert_eq!(target.connect_authority, "bench.local:18080");
     assert_eq!(target.host_header, "bench.local:18080");
-    assert_eq!(
-        target.absolute.to_string(),
-        "http://bench.local:18080/data?x=1"
-    );
+    assert_eq!(target.absolute.to_string(), "http://bench.local:18080/data?x=1");
     assert_eq!(target.origin_form.to_string(), "/data?x=1");
 }
 
@@ -53,9 +50,7 @@ fn proxy_errors_never_echo_a_credential() {
         .expect_err("userinfo refused")
         .to_string();
     assert!(!error.contains("s3cret"), "{error}");
-    let error = parse_proxy("s3cret garbage")
-        .expect_err("not a URL")
-        .to_string();
+    let error = parse_proxy("s3cret garbage").expect_err("not a URL").to_string();
     assert!(!error.contains("s3cret"), "{error}");
     assert!(parse_proxy("http://127.0.0.1:3128/path").is_err());
     assert!(parse_proxy("socks5://127.0.0.1:1080").is_err());

@@ -28,11 +28,7 @@ fn label(proxy: Option<&str>) -> RunLabel {
 #[test]
 fn report_computes_rate_and_percentiles_from_the_tally() {
     let latencies: Vec<u32> = (1..=200).collect();
-    let report = BenchReport::new(
-        label(Some("http://127.0.0.1:13128")),
-        2.0,
-        &tally_of(&latencies, 3),
-    );
+    let report = BenchReport::new(label(Some("http://127.0.0.1:13128")), 2.0, &tally_of(&latencies, 3));
     assert_eq!(report.requests, 200);
     assert_eq!(report.errors, 3);
     assert_eq!(report.rps, 100.0);
@@ -47,8 +43,7 @@ fn report_computes_rate_and_percentiles_from_the_tally() {
 #[test]
 fn json_has_the_documented_fields() {
     let report = BenchReport::new(label(None), 1.5, &tally_of(&[10, 20], 0));
-    let json: serde_json::Value =
-        serde_json::from_str(&report.json_line().expect("serializable")).expect("valid JSON");
+    let json: serde_json::Value = serde_json::from_str(&report.json_line().expect("serializable")).expect("valid JSON");
     assert_eq!(json["mode"], "forward");
     assert!(json["proxy"].is_null());
     assert_eq!(json["target"], "http://bench.local:18080/");
@@ -82,16 +77,8 @@ fn human_line_names_the_route_and_the_numbers() {
     );
     assert!(direct.contains("1 ok, 1 errors, 1.0 req/s"), "{direct}");
     assert!(direct.contains("p50 5 "), "{direct}");
-    let proxied = BenchReport::new(
-        label(Some("http://127.0.0.1:13128")),
-        1.0,
-        &tally_of(&[], 0),
-    )
-    .human_line();
-    assert!(
-        proxied.starts_with("forward http://127.0.0.1:13128 -> "),
-        "{proxied}"
-    );
+    let proxied = BenchReport::new(label(Some("http://127.0.0.1:13128")), 1.0, &tally_of(&[], 0)).human_line();
+    assert!(proxied.starts_with("forward http://127.0.0.1:13128 -> "), "{proxied}");
 }
 
 #[test]

@@ -6,9 +6,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
 async fn start(size: usize) -> (std::net::SocketAddr, oneshot::Sender<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     let addr = listener.local_addr().expect("local addr");
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(serve(listener, CannedResponse::of_size(size), async {
@@ -21,12 +19,10 @@ async fn start(size: usize) -> (std::net::SocketAddr, oneshot::Sender<()>) {
 async fn answers_any_path_with_the_sized_body_on_one_keep_alive_connection() {
     let (addr, _stop) = start(1500).await;
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, connection) = hyper::client::conn::http1::handshake::<
-        _,
-        http_body_util::Empty<Bytes>,
-    >(TokioIo::new(stream))
-    .await
-    .expect("handshake");
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake::<_, http_body_util::Empty<Bytes>>(TokioIo::new(stream))
+            .await
+            .expect("handshake");
     tokio::spawn(connection);
     for path in ["/", "/some/other/path?q=1", "http://bench.local:18080/abs"] {
         let request = Request::builder()
@@ -38,12 +34,7 @@ async fn answers_any_path_with_the_sized_body_on_one_keep_alive_connection() {
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.headers()[CONTENT_LENGTH], "1500");
         assert_eq!(response.headers()[CONTENT_TYPE], "text/plain");
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
+        let body = response.into_body().collect().await.expect("body").to_bytes();
         assert_eq!(body.len(), 1500);
         assert!(body.iter().all(|&byte| byte == b'x'));
     }
@@ -66,9 +57,7 @@ async fn empty_body_is_allowed() {
 
 #[tokio::test]
 async fn stops_accepting_after_shutdown() {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     let addr = listener.local_addr().expect("local addr");
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, CannedResponse::of_size(1), async {

@@ -28,10 +28,7 @@ fn status_line_parsing() {
     let ok = parse_status_line(b"HTTP/1.1 200 Connection established\r\n\r\n");
     assert_eq!(ok.expect("valid"), StatusCode::OK);
     let denied = parse_status_line(b"HTTP/1.0 407 Proxy Authentication Required\r\n\r\n");
-    assert_eq!(
-        denied.expect("valid"),
-        StatusCode::PROXY_AUTHENTICATION_REQUIRED
-    );
+    assert_eq!(denied.expect("valid"), StatusCode::PROXY_AUTHENTICATION_REQUIRED);
     let bare = parse_status_line(b"HTTP/1.1 403\r\n\r\n");
     assert_eq!(bare.expect("valid"), StatusCode::FORBIDDEN);
     assert!(parse_status_line(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());

@@ -16,10 +16,7 @@ fn entries_expire_after_their_ttl() {
     let t0 = Instant::now();
     cache.insert("a.test", found(1), Duration::from_secs(5), t0);
     cache.insert("b.test", CachedAnswer::NotFound, Duration::from_secs(1), t0);
-    assert_eq!(
-        cache.get("a.test", t0 + Duration::from_secs(4)),
-        Some(found(1))
-    );
+    assert_eq!(cache.get("a.test", t0 + Duration::from_secs(4)), Some(found(1)));
     assert_eq!(cache.get("b.test", t0), Some(CachedAnswer::NotFound));
     assert_eq!(cache.get("b.test", t0 + Duration::from_secs(1)), None);
     assert_eq!(cache.get("a.test", t0 + Duration::from_secs(5)), None);
@@ -61,23 +58,11 @@ fn a_flood_of_unique_names_stays_bounded() {
     let t0 = Instant::now();
     let mut cache = AnswerCache::new(100);
     for i in 0..10_000 {
-        cache.insert(
-            &format!("n{i}.flood.test"),
-            CachedAnswer::NotFound,
-            MINUTE,
-            t0,
-        );
+        cache.insert(&format!("n{i}.flood.test"), CachedAnswer::NotFound, MINUTE, t0);
     }
     assert_eq!(cache.len(), 100);
-    assert!(
-        cache.order_len() <= 200,
-        "order queue {}",
-        cache.order_len()
-    );
-    assert_eq!(
-        cache.get("n9999.flood.test", t0),
-        Some(CachedAnswer::NotFound)
-    );
+    assert!(cache.order_len() <= 200, "order queue {}", cache.order_len());
+    assert_eq!(cache.get("n9999.flood.test", t0), Some(CachedAnswer::NotFound));
     assert_eq!(cache.get("n0.flood.test", t0), None);
 }
 
@@ -89,9 +74,5 @@ fn refreshing_the_same_names_does_not_grow_the_order_queue() {
         cache.insert(&format!("n{}.test", i % 5), found(1), MINUTE, t0);
     }
     assert_eq!(cache.len(), 5);
-    assert!(
-        cache.order_len() <= 200,
-        "order queue {}",
-        cache.order_len()
-    );
+    assert!(cache.order_len() <= 200, "order queue {}", cache.order_len());
 }

@@ -12,14 +12,8 @@ fn canonical_ipv4_is_an_address() {
         parse_host("1.2.3.4"),
         Ok(Host::Ip(IpAddr::V4(Ipv4Addr::new(1, 2, 3, 4))))
     );
-    assert_eq!(
-        parse_host("127.0.0.1"),
-        Ok(Host::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST)))
-    );
-    assert_eq!(
-        parse_host("0.0.0.0"),
-        Ok(Host::Ip(IpAddr::V4(Ipv4Addr::UNSPECIFIED)))
-    );
+    assert_eq!(parse_host("127.0.0.1"), Ok(Host::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST))));
+    assert_eq!(parse_host("0.0.0.0"), Ok(Host::Ip(IpAddr::V4(Ipv4Addr::UNSPECIFIED))));
     assert_eq!(
         parse_host("255.255.255.255"),
         Ok(Host::Ip(IpAddr::V4(Ipv4Addr::BROADCAST)))
@@ -62,19 +56,13 @@ fn non_canonical_ipv4_spellings_are_refused() {
 fn idna_digits_that_become_an_ipv4_literal_are_refused() {
     // Full-width digits and ideographic full stops map to `127.0.0.1`.
     let raw = "\u{ff11}\u{ff12}\u{ff17}\u{3002}\u{ff10}\u{3002}\u{ff10}\u{3002}\u{ff11}";
-    assert!(matches!(
-        parse_host(raw),
-        Err(HostError::NonCanonicalIpv4 { .. })
-    ));
+    assert!(matches!(parse_host(raw), Err(HostError::NonCanonicalIpv4 { .. })));
 }
 
 #[test]
 fn names_that_only_contain_numbers_in_the_middle_are_names() {
     assert_eq!(parse_host("1.2.3.example"), Ok(domain("1.2.3.example")));
-    assert_eq!(
-        parse_host("0x7f.example.com"),
-        Ok(domain("0x7f.example.com"))
-    );
+    assert_eq!(parse_host("0x7f.example.com"), Ok(domain("0x7f.example.com")));
     assert_eq!(parse_host("123abc.com"), Ok(domain("123abc.com")));
     assert_eq!(parse_host("foo.0xg"), Ok(domain("foo.0xg")));
     assert_eq!(parse_host("foo.1e"), Ok(domain("foo.1e")));
@@ -83,10 +71,7 @@ fn names_that_only_contain_numbers_in_the_middle_are_names() {
 #[test]
 fn names_are_normalized() {
     assert_eq!(parse_host("API.OpenAI.com."), Ok(domain("api.openai.com")));
-    assert_eq!(
-        parse_host("bücher.example"),
-        Ok(domain("xn--bcher-kva.example"))
-    );
+    assert_eq!(parse_host("bücher.example"), Ok(domain("xn--bcher-kva.example")));
     assert_eq!(parse_host("localhost"), Ok(domain("localhost")));
 }
 
@@ -98,28 +83,17 @@ fn invalid_names_are_refused_with_the_reason() {
             other => panic!("{raw:?} should be an invalid name, got {other:?}"),
         }
     }
-    let message = parse_host("a..b")
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let message = parse_host("a..b").err().map(|e| e.to_string()).unwrap_or_default();
     assert!(message.contains("empty label"), "{message}");
 }
 
 #[test]
 fn ipv6_literals_with_and_without_brackets() {
-    assert_eq!(
-        parse_host("[::1]"),
-        Ok(Host::Ip(IpAddr::V6(Ipv6Addr::LOCALHOST)))
-    );
-    assert_eq!(
-        parse_host("::1"),
-        Ok(Host::Ip(IpAddr::V6(Ipv6Addr::LOCALHOST)))
-    );
+    assert_eq!(parse_host("[::1]"), Ok(Host::Ip(IpAddr::V6(Ipv6Addr::LOCALHOST))));
+    assert_eq!(parse_host("::1"), Ok(Host::Ip(IpAddr::V6(Ipv6Addr::LOCALHOST))));
     assert_eq!(
         parse_host("[2001:DB8::1]"),
-        Ok(Host::Ip(IpAddr::V6(Ipv6Addr::new(
-            0x2001, 0xdb8, 0, 0, 0, 0, 0, 1
-        ))))
+        Ok(Host::Ip(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1))))
     );
     assert_eq!(
         parse_host("[::ffff:127.0.0.1]"),
@@ -151,14 +125,8 @@ fn malformed_ipv6_literals_are_refused() {
 
 #[test]
 fn errors_say_what_to_do_and_stay_bounded() {
-    let message = parse_host("0x7f.1")
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
-    assert!(
-        message.contains("'0x7f.1'") && message.contains("a.b.c.d"),
-        "{message}"
-    );
+    let message = parse_host("0x7f.1").err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(message.contains("'0x7f.1'") && message.contains("a.b.c.d"), "{message}");
     let message = parse_host("[fe80::1%eth0]")
         .err()
         .map(|e| e.to_string())
@@ -175,12 +143,6 @@ fn errors_say_what_to_do_and_stay_bounded() {
 #[test]
 fn hosts_display_as_they_go_in_a_uri() {
     assert_eq!(domain("example.com").to_string(), "example.com");
-    assert_eq!(
-        Host::Ip(IpAddr::V6(Ipv6Addr::LOCALHOST)).to_string(),
-        "[::1]"
-    );
-    assert_eq!(
-        Host::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST)).to_string(),
-        "127.0.0.1"
-    );
+    assert_eq!(Host::Ip(IpAddr::V6(Ipv6Addr::LOCALHOST)).to_string(), "[::1]");
+    assert_eq!(Host::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST)).to_string(), "127.0.0.1");
 }

@@ -63,11 +63,7 @@ async fn a_positive_answer_is_cached_until_cache_ttl_then_queried_again() {
     let first = resolver.resolve("web.test").await;
     let first = first.unwrap_or_else(|e| panic!("first lookup: {e}"));
     assert_eq!(first.source, ResolveSource::Dns);
-    assert_eq!(
-        &*first.addrs,
-        &[WEB_V4, WEB_V6],
-        "IPv4 first, no duplicates"
-    );
+    assert_eq!(&*first.addrs, &[WEB_V4, WEB_V6], "IPv4 first, no duplicates");
     let after_first = dns.queries("web.test");
     assert!(after_first >= 1);
 
@@ -75,11 +71,7 @@ async fn a_positive_answer_is_cached_until_cache_ttl_then_queried_again() {
     let second = second.unwrap_or_else(|e| panic!("second lookup: {e}"));
     assert_eq!(second.source, ResolveSource::Cache);
     assert_eq!(second.addrs, first.addrs);
-    assert_eq!(
-        dns.queries("web.test"),
-        after_first,
-        "a cached answer must not query"
-    );
+    assert_eq!(dns.queries("web.test"), after_first, "a cached answer must not query");
 
     // The record says an hour; cache_ttl (300 ms) caps it.
     tokio::time::sleep(Duration::from_millis(450)).await;
@@ -109,11 +101,7 @@ async fn with_our_cache_disabled_nothing_else_caches() {
 
 #[tokio::test]
 async fn a_record_ttl_shorter_than_cache_ttl_wins() {
-    let dns = server(&[
-        ("zero.test", answer(&[WEB_V4], 0)),
-        ("one.test", answer(&[WEB_V4], 1)),
-    ])
-    .await;
+    let dns = server(&[("zero.test", answer(&[WEB_V4], 0)), ("one.test", answer(&[WEB_V4], 1))]).await;
     let mut cfg = config(&dns);
     cfg.cache_ttl = Duration::from_secs(60);
     let resolver = resolver(cfg);
@@ -171,10 +159,7 @@ async fn a_name_without_addresses_is_not_found_and_cached() {
     let resolver = resolver(config(&dns));
     for _ in 0..2 {
         let outcome = resolver.resolve("mx-only.test").await;
-        assert!(
-            matches!(outcome, Err(ResolveError::NotFound { .. })),
-            "{outcome:?}"
-        );
+        assert!(matches!(outcome, Err(ResolveError::NotFound { .. })), "{outcome:?}");
     }
     let queries = dns.queries("mx-only.test");
     assert!(
@@ -195,14 +180,8 @@ async fn server_failures_are_reported_and_not_cached() {
     );
     let after_first = dns.queries("broken.test");
     let again = resolver.resolve("broken.test").await;
-    assert!(
-        matches!(again, Err(ResolveError::Failed { .. })),
-        "{again:?}"
-    );
-    assert!(
-        dns.queries("broken.test") > after_first,
-        "a failure must not be cached"
-    );
+    assert!(matches!(again, Err(ResolveError::Failed { .. })), "{again:?}");
+    assert!(dns.queries("broken.test") > after_first, "a failure must not be cached");
 }
 
 #[tokio::test]
@@ -227,10 +206,7 @@ async fn a_silent_server_times_out_within_the_deadline() {
     let after_first = dns.queries("slow.test");
     assert!(after_first >= 1);
     let _ = resolver.resolve("slow.test").await;
-    assert!(
-        dns.queries("slow.test") > after_first,
-        "a timeout must not be cached"
-    );
+    assert!(dns.queries("slow.test") > after_first, "a timeout must not be cached");
 }
 
 #[tokio::test]
@@ -257,11 +233,7 @@ async fn concurrent_lookups_of_a_new_name_share_one_query() {
         let resolved = outcome.unwrap_or_else(|e| panic!("burst lookup: {e}"));
         assert_eq!(&*resolved.addrs, &[WEB_V4]);
     }
-    assert_eq!(
-        dns.queries("burst.test"),
-        per_lookup,
-        "20 lookups, one query"
-    );
+    assert_eq!(dns.queries("burst.test"), per_lookup, "20 lookups, one query");
     assert_eq!(
         resolver.lookups_started(),
         2,
@@ -315,10 +287,7 @@ async fn the_cache_holds_at_most_max_cache_entries_names() {
     let not_found = Err(ResolveError::NotFound {
         host: "nope.test".to_string(),
     });
-    assert_eq!(
-        sources,
-        [not_found, Ok(ResolveSource::Cache), Ok(ResolveSource::Dns)]
-    );
+    assert_eq!(sources, [not_found, Ok(ResolveSource::Cache), Ok(ResolveSource::Dns)]);
     assert_eq!(
         dns.queries("nope.test"),
         dns.queries("b.test"),
@@ -329,20 +298,12 @@ async fn the_cache_holds_at_most_max_cache_entries_names() {
 #[test]
 fn bad_configuration_is_refused_at_setup() {
     let base = || ResolverConfig {
-        nameservers: Some(vec![
-            "127.0.0.1:53".parse().unwrap_or_else(|e| panic!("{e}")),
-        ]),
+        nameservers: Some(vec!["127.0.0.1:53".parse().unwrap_or_else(|e| panic!("{e}"))]),
         ..ResolverConfig::default()
     };
     let cases = [
-        ResolverConfig {
-            attempts: 0,
-            ..base()
-        },
-        ResolverConfig {
-            attempts: 6,
-            ..base()
-        },
+        ResolverConfig { attempts: 0, ..base() },
+        ResolverConfig { attempts: 6, ..base() },
         ResolverConfig {
             timeout: Duration::ZERO,
             ..base()
@@ -352,10 +313,7 @@ fn bad_configuration_is_refused_at_setup() {
             ..base()
         },
         ResolverConfig {
-            static_hosts: HashMap::from([(
-                "bad..name".to_string(),
-                IpAddr::V4(Ipv4Addr::LOCALHOST),
-            )]),
+            static_hosts: HashMap::from([("bad..name".to_string(), IpAddr::V4(Ipv4Addr::LOCALHOST))]),
             ..base()
         },
     ];

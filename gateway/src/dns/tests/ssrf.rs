@@ -186,11 +186,7 @@ fn embedded_ipv4_addresses_are_judged_by_the_ipv4_address() {
 fn embedded_public_ipv4_addresses_are_public() {
     for v4 in [Ipv4Addr::new(93, 184, 216, 34), Ipv4Addr::new(8, 8, 8, 8)] {
         for (form, v6) in encodings(v4) {
-            assert_eq!(
-                classify(IpAddr::V6(v6)),
-                AddressClass::Public,
-                "{form} {v6} of {v4}"
-            );
+            assert_eq!(classify(IpAddr::V6(v6)), AddressClass::Public, "{form} {v6} of {v4}");
         }
     }
 }

@@ -20,9 +20,8 @@ fn with_jwt_keys(jwt_keys: &str) -> String {
 
 #[test]
 fn duplicate_agent_ids_point_at_the_second_one() {
-    let yaml = format!(
-        "{AGENT}  - id: a-1\n    team: data\n    project: crawl\n    environment: dev\n    role: scraper\n"
-    );
+    let yaml =
+        format!("{AGENT}  - id: a-1\n    team: data\n    project: crawl\n    environment: dev\n    role: scraper\n");
     let error = compile_error(&yaml);
     assert_at(&error, (7, 9));
     assert_eq!(
@@ -42,14 +41,8 @@ fn api_key_digest_must_be_64_hex_characters() {
         let error = compile_error(&yaml);
         assert_at(&error, position_of(&yaml, digest));
         assert!(error.message().contains("64 hex characters"), "{error}");
-        assert!(
-            error.hint().is_some_and(|h| h.contains("sha256sum")),
-            "{error}"
-        );
-        assert!(
-            !error.to_string().contains("my-clear-text-api-key"),
-            "{error}"
-        );
+        assert!(error.hint().is_some_and(|h| h.contains("sha256sum")), "{error}");
+        assert!(!error.to_string().contains("my-clear-text-api-key"), "{error}");
     }
 }
 
@@ -74,9 +67,7 @@ fn empty_fields_are_refused() {
         let error = compile_error(&yaml);
         assert_at(&error, position_of(&yaml, "\"\""));
         assert!(
-            error
-                .message()
-                .contains(&format!("`{field}` must not be empty")),
+            error.message().contains(&format!("`{field}` must not be empty")),
             "{error}"
         );
     }
@@ -87,10 +78,7 @@ fn agent_ids_cannot_contain_a_colon() {
     let yaml = AGENT.replace("id: a-1", "id: \"a:1\"");
     let error = compile_error(&yaml);
     assert_at(&error, (2, 9));
-    assert!(
-        error.hint().is_some_and(|h| h.contains("first ':'")),
-        "{error}"
-    );
+    assert!(error.hint().is_some_and(|h| h.contains("first ':'")), "{error}");
 }
 
 #[test]
@@ -110,10 +98,7 @@ fn missing_fields_are_reported_with_a_position() {
     let yaml = AGENT.replace("    role: scraper\n", "");
     let error = compile_error(&yaml);
     assert!(error.message().contains("role"), "{error}");
-    assert!(
-        error.line().is_some_and(|line| (2..=6).contains(&line)),
-        "{error}"
-    );
+    assert!(error.line().is_some_and(|line| (2..=6).contains(&line)), "{error}");
 }
 
 #[test]
@@ -134,39 +119,28 @@ fn inline_api_keys_are_refused_without_echoing_them() {
     let yaml = format!("{AGENT}    api_key: \"clear-text-key-123\"\n");
     let error = compile_error(&yaml);
     assert_at(&error, position_of(&yaml, "api_key: "));
-    assert!(
-        error.hint().is_some_and(|h| h.contains("api_key_sha256")),
-        "{error}"
-    );
+    assert!(error.hint().is_some_and(|h| h.contains("api_key_sha256")), "{error}");
     assert!(!format!("{error} {error:?}").contains("clear-text-key-123"));
 }
 
 #[test]
 fn inline_jwt_secrets_are_refused_without_echoing_them() {
-    let yaml =
-        with_jwt_keys("    - algorithm: HS256\n      secret: \"inline-hmac-secret-value\"\n");
+    let yaml = with_jwt_keys("    - algorithm: HS256\n      secret: \"inline-hmac-secret-value\"\n");
     let error = compile_error(&yaml);
     assert_at(&error, position_of(&yaml, "secret: \"inline"));
     let hint = error.hint().unwrap_or_default();
-    assert!(
-        hint.contains("secret_file") && hint.contains("secret_env"),
-        "{error}"
-    );
+    assert!(hint.contains("secret_file") && hint.contains("secret_env"), "{error}");
     assert!(!format!("{error} {error:?}").contains("inline-hmac-secret-value"));
 }
 
 #[test]
 fn unknown_algorithms_are_refused() {
     for alg in ["HS999", "none", "hs256"] {
-        let yaml = with_jwt_keys(&format!(
-            "    - algorithm: {alg}\n      secret_file: hs.secret\n"
-        ));
+        let yaml = with_jwt_keys(&format!("    - algorithm: {alg}\n      secret_file: hs.secret\n"));
         let error = compile_error(&yaml);
         assert_at(&error, (11, 18));
         assert!(
-            error
-                .message()
-                .contains(&format!("unknown algorithm `{alg}`")),
+            error.message().contains(&format!("unknown algorithm `{alg}`")),
             "{error}"
         );
         assert!(error.hint().is_some_and(|h| h.contains("EdDSA")), "{error}");
@@ -232,8 +206,7 @@ fn private_keys_and_short_secrets_are_refused() {
     std::fs::write(dir.path().join("private.pem"), &rsa().private_pem).expect("write");
     std::fs::write(dir.path().join("short.secret"), "too-short").expect("write");
     let yaml = with_jwt_keys("    - algorithm: RS256\n      public_key_file: private.pem\n");
-    let error =
-        IdentityResolver::from_str(&yaml, "agents.yaml", dir.path()).expect_err("private key");
+    let error = IdentityResolver::from_str(&yaml, "agents.yaml", dir.path()).expect_err("private key");
     assert_at(&error, position_of(&yaml, "private.pem"));
     assert!(error.message().contains("private key"), "{error}");
 
@@ -245,14 +218,9 @@ fn private_keys_and_short_secrets_are_refused() {
 
 #[test]
 fn unset_secret_env_is_refused() {
-    let yaml = with_jwt_keys(
-        "    - algorithm: HS256\n      secret_env: CLAWGRESS_TEST_SURELY_UNSET_7F3A\n",
-    );
+    let yaml = with_jwt_keys("    - algorithm: HS256\n      secret_env: CLAWGRESS_TEST_SURELY_UNSET_7F3A\n");
     let error = compile_error(&yaml);
-    assert_at(
-        &error,
-        position_of(&yaml, "CLAWGRESS_TEST_SURELY_UNSET_7F3A"),
-    );
+    assert_at(&error, position_of(&yaml, "CLAWGRESS_TEST_SURELY_UNSET_7F3A"));
     assert!(error.message().contains("is not set"), "{error}");
 }
 
@@ -262,9 +230,7 @@ fn secret_env_reads_the_variable() {
     // unsafe), so use one cargo sets for test runs and derive the outcome from its length.
     let variable = "CARGO_MANIFEST_DIR";
     let value = std::env::var(variable).expect("cargo sets CARGO_MANIFEST_DIR for tests");
-    let yaml = with_jwt_keys(&format!(
-        "    - algorithm: HS256\n      secret_env: {variable}\n"
-    ));
+    let yaml = with_jwt_keys(&format!("    - algorithm: HS256\n      secret_env: {variable}\n"));
     let dir = tempfile::tempdir().expect("tempdir");
     match IdentityResolver::from_str(&yaml, "agents.yaml", dir.path()) {
         Ok(resolver) => assert!(value.len() >= 32 && resolver.jwt_enabled()),
@@ -296,10 +262,7 @@ fn an_empty_configuration_is_refused() {
     for yaml in ["agents: []\n", "{}\n"] {
         let error = compile_error(yaml);
         assert_eq!(error.line(), None, "{error}");
-        assert!(
-            error.message().contains("nobody could ever authenticate"),
-            "{error}"
-        );
+        assert!(error.message().contains("nobody could ever authenticate"), "{error}");
     }
     let yaml = format!("{AGENT}jwt:\n  issuer: i\n  audience: a\n  keys: []\n");
     let error = compile_error(&yaml);
@@ -346,15 +309,9 @@ fn the_shipped_example_loads_and_its_demo_keys_work() {
     let scraper = resolver
         .identify(Some(&basic("scraper-001", "scraper-001-demo-key")))
         .expect("scraper");
-    assert_eq!(
-        (&*scraper.role, scraper.method),
-        ("scraper", AuthMethod::ApiKey)
-    );
+    assert_eq!((&*scraper.role, scraper.method), ("scraper", AuthMethod::ApiKey));
     let builder = resolver
-        .identify(Some(&basic(
-            "agent-builder-001",
-            "agent-builder-001-demo-key",
-        )))
+        .identify(Some(&basic("agent-builder-001", "agent-builder-001-demo-key")))
         .expect("builder");
     assert_eq!(&*builder.role, "ai-agent");
     assert_eq!(

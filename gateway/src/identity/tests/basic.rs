@@ -16,9 +16,7 @@ fn header(text: &str) -> HeaderValue {
 #[test]
 fn valid_basic_credentials_map_to_the_registered_identity() {
     let f = fixture("");
-    let identity = f
-        .identify(&basic("scraper-001", SCRAPER_KEY))
-        .expect("identified");
+    let identity = f.identify(&basic("scraper-001", SCRAPER_KEY)).expect("identified");
     assert_eq!(&*identity.agent_id, "scraper-001");
     assert_eq!(&*identity.team, "data");
     assert_eq!(&*identity.project, "crawl");
@@ -31,12 +29,8 @@ fn valid_basic_credentials_map_to_the_registered_identity() {
 #[test]
 fn api_key_path_returns_the_prebuilt_identity() {
     let f = fixture("");
-    let first = f
-        .identify(&basic("scraper-001", SCRAPER_KEY))
-        .expect("first");
-    let second = f
-        .identify(&basic("scraper-001", SCRAPER_KEY))
-        .expect("second");
+    let first = f.identify(&basic("scraper-001", SCRAPER_KEY)).expect("first");
+    let second = f.identify(&basic("scraper-001", SCRAPER_KEY)).expect("second");
     assert!(
         Arc::ptr_eq(&first, &second),
         "each request must reuse the registry's Arc"
@@ -54,9 +48,7 @@ fn scheme_is_case_insensitive_and_blanks_are_tolerated() {
         format!("  Basic    {encoded}   "),
         format!("Basic\t{encoded}"),
     ] {
-        let identity = f
-            .identify(&header(&text))
-            .unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        let identity = f.identify(&header(&text)).unwrap_or_else(|e| panic!("{text:?}: {e}"));
         assert_eq!(&*identity.agent_id, "scraper-001");
     }
 }
@@ -65,15 +57,8 @@ fn scheme_is_case_insensitive_and_blanks_are_tolerated() {
 fn unpadded_base64_is_accepted() {
     let f = fixture("");
     let credentials = format!("agent-builder-001:{BUILDER_KEY}");
-    assert_ne!(
-        credentials.len() % 3,
-        0,
-        "the padded form must end with '='"
-    );
-    for encoded in [
-        STANDARD.encode(&credentials),
-        STANDARD_NO_PAD.encode(&credentials),
-    ] {
+    assert_ne!(credentials.len() % 3, 0, "the padded form must end with '='");
+    for encoded in [STANDARD.encode(&credentials), STANDARD_NO_PAD.encode(&credentials)] {
         let identity = f
             .identify(&header(&format!("Basic {encoded}")))
             .unwrap_or_else(|e| panic!("{encoded}: {e}"));
@@ -99,16 +84,10 @@ fn the_key_may_contain_colons_but_the_split_is_at_the_first() {
 #[test]
 fn wrong_key_unknown_agent_and_disabled_agent_are_distinguished() {
     let f = fixture("");
-    assert_eq!(
-        f.reason(&basic("scraper-001", "not-the-key")),
-        "bad_api_key"
-    );
+    assert_eq!(f.reason(&basic("scraper-001", "not-the-key")), "bad_api_key");
     assert_eq!(f.reason(&basic("scraper-001", BUILDER_KEY)), "bad_api_key");
     assert_eq!(f.reason(&basic("nobody-001", SCRAPER_KEY)), "unknown_agent");
-    assert_eq!(
-        f.reason(&basic("retired-001", RETIRED_KEY)),
-        "agent_disabled"
-    );
+    assert_eq!(f.reason(&basic("retired-001", RETIRED_KEY)), "agent_disabled");
     // A disabled agent is only revealed to whoever holds its key.
     assert_eq!(f.reason(&basic("retired-001", "guess")), "bad_api_key");
     // An agent without api_key_sha256 can only use a JWT.
@@ -139,24 +118,16 @@ fn malformed_credentials_are_rejected() {
         (format!("Basic {}", "A".repeat(2000)), "too long"),
     ];
     for (text, why) in cases {
-        assert_eq!(
-            f.reason(&header(&text)),
-            "malformed_credentials",
-            "{why}: {text:?}"
-        );
+        assert_eq!(f.reason(&header(&text)), "malformed_credentials", "{why}: {text:?}");
     }
-    let non_ascii = HeaderValue::from_bytes(b"Basic \xc3\xa9t\xc3\xa9")
-        .expect("obs-text is a valid header value");
+    let non_ascii = HeaderValue::from_bytes(b"Basic \xc3\xa9t\xc3\xa9").expect("obs-text is a valid header value");
     assert_eq!(f.reason(&non_ascii), "malformed_credentials");
 }
 
 #[test]
 fn other_schemes_are_unsupported() {
     let f = fixture("");
-    assert_eq!(
-        f.reason(&header("Digest username=\"x\"")),
-        "unsupported_scheme"
-    );
+    assert_eq!(f.reason(&header("Digest username=\"x\"")), "unsupported_scheme");
     assert_eq!(f.reason(&header("Negotiate abc")), "unsupported_scheme");
     assert_eq!(f.reason(&header("sometoken")), "unsupported_scheme");
 }
@@ -179,10 +150,7 @@ fn errors_never_contain_the_presented_key() {
         let error = f.identify(value).expect_err("must fail");
         for text in [error.to_string(), format!("{error:?}")] {
             assert!(!text.contains(secret), "leaked key in {text:?}");
-            assert!(
-                !text.contains(&encoded),
-                "leaked encoded credentials in {text:?}"
-            );
+            assert!(!text.contains(&encoded), "leaked encoded credentials in {text:?}");
         }
     }
 }
@@ -205,10 +173,7 @@ fn reason_codes_are_stable() {
         (IdentityError::UnknownSigningKey, "unknown_signing_key"),
         (IdentityError::MissingClaim("team".into()), "missing_claim"),
         (IdentityError::InvalidClaim("team".into()), "invalid_claim"),
-        (
-            IdentityError::ClaimConflict("team".into()),
-            "claim_conflict",
-        ),
+        (IdentityError::ClaimConflict("team".into()), "claim_conflict"),
     ];
     for (error, reason) in cases {
         assert_eq!(error.reason(), reason, "{error:?}");

@@ -29,16 +29,8 @@ fn entries_live_until_the_earlier_of_exp_and_one_minute() {
     let cache = TokenCache::new(8);
     cache.insert(fingerprint(1), identity(1), 1_000 + 500, 1_000);
     cache.insert(fingerprint(2), identity(2), 1_000 + 10, 1_000);
-    assert!(
-        cache
-            .get(&fingerprint(1), 1_000 + MAX_CACHE_SECONDS - 1)
-            .is_some()
-    );
-    assert!(
-        cache
-            .get(&fingerprint(1), 1_000 + MAX_CACHE_SECONDS)
-            .is_none()
-    );
+    assert!(cache.get(&fingerprint(1), 1_000 + MAX_CACHE_SECONDS - 1).is_some());
+    assert!(cache.get(&fingerprint(1), 1_000 + MAX_CACHE_SECONDS).is_none());
     assert!(cache.get(&fingerprint(2), 1_009).is_some());
     assert!(cache.get(&fingerprint(2), 1_010).is_none());
     assert!(cache.get(&fingerprint(3), 1_000).is_none());

@@ -41,12 +41,7 @@ fn hs256_rs256_eddsa_and_es256_tokens_are_accepted() {
 #[test]
 fn bearer_scheme_is_case_insensitive() {
     let f = fixture("");
-    let token = sign(
-        Algorithm::HS256,
-        &hs_signer(),
-        Some("hs-1"),
-        &full_claims("a-1"),
-    );
+    let token = sign(Algorithm::HS256, &hs_signer(), Some("hs-1"), &full_claims("a-1"));
     let value = http::HeaderValue::from_str(&format!("  BEARER   {token} ")).expect("header");
     assert!(f.identify(&value).is_ok());
 }
@@ -64,10 +59,7 @@ fn session_id_claim_is_the_fallback_for_sid() {
     assert_eq!(identity.session_id.as_deref(), Some("s-42"));
     let claims = with(full_claims("a-1"), "sid", json!(null));
     let token = sign(Algorithm::HS256, &hs_signer(), Some("hs-1"), &claims);
-    assert_eq!(
-        f.identify(&bearer(&token)).expect("identified").session_id,
-        None
-    );
+    assert_eq!(f.identify(&bearer(&token)).expect("identified").session_id, None);
 }
 
 #[test]
@@ -94,11 +86,7 @@ fn registered_agents_take_their_attributes_from_the_registry() {
 fn claims_that_contradict_the_registry_are_rejected_naming_the_claim() {
     let f = fixture("");
     for claim in ["team", "project", "environment", "role"] {
-        let claims = with(
-            minimal_claims("scraper-001"),
-            claim,
-            json!("something-else"),
-        );
+        let claims = with(minimal_claims("scraper-001"), claim, json!("something-else"));
         let token = sign(Algorithm::HS256, &hs_signer(), Some("hs-1"), &claims);
         let error = f.identify(&bearer(&token)).expect_err("conflict");
         assert_eq!(error, IdentityError::ClaimConflict(Arc::from(claim)));
@@ -152,17 +140,12 @@ fn require_registered_agent_rejects_unknown_agents() {
         Some("hs-1"),
         &minimal_claims("jwt-only-001"),
     );
-    assert_eq!(
-        &*f.identify(&bearer(&token)).expect("registered").team,
-        "research"
-    );
+    assert_eq!(&*f.identify(&bearer(&token)).expect("registered").team, "research");
 }
 
 #[test]
 fn claim_names_are_configurable() {
-    let f = fixture(
-        "  claims: { agent: agent_id, team: grp, project: proj, environment: env, role: kind }\n",
-    );
+    let f = fixture("  claims: { agent: agent_id, team: grp, project: proj, environment: env, role: kind }\n");
     let claims = json!({
         "iss": ISSUER, "aud": AUDIENCE, "exp": now() + 600, "sub": "ignored",
         "agent_id": "mapped-001", "grp": "g", "proj": "p", "env": "e", "kind": "scraper",
@@ -201,23 +184,13 @@ fn bad_signatures_are_rejected() {
     assert_eq!(f.reason(&bearer(&token)), "invalid_token");
 
     // A valid token whose payload was swapped for another one.
-    let good = sign(
-        Algorithm::RS256,
-        &rsa_signer(),
-        Some("rsa-1"),
-        &full_claims("a-1"),
-    );
+    let good = sign(Algorithm::RS256, &rsa_signer(), Some("rsa-1"), &full_claims("a-1"));
     let forged_payload = URL_SAFE_NO_PAD.encode(full_claims("admin-001").to_string());
     let parts: Vec<&str> = good.split('.').collect();
     let tampered = format!("{}.{forged_payload}.{}", parts[0], parts[2]);
     assert_eq!(f.reason(&bearer(&tampered)), "invalid_token");
 
-    for garbage in [
-        "a.b.c",
-        "only-one-part",
-        "x.y",
-        "eyJhbGciOiJIUzI1NiJ9.e30.%%%",
-    ] {
+    for garbage in ["a.b.c", "only-one-part", "x.y", "eyJhbGciOiJIUzI1NiJ9.e30.%%%"] {
         assert_eq!(f.reason(&bearer(garbage)), "invalid_token", "{garbage}");
     }
 }
@@ -230,22 +203,10 @@ fn wrong_issuer_or_audience_is_rejected() {
             with(full_claims("a-1"), "iss", json!("https://evil.test")),
             "wrong_issuer",
         ),
-        (
-            with(full_claims("a-1"), "aud", json!("someone-else")),
-            "wrong_audience",
-        ),
-        (
-            with(full_claims("a-1"), "aud", json!(["x", "y"])),
-            "wrong_audience",
-        ),
-        (
-            with(full_claims("a-1"), "iss", json!(null)),
-            "missing_claim",
-        ),
-        (
-            with(full_claims("a-1"), "aud", json!(null)),
-            "missing_claim",
-        ),
+        (with(full_claims("a-1"), "aud", json!("someone-else")), "wrong_audience"),
+        (with(full_claims("a-1"), "aud", json!(["x", "y"])), "wrong_audience"),
+        (with(full_claims("a-1"), "iss", json!(null)), "missing_claim"),
+        (with(full_claims("a-1"), "aud", json!(null)), "missing_claim"),
     ];
     for (claims, reason) in cases {
         let token = sign(Algorithm::HS256, &hs_signer(), Some("hs-1"), &claims);
@@ -261,18 +222,9 @@ fn wrong_issuer_or_audience_is_rejected() {
 fn expiry_and_not_before_are_enforced() {
     let f = fixture("");
     let cases = [
-        (
-            with(full_claims("a-1"), "exp", json!(now() - 5)),
-            "token_expired",
-        ),
-        (
-            with(full_claims("a-1"), "exp", json!(null)),
-            "missing_claim",
-        ),
-        (
-            with(full_claims("a-1"), "exp", json!("tomorrow")),
-            "invalid_claim",
-        ),
+        (with(full_claims("a-1"), "exp", json!(now() - 5)), "token_expired"),
+        (with(full_claims("a-1"), "exp", json!(null)), "missing_claim"),
+        (with(full_claims("a-1"), "exp", json!("tomorrow")), "invalid_claim"),
         (
             with(full_claims("a-1"), "nbf", json!(now() + 120)),
             "token_not_yet_valid",
@@ -311,12 +263,7 @@ fn hs256_signed_with_the_rsa_public_key_is_rejected() {
     let f = fixture("");
     let confused = EncodingKey::from_secret(rsa().public_pem.as_bytes());
     // Pointing at the RSA key by kid: the key's algorithm wins over the header's.
-    let token = sign(
-        Algorithm::HS256,
-        &confused,
-        Some("rsa-1"),
-        &full_claims("mallory"),
-    );
+    let token = sign(Algorithm::HS256, &confused, Some("rsa-1"), &full_claims("mallory"));
     assert_eq!(f.reason(&bearer(&token)), "invalid_token");
     // Without a kid only the HS256 key is tried, and its secret is different.
     let token = sign(Algorithm::HS256, &confused, None, &full_claims("mallory"));
@@ -330,12 +277,7 @@ fn hs256_signed_with_the_rsa_public_key_is_rejected() {
     let f = fixture_from(&rsa_only);
     let token = sign(Algorithm::HS256, &confused, None, &full_claims("mallory"));
     assert_eq!(f.reason(&bearer(&token)), "unknown_signing_key");
-    let token = sign(
-        Algorithm::RS256,
-        &rsa_signer(),
-        Some("any-kid"),
-        &full_claims("a-1"),
-    );
+    let token = sign(Algorithm::RS256, &rsa_signer(), Some("any-kid"), &full_claims("a-1"));
     assert!(
         f.identify(&bearer(&token)).is_ok(),
         "kid-less keys serve tokens with any kid"
@@ -352,10 +294,7 @@ fn alg_none_is_rejected() {
         r#"{"alg":"None"}"#,
     ] {
         let header = URL_SAFE_NO_PAD.encode(header);
-        for token in [
-            format!("{header}.{payload}."),
-            format!("{header}.{payload}.c2ln"),
-        ] {
+        for token in [format!("{header}.{payload}."), format!("{header}.{payload}.c2ln")] {
             assert_eq!(f.reason(&bearer(&token)), "invalid_token", "{token}");
         }
     }
@@ -364,12 +303,7 @@ fn alg_none_is_rejected() {
 #[test]
 fn unknown_kid_is_rejected() {
     let f = fixture("");
-    let token = sign(
-        Algorithm::HS256,
-        &hs_signer(),
-        Some("hs-2"),
-        &full_claims("a-1"),
-    );
+    let token = sign(Algorithm::HS256, &hs_signer(), Some("hs-2"), &full_claims("a-1"));
     assert_eq!(f.reason(&bearer(&token)), "unknown_signing_key");
 }
 
@@ -409,12 +343,7 @@ fn errors_never_contain_the_token() {
             Some("hs-1"),
             &with(minimal_claims("scraper-001"), "team", json!("x")),
         ),
-        sign(
-            Algorithm::HS256,
-            &hs_signer(),
-            Some("nope"),
-            &full_claims("a-1"),
-        ),
+        sign(Algorithm::HS256, &hs_signer(), Some("nope"), &full_claims("a-1")),
     ];
     for token in &tokens {
         let error = f.identify(&bearer(token)).expect_err("must fail");
@@ -426,10 +355,7 @@ fn errors_never_contain_the_token() {
     }
 }
 
-fn manual_clock(
-    f: super::support::Fixture,
-    start: u64,
-) -> (crate::identity::IdentityResolver, Arc<AtomicU64>) {
+fn manual_clock(f: super::support::Fixture, start: u64) -> (crate::identity::IdentityResolver, Arc<AtomicU64>) {
     let now = Arc::new(AtomicU64::new(start));
     let resolver = f.resolver.with_clock(Clock::Manual(now.clone()));
     // The key files are read at load time; the directory may go.
@@ -456,20 +382,14 @@ fn cached_tokens_are_reverified_after_a_minute_and_never_served_past_exp() {
 
     clock.store(t0 + 61, Ordering::SeqCst);
     let reverified = resolver.identify(Some(&header)).expect("re-verified");
-    assert!(
-        !Arc::ptr_eq(&first, &reverified),
-        "cache entries live at most 60 s"
-    );
+    assert!(!Arc::ptr_eq(&first, &reverified), "cache entries live at most 60 s");
 
     clock.store(t0 + 99, Ordering::SeqCst);
     let cached = resolver.identify(Some(&header)).expect("cached again");
     assert!(Arc::ptr_eq(&reverified, &cached));
 
     clock.store(t0 + 100, Ordering::SeqCst);
-    assert_eq!(
-        resolver.identify(Some(&header)),
-        Err(IdentityError::TokenExpired)
-    );
+    assert_eq!(resolver.identify(Some(&header)), Err(IdentityError::TokenExpired));
 }
 
 #[test]
@@ -485,15 +405,9 @@ fn short_lived_tokens_leave_the_cache_at_exp() {
     let header = bearer(&token);
     let first = resolver.identify(Some(&header)).expect("verified");
     clock.store(t0 + 4, Ordering::SeqCst);
-    assert!(Arc::ptr_eq(
-        &first,
-        &resolver.identify(Some(&header)).expect("cached")
-    ));
+    assert!(Arc::ptr_eq(&first, &resolver.identify(Some(&header)).expect("cached")));
     clock.store(t0 + 5, Ordering::SeqCst);
-    assert_eq!(
-        resolver.identify(Some(&header)),
-        Err(IdentityError::TokenExpired)
-    );
+    assert_eq!(resolver.identify(Some(&header)), Err(IdentityError::TokenExpired));
 }
 
 #[test]
@@ -507,10 +421,7 @@ fn rejected_tokens_are_not_cached() {
         &with(full_claims("a-1"), "nbf", json!(t0 + 10)),
     );
     let header = bearer(&token);
-    assert_eq!(
-        resolver.identify(Some(&header)),
-        Err(IdentityError::TokenNotYetValid)
-    );
+    assert_eq!(resolver.identify(Some(&header)), Err(IdentityError::TokenNotYetValid));
     let jwt = resolver.jwt.as_ref().expect("jwt configured");
     assert_eq!(jwt.cache().len(), 0);
     clock.store(t0 + 10, Ordering::SeqCst);

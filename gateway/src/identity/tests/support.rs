@@ -198,10 +198,7 @@ pub struct Fixture {
 }
 
 impl Fixture {
-    pub fn identify(
-        &self,
-        header: &HeaderValue,
-    ) -> Result<std::sync::Arc<crate::identity::Identity>, IdentityError> {
+    pub fn identify(&self, header: &HeaderValue) -> Result<std::sync::Arc<crate::identity::Identity>, IdentityError> {
         self.resolver.identify(Some(header))
     }
 
@@ -229,10 +226,7 @@ pub fn fixture_from(yaml: &str) -> Fixture {
     let path = dir.path().join("agents.yaml");
     std::fs::write(&path, yaml).expect("write agents file");
     let resolver = IdentityResolver::load(&path).unwrap_or_else(|e| panic!("load failed: {e}"));
-    Fixture {
-        _dir: dir,
-        resolver,
-    }
+    Fixture { _dir: dir, resolver }
 }
 
 /// Compiles `yaml` (named `agents.yaml`) against a directory holding the test key files.
@@ -247,9 +241,7 @@ pub fn compile_error(yaml: &str) -> AgentsFileError {
 
 /// 1-based line and column of the first occurrence of `needle` in `text`.
 pub fn position_of(text: &str, needle: &str) -> (u64, u64) {
-    let offset = text
-        .find(needle)
-        .unwrap_or_else(|| panic!("`{needle}` not in text"));
+    let offset = text.find(needle).unwrap_or_else(|| panic!("`{needle}` not in text"));
     let before = &text[..offset];
     let line = before.matches('\n').count() as u64 + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) as u64 + 1;
