@@ -28,6 +28,8 @@ pub mod record;
 pub mod reload;
 pub mod response;
 pub mod state;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -65,7 +67,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
     let metrics = Arc::new(metrics::GatewayMetrics::new(decision::ALL_REASONS)?);
     let bundle = clawgress_policies::load_file(&config.policy).map_err(|e| anyhow::anyhow!("{e}"))?;
     for warning in &bundle.warnings {
-        tracing::warn!("{}: {warning}", bundle.source);
+        tracing::warn!("{warning}");
     }
     let snapshot = state::PolicySnapshot::build(&bundle)?;
     metrics.record_policy_reload_success(&snapshot.version);
@@ -76,11 +78,18 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
     let (audit, writer) = audit::start_writer(&config.audit, config.audit_queue, metrics.audit())
         .with_context(|| format!("cannot open the audit trail {}", config.audit.display()))?;
 
-    let proxy_listeners = proxy::server::bind_listeners(config.listen, config.workers)
-        .with_context(|| format!("cannot listen on {} for the proxy", config.listen))?;
-    let admin_listener = TcpListener::bind(config.admin)
-        .await
-        .with_context(|| format!("cannot listen on {} for the admin port", config.admin))?;
+    let proxy_listeners = proxy::server::bind_listeners(config.listen, config.workers).with_context(|| {
+        format!(
+            "cannot listen on {} for the proxy (is something already there? pick another --listen)",
+            config.listen
+        )
+    })?;
+    let admin_listener = TcpListener::bind(config.admin).await.with_context(|| {
+        format!(
+            "cannot listen on {} for the admin port (is something already there? pick another --admin)",
+            config.admin
+        )
+    })?;
     let proxy_addr = proxy_listeners[0].local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
 

@@ -62,7 +62,7 @@ pub fn reload_policy(gateway: &Gateway, path: &Path) -> bool {
     match built {
         Ok((bundle, snapshot)) => {
             for warning in &bundle.warnings {
-                tracing::warn!("{}: {warning}", bundle.source);
+                tracing::warn!("{warning}");
             }
             let version = snapshot.version.clone();
             gateway.policy.store(Arc::new(snapshot));

@@ -4,3 +4,4 @@ mod cache;
 mod host;
 mod resolver;
 mod ssrf;
+mod fuzz;
