@@ -18,6 +18,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod breaker;
 pub mod context;
 pub mod decision;
 pub mod dns;

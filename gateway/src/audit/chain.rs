@@ -50,7 +50,9 @@ fn push_hex(buf: &mut Vec<u8>, bytes: &ChainHash) {
 /// The chain fields of a line that passed [`check_line`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SealedLine {
-    pub(crate) is_chain_resumed: bool,
+    /// For an `audit_chain_resumed` marker: the torn lines and bytes it
+    /// declares, so verify can hold the fragments before it to account.
+    pub(crate) resumed: Option<(u64, u64)>,
     pub(crate) prev_hash: ChainHash,
     pub(crate) hash: ChainHash,
 }
@@ -61,6 +63,8 @@ struct ChainFields {
     kind: Option<String>,
     prev_hash: Option<String>,
     hash: Option<String>,
+    torn_lines: Option<u64>,
+    torn_bytes: Option<u64>,
 }
 
 /// Checks one line (without its `\n`) on its own: JSON, chain fields present and in
@@ -97,7 +101,8 @@ pub(crate) fn check_line(line: &[u8]) -> Result<SealedLine, LineProblem> {
         return Err(LineProblem::Edited);
     }
     Ok(SealedLine {
-        is_chain_resumed: fields.kind.as_deref() == Some(super::event::EventType::CHAIN_RESUMED),
+        resumed: (fields.kind.as_deref() == Some(super::event::EventType::CHAIN_RESUMED))
+            .then(|| (fields.torn_lines.unwrap_or(0), fields.torn_bytes.unwrap_or(0))),
         prev_hash,
         hash,
     })

@@ -390,6 +390,32 @@ async fn a_torn_last_line_is_reported_then_recovered_on_restart() {
 }
 
 #[tokio::test]
+async fn lines_slipped_in_or_removed_next_to_a_resume_marker_are_reported() {
+    let (_dir, path) = temp_log();
+    write_events(&path, 3).await;
+    let text = std::fs::read(&path).expect("read");
+    std::fs::write(&path, &text[..text.len() - 40]).expect("tear");
+    write_events(&path, 2).await;
+    let lines = read_lines(&path);
+    assert_eq!(verify_file(&path).expect("recovered").torn_lines, vec![3]);
+
+    // A forged record placed among the unhashed fragments.
+    let mut forged = lines.clone();
+    forged.insert(
+        3,
+        r#"{"type":"egress_request","agent_id":"agent-builder-001","decision":"allow"}"#.to_string(),
+    );
+    write_lines(&path, &forged);
+    assert_eq!(bad_line(&path), (3, LineProblem::TornMismatch));
+
+    // The fragment removed: the marker still says one line was torn.
+    let mut removed = lines.clone();
+    removed.remove(2);
+    write_lines(&path, &removed);
+    assert_eq!(bad_line(&path), (3, LineProblem::TornMismatch));
+}
+
+#[tokio::test]
 async fn a_complete_last_line_missing_only_its_newline_is_kept() {
     let (_dir, path) = temp_log();
     write_events(&path, 10).await;
@@ -532,3 +558,5 @@ fn the_tail_scan_starts_from_genesis_only_when_it_saw_the_whole_file() {
         (GENESIS_HASH, false, None)
     );
 }
+
+mod fuzz;

@@ -50,6 +50,10 @@ pub enum LineProblem {
     TornLastLine,
     #[error("longer than {MAX_LINE_BYTES} bytes")]
     TooLong,
+    #[error(
+        "the torn fragments before a chain-resumed marker do not match the count it records: lines were added or removed"
+    )]
+    TornMismatch,
 }
 
 impl LineProblem {
@@ -85,6 +89,7 @@ fn verify_lines(mut reader: impl BufRead) -> Result<VerifyReport, Failure> {
     let mut torn_lines = Vec::new();
     // Unparseable lines not yet explained by a following resume marker.
     let mut pending: Vec<(u64, LineProblem)> = Vec::new();
+    let mut pending_bytes = 0u64;
     let mut buf = Vec::new();
     loop {
         buf.clear();
@@ -98,17 +103,30 @@ fn verify_lines(mut reader: impl BufRead) -> Result<VerifyReport, Failure> {
         match chain::check_line(content) {
             Ok(sealed) => {
                 if let Some((first, problem)) = pending.first() {
-                    if !(sealed.is_chain_resumed && sealed.prev_hash == last) {
+                    if !(sealed.resumed.is_some() && sealed.prev_hash == last) {
                         return Err(Failure::Line(*first, problem.clone()));
                     }
+                }
+                if let Some(declared) = sealed.resumed {
+                    // The marker is hashed; the fragments before it are not. Its
+                    // counts are what stops a line being slipped in, or a
+                    // fragment removed, next to it.
+                    if declared != (pending.len() as u64, pending_bytes) {
+                        let line = pending.first().map_or(line_no, |(n, _)| *n);
+                        return Err(Failure::Line(line, LineProblem::TornMismatch));
+                    }
                     torn_lines.extend(pending.drain(..).map(|(n, _)| n));
+                    pending_bytes = 0;
                 }
                 if sealed.prev_hash != last {
                     return Err(Failure::Line(line_no, LineProblem::ChainBroken));
                 }
                 last = sealed.hash;
             }
-            Err(problem) if problem.could_be_torn() => pending.push((line_no, problem)),
+            Err(problem) if problem.could_be_torn() => {
+                pending_bytes += content.len() as u64;
+                pending.push((line_no, problem));
+            }
             Err(problem) => {
                 let (line, problem) = pending.first().cloned().unwrap_or((line_no, problem));
                 return Err(Failure::Line(line, problem));

@@ -1,7 +1,7 @@
 //! Unit tests of the dns module, one file per submodule.
 
 mod cache;
+mod fuzz;
 mod host;
 mod resolver;
 mod ssrf;
-mod fuzz;

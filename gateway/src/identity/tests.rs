@@ -3,5 +3,6 @@
 mod agents_file;
 mod basic;
 mod cache;
+mod fuzz;
 mod jwt;
 mod support;

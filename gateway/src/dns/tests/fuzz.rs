@@ -42,6 +42,17 @@ const SEEDS: &[&str] = &[
     "localhost",
 ];
 
+const LABELS: &[&str] = &[
+    "a",
+    "bücher",
+    "xn--bcher-kva",
+    "0x7f",
+    "127",
+    "ïüöäëÿçñ",
+    "abcdefghijklmnopqrstuvwxyz0123456789-abcdefghijklmnopqrstuvwxyz0",
+    "\u{ff11}\u{ff12}",
+];
+
 /// Characters that steer the parser into its different branches.
 const ALPHABET: &[char] = &[
     '0', '1', '2', '5', '7', '9', 'x', 'X', 'a', 'f', 'F', 'g', 'z', 'Z', '.', '.', '.', ':', ':', '[', ']', '%', '-',
@@ -53,7 +64,7 @@ const ALPHABET: &[char] = &[
 const DICTIONARY: &[u8] = b"..::[]0123456789xX-_%aAfFzZ\xc3\xe3\xef\x80\xbc";
 
 fn random_host(rng: &mut Rng) -> String {
-    match rng.below(6) {
+    match rng.below(7) {
         0 => {
             let len = rng.range(0, 24);
             rng.string_from(ALPHABET, len)
@@ -82,8 +93,19 @@ fn random_host(rng: &mut Rng) -> String {
         4 => {
             // Small groups, so that `::` compression and embedded IPv4 show up.
             let ip = Ipv6Addr::from(u128::from(rng.next_u64() & 0xffff_0000_ffff) << rng.below(80));
-            let text = if rng.one_in(2) { format!("[{ip}]") } else { ip.to_string() };
+            let text = if rng.one_in(2) {
+                format!("[{ip}]")
+            } else {
+                ip.to_string()
+            };
             mutate_sometimes(rng, text)
+        }
+        5 => {
+            // Near the 63-byte label and 253-byte name limits, where IDNA can make
+            // the ASCII form longer than the Unicode input.
+            let labels = rng.range(1, 40);
+            let parts: Vec<&str> = (0..labels).map(|_| *rng.pick(LABELS)).collect();
+            mutate_sometimes(rng, parts.join("."))
         }
         _ => {
             let mut bytes = rng.pick(SEEDS).as_bytes().to_vec();
@@ -131,7 +153,9 @@ fn check_domain(raw: &str, name: &str) -> Result<(), String> {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'));
     if !shaped {
-        return Err(format!("{raw:?} became {name:?}: not lowercase ASCII without a trailing dot"));
+        return Err(format!(
+            "{raw:?} became {name:?}: not lowercase ASCII without a trailing dot"
+        ));
     }
     if name.parse::<Ipv4Addr>().is_ok() || name.parse::<IpAddr>().is_ok() {
         return Err(format!("{raw:?} became the name {name:?}, which is an address"));
