@@ -93,6 +93,10 @@ allowlist:
       ports: [{origin}]
       protocols: [http]
       allow_private: true
+    - domain: "internal-meta.test"
+      ports: [{origin}]
+      protocols: [http]
+      allow_private: true
     - domain: "a.blocked.test"
       ports: [{origin}]
       protocols: [http]
@@ -152,6 +156,7 @@ async fn world(enforcement: &str) -> World {
         ("mixed.test", "10.1.2.3".parse().unwrap()),
         ("mapped.test", "::ffff:127.0.0.1".parse().unwrap()),
         ("internal.test", "127.0.0.1".parse().unwrap()),
+        ("internal-meta.test", "169.254.169.254".parse().unwrap()),
     ])
     .await;
     let policy = policy_yaml(origin.addr.port(), tls.addr.port(), echo.port(), dns.addr, enforcement);
@@ -516,6 +521,15 @@ async fn private_addresses_in_every_form_are_denied() {
         assert_eq!(response.reason(), "private_address", "{host}");
     }
     assert_eq!(w.origin.requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // allow_private opens private ranges, never cloud metadata.
+    let meta = raw::send(
+        w.gw.proxy,
+        &get(&format!("http://internal-meta.test:{port}/"), Some(SCRAPER)),
+        b"",
+    )
+    .await;
+    assert_eq!(meta.status, 403);
+    assert_eq!(meta.reason(), "private_address");
     // allow_private: true is an explicit allowance.
     let response = raw::send(
         w.gw.proxy,
@@ -875,4 +889,80 @@ fn policy_check_summarizes_the_default_bundle_and_locates_errors() {
         message.contains("rate_limit"),
         "the hint names the right key: {message}"
     );
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_before_the_answer_is_still_audited_with_its_bytes() {
+    let w = world("enforce").await;
+    let port = w.origin.addr.port();
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(w.gw.proxy).await.unwrap();
+    let head = format!(
+        "POST http://site.test:{port}/hold HTTP/1.1\r\nHost: site.test\r\nProxy-Authorization: {}\r\nContent-Length: 11\r\n\r\nsecret-data",
+        basic(SCRAPER.0, SCRAPER.1)
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    wait_until(|| w.origin.requests.load(std::sync::atomic::Ordering::SeqCst) == 1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(stream);
+    let line = w.gw.wait_audit(|l| l["request"]["path"] == "/hold").await;
+    w.origin.release.notify_one();
+    assert_eq!(line["error"], "client_closed", "{line}");
+    assert_eq!(
+        line["bytes_out"], 11,
+        "the body reached the upstream and must be on the record: {line}"
+    );
+    assert_eq!(line["decision"], "allow");
+    let metrics = w.gw.metrics().await;
+    assert!(metrics.contains("audit_slots_abandoned_total 0"), "{metrics}");
+}
+
+#[tokio::test]
+async fn an_upstream_cannot_forge_the_gateways_headers() {
+    let w = world("enforce").await;
+    let port = w.origin.addr.port();
+    let response = raw::send(
+        w.gw.proxy,
+        &get(&format!("http://site.test:{port}/forge"), Some(SCRAPER)),
+        b"",
+    )
+    .await;
+    assert_eq!(response.status, 200);
+    assert!(
+        response.header("x-clawgress-decision").is_none(),
+        "{:?}",
+        response.headers
+    );
+    let id = response.header("x-request-id").unwrap_or_default().to_string();
+    assert_ne!(id, "spoofed");
+    let line = w.gw.audit_for(&id).await;
+    assert_eq!(line["request"]["path"], "/forge");
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_open_tunnels_and_records_them() {
+    let mut w = world("enforce").await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(w.gw.proxy).await.unwrap();
+    let head = connect(&format!("echo.test:{}", w.echo.port()), Some(SCRAPER));
+    stream.write_all(format!("{head}\r\n\r\n").as_bytes()).await.unwrap();
+    assert_eq!(raw::read_response(&mut stream).await.status, 200);
+    stream.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    stream.read_exact(&mut buf).await.unwrap();
+    w.gw.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        w.gw.child.try_wait().unwrap().is_none(),
+        "the gateway must wait for the open tunnel"
+    );
+    stream.write_all(b"pong").await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).await.unwrap();
+    assert_eq!(rest, b"pongbye");
+    assert!(w.gw.stop().success());
+    let line = w.gw.wait_audit(|l| l["request"]["method"] == "CONNECT").await;
+    assert_eq!(line["bytes_out"], 8);
+    assert_eq!(line["bytes_in"], 11);
 }

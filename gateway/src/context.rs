@@ -67,6 +67,9 @@ pub struct RequestContext {
     /// Report mode let this policy refusal through.
     pub would_deny: Option<(&'static str, Arc<str>)>,
     pub trace_id: Option<String>,
+    /// The policy version that decided, fixed at decision time so a reload
+    /// mid-request cannot relabel it.
+    pub policy_version: Option<Arc<str>>,
     pub bytes_out: u64,
     pub bytes_in: u64,
 }
@@ -86,6 +89,7 @@ impl RequestContext {
             enforcement: Enforcement::Enforce,
             would_deny: None,
             trace_id,
+            policy_version: None,
             bytes_out: 0,
             bytes_in: 0,
         }

@@ -49,6 +49,9 @@ pub enum Refusal {
     Upstream(UpstreamFailure),
     /// No place in the audit queue: serving would leave no record.
     AuditUnavailable,
+    /// The client went away before the upstream answered. Nobody reads
+    /// this answer; it exists so the exchange is still recorded.
+    ClientClosed,
 }
 
 /// Shapes of request the proxy refuses before looking at identity or policy.
@@ -63,6 +66,8 @@ pub enum RequestProblem {
     MissingAuthority,
     /// The request already passed through this gateway.
     ProxyLoop,
+    /// The client's request body broke off or was malformed mid-stream.
+    ClientBody,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +88,8 @@ impl Refusal {
             Refusal::Request(RequestProblem::UnsupportedScheme) => "unsupported_url_scheme",
             Refusal::Request(RequestProblem::MissingAuthority) => "malformed_host",
             Refusal::Request(RequestProblem::ProxyLoop) => "proxy_loop",
+            Refusal::Request(RequestProblem::ClientBody) => "client_body_error",
+            Refusal::ClientClosed => "client_closed",
             Refusal::MalformedHost(_) => "malformed_host",
             Refusal::Policy { reason, .. } => reason.as_str(),
             Refusal::PrivateAddress(_) => "private_address",
@@ -108,6 +115,8 @@ impl Refusal {
             }
             Refusal::Upstream(_) => StatusCode::BAD_GATEWAY,
             Refusal::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            // nginx's convention for "client closed request"; never sent.
+            Refusal::ClientClosed => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
         }
     }
 
@@ -122,6 +131,7 @@ impl Refusal {
             Refusal::Dns(_) => Arc::from("dns"),
             Refusal::Upstream(_) => Arc::from("upstream"),
             Refusal::AuditUnavailable => Arc::from("audit"),
+            Refusal::ClientClosed => Arc::from("client"),
         }
     }
 
@@ -131,6 +141,18 @@ impl Refusal {
         matches!(
             self,
             Refusal::Policy { .. } | Refusal::PrivateAddress(_) | Refusal::MalformedHost(_) | Refusal::AuditUnavailable
+        )
+    }
+
+    /// The policy allowed the request and something later failed: an error
+    /// (`decision: allow` with an `error` field), not a denial.
+    pub fn is_failure_after_allow(&self) -> bool {
+        matches!(
+            self,
+            Refusal::Upstream(_)
+                | Refusal::Dns(_)
+                | Refusal::ClientClosed
+                | Refusal::Request(RequestProblem::ClientBody)
         )
     }
 
@@ -157,6 +179,10 @@ impl Refusal {
             Refusal::Request(RequestProblem::ProxyLoop) => {
                 "the request already passed through this gateway (Via header)".to_string()
             }
+            Refusal::Request(RequestProblem::ClientBody) => {
+                "the request body broke off or was malformed; resend the request".to_string()
+            }
+            Refusal::ClientClosed => "the client closed the connection before the upstream answered".to_string(),
             Refusal::MalformedHost(e) => e.to_string(),
             Refusal::Policy { reason, .. } => match reason {
                 DenyReason::DomainNotInAllowlist => "the destination is not in the allowlist".to_string(),
@@ -218,6 +244,8 @@ pub const ALL_REASONS: &[&str] = &[
     "unsupported_url_scheme",
     "malformed_host",
     "proxy_loop",
+    "client_body_error",
+    "client_closed",
     // policy (403)
     "domain_not_in_allowlist",
     "blocked_pattern",

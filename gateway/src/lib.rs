@@ -99,6 +99,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
         identities: ArcSwap::from_pointee(identities),
         audit,
         metrics,
+        open_tunnels: Default::default(),
     });
 
     let (stop, stopped) = watch::channel(false);

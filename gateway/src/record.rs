@@ -1,10 +1,18 @@
 //! The record phase: one audit line and one set of metric updates per
 //! request, built from the request context and how the request ended.
+//!
+//! Once a request has been admitted, a [`Finisher`] owns its context and its
+//! audit slot. Whatever happens next (the upstream fails, the client goes
+//! away before the response head, the response streams to its end, a tunnel
+//! is cut at shutdown) the finisher records exactly once: explicitly, or on
+//! drop. Traffic that reached an upstream can never go unrecorded.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use clawgress_policies::matcher::Protocol as RuleProtocol;
+use http::Response;
 
 use crate::Gateway;
 use crate::audit::{
@@ -13,61 +21,133 @@ use crate::audit::{
 use crate::context::{Outcome, RequestContext, RequestKind};
 use crate::decision::{Enforcement, Refusal};
 use crate::metrics::{DecisionLabel, NO_REASON};
-use crate::proxy::body::Transfer;
+use crate::proxy::body::{ProxyBody, Transfer};
+use crate::response::refusal_response;
 
-/// Records a request whose response is still streaming: it holds the audit
-/// slot until the body ends (or the client goes away) and then records with
-/// the final byte counts and latency.
 pub struct Finisher {
+    // Boxed: the context is large, and the finisher rides inside every
+    // streamed response body.
+    pending: Option<Box<Pending>>,
+}
+
+struct Pending {
     gateway: Arc<Gateway>,
     ctx: RequestContext,
     slot: AuditSlot,
-    status: u16,
+    transfer: Arc<Transfer>,
+    /// Status and time to the response head, once the upstream answered.
+    head: Option<(u16, Duration)>,
     reset: bool,
 }
 
 impl Finisher {
-    pub fn new(gateway: Arc<Gateway>, ctx: RequestContext, slot: AuditSlot, status: u16) -> Self {
+    pub fn new(gateway: Arc<Gateway>, ctx: RequestContext, slot: AuditSlot, transfer: Arc<Transfer>) -> Self {
         Finisher {
-            gateway,
-            ctx,
-            slot,
-            status,
-            reset: false,
+            pending: Some(Box::new(Pending {
+                gateway,
+                ctx,
+                slot,
+                transfer,
+                head: None,
+                reset: false,
+            })),
+        }
+    }
+
+    /// The upstream answered (or the tunnel was set up) with `status`.
+    pub fn served(&mut self, status: u16) {
+        if let Some(p) = self.pending.as_mut() {
+            p.head = Some((status, p.ctx.started.elapsed()));
         }
     }
 
     /// The upstream broke the exchange after it had started.
     pub fn upstream_reset(&mut self) {
-        self.reset = true;
+        if let Some(p) = self.pending.as_mut() {
+            p.reset = true;
+        }
     }
 
-    pub fn finish(self, transfer: &Transfer) {
-        let Finisher {
-            gateway,
-            mut ctx,
-            slot,
-            status,
-            reset,
-        } = self;
-        ctx.bytes_out = transfer.bytes_out.load(Ordering::Relaxed);
-        ctx.bytes_in = transfer.bytes_in.load(Ordering::Relaxed);
-        if reset {
-            gateway.metrics.record_upstream_reset();
+    pub fn context(&self) -> Option<&RequestContext> {
+        self.pending.as_ref().map(|p| &p.ctx)
+    }
+
+    /// Records the exchange now.
+    pub fn finish(mut self) {
+        if let Some(pending) = self.pending.take() {
+            pending.record(None);
         }
-        record_served(&gateway, ctx, slot, status, reset);
+    }
+
+    /// Answers with a refusal and records it, with whatever bytes already
+    /// went out.
+    pub fn refuse(mut self, refusal: Refusal) -> Response<ProxyBody> {
+        match self.pending.take() {
+            Some(pending) => {
+                let response = refusal_response(&pending.ctx, &refusal);
+                pending.record(Some(refusal));
+                response
+            }
+            None => Response::new(ProxyBody::empty()),
+        }
     }
 }
 
-/// Records a request that ended without a streamed response.
+impl Drop for Finisher {
+    fn drop(&mut self) {
+        if let Some(pending) = self.pending.take() {
+            // Dropped before an answer: the client went away (or the worker
+            // stopped) while the upstream exchange was under way.
+            let refusal = pending.head.is_none().then_some(Refusal::ClientClosed);
+            pending.record(refusal);
+        }
+    }
+}
+
+impl Pending {
+    fn record(self: Box<Self>, refusal: Option<Refusal>) {
+        let Pending {
+            gateway,
+            mut ctx,
+            slot,
+            transfer,
+            head,
+            reset,
+        } = *self;
+        ctx.bytes_out = transfer.bytes_out.load(Ordering::Relaxed);
+        ctx.bytes_in = transfer.bytes_in.load(Ordering::Relaxed);
+        match (refusal, head) {
+            (Some(refusal), _) => record_refused(&gateway, ctx, slot, &refusal),
+            (None, Some((status, head_latency))) => {
+                if reset {
+                    gateway.metrics.record_upstream_reset();
+                }
+                record_served(&gateway, ctx, slot, status, head_latency, reset);
+            }
+            (None, None) => record_refused(&gateway, ctx, slot, &Refusal::ClientClosed),
+        }
+    }
+}
+
+/// Records a request that ended before anything was sent upstream.
 pub fn record(gateway: &Gateway, ctx: RequestContext, slot: AuditSlot, outcome: Outcome) {
     match outcome {
-        Outcome::Served { status } => record_served(gateway, ctx, slot, status, false),
+        Outcome::Served { status } => {
+            let head = ctx.started.elapsed();
+            record_served(gateway, ctx, slot, status, head, false)
+        }
         Outcome::Refused(refusal) => record_refused(gateway, ctx, slot, &refusal),
     }
 }
 
-fn record_served(gateway: &Gateway, ctx: RequestContext, slot: AuditSlot, status: u16, reset: bool) {
+fn record_served(
+    gateway: &Gateway,
+    ctx: RequestContext,
+    slot: AuditSlot,
+    status: u16,
+    head_latency: Duration,
+    reset: bool,
+) {
     let elapsed = ctx.started.elapsed();
     let (label, reason, verdict, policy_id) = match &ctx.would_deny {
         Some((reason, policy_id)) => (
@@ -76,17 +156,7 @@ fn record_served(gateway: &Gateway, ctx: RequestContext, slot: AuditSlot, status
             Verdict::WouldDeny { reason, alert: true },
             policy_id.to_string(),
         ),
-        None => {
-            let allowed_by = ctx.allowed_by.as_ref();
-            (
-                DecisionLabel::Allow,
-                NO_REASON,
-                Verdict::Allow {
-                    allowed_by: allowed_by.map(|a| a.group.to_string()),
-                },
-                allowed_by.map(|a| a.policy_id.to_string()).unwrap_or_default(),
-            )
-        }
+        None => (DecisionLabel::Allow, NO_REASON, allowed(&ctx), allowed_policy_id(&ctx)),
     };
     let (label, reason) = if reset {
         (DecisionLabel::Error, "upstream_reset")
@@ -96,10 +166,10 @@ fn record_served(gateway: &Gateway, ctx: RequestContext, slot: AuditSlot, status
     gateway.metrics.record_request(label, reason, Some(status), elapsed);
     gateway.metrics.record_bytes(ctx.bytes_out, ctx.bytes_in);
 
-    let mut event = event(gateway, &ctx, verdict, policy_id);
+    let mut event = event(&ctx, verdict, policy_id);
     event.response = Some(ResponseSummary {
         status,
-        latency_ms: elapsed.as_millis() as u64,
+        latency_ms: head_latency.as_millis() as u64,
         size_bytes: ctx.bytes_in,
     });
     if reset {
@@ -112,20 +182,14 @@ fn record_refused(gateway: &Gateway, ctx: RequestContext, slot: AuditSlot, refus
     let elapsed = ctx.started.elapsed();
     let status = refusal.status().as_u16();
     let reason = refusal.reason();
-    let event = if let Refusal::Upstream(_) = refusal {
-        // The policy allowed it; the upstream failed. That is an error, not a denial.
+    gateway.metrics.record_bytes(ctx.bytes_out, ctx.bytes_in);
+    let event = if refusal.is_failure_after_allow() {
+        // The policy allowed it; the exchange then failed. That is an error,
+        // not a denial, and the bytes that went out are on the record.
         gateway
             .metrics
             .record_request(DecisionLabel::Error, reason, Some(status), elapsed);
-        let allowed_by = ctx.allowed_by.as_ref();
-        let mut event = event(
-            gateway,
-            &ctx,
-            Verdict::Allow {
-                allowed_by: allowed_by.map(|a| a.group.to_string()),
-            },
-            allowed_by.map(|a| a.policy_id.to_string()).unwrap_or_default(),
-        );
+        let mut event = event(&ctx, allowed(&ctx), allowed_policy_id(&ctx));
         event.upstream_error = Some(reason);
         event.response = Some(ResponseSummary {
             status,
@@ -138,7 +202,6 @@ fn record_refused(gateway: &Gateway, ctx: RequestContext, slot: AuditSlot, refus
             .metrics
             .record_request(DecisionLabel::Deny, reason, Some(status), elapsed);
         event(
-            gateway,
             &ctx,
             Verdict::Deny {
                 reason,
@@ -150,7 +213,27 @@ fn record_refused(gateway: &Gateway, ctx: RequestContext, slot: AuditSlot, refus
     slot.record(event);
 }
 
-fn event(gateway: &Gateway, ctx: &RequestContext, verdict: Verdict, policy_id: String) -> EgressEvent {
+fn allowed(ctx: &RequestContext) -> Verdict {
+    match &ctx.would_deny {
+        Some((reason, _)) => Verdict::WouldDeny { reason, alert: true },
+        None => Verdict::Allow {
+            allowed_by: ctx.allowed_by.as_ref().map(|a| a.group.to_string()),
+        },
+    }
+}
+
+fn allowed_policy_id(ctx: &RequestContext) -> String {
+    match &ctx.would_deny {
+        Some((_, policy_id)) => policy_id.to_string(),
+        None => ctx
+            .allowed_by
+            .as_ref()
+            .map(|a| a.policy_id.to_string())
+            .unwrap_or_default(),
+    }
+}
+
+fn event(ctx: &RequestContext, verdict: Verdict, policy_id: String) -> EgressEvent {
     let identity = ctx
         .identity
         .as_ref()
@@ -164,12 +247,13 @@ fn event(gateway: &Gateway, ctx: &RequestContext, verdict: Verdict, policy_id: S
         })
         .unwrap_or_default();
     let destination = ctx.destination.as_ref();
-    let request = RequestSummary::new(
+    let mut request = RequestSummary::new(
         ctx.method.as_str(),
         destination.map_or("", |d| &*d.host),
         destination.map(|d| d.port),
         destination.and_then(|d| d.path.as_deref()),
     );
+    request.size_bytes = (ctx.bytes_out > 0).then_some(ctx.bytes_out);
     let mode = match ctx.enforcement {
         Enforcement::Enforce => EnforcementMode::Enforce,
         Enforcement::Report => EnforcementMode::Report,
@@ -177,7 +261,7 @@ fn event(gateway: &Gateway, ctx: &RequestContext, verdict: Verdict, policy_id: S
     let mut event = EgressEvent::new(ctx.request_id, identity, request, verdict, policy_id, mode);
     event.timestamp = ctx.timestamp;
     event.trace_id = ctx.trace_id.clone();
-    event.policy_version = Some(gateway.policy.load().version.clone());
+    event.policy_version = ctx.policy_version.as_ref().map(|v| v.to_string());
     event.destination_ip = ctx.destination_ip();
     event.protocol = destination.map(|d| match d.protocol {
         RuleProtocol::Http => Protocol::Http,

@@ -58,7 +58,12 @@ pub fn refusal_response(ctx: &RequestContext, refusal: &Refusal) -> Response<Pro
         HeaderValue::from_static("application/problem+json"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Ok(value) = HeaderValue::from_str(&format!("deny; reason={reason}; policy_id={policy_id}")) {
+    let decision = if refusal.is_failure_after_allow() {
+        "error"
+    } else {
+        "deny"
+    };
+    if let Ok(value) = HeaderValue::from_str(&format!("{decision}; reason={reason}; policy_id={policy_id}")) {
         headers.insert(DECISION_HEADER, value);
     }
     if let Ok(value) = HeaderValue::from_str(&problem.request_id) {

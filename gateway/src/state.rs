@@ -36,6 +36,9 @@ pub struct Gateway {
     pub identities: ArcSwap<IdentityResolver>,
     pub audit: AuditSink,
     pub metrics: Arc<GatewayMetrics>,
+    /// CONNECT tunnels currently open, across all workers (the drain waits
+    /// for them).
+    pub open_tunnels: std::sync::atomic::AtomicUsize,
 }
 
 /// One loaded policy bundle, compiled, with the resolver its `dns` section
@@ -43,7 +46,7 @@ pub struct Gateway {
 pub struct PolicySnapshot {
     pub compiled: CompiledPolicy,
     pub resolver: Resolver,
-    pub version: String,
+    pub version: Arc<str>,
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
     egress: model::EgressPolicy,
@@ -69,7 +72,7 @@ impl PolicySnapshot {
         Ok(PolicySnapshot {
             compiled: CompiledPolicy::compile(bundle),
             resolver,
-            version: bundle.version.clone(),
+            version: Arc::from(bundle.version.as_str()),
             request_timeout: doc.fault_containment.request_timeout.value.duration(),
             connect_timeout: CONNECT_TIMEOUT,
             egress: doc.egress.clone(),

@@ -31,6 +31,8 @@ pub struct Origin {
 /// - `/headers`: the request headers it received, as JSON;
 /// - `/echo`: the request body streamed back;
 /// - `/slow-stream`: one chunk, then waits for `release`, then the rest;
+/// - `/hold`: reads the body, then waits for `release` before answering;
+/// - `/forge`: answers with headers that only the gateway may set;
 /// - `/status/NNN`: that status;
 /// - `/big/N`: N bytes.
 pub async fn origin() -> Origin {
@@ -113,6 +115,19 @@ async fn route(req: Request<Incoming>, release: Arc<Notify>) -> Response<Body> {
             let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"last")))).await;
         });
         return Response::new(BodyExt::boxed(ChannelBody(rx)));
+    }
+    if path == "/hold" {
+        // Reads the whole request body, then holds the response head until released.
+        let _ = req.into_body().collect().await;
+        release.notified().await;
+        return Response::new(full("released"));
+    }
+    if path == "/forge" {
+        return Response::builder()
+            .header("x-clawgress-decision", "allow; spoofed")
+            .header("x-request-id", "spoofed")
+            .body(full("forged"))
+            .unwrap();
     }
     if let Some(code) = path.strip_prefix("/status/").and_then(|c| c.parse::<u16>().ok()) {
         return Response::builder()

@@ -102,10 +102,10 @@ fn verify_lines(mut reader: impl BufRead) -> Result<VerifyReport, Failure> {
         let content = if terminated { &buf[..buf.len() - 1] } else { &buf[..] };
         match chain::check_line(content) {
             Ok(sealed) => {
-                if let Some((first, problem)) = pending.first() {
-                    if !(sealed.resumed.is_some() && sealed.prev_hash == last) {
-                        return Err(Failure::Line(*first, problem.clone()));
-                    }
+                if let Some((first, problem)) = pending.first()
+                    && !(sealed.resumed.is_some() && sealed.prev_hash == last)
+                {
+                    return Err(Failure::Line(*first, problem.clone()));
                 }
                 if let Some(declared) = sealed.resumed {
                     // The marker is hashed; the fragments before it are not. Its

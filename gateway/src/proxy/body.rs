@@ -19,6 +19,9 @@ use crate::record::Finisher;
 pub struct Transfer {
     pub bytes_out: AtomicU64,
     pub bytes_in: AtomicU64,
+    /// The client's request body failed: an error that follows is the
+    /// client's, not the upstream's (and must not count against it).
+    pub client_body_failed: std::sync::atomic::AtomicBool,
 }
 
 /// The request body sent upstream: the client's body, streamed, counted.
@@ -39,10 +42,14 @@ impl Body for OutboundBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            self.transfer.bytes_out.fetch_add(data.len() as u64, Ordering::Relaxed);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.transfer.bytes_out.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.transfer.client_body_failed.store(true, Ordering::Relaxed),
+            _ => {}
         }
         polled
     }
@@ -106,8 +113,7 @@ impl Body for ProxyBody {
 pub struct UpstreamBody {
     inner: Incoming,
     transfer: Arc<Transfer>,
-    // Boxed: the request context is large and most responses are small.
-    finisher: Option<Box<Finisher>>,
+    finisher: Option<Finisher>,
 }
 
 impl UpstreamBody {
@@ -115,13 +121,13 @@ impl UpstreamBody {
         UpstreamBody {
             inner,
             transfer,
-            finisher: Some(Box::new(finisher)),
+            finisher: Some(finisher),
         }
     }
 
     fn finish(&mut self) {
         if let Some(finisher) = self.finisher.take() {
-            finisher.finish(&self.transfer);
+            finisher.finish();
         }
     }
 }

@@ -4,6 +4,8 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri};
@@ -49,29 +51,78 @@ pub(super) async fn forward(
 
     let transfer = Arc::new(Transfer::default());
     let outbound = Request::from_parts(parts, OutboundBody::new(body, transfer.clone()));
-    let sent = tokio::time::timeout(policy.request_timeout, crate::state::upstream().request(outbound)).await;
-    let response = match sent {
-        Ok(Ok(response)) => response,
-        Ok(Err(error)) => {
+    // From here on the finisher records the exchange whatever happens,
+    // including the client going away while the upstream is still working.
+    let mut finisher = Finisher::new(gateway.clone(), ctx, slot, transfer.clone());
+    let response = match await_response(outbound, &transfer, policy.request_timeout).await {
+        Ok(response) => response,
+        Err(Waited::Timeout) => return finisher.refuse(Refusal::Upstream(UpstreamFailure::ResponseTimeout)),
+        Err(Waited::Failed(error)) => {
+            if transfer.client_body_failed.load(Ordering::Relaxed) {
+                return finisher.refuse(Refusal::Request(RequestProblem::ClientBody));
+            }
             let failure = classify_client_error(&error);
             if failure == UpstreamFailure::Reset {
                 gateway.metrics.record_upstream_reset();
             }
-            tracing::debug!(request_id = %ctx.request_id, error = %error, "upstream request failed");
-            return refuse(&gateway, ctx, slot, Refusal::Upstream(failure));
+            tracing::debug!(error = %error, "upstream request failed");
+            return finisher.refuse(Refusal::Upstream(failure));
         }
-        Err(_elapsed) => return refuse(&gateway, ctx, slot, Refusal::Upstream(UpstreamFailure::ResponseTimeout)),
     };
 
     let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    if let Some((reason, policy_id)) = &ctx.would_deny
-        && let Ok(value) = HeaderValue::from_str(&format!("would_deny; reason={reason}; policy_id={policy_id}"))
-    {
-        parts.headers.insert(crate::response::DECISION_HEADER, value);
+    // RFC 9112 §6.3: with Transfer-Encoding, Content-Length is meaningless;
+    // hyper de-chunks, so a stale Content-Length would truncate the body.
+    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+        parts.headers.remove(header::CONTENT_LENGTH);
     }
-    let finisher = Finisher::new(gateway, ctx, slot, parts.status.as_u16());
+    strip_hop_by_hop(&mut parts.headers);
+    // Only the gateway speaks for the gateway: an upstream must not forge
+    // our decision or request id.
+    parts.headers.remove(crate::response::DECISION_HEADER);
+    parts.headers.remove(crate::response::REQUEST_ID_HEADER);
+    if let Some(ctx) = finisher.context() {
+        if let Some((reason, policy_id)) = &ctx.would_deny
+            && let Ok(value) = HeaderValue::from_str(&format!("would_deny; reason={reason}; policy_id={policy_id}"))
+        {
+            parts.headers.insert(crate::response::DECISION_HEADER, value);
+        }
+        if let Ok(value) = HeaderValue::from_str(&ctx.request_id.to_string()) {
+            parts.headers.insert(crate::response::REQUEST_ID_HEADER, value);
+        }
+    }
+    finisher.served(parts.status.as_u16());
     Response::from_parts(parts, ProxyBody::Upstream(UpstreamBody::new(body, transfer, finisher)))
+}
+
+enum Waited {
+    Timeout,
+    Failed(hyper_util::client::legacy::Error),
+}
+
+/// Waits for the response head. The timeout is for inactivity: it restarts
+/// while the request body is still flowing, so a long upload is not cut off,
+/// but an upstream that goes quiet is.
+async fn await_response(
+    outbound: Request<OutboundBody>,
+    transfer: &Transfer,
+    timeout: Duration,
+) -> Result<Response<Incoming>, Waited> {
+    let response = crate::state::upstream().request(outbound);
+    tokio::pin!(response);
+    let mut sent = transfer.bytes_out.load(Ordering::Relaxed);
+    loop {
+        tokio::select! {
+            result = &mut response => return result.map_err(Waited::Failed),
+            () = tokio::time::sleep(timeout) => {
+                let now = transfer.bytes_out.load(Ordering::Relaxed);
+                if now == sent {
+                    return Err(Waited::Timeout);
+                }
+                sent = now;
+            }
+        }
+    }
 }
 
 fn upstream_uri(addr: SocketAddr, original: &Uri) -> Option<Uri> {

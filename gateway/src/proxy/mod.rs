@@ -23,7 +23,7 @@ use crate::Gateway;
 use crate::audit::AuditSlot;
 use crate::context::{Destination, Outcome, RequestContext, RequestKind, audit_path, trace_id_from};
 use crate::decision::{Enforcement, Refusal, RequestProblem};
-use crate::dns::{AddressClass, Host, ResolveError, ResolveSource, Resolved, classify, parse_host};
+use crate::dns::{AddressClass, Host, ResolveError, ResolveSource, Resolved, RestrictedKind, classify, parse_host};
 use crate::metrics::{DecisionLabel, DnsResult};
 use crate::record::record;
 use crate::response::refusal_response;
@@ -84,9 +84,6 @@ async fn admit(
     // Shape first: an origin-form request is answered before anything else,
     // so a client that mistook us for the origin gets a clear 400.
     let (host, port, protocol, path) = request_target(ctx.kind, req)?;
-    if is_loop(req) {
-        return Err(Refusal::Request(RequestProblem::ProxyLoop));
-    }
 
     // Identify.
     let identity = gateway
@@ -96,6 +93,10 @@ async fn admit(
         .map_err(Refusal::Identity)?;
     ctx.enforcement = policy.enforcement_for(&identity.environment);
     ctx.identity = Some(identity.clone());
+    ctx.policy_version = Some(policy.version.clone());
+    if is_loop(req) {
+        return Err(Refusal::Request(RequestProblem::ProxyLoop));
+    }
 
     // Classify.
     let host = parse_host(host).map_err(Refusal::MalformedHost)?;
@@ -150,16 +151,14 @@ async fn admit(
     };
 
     let ip = match host {
-        Host::Ip(ip) => check_addresses(&[ip], private_ok)?,
+        Host::Ip(ip) => check_addresses(&[ip], private_ok, false)?,
         Host::Domain(name) => {
             let resolved = policy.resolver.resolve(&name).await;
             if let Some(result) = dns_result(&resolved) {
                 gateway.metrics.record_dns_lookup(result);
             }
             let resolved = resolved.map_err(Refusal::Dns)?;
-            // A name the operator mapped in dns.static_hosts is explicitly allowed.
-            let explicit = private_ok || policy.resolver.is_static(&name);
-            check_addresses(&resolved.addrs, explicit)?
+            check_addresses(&resolved.addrs, private_ok, policy.resolver.is_static(&name))?
         }
     };
     if let Some(dest) = ctx.destination.as_mut() {
@@ -171,18 +170,43 @@ async fn admit(
 /// Every resolved address must pass, not just the first: a name that mixes
 /// public and private answers is a rebinding attempt. Returns the one address
 /// that will be dialed.
-fn check_addresses(addrs: &[IpAddr], explicit: bool) -> Result<IpAddr, Refusal> {
+///
+/// `private_ok` (a `localhost` rule or `allow_private: true`) opens private
+/// ranges but never cloud-metadata addresses: a spoofed or careless DNS answer
+/// must not turn an internal-service rule into a credential leak. Only a name
+/// the operator pinned in `dns.static_hosts` (`pinned`) may point anywhere.
+fn check_addresses(addrs: &[IpAddr], private_ok: bool, pinned: bool) -> Result<IpAddr, Refusal> {
     let first = *addrs
         .first()
         .ok_or(Refusal::Request(RequestProblem::MissingAuthority))?;
-    if !explicit {
-        for ip in addrs {
-            if let AddressClass::Restricted(kind) = classify(*ip) {
-                return Err(Refusal::PrivateAddress(kind));
-            }
+    if pinned {
+        return Ok(first);
+    }
+    for ip in addrs {
+        if let AddressClass::Restricted(kind) = classify(*ip)
+            && (!private_ok || kind == RestrictedKind::CloudMetadata)
+        {
+            return Err(Refusal::PrivateAddress(kind));
         }
     }
     Ok(first)
+}
+
+/// The port of an authority: the scheme's default when absent, and a
+/// refusal when present but not a usable port (`:99999`, `:0`, `:abc`),
+/// rather than silently falling back to the default.
+fn authority_port(authority: &http::uri::Authority, default: Option<u16>) -> Result<u16, Refusal> {
+    let malformed = Refusal::Request(RequestProblem::MissingAuthority);
+    let has_port = authority
+        .as_str()
+        .rsplit_once(':')
+        .is_some_and(|(_, tail)| !tail.contains(']'));
+    match (authority.port_u16(), has_port, default) {
+        (Some(0), _, _) => Err(malformed),
+        (Some(port), _, _) => Ok(port),
+        (None, false, Some(default)) => Ok(default),
+        _ => Err(malformed),
+    }
 }
 
 /// Host, port, protocol and audit path of a proxy-shaped request.
@@ -217,7 +241,7 @@ fn request_target(
                 // userinfo in a proxied URL is a classic confusion vector.
                 return Err(Refusal::Request(RequestProblem::MissingAuthority));
             }
-            let port = authority.port_u16().unwrap_or(80);
+            let port = authority_port(authority, Some(80))?;
             Ok((authority.host(), port, Protocol::Http, Some(audit_path(uri.path()))))
         }
     }

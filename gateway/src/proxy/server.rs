@@ -118,7 +118,7 @@ async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: watch
     }
     drop(listener);
     let deadline = tokio::time::Instant::now() + drain;
-    while Arc::strong_count(&open) > 1 {
+    while Arc::strong_count(&open) > 1 || gateway.open_tunnels.load(std::sync::atomic::Ordering::Relaxed) > 0 {
         if tokio::time::Instant::now() >= deadline {
             tracing::warn!("in-flight requests still running after {drain:?}; stopping anyway");
             break;

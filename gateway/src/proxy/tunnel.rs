@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -40,9 +41,20 @@ pub(super) async fn open(
     let _ = upstream.set_nodelay(true);
 
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let mut finisher = Finisher::new(gateway, ctx, slot, StatusCode::OK.as_u16());
+    let transfer = Arc::new(Transfer::default());
+    let mut finisher = Finisher::new(gateway.clone(), ctx, slot, transfer.clone());
+    finisher.served(StatusCode::OK.as_u16());
+    let mut response = Response::new(ProxyBody::empty());
+    if let Some((reason, policy_id)) = finisher.context().and_then(|c| c.would_deny.as_ref())
+        && let Ok(value) = HeaderValue::from_str(&format!("would_deny; reason={reason}; policy_id={policy_id}"))
+    {
+        response.headers_mut().insert(crate::response::DECISION_HEADER, value);
+    }
+    // Counted so a graceful shutdown waits for open tunnels too; if the
+    // worker stops anyway, dropping the task drops the finisher, which
+    // records the tunnel with the bytes it carried.
+    let open = TunnelGuard::new(&gateway);
     tokio::spawn(async move {
-        let transfer = Transfer::default();
         match on_upgrade.await {
             Ok(upgraded) => {
                 let mut client = TokioIo::new(upgraded);
@@ -58,11 +70,27 @@ pub(super) async fn open(
             }
             Err(error) => tracing::debug!(%error, "client went away before the tunnel opened"),
         }
-        finisher.finish(&transfer);
+        finisher.finish();
+        drop(open);
     });
-    let mut response = Response::new(ProxyBody::empty());
     *response.status_mut() = StatusCode::OK;
     response
+}
+
+/// Keeps the gateway's count of open tunnels.
+struct TunnelGuard(Arc<Gateway>);
+
+impl TunnelGuard {
+    fn new(gateway: &Arc<Gateway>) -> Self {
+        gateway.open_tunnels.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        TunnelGuard(gateway.clone())
+    }
+}
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        self.0.open_tunnels.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 fn is_reset(error: &io::Error) -> bool {
