@@ -23,6 +23,7 @@ pub mod context;
 pub mod decision;
 pub mod dns;
 pub mod identity;
+pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod record;
