@@ -100,6 +100,14 @@ allowlist:
     - domain: "a.blocked.test"
       ports: [{origin}]
       protocols: [http]
+  limited:
+    - domain: "limited.test"
+      ports: [{origin}]
+      protocols: [http]
+      rate_limit: 60/min
+    - domain: "flaky.test"
+      ports: [{origin}]
+      protocols: [http]
   ai_providers:
     roles: [ai-agent]
     rules:
@@ -116,6 +124,12 @@ project_allowlist:
 project_blocklist:
   - domain: "*.blocked.test"
     reason: "Legal restriction"
+# Generous agent limits: the tests below send bursts of their own; the
+# `limited` group and the rate-limit test exercise the limiters.
+rate_limits:
+  per_agent: {{default: 100000/min, burst: 10000}}
+  per_project: {{default: 100000/min, burst: 10000}}
+  throttle_action: reject
 dns:
   resolver: internal
   nameservers: ["{dns}"]
@@ -133,6 +147,8 @@ dns:
     expired.test: 127.0.0.1
     a.blocked.test: 127.0.0.1
     unlisted.test: 127.0.0.1
+    limited.test: 127.0.0.1
+    flaky.test: 127.0.0.1
 "#
     )
 }
@@ -965,4 +981,100 @@ async fn shutdown_waits_for_open_tunnels_and_records_them() {
     let line = w.gw.wait_audit(|l| l["request"]["method"] == "CONNECT").await;
     assert_eq!(line["bytes_out"], 8);
     assert_eq!(line["bytes_in"], 11);
+}
+
+#[tokio::test]
+async fn rate_limits_answer_429_with_the_seed_body_and_a_real_retry_after() {
+    let w = world("enforce").await;
+    let port = w.origin.addr.port();
+    let target = get(&format!("http://limited.test:{port}/hello"), Some(SCRAPER));
+    let mut statuses = Vec::new();
+    let mut limited = None;
+    for _ in 0..10 {
+        let response = raw::send(w.gw.proxy, &target, b"").await;
+        statuses.push(response.status);
+        if response.status == 429 && limited.is_none() {
+            limited = Some(response);
+        }
+    }
+    // 60/min on the rule gives the domain a burst of 6 (six seconds' worth).
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 6, "{statuses:?}");
+    let limited = limited.expect("a 429");
+    let body = limited.json();
+    assert_eq!(body["error"], "rate_limit_exceeded");
+    assert_eq!(body["reason"], "rate_limit_exceeded");
+    assert_eq!(body["limit"], 60);
+    assert_eq!(body["window"], "1m");
+    assert_eq!(body["scope"], "domain");
+    assert_eq!(body["agent_id"], SCRAPER.0);
+    assert_eq!(body["domain"], "limited.test");
+    assert_eq!(body["policy_id"], "rate_limits.per_domain");
+    // One request per second refills: the wait is about a second, not the minute window.
+    assert_eq!(body["retry_after"], 1, "{body}");
+    assert_eq!(limited.header("retry-after"), Some("1"));
+    assert!(limited.header("ratelimit-limit").is_some(), "{:?}", limited.headers);
+    let line = w.gw.audit_for(body["request_id"].as_str().unwrap()).await;
+    assert_eq!(line["type"], "egress_rate_limited");
+    assert_eq!(line["reason"], "rate_limit_exceeded");
+    // Another destination is not affected.
+    let other = raw::send(
+        w.gw.proxy,
+        &get(&format!("http://site.test:{port}/hello"), Some(SCRAPER)),
+        b"",
+    )
+    .await;
+    assert_eq!(other.status, 200);
+    let metrics = w.gw.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"http_client_requests_total{decision="rate_limited",reason="rate_limit_exceeded",status_class="4xx"} 4"#
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_destination_opens_its_breaker_and_fails_fast() {
+    let w = world("enforce").await;
+    let port = w.origin.addr.port();
+    let target = get(&format!("http://flaky.test:{port}/status/503"), Some(SCRAPER));
+    for _ in 0..10 {
+        let response = raw::send(w.gw.proxy, &target, b"").await;
+        assert_eq!(response.status, 503);
+        assert!(
+            response.header("x-clawgress-decision").is_none(),
+            "the upstream's own 503 is passed through"
+        );
+    }
+    let before = w.origin.requests.load(std::sync::atomic::Ordering::SeqCst);
+    let fast = raw::send(w.gw.proxy, &target, b"").await;
+    assert_eq!(fast.status, 503);
+    assert_eq!(fast.reason(), "circuit_open");
+    let retry: u64 = fast
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=30).contains(&retry), "{retry}");
+    assert_eq!(
+        w.origin.requests.load(std::sync::atomic::Ordering::SeqCst),
+        before,
+        "no request reached the upstream"
+    );
+    // Other destinations are unaffected, and the state is exported for the allowlisted name.
+    let ok = raw::send(
+        w.gw.proxy,
+        &get(&format!("http://site.test:{port}/hello"), Some(SCRAPER)),
+        b"",
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+    let metrics = w.gw.metrics().await;
+    assert!(
+        metrics.contains(r#"circuit_breaker_state{domain="flaky.test"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"circuit_breaker_state{domain="site.test"} 0"#),
+        "{metrics}"
+    );
 }

@@ -49,7 +49,9 @@ fn route(gateway: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     }
     match req.uri().path() {
         "/metrics" => {
-            let mut response = Response::new(Full::new(Bytes::from(gateway.metrics.render())));
+            let mut text = gateway.metrics.render();
+            render_breakers(gateway, &mut text);
+            let mut response = Response::new(Full::new(Bytes::from(text)));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -69,6 +71,26 @@ fn route(gateway: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             }
         }
         _ => text(StatusCode::NOT_FOUND, "not found; try /metrics, /healthz or /readyz\n"),
+    }
+}
+
+/// Breaker states for exactly-allowlisted domains only: a wildcard rule
+/// would otherwise let requests mint unbounded label values.
+fn render_breakers(gateway: &Gateway, out: &mut String) {
+    use std::fmt::Write as _;
+    let policy = gateway.policy.load();
+    out.push_str(
+        "# HELP circuit_breaker_state Circuit breaker per allowlisted domain: 0 closed, 1 open, 2 half-open\n",
+    );
+    out.push_str("# TYPE circuit_breaker_state gauge\n");
+    for (domain, state) in policy.breakers.states() {
+        if policy.exported_breaker_domains.contains(&domain) {
+            let _ = writeln!(
+                out,
+                "circuit_breaker_state{{domain=\"{domain}\"}} {}",
+                state.gauge_value()
+            );
+        }
     }
 }
 

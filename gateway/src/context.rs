@@ -70,6 +70,9 @@ pub struct RequestContext {
     /// The policy version that decided, fixed at decision time so a reload
     /// mid-request cannot relabel it.
     pub policy_version: Option<Arc<str>>,
+    /// The destination's circuit-breaker ticket; the forward or tunnel phase
+    /// reports the outcome on it.
+    pub breaker: Option<crate::breaker::Ticket>,
     pub bytes_out: u64,
     pub bytes_in: u64,
 }
@@ -90,6 +93,7 @@ impl RequestContext {
             would_deny: None,
             trace_id,
             policy_version: None,
+            breaker: None,
             bytes_out: 0,
             bytes_in: 0,
         }

@@ -49,6 +49,10 @@ pub enum Refusal {
     Upstream(UpstreamFailure),
     /// No place in the audit queue: serving would leave no record.
     AuditUnavailable,
+    /// A rate limiter (agent, project, domain or global) is exhausted.
+    RateLimited(crate::limits::RateLimited),
+    /// The destination's circuit breaker is open: fail fast.
+    CircuitOpen(crate::breaker::BreakerOpen),
     /// The client went away before the upstream answered. Nobody reads
     /// this answer; it exists so the exchange is still recorded.
     ClientClosed,
@@ -90,6 +94,8 @@ impl Refusal {
             Refusal::Request(RequestProblem::ProxyLoop) => "proxy_loop",
             Refusal::Request(RequestProblem::ClientBody) => "client_body_error",
             Refusal::ClientClosed => "client_closed",
+            Refusal::RateLimited(_) => "rate_limit_exceeded",
+            Refusal::CircuitOpen(_) => "circuit_open",
             Refusal::MalformedHost(_) => "malformed_host",
             Refusal::Policy { reason, .. } => reason.as_str(),
             Refusal::PrivateAddress(_) => "private_address",
@@ -114,7 +120,8 @@ impl Refusal {
                 StatusCode::GATEWAY_TIMEOUT
             }
             Refusal::Upstream(_) => StatusCode::BAD_GATEWAY,
-            Refusal::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::AuditUnavailable | Refusal::CircuitOpen(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             // nginx's convention for "client closed request"; never sent.
             Refusal::ClientClosed => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
         }
@@ -132,6 +139,13 @@ impl Refusal {
             Refusal::Upstream(_) => Arc::from("upstream"),
             Refusal::AuditUnavailable => Arc::from("audit"),
             Refusal::ClientClosed => Arc::from("client"),
+            Refusal::RateLimited(limited) => Arc::from(match limited.scope {
+                crate::limits::Scope::Agent => "rate_limits.per_agent",
+                crate::limits::Scope::Project => "rate_limits.per_project",
+                crate::limits::Scope::Domain => "rate_limits.per_domain",
+                crate::limits::Scope::Global => "rate_limits.global",
+            }),
+            Refusal::CircuitOpen(_) => Arc::from("circuit_breaker"),
         }
     }
 
@@ -154,6 +168,15 @@ impl Refusal {
                 | Refusal::ClientClosed
                 | Refusal::Request(RequestProblem::ClientBody)
         )
+    }
+
+    /// How long the client should wait before retrying, when that is known.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Refusal::RateLimited(limited) => Some(limited.retry_after),
+            Refusal::CircuitOpen(open) => Some(open.retry_after),
+            _ => None,
+        }
     }
 
     /// A policy refusal is the only kind that report mode lets through.
@@ -183,6 +206,16 @@ impl Refusal {
                 "the request body broke off or was malformed; resend the request".to_string()
             }
             Refusal::ClientClosed => "the client closed the connection before the upstream answered".to_string(),
+            Refusal::RateLimited(limited) => format!(
+                "the {} rate limit ({}/{}) is exhausted; retry after the Retry-After header",
+                limited.scope.as_str(),
+                limited.limit,
+                limited.window
+            ),
+            Refusal::CircuitOpen(_) => {
+                "the destination is failing and its circuit breaker is open; retry after the Retry-After header"
+                    .to_string()
+            }
             Refusal::MalformedHost(e) => e.to_string(),
             Refusal::Policy { reason, .. } => match reason {
                 DenyReason::DomainNotInAllowlist => "the destination is not in the allowlist".to_string(),
@@ -261,6 +294,9 @@ pub const ALL_REASONS: &[&str] = &[
     "upstream_connect_timeout",
     "upstream_timeout",
     "upstream_reset",
+    // limits and breakers (429, 503)
+    "rate_limit_exceeded",
+    "circuit_open",
     // audit (503)
     "audit_unavailable",
 ];

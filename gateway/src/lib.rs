@@ -71,7 +71,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
     for warning in &bundle.warnings {
         tracing::warn!("{warning}");
     }
-    let snapshot = state::PolicySnapshot::build(&bundle)?;
+    let snapshot = state::PolicySnapshot::build(&bundle, None)?;
     metrics.record_policy_reload_success(&snapshot.version);
     let identities = identity::IdentityResolver::load(&config.agents).map_err(|e| anyhow::anyhow!("{e}"))?;
     if let Some(dir) = config.audit.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -116,6 +116,19 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
         },
         stopped,
     ));
+    // Idle limiter keys are dropped so memory stays bounded; a dropped key
+    // comes back with exactly its burst, never more.
+    let sweeper = {
+        let (gateway, mut stopped) = (gateway.clone(), stop.subscribe());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(10)) => gateway.policy.load().limits.retain_recent(),
+                    _ = stopped.changed() => return,
+                }
+            }
+        })
+    };
     // Machine-readable start lines: scripts and tests read the real ports
     // from here when they asked for port 0.
     println!("proxy listening on {proxy_addr} ({} workers)", config.workers.max(1));
@@ -133,6 +146,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
     .await;
     let _ = admin.await;
     let _ = watcher.await;
+    let _ = sweeper.await;
     // Every request holds an audit slot; once the servers are done and the
     // gateway's last clone is gone, the writer drains and stops.
     drop(gateway);

@@ -44,10 +44,12 @@ pub enum DecisionLabel {
     WouldDeny,
     /// Allowed, but the gateway or upstream failed to complete it.
     Error,
+    /// Refused by a rate limiter (not a policy denial).
+    RateLimited,
 }
 
 impl DecisionLabel {
-    const ALL: [DecisionLabel; 4] = [Self::Allow, Self::Deny, Self::WouldDeny, Self::Error];
+    const ALL: [DecisionLabel; 5] = [Self::Allow, Self::Deny, Self::WouldDeny, Self::Error, Self::RateLimited];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -55,6 +57,7 @@ impl DecisionLabel {
             Self::Deny => "deny",
             Self::WouldDeny => "would_deny",
             Self::Error => "error",
+            Self::RateLimited => "rate_limited",
         }
     }
 }
@@ -146,7 +149,7 @@ pub struct GatewayMetrics {
     reasons: Box<[&'static str]>,
     /// `http_client_requests_total`, indexed by (decision, reason, status class).
     requests: LazyCounters,
-    durations: [Histogram; 4],
+    durations: [Histogram; 5],
     upstream_resets: IntCounter,
     /// `[out, in]`.
     egress_bytes: [IntCounter; 2],

@@ -197,6 +197,11 @@ fn record_refused(gateway: &Gateway, ctx: RequestContext, slot: AuditSlot, refus
             size_bytes: 0,
         });
         event
+    } else if let Refusal::RateLimited(_) = refusal {
+        gateway
+            .metrics
+            .record_request(DecisionLabel::RateLimited, reason, Some(status), elapsed);
+        event(&ctx, Verdict::RateLimited { reason }, refusal.policy_id().to_string())
     } else {
         gateway
             .metrics

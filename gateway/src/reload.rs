@@ -55,7 +55,7 @@ pub fn reload_policy(gateway: &Gateway, path: &Path) -> bool {
     let built = clawgress_policies::load_file(path)
         .map_err(|e| e.to_string())
         .and_then(|bundle| {
-            PolicySnapshot::build(&bundle)
+            PolicySnapshot::build(&bundle, Some(&gateway.policy.load()))
                 .map_err(|e| format!("{e:#}"))
                 .map(|s| (bundle, s))
         });

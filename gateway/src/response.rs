@@ -32,6 +32,18 @@ struct Problem<'a> {
     agent_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     domain: Option<&'a str>,
+    /// Seed §3.3's 429 body, for rate limits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    window: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<&'a str>,
+    /// Whole seconds, rounded up, as in `Retry-After`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after: Option<u64>,
 }
 
 pub fn refusal_response(ctx: &RequestContext, refusal: &Refusal) -> Response<ProxyBody> {
@@ -48,7 +60,19 @@ pub fn refusal_response(ctx: &RequestContext, refusal: &Refusal) -> Response<Pro
         request_id: ctx.request_id.to_string(),
         agent_id: ctx.identity.as_ref().map(|i| &*i.agent_id),
         domain: ctx.destination_host(),
+        error: None,
+        limit: None,
+        window: None,
+        scope: None,
+        retry_after: refusal.retry_after().map(|d| crate::limits::ceil_secs(d).max(1)),
     };
+    let mut problem = problem;
+    if let Refusal::RateLimited(limited) = refusal {
+        problem.error = Some(reason);
+        problem.limit = Some(limited.limit);
+        problem.window = Some(limited.window);
+        problem.scope = Some(limited.scope.as_str());
+    }
     let body = serde_json::to_vec(&problem).unwrap_or_default();
     let mut response = Response::new(ProxyBody::local(body));
     *response.status_mut() = status;
@@ -68,6 +92,14 @@ pub fn refusal_response(ctx: &RequestContext, refusal: &Refusal) -> Response<Pro
     }
     if let Ok(value) = HeaderValue::from_str(&problem.request_id) {
         headers.insert(REQUEST_ID_HEADER, value);
+    }
+    if let Some(seconds) = problem.retry_after
+        && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
+    {
+        headers.insert(header::RETRY_AFTER, value);
+    }
+    if let Refusal::RateLimited(limited) = refusal {
+        headers.extend(crate::limits::LimitVerdict::Limited(*limited).headers());
     }
     if status == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
         headers.insert(

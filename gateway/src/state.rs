@@ -18,9 +18,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::audit::AuditSink;
+use crate::breaker::Breakers;
 use crate::decision::Enforcement;
 use crate::dns::{Resolver, ResolverConfig};
 use crate::identity::IdentityResolver;
+use crate::limits::Limits;
 use crate::metrics::GatewayMetrics;
 use crate::proxy::body::OutboundBody;
 
@@ -49,11 +51,20 @@ pub struct PolicySnapshot {
     pub version: Arc<str>,
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
+    pub limits: Arc<Limits>,
+    pub breakers: Arc<Breakers>,
+    /// Exact allowlisted names: the only domains whose breaker state is
+    /// exported as a labelled metric (wildcards would make labels unbounded).
+    pub exported_breaker_domains: std::collections::HashSet<String>,
+    breaker_config: model::CircuitBreaker,
     egress: model::EgressPolicy,
 }
 
 impl PolicySnapshot {
-    pub fn build(bundle: &PolicyBundle) -> anyhow::Result<Self> {
+    /// `previous` is the snapshot being replaced on reload: limiter state
+    /// carries over (a reload must not hand every agent a fresh burst), and
+    /// breakers carry over while their configuration is unchanged.
+    pub fn build(bundle: &PolicyBundle, previous: Option<&PolicySnapshot>) -> anyhow::Result<Self> {
         let doc = &bundle.document;
         let resolver = Resolver::new(ResolverConfig {
             static_hosts: doc
@@ -69,12 +80,35 @@ impl PolicySnapshot {
             ..ResolverConfig::default()
         })
         .with_context(|| format!("{}: cannot set up the DNS resolver", bundle.source))?;
+        let limits = match previous {
+            Some(old) => Arc::new(old.limits.reconfigured(&doc.rate_limits)),
+            None => Arc::new(Limits::new(&doc.rate_limits)),
+        };
+        let breakers = match previous {
+            Some(old) if old.breaker_config == doc.circuit_breaker => old.breakers.clone(),
+            _ => Arc::new(Breakers::new(&doc.circuit_breaker)),
+        };
+        let exported_breaker_domains = doc
+            .allowlist
+            .groups
+            .iter()
+            .flat_map(|group| group.rules.iter())
+            .chain(doc.project_allowlist.iter())
+            .filter_map(|rule| match &rule.domain.value {
+                clawgress_policies::pattern::DomainPattern::Exact(name) => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
         Ok(PolicySnapshot {
             compiled: CompiledPolicy::compile(bundle),
             resolver,
             version: Arc::from(bundle.version.as_str()),
             request_timeout: doc.fault_containment.request_timeout.value.duration(),
             connect_timeout: CONNECT_TIMEOUT,
+            limits,
+            breakers,
+            exported_breaker_domains,
+            breaker_config: doc.circuit_breaker.clone(),
             egress: doc.egress.clone(),
         })
     }

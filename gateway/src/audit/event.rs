@@ -115,6 +115,8 @@ pub enum Verdict {
     /// Report mode: the policy would have refused, but the request was forwarded
     /// (`type: egress_request`, `decision: would_deny`, `action: reported`).
     WouldDeny { reason: &'static str, alert: bool },
+    /// Refused by a rate limiter (`type: egress_rate_limited`, `action: throttled`).
+    RateLimited { reason: &'static str },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -287,6 +289,7 @@ impl AdminEvent {
 pub(crate) enum EventType {
     EgressRequest,
     EgressDenied,
+    EgressRateLimited,
     AdminAction,
     /// Written by the writer itself after it found a torn tail on start.
     AuditChainResumed,
@@ -302,6 +305,7 @@ enum DecisionField {
     Allow,
     Deny,
     WouldDeny,
+    RateLimited,
 }
 
 #[derive(Serialize)]
@@ -309,6 +313,7 @@ enum DecisionField {
 enum ActionField {
     Blocked,
     Reported,
+    Throttled,
 }
 
 /// `2025-12-04T10:30:00.123Z`: UTC, millisecond precision, as in the seed.
@@ -398,6 +403,14 @@ impl<'a> From<&'a EgressEvent> for EgressLine<'a> {
                 None,
                 Some(*reason),
                 Some(*alert),
+            ),
+            Verdict::RateLimited { reason } => (
+                EventType::EgressRateLimited,
+                DecisionField::RateLimited,
+                Some(ActionField::Throttled),
+                None,
+                Some(*reason),
+                Some(false),
             ),
         };
         let id = &e.identity;

@@ -27,6 +27,8 @@ pub(super) async fn forward(
     slot: AuditSlot,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    let mut ctx = ctx;
+    let ticket = ctx.breaker.take();
     let Some(addr) = ctx.destination.as_ref().and_then(|d| d.addr) else {
         return refuse(&gateway, ctx, slot, Refusal::Request(RequestProblem::MissingAuthority));
     };
@@ -56,10 +58,19 @@ pub(super) async fn forward(
     let mut finisher = Finisher::new(gateway.clone(), ctx, slot, transfer.clone());
     let response = match await_response(outbound, &transfer, policy.request_timeout).await {
         Ok(response) => response,
-        Err(Waited::Timeout) => return finisher.refuse(Refusal::Upstream(UpstreamFailure::ResponseTimeout)),
+        Err(Waited::Timeout) => {
+            if let Some(ticket) = ticket {
+                ticket.failure();
+            }
+            return finisher.refuse(Refusal::Upstream(UpstreamFailure::ResponseTimeout));
+        }
         Err(Waited::Failed(error)) => {
             if transfer.client_body_failed.load(Ordering::Relaxed) {
+                // The client's fault: the destination's breaker is not told.
                 return finisher.refuse(Refusal::Request(RequestProblem::ClientBody));
+            }
+            if let Some(ticket) = ticket {
+                ticket.failure();
             }
             let failure = classify_client_error(&error);
             if failure == UpstreamFailure::Reset {
@@ -71,6 +82,13 @@ pub(super) async fn forward(
     };
 
     let (mut parts, body) = response.into_parts();
+    if let Some(ticket) = ticket {
+        if policy.breakers.is_failure_status(parts.status.as_u16()) {
+            ticket.failure();
+        } else {
+            ticket.success();
+        }
+    }
     // RFC 9112 §6.3: with Transfer-Encoding, Content-Length is meaningless;
     // hyper de-chunks, so a stale Content-Length would truncate the body.
     if parts.headers.contains_key(header::TRANSFER_ENCODING) {

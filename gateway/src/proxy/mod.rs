@@ -24,11 +24,13 @@ use crate::audit::AuditSlot;
 use crate::context::{Destination, Outcome, RequestContext, RequestKind, audit_path, trace_id_from};
 use crate::decision::{Enforcement, Refusal, RequestProblem};
 use crate::dns::{AddressClass, Host, ResolveError, ResolveSource, Resolved, RestrictedKind, classify, parse_host};
+use crate::limits::{LimitKey, LimitVerdict};
 use crate::metrics::{DecisionLabel, DnsResult};
 use crate::record::record;
 use crate::response::refusal_response;
 use crate::state::PolicySnapshot;
 use body::ProxyBody;
+use clawgress_policies::model::ThrottleAction;
 
 /// The proxy's answer to one request. Never an error: every failure is a
 /// response the client can read.
@@ -164,6 +166,25 @@ async fn admit(
     if let Some(dest) = ctx.destination.as_mut() {
         dest.addr = Some(SocketAddr::new(ip, port));
     }
+
+    // Limit: after the decision (a denied request spends no capacity), before
+    // any byte leaves.
+    let key = LimitKey {
+        agent: &identity.agent_id,
+        project: &identity.project,
+        domain: &host_text,
+        domain_rate: ctx.allowed_by.as_ref().and_then(|a| a.rate_limit),
+    };
+    let verdict = match policy.limits.throttle_action() {
+        ThrottleAction::Reject => policy.limits.check(&key),
+        action => policy.limits.acquire(&key, action, policy.request_timeout).await,
+    };
+    if let LimitVerdict::Limited(limited) = verdict {
+        return Err(Refusal::RateLimited(limited));
+    }
+
+    // Breaker: a failing destination fails fast instead of tying up agents.
+    ctx.breaker = Some(policy.breakers.admit(&host_text).map_err(Refusal::CircuitOpen)?);
     Ok(())
 }
 

@@ -30,13 +30,30 @@ pub(super) async fn open(
     slot: AuditSlot,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    let mut ctx = ctx;
+    let ticket = ctx.breaker.take();
     let Some(addr) = ctx.destination.as_ref().and_then(|d| d.addr) else {
         return refuse(&gateway, ctx, slot, Refusal::Request(RequestProblem::MissingAuthority));
     };
-    let upstream = match tokio::time::timeout(policy.connect_timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(_)) => return refuse(&gateway, ctx, slot, Refusal::Upstream(UpstreamFailure::ConnectFailed)),
-        Err(_) => return refuse(&gateway, ctx, slot, Refusal::Upstream(UpstreamFailure::ConnectTimeout)),
+    let connected = tokio::time::timeout(policy.connect_timeout, TcpStream::connect(addr)).await;
+    let failure = match connected {
+        Ok(Ok(_)) => None,
+        Ok(Err(_)) => Some(UpstreamFailure::ConnectFailed),
+        Err(_) => Some(UpstreamFailure::ConnectTimeout),
+    };
+    if let Some(ticket) = ticket {
+        if failure.is_some() {
+            ticket.failure()
+        } else {
+            ticket.success()
+        }
+    }
+    let upstream = match (connected, failure) {
+        (Ok(Ok(stream)), _) => stream,
+        (_, failure) => {
+            let failure = failure.unwrap_or(UpstreamFailure::ConnectFailed);
+            return refuse(&gateway, ctx, slot, Refusal::Upstream(failure));
+        }
     };
     let _ = upstream.set_nodelay(true);
 
