@@ -73,6 +73,9 @@ pub struct RequestContext {
     /// The destination's circuit-breaker ticket; the forward or tunnel phase
     /// reports the outcome on it.
     pub breaker: Option<crate::breaker::Ticket>,
+    /// This exchange's share of the agent's containment limits; released
+    /// when the context is dropped, i.e. once the exchange is recorded.
+    pub admission: Option<Arc<crate::containment::Admission>>,
     pub bytes_out: u64,
     pub bytes_in: u64,
 }
@@ -94,6 +97,7 @@ impl RequestContext {
             trace_id,
             policy_version: None,
             breaker: None,
+            admission: None,
             bytes_out: 0,
             bytes_in: 0,
         }

@@ -53,6 +53,8 @@ pub enum Refusal {
     RateLimited(crate::limits::RateLimited),
     /// The destination's circuit breaker is open: fail fast.
     CircuitOpen(crate::breaker::BreakerOpen),
+    /// The agent's share of the gateway is used up (seed §5.2).
+    Contained(crate::containment::Overflow),
     /// The client went away before the upstream answered. Nobody reads
     /// this answer; it exists so the exchange is still recorded.
     ClientClosed,
@@ -95,6 +97,8 @@ impl Refusal {
             Refusal::Request(RequestProblem::ClientBody) => "client_body_error",
             Refusal::ClientClosed => "client_closed",
             Refusal::RateLimited(_) => "rate_limit_exceeded",
+            Refusal::Contained(crate::containment::Overflow::Concurrency { .. }) => "max_concurrent_requests_exceeded",
+            Refusal::Contained(crate::containment::Overflow::PendingBytes { .. }) => "max_pending_bytes_exceeded",
             Refusal::CircuitOpen(_) => "circuit_open",
             Refusal::MalformedHost(_) => "malformed_host",
             Refusal::Policy { reason, .. } => reason.as_str(),
@@ -121,7 +125,7 @@ impl Refusal {
             }
             Refusal::Upstream(_) => StatusCode::BAD_GATEWAY,
             Refusal::AuditUnavailable | Refusal::CircuitOpen(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Refusal::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::RateLimited(_) | Refusal::Contained(_) => StatusCode::TOO_MANY_REQUESTS,
             // nginx's convention for "client closed request"; never sent.
             Refusal::ClientClosed => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
         }
@@ -146,6 +150,12 @@ impl Refusal {
                 crate::limits::Scope::Global => "rate_limits.global",
             }),
             Refusal::CircuitOpen(_) => Arc::from("circuit_breaker"),
+            Refusal::Contained(crate::containment::Overflow::Concurrency { .. }) => {
+                Arc::from("fault_containment.max_concurrent_requests")
+            }
+            Refusal::Contained(crate::containment::Overflow::PendingBytes { .. }) => {
+                Arc::from("fault_containment.max_pending_bytes")
+            }
         }
     }
 
@@ -175,6 +185,8 @@ impl Refusal {
         match self {
             Refusal::RateLimited(limited) => Some(limited.retry_after),
             Refusal::CircuitOpen(open) => Some(open.retry_after),
+            // Capacity comes back as the agent's own exchanges finish.
+            Refusal::Contained(_) => Some(std::time::Duration::from_secs(1)),
             _ => None,
         }
     }
@@ -211,6 +223,12 @@ impl Refusal {
                 limited.scope.as_str(),
                 limited.limit,
                 limited.window
+            ),
+            Refusal::Contained(crate::containment::Overflow::Concurrency { limit }) => {
+                format!("this agent already has {limit} requests open (fault_containment.max_concurrent_requests)")
+            }
+            Refusal::Contained(crate::containment::Overflow::PendingBytes { limit }) => format!(
+                "this agent's request bodies in flight would exceed {limit} bytes (fault_containment.max_pending_bytes)"
             ),
             Refusal::CircuitOpen(_) => {
                 "the destination is failing and its circuit breaker is open; retry after the Retry-After header"
@@ -297,6 +315,8 @@ pub const ALL_REASONS: &[&str] = &[
     // limits and breakers (429, 503)
     "rate_limit_exceeded",
     "circuit_open",
+    "max_concurrent_requests_exceeded",
+    "max_pending_bytes_exceeded",
     // audit (503)
     "audit_unavailable",
 ];

@@ -19,6 +19,7 @@
 pub mod admin;
 pub mod audit;
 pub mod breaker;
+pub mod containment;
 pub mod context;
 pub mod decision;
 pub mod dns;
@@ -95,12 +96,17 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
     let proxy_addr = proxy_listeners[0].local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
 
+    let snapshot_limits = snapshot.containment_limits();
     let gateway = Arc::new(Gateway {
         policy: ArcSwap::from_pointee(snapshot),
         identities: ArcSwap::from_pointee(identities),
         audit,
         metrics,
         open_tunnels: Default::default(),
+        containment: {
+            let (concurrent, pending) = snapshot_limits;
+            containment::Containment::new(concurrent, pending)
+        },
     });
 
     let (stop, stopped) = watch::channel(false);

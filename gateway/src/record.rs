@@ -197,7 +197,8 @@ fn record_refused(gateway: &Gateway, ctx: RequestContext, slot: AuditSlot, refus
             size_bytes: 0,
         });
         event
-    } else if let Refusal::RateLimited(_) = refusal {
+    } else if let Refusal::RateLimited(_) | Refusal::Contained(_) = refusal {
+        // Load refusals, not policy denials: the agent may retry later.
         gateway
             .metrics
             .record_request(DecisionLabel::RateLimited, reason, Some(status), elapsed);

@@ -65,6 +65,8 @@ pub fn reload_policy(gateway: &Gateway, path: &Path) -> bool {
                 tracing::warn!("{warning}");
             }
             let version = snapshot.version.clone();
+            let (concurrent, pending) = snapshot.containment_limits();
+            gateway.containment.set_limits(concurrent, pending);
             gateway.policy.store(Arc::new(snapshot));
             gateway.metrics.record_policy_reload_success(&version);
             tracing::info!(%version, "policy reloaded");

@@ -41,6 +41,8 @@ pub struct Gateway {
     /// CONNECT tunnels currently open, across all workers (the drain waits
     /// for them).
     pub open_tunnels: std::sync::atomic::AtomicUsize,
+    /// Per-agent concurrency and bytes in flight; lives across reloads.
+    pub containment: Arc<crate::containment::Containment>,
 }
 
 /// One loaded policy bundle, compiled, with the resolver its `dns` section
@@ -57,6 +59,7 @@ pub struct PolicySnapshot {
     /// exported as a labelled metric (wildcards would make labels unbounded).
     pub exported_breaker_domains: std::collections::HashSet<String>,
     breaker_config: model::CircuitBreaker,
+    containment_limits: (u32, u64),
     egress: model::EgressPolicy,
 }
 
@@ -109,8 +112,17 @@ impl PolicySnapshot {
             breakers,
             exported_breaker_domains,
             breaker_config: doc.circuit_breaker.clone(),
+            containment_limits: (
+                doc.fault_containment.max_concurrent_requests.value,
+                doc.fault_containment.max_pending_bytes.as_u64(),
+            ),
             egress: doc.egress.clone(),
         })
+    }
+
+    /// The containment limits this policy sets.
+    pub fn containment_limits(&self) -> (u32, u64) {
+        self.containment_limits
     }
 
     pub fn enforcement_for(&self, environment: &str) -> Enforcement {

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 #[derive(Debug)]
@@ -55,7 +55,7 @@ pub async fn send(proxy: SocketAddr, head: &str, body: &[u8]) -> RawResponse {
 }
 
 /// Reads one response from a stream (Content-Length, chunked, or until close).
-pub async fn read_response(stream: &mut TcpStream) -> RawResponse {
+pub async fn read_response<S: AsyncRead + Unpin>(stream: &mut S) -> RawResponse {
     let mut buf = Vec::new();
     let head_end = loop {
         if let Some(pos) = find(&buf, b"\r\n\r\n") {
@@ -111,7 +111,7 @@ pub async fn read_response(stream: &mut TcpStream) -> RawResponse {
     RawResponse { status, headers, body }
 }
 
-async fn read_chunked(stream: &mut TcpStream, mut buf: Vec<u8>) -> Vec<u8> {
+async fn read_chunked<S: AsyncRead + Unpin>(stream: &mut S, mut buf: Vec<u8>) -> Vec<u8> {
     let mut body = Vec::new();
     loop {
         while find(&buf, b"\r\n").is_none() {
@@ -139,7 +139,7 @@ async fn read_chunked(stream: &mut TcpStream, mut buf: Vec<u8>) -> Vec<u8> {
     }
 }
 
-async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) {
+async fn fill<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) {
     let mut chunk = [0u8; 65536];
     let n = stream.read(&mut chunk).await.expect("read");
     assert!(n > 0, "connection closed mid-body");

@@ -22,36 +22,79 @@ pub struct Transfer {
     /// The client's request body failed: an error that follows is the
     /// client's, not the upstream's (and must not count against it).
     pub client_body_failed: std::sync::atomic::AtomicBool,
+    /// The body was cut because the agent's bytes in flight passed
+    /// `fault_containment.max_pending_bytes`.
+    pub contained: std::sync::atomic::AtomicBool,
 }
+
+/// Why the request body stopped early.
+#[derive(Debug)]
+pub enum OutboundError {
+    Client(hyper::Error),
+    Contained(crate::containment::Overflow),
+}
+
+impl std::fmt::Display for OutboundError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OutboundError::Client(error) => write!(f, "client request body: {error}"),
+            OutboundError::Contained(overflow) => write!(f, "request body refused: {overflow:?}"),
+        }
+    }
+}
+
+impl std::error::Error for OutboundError {}
 
 /// The request body sent upstream: the client's body, streamed, counted.
 pub struct OutboundBody {
     inner: Incoming,
     transfer: Arc<Transfer>,
+    /// Set when the body has no declared length: its bytes are charged to
+    /// the agent's containment share as they arrive.
+    streamed_charge: Option<Arc<crate::containment::Admission>>,
 }
 
 impl OutboundBody {
-    pub fn new(inner: Incoming, transfer: Arc<Transfer>) -> Self {
-        OutboundBody { inner, transfer }
+    pub fn new(
+        inner: Incoming,
+        transfer: Arc<Transfer>,
+        streamed_charge: Option<Arc<crate::containment::Admission>>,
+    ) -> Self {
+        OutboundBody {
+            inner,
+            transfer,
+            streamed_charge,
+        }
     }
 }
 
 impl Body for OutboundBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = OutboundError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, OutboundError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    self.transfer.bytes_out.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    let len = data.len() as u64;
+                    self.transfer.bytes_out.fetch_add(len, Ordering::Relaxed);
+                    if let Some(admission) = &self.streamed_charge
+                        && let Err(overflow) = admission.charge_streamed(len)
+                    {
+                        self.transfer.contained.store(true, Ordering::Relaxed);
+                        return Poll::Ready(Some(Err(OutboundError::Contained(overflow))));
+                    }
                 }
+                Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(_))) => self.transfer.client_body_failed.store(true, Ordering::Relaxed),
-            _ => {}
+            Poll::Ready(Some(Err(error))) => {
+                self.transfer.client_body_failed.store(true, Ordering::Relaxed);
+                Poll::Ready(Some(Err(OutboundError::Client(error))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {

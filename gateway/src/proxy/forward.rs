@@ -52,7 +52,14 @@ pub(super) async fn forward(
         .append(header::VIA, HeaderValue::from_static("1.1 clawgress"));
 
     let transfer = Arc::new(Transfer::default());
-    let outbound = Request::from_parts(parts, OutboundBody::new(body, transfer.clone()));
+    // A body without Content-Length was admitted at zero bytes; it is
+    // charged to the agent's share as it streams.
+    let streamed_charge = if parts.headers.contains_key(header::CONTENT_LENGTH) {
+        None
+    } else {
+        ctx.admission.clone()
+    };
+    let outbound = Request::from_parts(parts, OutboundBody::new(body, transfer.clone(), streamed_charge));
     // From here on the finisher records the exchange whatever happens,
     // including the client going away while the upstream is still working.
     let mut finisher = Finisher::new(gateway.clone(), ctx, slot, transfer.clone());
@@ -65,6 +72,9 @@ pub(super) async fn forward(
             return finisher.refuse(Refusal::Upstream(UpstreamFailure::ResponseTimeout));
         }
         Err(Waited::Failed(error)) => {
+            if let Some(overflow) = transfer_contained(&transfer, &gateway) {
+                return finisher.refuse(Refusal::Contained(overflow));
+            }
             if transfer.client_body_failed.load(Ordering::Relaxed) {
                 // The client's fault: the destination's breaker is not told.
                 return finisher.refuse(Refusal::Request(RequestProblem::ClientBody));
@@ -111,6 +121,16 @@ pub(super) async fn forward(
     }
     finisher.served(parts.status.as_u16());
     Response::from_parts(parts, ProxyBody::Upstream(UpstreamBody::new(body, transfer, finisher)))
+}
+
+/// The overflow that cut the request body, if containment did.
+fn transfer_contained(transfer: &Transfer, gateway: &Gateway) -> Option<crate::containment::Overflow> {
+    transfer
+        .contained
+        .load(Ordering::Relaxed)
+        .then(|| crate::containment::Overflow::PendingBytes {
+            limit: gateway.containment.max_pending_bytes(),
+        })
 }
 
 enum Waited {

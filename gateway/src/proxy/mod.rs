@@ -167,6 +167,21 @@ async fn admit(
         dest.addr = Some(SocketAddr::new(ip, port));
     }
 
+    // Containment: this agent's share of the gateway (seed §5.2). Before the
+    // limiters, so a request refused here spends no rate capacity, and a
+    // request waiting in a limiter's queue holds its slot.
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let admission = gateway
+        .containment
+        .admit(&identity.agent_id, declared)
+        .map_err(Refusal::Contained)?;
+    ctx.admission = Some(Arc::new(admission));
+
     // Limit: after the decision (a denied request spends no capacity), before
     // any byte leaves.
     let key = LimitKey {
