@@ -2,6 +2,7 @@
 //! crates; behaviour lives in `gateway/`, `policies/` and friends.
 
 mod bench;
+mod egress;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,6 +36,9 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Operate the gateway: temporary allows, requests and approvals, the
+    /// emergency block, audit export (talks to the admin port's /v1/ API).
+    Egress(egress::EgressArgs),
     /// Load-test a proxy (or a direct target): p50/p99 latency and requests/s.
     Bench(bench::BenchArgs),
     /// Serve fixed-size responses, as the target for `clawgress bench`.
@@ -70,6 +74,13 @@ struct GatewayArgs {
     /// How often the policy and agent files are checked for changes, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     watch_interval_ms: u64,
+    /// NATS server holding the shared control state (KV bucket `clawgress-control`),
+    /// e.g. nats://127.0.0.1:4222. Without it the gateway runs standalone.
+    #[arg(long, env = "NATS_URL")]
+    nats: Option<String>,
+    /// Control API tokens and roles (YAML; see policies/admin-tokens.example.yaml).
+    #[arg(long, env = "CLAWGRESS_ADMIN_TOKENS")]
+    admin_tokens: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -119,10 +130,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     .workers
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
                 drain: Duration::from_secs(30),
+                nats_url: args.nats,
+                admin_tokens: args.admin_tokens,
+                state_dir,
             };
             runtime()?.block_on(clawgress_gateway::run(config, shutdown_signal()))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Egress(args) => egress::run(args),
         Command::Policy {
             command: PolicyCommand::Check { file },
         } => match clawgress_policies::load_file(&file) {

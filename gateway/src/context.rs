@@ -76,6 +76,9 @@ pub struct RequestContext {
     /// This exchange's share of the agent's containment limits; released
     /// when the context is dropped, i.e. once the exchange is recorded.
     pub admission: Option<Arc<crate::containment::Admission>>,
+    /// The unavailable dependency that `egress.fail_mode: open` passed
+    /// this request through despite.
+    pub fail_open: Option<&'static str>,
     pub bytes_out: u64,
     pub bytes_in: u64,
 }
@@ -98,6 +101,7 @@ impl RequestContext {
             policy_version: None,
             breaker: None,
             admission: None,
+            fail_open: None,
             bytes_out: 0,
             bytes_in: 0,
         }

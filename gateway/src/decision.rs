@@ -55,6 +55,11 @@ pub enum Refusal {
     CircuitOpen(crate::breaker::BreakerOpen),
     /// The agent's share of the gateway is used up (seed §5.2).
     Contained(crate::containment::Overflow),
+    /// A maintainer's emergency block is in force: every agent is denied.
+    EmergencyBlock { incident_id: Arc<str> },
+    /// The control state is unknown (no NATS and no last-known-good copy)
+    /// and `egress.fail_mode` is `closed`.
+    ControlUnavailable,
     /// The client went away before the upstream answered. Nobody reads
     /// this answer; it exists so the exchange is still recorded.
     ClientClosed,
@@ -100,6 +105,8 @@ impl Refusal {
             Refusal::Contained(crate::containment::Overflow::Concurrency { .. }) => "max_concurrent_requests_exceeded",
             Refusal::Contained(crate::containment::Overflow::PendingBytes { .. }) => "max_pending_bytes_exceeded",
             Refusal::CircuitOpen(_) => "circuit_open",
+            Refusal::EmergencyBlock { .. } => "emergency_block",
+            Refusal::ControlUnavailable => "control_store_unavailable",
             Refusal::MalformedHost(_) => "malformed_host",
             Refusal::Policy { reason, .. } => reason.as_str(),
             Refusal::PrivateAddress(_) => "private_address",
@@ -124,7 +131,10 @@ impl Refusal {
                 StatusCode::GATEWAY_TIMEOUT
             }
             Refusal::Upstream(_) => StatusCode::BAD_GATEWAY,
-            Refusal::AuditUnavailable | Refusal::CircuitOpen(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::AuditUnavailable | Refusal::CircuitOpen(_) | Refusal::ControlUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Refusal::EmergencyBlock { .. } => StatusCode::FORBIDDEN,
             Refusal::RateLimited(_) | Refusal::Contained(_) => StatusCode::TOO_MANY_REQUESTS,
             // nginx's convention for "client closed request"; never sent.
             Refusal::ClientClosed => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
@@ -150,6 +160,8 @@ impl Refusal {
                 crate::limits::Scope::Global => "rate_limits.global",
             }),
             Refusal::CircuitOpen(_) => Arc::from("circuit_breaker"),
+            Refusal::EmergencyBlock { incident_id } => Arc::from(format!("control.emergency_block.{incident_id}")),
+            Refusal::ControlUnavailable => Arc::from("control_store"),
             Refusal::Contained(crate::containment::Overflow::Concurrency { .. }) => {
                 Arc::from("fault_containment.max_concurrent_requests")
             }
@@ -164,7 +176,12 @@ impl Refusal {
     pub fn alert(&self) -> bool {
         matches!(
             self,
-            Refusal::Policy { .. } | Refusal::PrivateAddress(_) | Refusal::MalformedHost(_) | Refusal::AuditUnavailable
+            Refusal::Policy { .. }
+                | Refusal::PrivateAddress(_)
+                | Refusal::MalformedHost(_)
+                | Refusal::AuditUnavailable
+                | Refusal::EmergencyBlock { .. }
+                | Refusal::ControlUnavailable
         )
     }
 
@@ -258,6 +275,14 @@ impl Refusal {
             Refusal::AuditUnavailable => {
                 "the audit trail cannot take another record; the gateway fails closed".to_string()
             }
+            Refusal::EmergencyBlock { incident_id } => format!(
+                "all egress is stopped by emergency block {incident_id}; a maintainer lifts it with `clawgress egress restore --incident-id {incident_id}`"
+            ),
+            Refusal::ControlUnavailable => {
+                "the gateway cannot reach its control store and has no last-known-good copy, \
+                 so it cannot tell whether an emergency block is in force; it fails closed (egress.fail_mode)"
+                    .to_string()
+            }
         }
     }
 }
@@ -317,6 +342,9 @@ pub const ALL_REASONS: &[&str] = &[
     "circuit_open",
     "max_concurrent_requests_exceeded",
     "max_pending_bytes_exceeded",
+    // operator control (403, 503)
+    "emergency_block",
+    "control_store_unavailable",
     // audit (503)
     "audit_unavailable",
 ];

@@ -21,6 +21,7 @@ pub mod audit;
 pub mod breaker;
 pub mod containment;
 pub mod context;
+pub mod control;
 pub mod decision;
 pub mod dns;
 pub mod identity;
@@ -62,6 +63,14 @@ pub struct GatewayConfig {
     pub workers: usize,
     /// How long in-flight requests may run after a shutdown signal.
     pub drain: Duration,
+    /// NATS server whose KV bucket `clawgress-control` holds the runtime
+    /// control state. `None`: standalone, state kept in `state_dir` only.
+    pub nats_url: Option<String>,
+    /// Bearer tokens and roles for the control API; without it the API
+    /// refuses everyone.
+    pub admin_tokens: Option<PathBuf>,
+    /// Where the last-known-good control state is kept.
+    pub state_dir: PathBuf,
 }
 
 /// Starts the gateway and serves until `shutdown` resolves; then stops
@@ -93,9 +102,16 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
             config.admin
         )
     })?;
+    let admin_tokens = match &config.admin_tokens {
+        Some(path) => admin::auth::AdminTokens::load(path).map_err(|e| anyhow::anyhow!("{e}"))?,
+        None => admin::auth::AdminTokens::default(),
+    };
     let proxy_addr = proxy_listeners[0].local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
 
+    let (stop, stopped) = watch::channel(false);
+    let control = control::ControlStore::start(config.nats_url.clone(), &config.state_dir, stopped.clone());
+    control.first_sync(Duration::from_secs(5)).await;
     let snapshot_limits = snapshot.containment_limits();
     let gateway = Arc::new(Gateway {
         policy: ArcSwap::from_pointee(snapshot),
@@ -107,9 +123,11 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
             let (concurrent, pending) = snapshot_limits;
             containment::Containment::new(concurrent, pending)
         },
+        control,
+        admin_tokens,
+        audit_path: config.audit.clone(),
     });
 
-    let (stop, stopped) = watch::channel(false);
     let workers = proxy::server::spawn_workers(proxy_listeners, gateway.clone(), stopped.clone(), config.drain)
         .context("cannot start the proxy workers")?;
     let admin = tokio::spawn(admin::serve(admin_listener, gateway.clone(), stopped.clone()));
@@ -138,7 +156,11 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
     // Machine-readable start lines: scripts and tests read the real ports
     // from here when they asked for port 0.
     println!("proxy listening on {proxy_addr} ({} workers)", config.workers.max(1));
-    println!("admin listening on {admin_addr} (/metrics /healthz /readyz)");
+    println!("admin listening on {admin_addr} (/metrics /healthz /readyz /v1/)");
+    match &config.nats_url {
+        Some(url) => println!("control store nats {url} bucket {}", control::store::BUCKET),
+        None => println!("control store standalone {}", config.state_dir.display()),
+    }
     println!("audit trail {}", config.audit.display());
 
     shutdown.await;

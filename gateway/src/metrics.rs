@@ -164,7 +164,12 @@ pub struct GatewayMetrics {
     audit: AuditMetrics,
     connections: [IntGauge; 3],
     dns_lookups: [IntCounter; 5],
+    /// `egress_fail_open_total`, `[control_store, audit_sink]`.
+    fail_open: [IntCounter; 2],
 }
+
+/// The dependencies whose absence `egress.fail_mode` governs.
+pub const FAIL_OPEN_DEPENDENCIES: [&str; 2] = ["control_store", "audit_sink"];
 
 impl std::fmt::Debug for GatewayMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -296,8 +301,23 @@ impl GatewayMetrics {
         )?;
         let dns_lookups = try_array(DnsResult::ALL, |r| dns_vec.get_metric_with_label_values(&[r.as_str()]))?;
 
+        let fail_open_vec = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "egress_fail_open_total",
+                    "Requests let through by egress.fail_mode: open while a dependency was unavailable",
+                ),
+                &["dependency"],
+            )?,
+        )?;
+        let fail_open = try_array(FAIL_OPEN_DEPENDENCIES, |d| {
+            fail_open_vec.get_metric_with_label_values(&[d])
+        })?;
+
         let reason_count = reason_table.len();
         Ok(GatewayMetrics {
+            fail_open,
             registry,
             reasons: reason_table.into_boxed_slice(),
             requests: LazyCounters::new(requests, DecisionLabel::ALL.len() * reason_count * STATUS_CLASSES.len()),
@@ -338,6 +358,14 @@ impl GatewayMetrics {
         self.durations[decision as usize].observe(elapsed.as_secs_f64());
         if decision == DecisionLabel::Deny {
             self.blocked.get(reason_index, || [self.reasons[reason_index]]).inc();
+        }
+    }
+
+    /// A request passed by `fail_mode: open`; `dependency` is one of
+    /// [`FAIL_OPEN_DEPENDENCIES`].
+    pub fn record_fail_open(&self, dependency: &str) {
+        if let Some(index) = FAIL_OPEN_DEPENDENCIES.iter().position(|d| *d == dependency) {
+            self.fail_open[index].inc();
         }
     }
 

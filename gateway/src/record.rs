@@ -267,6 +267,7 @@ fn event(ctx: &RequestContext, verdict: Verdict, policy_id: String) -> EgressEve
     let mut event = EgressEvent::new(ctx.request_id, identity, request, verdict, policy_id, mode);
     event.timestamp = ctx.timestamp;
     event.trace_id = ctx.trace_id.clone();
+    event.fail_open = ctx.fail_open;
     event.policy_version = ctx.policy_version.as_ref().map(|v| v.to_string());
     event.destination_ip = ctx.destination_ip();
     event.protocol = destination.map(|d| match d.protocol {

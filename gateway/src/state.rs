@@ -43,6 +43,13 @@ pub struct Gateway {
     pub open_tunnels: std::sync::atomic::AtomicUsize,
     /// Per-agent concurrency and bytes in flight; lives across reloads.
     pub containment: Arc<crate::containment::Containment>,
+    /// Runtime control state shared by every replica (temporary allows,
+    /// emergency block).
+    pub control: Arc<crate::control::ControlStore>,
+    /// Who may use the control API.
+    pub admin_tokens: crate::admin::auth::AdminTokens,
+    /// The audit trail, for exports.
+    pub audit_path: std::path::PathBuf,
 }
 
 /// One loaded policy bundle, compiled, with the resolver its `dns` section
@@ -61,6 +68,8 @@ pub struct PolicySnapshot {
     breaker_config: model::CircuitBreaker,
     containment_limits: (u32, u64),
     egress: model::EgressPolicy,
+    /// The bundle's allow rules as operators see them (`clawgress egress list`).
+    pub rules_listing: Arc<Vec<serde_json::Value>>,
 }
 
 impl PolicySnapshot {
@@ -103,6 +112,7 @@ impl PolicySnapshot {
             })
             .collect();
         Ok(PolicySnapshot {
+            rules_listing: Arc::new(rules_listing(doc)),
             compiled: CompiledPolicy::compile(bundle),
             resolver,
             version: Arc::from(bundle.version.as_str()),
@@ -125,6 +135,11 @@ impl PolicySnapshot {
         self.containment_limits
     }
 
+    /// What to do for agents in `environment` when a dependency is down.
+    pub fn fail_mode_for(&self, environment: &str) -> model::FailMode {
+        self.egress.fail_mode_for(environment)
+    }
+
     pub fn enforcement_for(&self, environment: &str) -> Enforcement {
         match self.egress.enforcement_for(environment) {
             model::Enforcement::Enforce => Enforcement::Enforce,
@@ -138,6 +153,36 @@ thread_local! {
     /// keeps its own pool: a request and its upstream connection are then
     /// driven by the same thread, with no cross-thread wake-ups.
     static UPSTREAM: UpstreamClient = upstream_client();
+}
+
+/// Every allow rule of the bundle, in file order, with its group.
+fn rules_listing(doc: &clawgress_policies::model::PolicyDocument) -> Vec<serde_json::Value> {
+    let now = chrono::Utc::now();
+    let groups = doc
+        .allowlist
+        .groups
+        .iter()
+        .map(|group| (group.name.value.to_string(), &group.rules))
+        .chain(std::iter::once((
+            clawgress_policies::model::PROJECT_GROUP.to_string(),
+            &doc.project_allowlist,
+        )));
+    let mut listing = Vec::new();
+    for (group, rules) in groups {
+        for rule in rules {
+            let expires = rule.expires.as_ref().map(|e| e.value.ends_at());
+            listing.push(serde_json::json!({
+                "source": "policy",
+                "group": group,
+                "domain": rule.domain.value.to_string(),
+                "ports": rule.ports,
+                "protocols": rule.protocols,
+                "expires_at": expires,
+                "active": expires.is_none_or(|at| at > now),
+            }));
+        }
+    }
+    listing
 }
 
 /// The calling worker's upstream pool.

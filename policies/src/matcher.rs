@@ -74,6 +74,15 @@ pub enum DenyReason {
 }
 
 impl DenyReason {
+    /// Whether an operator's temporary entry may lift this denial. Blocks
+    /// (`blocklisted`, `blocked_pattern`) and role limits never are.
+    pub fn is_open_to_temporary(&self) -> bool {
+        matches!(
+            self,
+            DenyReason::DomainNotInAllowlist | DenyReason::PortNotAllowed | DenyReason::ProtocolNotAllowed
+        )
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             DenyReason::BlockedPattern => "blocked_pattern",

@@ -4,6 +4,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod control;
 mod limits;
 mod operations;
 mod policy;

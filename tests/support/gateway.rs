@@ -50,6 +50,12 @@ impl GatewayProc {
             .arg("--audit")
             .arg(&audit)
             .args(extra)
+            // Never the user's own state directory.
+            .args(if extra.contains(&"--state-dir") {
+                Vec::new()
+            } else {
+                vec!["--state-dir".into(), dir.path().join("state").into_os_string()]
+            })
             .env("CLAWGRESS_LOG", "info")
             .env(
                 "CLAWGRESS_TEST_JWT_SECRET",

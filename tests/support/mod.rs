@@ -5,6 +5,7 @@
 
 pub mod dns;
 pub mod gateway;
+pub mod nats;
 pub mod raw;
 pub mod tls;
 pub mod upstream;

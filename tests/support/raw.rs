@@ -140,7 +140,8 @@ async fn read_chunked<S: AsyncRead + Unpin>(stream: &mut S, mut buf: Vec<u8>) ->
 }
 
 async fn fill<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) {
-    let mut chunk = [0u8; 65536];
+    // On the heap: a 64 KiB array would sit in every future that awaits this.
+    let mut chunk = vec![0u8; 65536];
     let n = stream.read(&mut chunk).await.expect("read");
     assert!(n > 0, "connection closed mid-body");
     buf.extend_from_slice(&chunk[..n]);

@@ -221,6 +221,9 @@ pub struct EgressEvent {
     /// Names of the DLP rules that matched, never the matched text.
     pub dlp_matches: Vec<String>,
     pub anomaly_score: f64,
+    /// The dependency that was unavailable when `egress.fail_mode: open`
+    /// let this request through (`control_store`, `audit_sink`).
+    pub fail_open: Option<&'static str>,
 }
 
 impl EgressEvent {
@@ -254,6 +257,7 @@ impl EgressEvent {
             token_estimate: None,
             dlp_matches: Vec::new(),
             anomaly_score: 0.0,
+            fail_open: None,
         }
     }
 }
@@ -375,6 +379,8 @@ struct EgressLine<'a> {
     token_estimate: Option<u64>,
     dlp_matches: &'a [String],
     anomaly_score: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fail_open: Option<&'static str>,
 }
 
 impl<'a> From<&'a EgressEvent> for EgressLine<'a> {
@@ -445,6 +451,7 @@ impl<'a> From<&'a EgressEvent> for EgressLine<'a> {
             token_estimate: e.token_estimate,
             dlp_matches: &e.dlp_matches,
             anomaly_score: e.anomaly_score,
+            fail_open: e.fail_open,
         }
     }
 }

@@ -149,8 +149,25 @@ impl fmt::Debug for AuditSlot {
 
 impl AuditSlot {
     pub fn record(mut self, event: impl Into<AuditEvent>) {
-        if let Some(permit) = self.permit.take() {
-            permit.send(event.into());
+        match self.permit.take() {
+            Some(permit) => {
+                permit.send(event.into());
+            }
+            // The fail-open slot: the trail cannot take the record, so the
+            // log keeps it (as JSON, so it can be re-imported).
+            None => match serde_json::to_string(&Into::<AuditEvent>::into(event)) {
+                Ok(line) => tracing::warn!(target: "clawgress::audit_fallback", "{line}"),
+                Err(error) => tracing::error!("cannot serialize a fail-open audit record: {error}"),
+            },
+        }
+    }
+
+    /// A slot for a request that `egress.fail_mode: open` serves while the
+    /// audit trail is unavailable: its record goes to the log instead.
+    pub fn fail_open(sink: &AuditSink) -> AuditSlot {
+        AuditSlot {
+            permit: None,
+            abandoned: sink.metrics.slots_abandoned.clone(),
         }
     }
 }

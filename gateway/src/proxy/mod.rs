@@ -22,6 +22,7 @@ use hyper::body::Incoming;
 use crate::Gateway;
 use crate::audit::AuditSlot;
 use crate::context::{Destination, Outcome, RequestContext, RequestKind, audit_path, trace_id_from};
+use crate::control::ControlVerdict;
 use crate::decision::{Enforcement, Refusal, RequestProblem};
 use crate::dns::{AddressClass, Host, ResolveError, ResolveSource, Resolved, RestrictedKind, classify, parse_host};
 use crate::limits::{LimitKey, LimitVerdict};
@@ -30,7 +31,7 @@ use crate::record::record;
 use crate::response::refusal_response;
 use crate::state::PolicySnapshot;
 use body::ProxyBody;
-use clawgress_policies::model::ThrottleAction;
+use clawgress_policies::model::{FailMode, ThrottleAction};
 
 /// The proxy's answer to one request. Never an error: every failure is a
 /// response the client can read.
@@ -45,7 +46,17 @@ pub async fn handle(gateway: Arc<Gateway>, client: SocketAddr, req: Request<Inco
 
     // Reserve the audit record first: a request we could not record is a
     // request we must not serve (fail closed).
-    let Ok(slot) = gateway.audit.reserve() else {
+    let slot = match gateway.audit.reserve() {
+        Ok(slot) => Some(slot),
+        // Unless this agent's environment is configured to fail open.
+        Err(_) if audit_fails_open(&gateway, &req) => {
+            ctx.fail_open = Some("audit_sink");
+            gateway.metrics.record_fail_open("audit_sink");
+            Some(AuditSlot::fail_open(&gateway.audit))
+        }
+        Err(_) => None,
+    };
+    let Some(slot) = slot else {
         let refusal = Refusal::AuditUnavailable;
         let response = refusal_response(&ctx, &refusal);
         gateway.metrics.record_request(
@@ -65,6 +76,30 @@ pub async fn handle(gateway: Arc<Gateway>, client: SocketAddr, req: Request<Inco
         },
         Err(refusal) => refuse(&gateway, ctx, slot, refusal),
     }
+}
+
+/// How a temporary entry appears in the audit line and metrics.
+fn temporary_allow(entry: &crate::control::TempAllow) -> clawgress_policies::AllowedBy {
+    clawgress_policies::AllowedBy {
+        policy_id: Arc::from(format!("control.allow.{}", entry.id)),
+        group: Arc::from("temporary"),
+        private_ok: false,
+        tls: Default::default(),
+        rate_limit: None,
+    }
+}
+
+/// Whether the requesting agent (if it identifies) is in an environment
+/// whose `egress.fail_mode` is `open`.
+fn audit_fails_open(gateway: &Gateway, req: &Request<Incoming>) -> bool {
+    let Ok(identity) = gateway
+        .identities
+        .load()
+        .identify(req.headers().get(header::PROXY_AUTHORIZATION))
+    else {
+        return false;
+    };
+    gateway.policy.load().fail_mode_for(&identity.environment) == FailMode::Open
 }
 
 /// Answers with a refusal and records it.
@@ -96,6 +131,22 @@ async fn admit(
     ctx.enforcement = policy.enforcement_for(&identity.environment);
     ctx.identity = Some(identity.clone());
     ctx.policy_version = Some(policy.version.clone());
+
+    // Control: an operator's emergency block stops every agent. A replica
+    // that cannot know the control state lets `egress.fail_mode` decide.
+    if !gateway.control.is_known() {
+        if policy.fail_mode_for(&identity.environment) == FailMode::Closed {
+            return Err(Refusal::ControlUnavailable);
+        }
+        ctx.fail_open = Some("control_store");
+        gateway.metrics.record_fail_open("control_store");
+    }
+    let control = gateway.control.snapshot();
+    if let Some(block) = control.emergency() {
+        return Err(Refusal::EmergencyBlock {
+            incident_id: Arc::from(block.incident_id.as_str()),
+        });
+    }
     if is_loop(req) {
         return Err(Refusal::Request(RequestProblem::ProxyLoop));
     }
@@ -114,6 +165,7 @@ async fn admit(
         addr: None,
     });
 
+    let now = chrono::Utc::now();
     // Decide: the allowlist before DNS, so a denied name is never resolved
     // (seed §6.2: resolution only succeeds for allowlisted names).
     let matched = policy.compiled.evaluate(
@@ -123,8 +175,19 @@ async fn admit(
             protocol,
             role: &identity.role,
         },
-        chrono::Utc::now(),
+        now,
     );
+    // A live temporary entry (`clawgress egress allow-temp`, or an approved
+    // request) opens what the allowlist does not; blocklists still win.
+    let matched = match matched {
+        MatchOutcome::Deny(denial) if denial.reason.is_open_to_temporary() => {
+            match control.check(&host_text, port, now) {
+                ControlVerdict::TempAllowed(entry) => MatchOutcome::Allow(temporary_allow(entry)),
+                _ => MatchOutcome::Deny(denial),
+            }
+        }
+        other => other,
+    };
     // A literal private address is refused as such, more specific than "not
     // in the allowlist", unless a rule explicitly allows private targets.
     if let Host::Ip(ip) = host

@@ -1,4 +1,10 @@
-//! The admin port: Prometheus metrics, liveness and readiness.
+//! The admin port: Prometheus metrics, liveness and readiness, and the
+//! operator control API under `/v1/` ([`api`]), which needs a bearer token
+//! with a role ([`auth`]).
+
+mod api;
+pub mod auth;
+mod export;
 
 use std::sync::Arc;
 
@@ -31,7 +37,7 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: w
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let gateway = gateway.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(&gateway, &req)) }
+                async move { Ok::<_, std::convert::Infallible>(route(&gateway, req).await) }
             });
             if let Err(error) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -43,7 +49,10 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: w
     }
 }
 
-fn route(gateway: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(gateway: &Gateway, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.uri().path().starts_with("/v1/") {
+        return api::handle(gateway, req).await;
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are served here\n");
     }
@@ -51,6 +60,7 @@ fn route(gateway: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/metrics" => {
             let mut text = gateway.metrics.render();
             render_breakers(gateway, &mut text);
+            render_control(gateway, &mut text);
             let mut response = Response::new(Full::new(Bytes::from(text)));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -70,7 +80,10 @@ fn route(gateway: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 )
             }
         }
-        _ => text(StatusCode::NOT_FOUND, "not found; try /metrics, /healthz or /readyz\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try /metrics, /healthz, /readyz or the control API under /v1/\n",
+        ),
     }
 }
 
@@ -92,6 +105,46 @@ fn render_breakers(gateway: &Gateway, out: &mut String) {
             );
         }
     }
+}
+
+/// The control store's state, and the fail-open passes that its absence
+/// (or the audit sink's) allowed.
+fn render_control(gateway: &Gateway, out: &mut String) {
+    use std::fmt::Write as _;
+    let status = gateway.control.status();
+    out.push_str("# HELP clawgress_control_store_status Where this replica's control state comes from (1 on the current status)\n");
+    out.push_str("# TYPE clawgress_control_store_status gauge\n");
+    for candidate in [
+        crate::control::StoreStatus::Standalone,
+        crate::control::StoreStatus::Synced,
+        crate::control::StoreStatus::LastKnownGood,
+        crate::control::StoreStatus::Unknown,
+    ] {
+        let _ = writeln!(
+            out,
+            "clawgress_control_store_status{{status=\"{}\"}} {}",
+            candidate.as_str(),
+            u8::from(candidate == status)
+        );
+    }
+    let snapshot = gateway.control.snapshot();
+    out.push_str("# HELP clawgress_control_revision The control bucket revision this replica has applied\n");
+    out.push_str("# TYPE clawgress_control_revision gauge\n");
+    let _ = writeln!(out, "clawgress_control_revision {}", snapshot.revision);
+    out.push_str("# HELP clawgress_emergency_block 1 while an emergency block is in force\n");
+    out.push_str("# TYPE clawgress_emergency_block gauge\n");
+    let _ = writeln!(
+        out,
+        "clawgress_emergency_block {}",
+        u8::from(snapshot.emergency().is_some())
+    );
+    out.push_str("# HELP clawgress_temporary_allows Live temporary allowlist entries\n");
+    out.push_str("# TYPE clawgress_temporary_allows gauge\n");
+    let _ = writeln!(
+        out,
+        "clawgress_temporary_allows {}",
+        snapshot.temporary(chrono::Utc::now()).count()
+    );
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {

@@ -1,0 +1,622 @@
+//! The operator control API (seed §2.3, §8.3, §10), JSON over the admin
+//! port. Every change is written to the control store (and so reaches every
+//! replica) and leaves an `admin_action` audit record naming the actor; a
+//! change that cannot be audited is not made.
+
+use bytes::Bytes;
+use chrono::Utc;
+use clawgress_policies::matcher::{MatchOutcome, MatchRequest, Protocol};
+use clawgress_policies::values::DurationSpec;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use super::auth::{Actor, AuthFailure, Role};
+use crate::Gateway;
+use crate::audit::AdminEvent;
+use crate::control::{self, AccessRequest, ControlItem, EmergencyBlock, RequestStatus, TempAllow};
+
+/// Largest request body the API reads.
+const MAX_BODY: usize = 64 * 1024;
+/// Longest a temporary entry or an approved request may last.
+const MAX_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(90 * 86_400);
+/// How long an approved request lasts when it names no duration.
+const DEFAULT_APPROVAL: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+
+type ApiResponse = Response<Full<Bytes>>;
+
+/// An error answer: status, stable code, what was wrong, what to do.
+pub(super) struct Problem {
+    status: StatusCode,
+    code: &'static str,
+    detail: String,
+    hint: Option<String>,
+}
+
+impl Problem {
+    pub(super) fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Problem {
+        Problem {
+            status,
+            code,
+            detail: detail.into(),
+            hint: None,
+        }
+    }
+
+    fn hint(mut self, hint: impl Into<String>) -> Problem {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    pub(super) fn bad(detail: impl Into<String>, hint: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::BAD_REQUEST, "invalid_request", detail).hint(hint)
+    }
+
+    pub(super) fn into_response(self) -> ApiResponse {
+        let mut body = serde_json::json!({
+            "type": format!("https://clawgress.dev/problems/{}", self.code),
+            "title": self.status.canonical_reason().unwrap_or("Error"),
+            "status": self.status.as_u16(),
+            "reason": self.code,
+            "detail": self.detail,
+        });
+        if let Some(hint) = self.hint {
+            body["hint"] = hint.into();
+        }
+        let mut response = json_response(self.status, &body);
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"clawgress-admin\""),
+            );
+        }
+        response
+    }
+}
+
+fn json_response(status: StatusCode, body: &serde_json::Value) -> ApiResponse {
+    let mut bytes = serde_json::to_vec_pretty(body).unwrap_or_default();
+    bytes.push(b'\n');
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Route {
+    Status,
+    ListAllowlist,
+    AddTemporary,
+    RemoveTemporary(String),
+    ListRequests,
+    FileRequest,
+    Approve(String),
+    Reject(String),
+    EmergencyBlock,
+    Restore,
+    ExportAudit,
+}
+
+const ROUTES: &str = "GET /v1/status, GET /v1/allowlist, POST /v1/allowlist/temporary, \
+    DELETE /v1/allowlist/temporary/{id}, GET|POST /v1/requests, POST /v1/requests/{id}/approve, \
+    POST /v1/requests/{id}/reject, POST /v1/emergency-block, POST /v1/restore, GET /v1/audit";
+
+impl Route {
+    fn parse(method: &Method, path: &str) -> Option<Route> {
+        let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(2).collect();
+        let route = match (method.as_str(), segments.as_slice()) {
+            ("GET", ["status"]) => Route::Status,
+            ("GET", ["allowlist"]) => Route::ListAllowlist,
+            ("POST", ["allowlist", "temporary"]) => Route::AddTemporary,
+            ("DELETE", ["allowlist", "temporary", id]) => Route::RemoveTemporary(id.to_string()),
+            ("GET", ["requests"]) => Route::ListRequests,
+            ("POST", ["requests"]) => Route::FileRequest,
+            ("POST", ["requests", id, "approve"]) => Route::Approve(id.to_string()),
+            ("POST", ["requests", id, "reject"]) => Route::Reject(id.to_string()),
+            ("POST", ["emergency-block"]) => Route::EmergencyBlock,
+            ("POST", ["restore"]) => Route::Restore,
+            ("GET", ["audit"]) => Route::ExportAudit,
+            _ => return None,
+        };
+        Some(route)
+    }
+
+    fn role(&self) -> Role {
+        match self {
+            Route::Status | Route::ListAllowlist | Route::ListRequests | Route::FileRequest | Route::ExportAudit => {
+                Role::Viewer
+            }
+            Route::AddTemporary | Route::RemoveTemporary(_) => Role::Operator,
+            Route::Approve(_) | Route::Reject(_) | Route::EmergencyBlock | Route::Restore => Role::Maintainer,
+        }
+    }
+
+    fn action(&self) -> &'static str {
+        match self {
+            Route::Status => "status",
+            Route::ListAllowlist => "list",
+            Route::AddTemporary => "allow_temp",
+            Route::RemoveTemporary(_) => "remove_temp",
+            Route::ListRequests => "list_requests",
+            Route::FileRequest => "request",
+            Route::Approve(_) => "approve",
+            Route::Reject(_) => "reject",
+            Route::EmergencyBlock => "emergency_block",
+            Route::Restore => "restore",
+            Route::ExportAudit => "export",
+        }
+    }
+
+    fn is_change(&self) -> bool {
+        !matches!(
+            self,
+            Route::Status | Route::ListAllowlist | Route::ListRequests | Route::ExportAudit
+        )
+    }
+}
+
+pub(super) async fn handle(gateway: &Gateway, req: Request<Incoming>) -> ApiResponse {
+    let (parts, body) = req.into_parts();
+    let Some(route) = Route::parse(&parts.method, parts.uri.path()) else {
+        return Problem::new(
+            StatusCode::NOT_FOUND,
+            "no_such_route",
+            format!("{} {} is not part of the control API", parts.method, parts.uri.path()),
+        )
+        .hint(format!("the routes are: {ROUTES}"))
+        .into_response();
+    };
+    let actor = match gateway.admin_tokens.authorize(&parts.headers, route.role()) {
+        Ok(actor) => actor,
+        Err(failure) => {
+            if route.is_change() {
+                audit_refused(gateway, &route, failure);
+            }
+            return auth_problem(failure).into_response();
+        }
+    };
+    if route == Route::ExportAudit {
+        return super::export::export(gateway, parts.uri.query().unwrap_or_default()).await;
+    }
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the request body is over {MAX_BODY} bytes or was cut off"),
+            )
+            .into_response();
+        }
+    };
+    if !route.is_change() {
+        return read(gateway, &route);
+    }
+    // The record is reserved before the change: if the audit trail cannot
+    // take it, nothing changes (fail closed).
+    let Ok(slot) = gateway.audit.reserve() else {
+        return Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            "the audit trail cannot take a record, so no change is made",
+        )
+        .hint("retry shortly; check the gateway's audit disk")
+        .into_response();
+    };
+    let mut event = AdminEvent::new(actor.name.clone(), actor.role.as_str(), route.action());
+    let result = change(gateway, &route, &actor, &body, &mut event.details).await;
+    event.details.insert(
+        "outcome".to_string(),
+        if result.is_ok() { "ok" } else { "failed" }.to_string(),
+    );
+    if let Err(problem) = &result {
+        event.details.insert("error".to_string(), problem.code.to_string());
+    }
+    slot.record(event);
+    match result {
+        Ok((status, body)) => json_response(status, &body),
+        Err(problem) => problem.into_response(),
+    }
+}
+
+fn auth_problem(failure: AuthFailure) -> Problem {
+    match failure {
+        AuthFailure::NotConfigured => Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "control_api_disabled",
+            "no admin tokens are configured on this gateway, so the control API accepts nobody",
+        )
+        .hint("start the gateway with --admin-tokens FILE (see policies/admin-tokens.example.yaml)"),
+        AuthFailure::Missing => Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "missing_token",
+            "the control API needs `Authorization: Bearer <token>`",
+        )
+        .hint("pass --token or set CLAWGRESS_ADMIN_TOKEN"),
+        AuthFailure::Unknown => Problem::new(StatusCode::UNAUTHORIZED, "unknown_token", "the token matches no actor")
+            .hint("check the token; its SHA-256 must be listed in the admin tokens file"),
+        AuthFailure::Forbidden { needed, has } => Problem::new(
+            StatusCode::FORBIDDEN,
+            "role_not_allowed",
+            format!(
+                "this needs the {} role; the token has {}",
+                needed.as_str(),
+                has.as_str()
+            ),
+        )
+        .hint("ask someone with that role, or file a request with `clawgress egress request`"),
+    }
+}
+
+/// A refused change attempt is itself on the record.
+fn audit_refused(gateway: &Gateway, route: &Route, failure: AuthFailure) {
+    let Ok(slot) = gateway.audit.reserve() else {
+        return;
+    };
+    let (actor, role) = match failure {
+        AuthFailure::Forbidden { has, .. } => ("known token".to_string(), has.as_str()),
+        _ => ("unauthenticated".to_string(), "none"),
+    };
+    let mut event = AdminEvent::new(actor, role, route.action());
+    event.details.insert("outcome".to_string(), "refused".to_string());
+    event
+        .details
+        .insert("error".to_string(), auth_problem(failure).code.to_string());
+    slot.record(event);
+}
+
+fn parse_body<T: DeserializeOwned>(body: &Bytes, example: &str) -> Result<T, Problem> {
+    let text = if body.is_empty() { &b"{}"[..] } else { &body[..] };
+    serde_json::from_slice(text)
+        .map_err(|e| Problem::bad(format!("the JSON body is not valid: {e}"), format!("send {example}")))
+}
+
+fn parse_duration(text: &str, what: &str) -> Result<std::time::Duration, Problem> {
+    let duration = text
+        .parse::<DurationSpec>()
+        .map_err(|e| Problem::bad(format!("{what}: {}", e.problem), e.hint))?
+        .duration();
+    if duration.is_zero() || duration > MAX_TEMPORARY {
+        return Err(Problem::bad(
+            format!("{what} must be between 1s and 90d; got {text}"),
+            "write a duration like 24h or 7d; for longer, add the domain to the policy file",
+        ));
+    }
+    Ok(duration)
+}
+
+fn required(text: &str, field: &str) -> Result<String, Problem> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err(Problem::bad(
+            format!("`{field}` is empty"),
+            format!("say why in `{field}`: it goes into the audit trail"),
+        ));
+    }
+    Ok(trimmed.chars().take(500).collect())
+}
+
+fn ports_or_default(ports: Option<Vec<u16>>) -> Result<Vec<u16>, Problem> {
+    let ports = ports.unwrap_or_else(|| control::DEFAULT_PORTS.to_vec());
+    if ports.is_empty() || ports.contains(&0) {
+        return Err(Problem::bad(
+            "`ports` must list ports between 1 and 65535",
+            "e.g. \"ports\": [443]",
+        ));
+    }
+    Ok(ports)
+}
+
+/// A domain the operator may open: well-formed, and not one that a
+/// blocklist or block pattern covers (those win over any allow).
+fn checked_domain(gateway: &Gateway, text: &str) -> Result<String, Problem> {
+    let domain =
+        control::parse_domain(text).map_err(|e| Problem::bad(format!("`domain`: {e}"), "e.g. api.new-service.com"))?;
+    let policy = gateway.policy.load();
+    let probe = domain.trim_start_matches("*.");
+    let verdict = policy.compiled.evaluate(
+        &MatchRequest {
+            host: probe,
+            port: 443,
+            protocol: Protocol::Https,
+            role: "",
+        },
+        Utc::now(),
+    );
+    if let MatchOutcome::Deny(denial) = verdict
+        && matches!(
+            denial.reason,
+            clawgress_policies::DenyReason::Blocklisted | clawgress_policies::DenyReason::BlockedPattern
+        )
+    {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "blocklisted",
+            format!(
+                "{domain} is blocked by {}; a block wins over any allow",
+                denial.policy_id
+            ),
+        )
+        .hint("change the policy file if the block is wrong"));
+    }
+    Ok(domain)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TemporaryBody {
+    domain: String,
+    duration: String,
+    reason: String,
+    #[serde(default)]
+    task: Option<String>,
+    #[serde(default)]
+    ports: Option<Vec<u16>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestBody {
+    domain: String,
+    reason: String,
+    #[serde(default)]
+    project: Option<String>,
+    #[serde(default)]
+    duration: Option<String>,
+    #[serde(default)]
+    ports: Option<Vec<u16>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApproveBody {
+    #[serde(default)]
+    duration: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BlockBody {
+    reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestoreBody {
+    incident_id: String,
+}
+
+type Changed = Result<(StatusCode, serde_json::Value), Problem>;
+
+async fn change(
+    gateway: &Gateway,
+    route: &Route,
+    actor: &Actor,
+    body: &Bytes,
+    details: &mut std::collections::BTreeMap<String, String>,
+) -> Changed {
+    let now = Utc::now();
+    let store = &gateway.control;
+    let item = match route {
+        Route::AddTemporary => {
+            let body: TemporaryBody = parse_body(
+                body,
+                r#"{"domain": "api.example.com", "duration": "24h", "reason": "...", "task": "..."}"#,
+            )?;
+            let domain = checked_domain(gateway, &body.domain)?;
+            let duration = parse_duration(&body.duration, "`duration`")?;
+            ControlItem::Allow(TempAllow {
+                id: control::new_id("tmp"),
+                domain,
+                ports: ports_or_default(body.ports)?,
+                expires_at: now + duration,
+                reason: required(&body.reason, "reason")?,
+                task: body.task,
+                created_by: actor.name.clone(),
+                created_at: now,
+                request_id: None,
+            })
+        }
+        Route::RemoveTemporary(id) => {
+            let snapshot = store.snapshot();
+            let entry = snapshot
+                .temp_allow(id)
+                .ok_or_else(|| not_found("temporary entry", id))?;
+            details.insert("id".to_string(), id.clone());
+            details.insert("domain".to_string(), entry.domain.clone());
+            store
+                .delete(&ControlItem::Allow(entry.clone()).key())
+                .await
+                .map_err(store_problem)?;
+            return Ok((StatusCode::OK, serde_json::json!({"removed": id})));
+        }
+        Route::FileRequest => {
+            let body: RequestBody = parse_body(
+                body,
+                r#"{"domain": "api.example.com", "reason": "...", "project": "..."}"#,
+            )?;
+            let duration = match &body.duration {
+                Some(text) => parse_duration(text, "`duration`")?,
+                None => DEFAULT_APPROVAL,
+            };
+            ControlItem::Request(AccessRequest {
+                id: control::new_id("req"),
+                domain: checked_domain(gateway, &body.domain)?,
+                ports: ports_or_default(body.ports)?,
+                reason: required(&body.reason, "reason")?,
+                project: body.project,
+                duration_secs: duration.as_secs(),
+                requested_by: actor.name.clone(),
+                requested_at: now,
+                status: RequestStatus::Pending,
+                decided_by: None,
+                decided_at: None,
+            })
+        }
+        Route::Approve(id) | Route::Reject(id) => {
+            let approve = matches!(route, Route::Approve(_));
+            let body: ApproveBody = parse_body(body, r#"{} or {"duration": "30d"}"#)?;
+            let snapshot = store.snapshot();
+            let request = snapshot.request(id).ok_or_else(|| not_found("request", id))?;
+            if request.status != RequestStatus::Pending {
+                return Err(Problem::new(
+                    StatusCode::CONFLICT,
+                    "request_already_decided",
+                    format!("request {id} is already {:?}", request.status).to_lowercase(),
+                ));
+            }
+            let mut decided = request.clone();
+            decided.status = if approve {
+                RequestStatus::Approved
+            } else {
+                RequestStatus::Rejected
+            };
+            decided.decided_by = Some(actor.name.clone());
+            decided.decided_at = Some(now);
+            details.insert("request_id".to_string(), id.clone());
+            details.insert("domain".to_string(), request.domain.clone());
+            let mut answer = serde_json::json!({"request": decided});
+            if approve {
+                let duration = match &body.duration {
+                    Some(text) => parse_duration(text, "`duration`")?,
+                    None => std::time::Duration::from_secs(request.duration_secs),
+                };
+                let entry = TempAllow {
+                    id: control::new_id("tmp"),
+                    domain: request.domain.clone(),
+                    ports: request.ports.clone(),
+                    expires_at: now + duration,
+                    reason: request.reason.clone(),
+                    task: request.project.clone(),
+                    created_by: actor.name.clone(),
+                    created_at: now,
+                    request_id: Some(id.clone()),
+                };
+                details.insert("id".to_string(), entry.id.clone());
+                answer["allowlist_entry"] = serde_json::to_value(&entry).unwrap_or_default();
+                store.put(ControlItem::Allow(entry)).await.map_err(store_problem)?;
+            }
+            store.put(ControlItem::Request(decided)).await.map_err(store_problem)?;
+            return Ok((StatusCode::OK, answer));
+        }
+        Route::EmergencyBlock => {
+            let body: BlockBody = parse_body(body, r#"{"reason": "Security incident"}"#)?;
+            if let Some(block) = store.snapshot().emergency() {
+                return Err(Problem::new(
+                    StatusCode::CONFLICT,
+                    "already_blocked",
+                    format!("emergency block {} is already in force", block.incident_id),
+                )
+                .hint(format!("restore with --incident-id {}", block.incident_id)));
+            }
+            ControlItem::Emergency(EmergencyBlock {
+                incident_id: control::new_id("inc"),
+                reason: required(&body.reason, "reason")?,
+                actor: actor.name.clone(),
+                since: now,
+            })
+        }
+        Route::Restore => {
+            let body: RestoreBody = parse_body(body, r#"{"incident_id": "inc-..."}"#)?;
+            let snapshot = store.snapshot();
+            let block = snapshot
+                .emergency()
+                .ok_or_else(|| Problem::new(StatusCode::CONFLICT, "not_blocked", "no emergency block is in force"))?;
+            if block.incident_id != body.incident_id {
+                return Err(Problem::new(
+                    StatusCode::CONFLICT,
+                    "wrong_incident",
+                    format!("the block in force is {}, not {}", block.incident_id, body.incident_id),
+                )
+                .hint("restore names the incident it ends, so two incidents are never confused"));
+            }
+            details.insert("incident_id".to_string(), block.incident_id.clone());
+            store.delete("emergency").await.map_err(store_problem)?;
+            return Ok((StatusCode::OK, serde_json::json!({"restored": body.incident_id})));
+        }
+        _ => return Err(Problem::new(StatusCode::NOT_FOUND, "no_such_route", "not a change")),
+    };
+    match &item {
+        ControlItem::Allow(entry) => {
+            details.insert("id".to_string(), entry.id.clone());
+            details.insert("domain".to_string(), entry.domain.clone());
+            details.insert("expires_at".to_string(), entry.expires_at.to_rfc3339());
+            details.insert("reason".to_string(), entry.reason.clone());
+        }
+        ControlItem::Request(request) => {
+            details.insert("request_id".to_string(), request.id.clone());
+            details.insert("domain".to_string(), request.domain.clone());
+            details.insert("reason".to_string(), request.reason.clone());
+        }
+        ControlItem::Emergency(block) => {
+            details.insert("incident_id".to_string(), block.incident_id.clone());
+            details.insert("reason".to_string(), block.reason.clone());
+        }
+    }
+    let answer = match &item {
+        ControlItem::Allow(entry) => serde_json::to_value(entry),
+        ControlItem::Request(request) => serde_json::to_value(request),
+        ControlItem::Emergency(block) => serde_json::to_value(block),
+    }
+    .unwrap_or_default();
+    store.put(item).await.map_err(store_problem)?;
+    Ok((StatusCode::CREATED, answer))
+}
+
+fn not_found(what: &str, id: &str) -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "not_found", format!("no {what} with id {id}"))
+        .hint("list them with `clawgress egress list`")
+}
+
+fn store_problem(error: control::ControlError) -> Problem {
+    match error {
+        control::ControlError::Unavailable => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "control_store_unavailable",
+            error.to_string(),
+        ),
+        other => Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "control_store_error",
+            other.to_string(),
+        ),
+    }
+}
+
+fn read(gateway: &Gateway, route: &Route) -> ApiResponse {
+    let snapshot = gateway.control.snapshot();
+    let now = Utc::now();
+    let body = match route {
+        Route::Status => serde_json::json!({
+            "control_store": gateway.control.status().as_str(),
+            "revision": snapshot.revision,
+            "emergency_block": snapshot.emergency(),
+            "policy_version": gateway.policy.load().version.as_ref(),
+        }),
+        Route::ListAllowlist => {
+            let policy = gateway.policy.load();
+            let temporary: Vec<_> = snapshot.temporary(now).collect();
+            serde_json::json!({
+                "policy_version": policy.version.as_ref(),
+                "emergency_block": snapshot.emergency(),
+                "rules": policy.rules_listing.as_ref(),
+                "temporary": temporary,
+            })
+        }
+        Route::ListRequests => {
+            let requests: Vec<_> = snapshot.requests().collect();
+            serde_json::json!({ "requests": requests })
+        }
+        _ => serde_json::Value::Null,
+    };
+    json_response(StatusCode::OK, &body)
+}

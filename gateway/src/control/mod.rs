@@ -1,0 +1,258 @@
+//! Runtime control state that operators change while the gateway runs
+//! (seed §2.3, §10): temporary allowlist entries, access requests and their
+//! approval, and the emergency block.
+//!
+//! The state is a set of JSON values under keys of the NATS JetStream KV
+//! bucket `clawgress-control`, shared by every replica ([`store`]). Each
+//! replica holds it as an immutable [`ControlSnapshot`] that the request path
+//! reads without locks.
+
+pub mod store;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use clawgress_policies::pattern::DomainPattern;
+use serde::{Deserialize, Serialize};
+
+pub use store::{ControlError, ControlStore, StoreStatus};
+
+/// Ports a temporary entry opens when none are given.
+pub const DEFAULT_PORTS: [u16; 2] = [443, 80];
+
+/// A temporary allowlist entry (`clawgress egress allow-temp`, or an
+/// approved access request). It expires by itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TempAllow {
+    pub id: String,
+    /// `api.example.com` or `*.example.com`, normalized.
+    pub domain: String,
+    pub ports: Vec<u16>,
+    pub expires_at: DateTime<Utc>,
+    pub reason: String,
+    pub task: Option<String>,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    /// The access request it came from, when it was approved rather than
+    /// added directly.
+    #[serde(default)]
+    pub request_id: Option<String>,
+}
+
+/// Where an access request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestStatus {
+    Pending,
+    Approved,
+    Rejected,
+}
+
+/// `clawgress egress request`: someone asks for a domain; a maintainer
+/// approves or rejects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRequest {
+    pub id: String,
+    pub domain: String,
+    pub ports: Vec<u16>,
+    pub reason: String,
+    pub project: Option<String>,
+    /// How long the entry lasts once approved, in seconds.
+    pub duration_secs: u64,
+    pub requested_by: String,
+    pub requested_at: DateTime<Utc>,
+    pub status: RequestStatus,
+    #[serde(default)]
+    pub decided_by: Option<String>,
+    #[serde(default)]
+    pub decided_at: Option<DateTime<Utc>>,
+}
+
+/// `clawgress egress emergency-block`: every agent is denied until a
+/// maintainer restores with the incident id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmergencyBlock {
+    pub incident_id: String,
+    pub reason: String,
+    pub actor: String,
+    pub since: DateTime<Utc>,
+}
+
+/// One key of the bucket, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlItem {
+    Allow(TempAllow),
+    Request(AccessRequest),
+    Emergency(EmergencyBlock),
+}
+
+const ALLOW_PREFIX: &str = "allow.";
+const REQUEST_PREFIX: &str = "request.";
+const EMERGENCY_KEY: &str = "emergency";
+
+impl ControlItem {
+    /// The bucket key this item lives under.
+    pub fn key(&self) -> String {
+        match self {
+            ControlItem::Allow(allow) => format!("{ALLOW_PREFIX}{}", allow.id),
+            ControlItem::Request(request) => format!("{REQUEST_PREFIX}{}", request.id),
+            ControlItem::Emergency(_) => EMERGENCY_KEY.to_string(),
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        let value = match self {
+            ControlItem::Allow(allow) => serde_json::to_vec(allow),
+            ControlItem::Request(request) => serde_json::to_vec(request),
+            ControlItem::Emergency(block) => serde_json::to_vec(block),
+        };
+        value.unwrap_or_default()
+    }
+
+    /// Decodes the value stored under `key`. A value this version cannot
+    /// read is an error the caller logs; it never becomes an allow.
+    pub fn decode(key: &str, value: &[u8]) -> Result<ControlItem, String> {
+        let item = if key.starts_with(ALLOW_PREFIX) {
+            serde_json::from_slice(value).map(ControlItem::Allow)
+        } else if key.starts_with(REQUEST_PREFIX) {
+            serde_json::from_slice(value).map(ControlItem::Request)
+        } else if key == EMERGENCY_KEY {
+            serde_json::from_slice(value).map(ControlItem::Emergency)
+        } else {
+            return Err(format!("unknown control key '{key}'"));
+        };
+        item.map_err(|e| format!("control key '{key}' holds a value this gateway cannot read: {e}"))
+    }
+}
+
+/// A temporary entry, compiled for matching.
+#[derive(Debug, Clone)]
+struct CompiledAllow {
+    pattern: DomainPattern,
+    entry: TempAllow,
+}
+
+/// What the control state says about one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlVerdict<'a> {
+    /// Everything is blocked; the incident says why.
+    EmergencyBlock(&'a EmergencyBlock),
+    /// A live temporary entry covers the destination.
+    TempAllowed(&'a TempAllow),
+    NoOpinion,
+}
+
+/// The control state at one revision. Immutable: a change builds a new one.
+#[derive(Debug, Clone, Default)]
+pub struct ControlSnapshot {
+    items: BTreeMap<String, ControlItem>,
+    allows: Vec<CompiledAllow>,
+    emergency: Option<EmergencyBlock>,
+    /// The bucket revision of the last change applied (0 when never synced).
+    pub revision: u64,
+}
+
+impl ControlSnapshot {
+    pub fn from_items(items: BTreeMap<String, ControlItem>, revision: u64) -> ControlSnapshot {
+        let mut allows = Vec::new();
+        let mut emergency = None;
+        for item in items.values() {
+            match item {
+                ControlItem::Allow(entry) => match entry.domain.parse::<DomainPattern>() {
+                    Ok(pattern) => allows.push(CompiledAllow {
+                        pattern,
+                        entry: entry.clone(),
+                    }),
+                    Err(error) => tracing::warn!(id = %entry.id, "temporary entry ignored: {error}"),
+                },
+                ControlItem::Emergency(block) => emergency = Some(block.clone()),
+                ControlItem::Request(_) => {}
+            }
+        }
+        ControlSnapshot {
+            items,
+            allows,
+            emergency,
+            revision,
+        }
+    }
+
+    /// A snapshot with `key` set to `item` (or removed).
+    pub fn with(&self, key: &str, item: Option<ControlItem>, revision: u64) -> ControlSnapshot {
+        let mut items = self.items.clone();
+        match item {
+            Some(item) => items.insert(key.to_string(), item),
+            None => items.remove(key),
+        };
+        ControlSnapshot::from_items(items, revision.max(self.revision))
+    }
+
+    pub fn items(&self) -> &BTreeMap<String, ControlItem> {
+        &self.items
+    }
+
+    pub fn emergency(&self) -> Option<&EmergencyBlock> {
+        self.emergency.as_ref()
+    }
+
+    /// Live temporary entries (not yet expired at `now`).
+    pub fn temporary(&self, now: DateTime<Utc>) -> impl Iterator<Item = &TempAllow> {
+        self.allows
+            .iter()
+            .map(|a| &a.entry)
+            .filter(move |entry| entry.expires_at > now)
+    }
+
+    pub fn requests(&self) -> impl Iterator<Item = &AccessRequest> {
+        self.items.values().filter_map(|item| match item {
+            ControlItem::Request(request) => Some(request),
+            _ => None,
+        })
+    }
+
+    pub fn request(&self, id: &str) -> Option<&AccessRequest> {
+        match self.items.get(&format!("{REQUEST_PREFIX}{id}")) {
+            Some(ControlItem::Request(request)) => Some(request),
+            _ => None,
+        }
+    }
+
+    pub fn temp_allow(&self, id: &str) -> Option<&TempAllow> {
+        match self.items.get(&format!("{ALLOW_PREFIX}{id}")) {
+            Some(ControlItem::Allow(entry)) => Some(entry),
+            _ => None,
+        }
+    }
+
+    /// The hot-path question. Allocation-free: an emergency block is one
+    /// branch, and the temporary list is short and scanned in place.
+    pub fn check(&self, host: &str, port: u16, now: DateTime<Utc>) -> ControlVerdict<'_> {
+        if let Some(block) = &self.emergency {
+            return ControlVerdict::EmergencyBlock(block);
+        }
+        self.allows
+            .iter()
+            .find(|a| a.entry.expires_at > now && a.entry.ports.contains(&port) && a.pattern.matches(host))
+            .map_or(ControlVerdict::NoOpinion, |a| ControlVerdict::TempAllowed(&a.entry))
+    }
+}
+
+/// A fresh id such as `req-3f9a1c02`: short enough to type, random enough
+/// that two replicas never collide in practice.
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", rand::random::<u32>())
+}
+
+/// Normalizes a domain an operator typed, with the policy's own rules and
+/// hints (`*.` wildcards, IDNA, no IP literals).
+pub fn parse_domain(text: &str) -> Result<String, String> {
+    text.parse::<DomainPattern>()
+        .map(|pattern| pattern.to_string())
+        .map_err(|e| format!("{}; {}", e.problem, e.hint))
+}
+
+#[cfg(test)]
+mod tests;

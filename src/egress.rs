@@ -1,0 +1,404 @@
+//! `clawgress egress ...`: the operator commands of seed §2.3, §8.3 and §10,
+//! as a client of the gateway's control API on its admin port.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
+use hyper::{Method, Request, Uri};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+
+#[derive(clap::Args)]
+pub struct EgressArgs {
+    /// The gateway's admin address.
+    #[arg(
+        long,
+        global = true,
+        env = "CLAWGRESS_ADMIN_URL",
+        default_value = "http://127.0.0.1:9128"
+    )]
+    admin: String,
+    /// Bearer token for the control API.
+    #[arg(long, global = true, env = "CLAWGRESS_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print the API's JSON instead of a summary.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: EgressCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum EgressCommand {
+    /// Open a domain for a limited time (operator). It expires by itself.
+    AllowTemp {
+        #[arg(long)]
+        domain: String,
+        /// How long, e.g. 24h, 7d (at most 90d).
+        #[arg(long, default_value = "24h")]
+        duration: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        task: Option<String>,
+        /// Ports to open [default: 443 and 80]; repeat for several.
+        #[arg(long = "port")]
+        ports: Vec<u16>,
+    },
+    /// Remove a temporary entry before it expires (operator).
+    RemoveTemp {
+        #[arg(long)]
+        id: String,
+    },
+    /// Ask for a domain to be allowed; a maintainer approves it.
+    Request {
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        project: Option<String>,
+        /// How long the entry lasts once approved [default: 30d].
+        #[arg(long)]
+        duration: Option<String>,
+        #[arg(long = "port")]
+        ports: Vec<u16>,
+    },
+    /// Approve a request (maintainer): it becomes a temporary entry.
+    Approve {
+        #[arg(long)]
+        request_id: String,
+        /// Override the requested duration.
+        #[arg(long)]
+        duration: Option<String>,
+    },
+    /// Reject a request (maintainer).
+    Reject {
+        #[arg(long)]
+        request_id: String,
+    },
+    /// List access requests and where they stand.
+    Requests,
+    /// The effective allowlist: the policy's rules and live temporary entries.
+    List,
+    /// Deny every agent on every replica until restored (maintainer).
+    EmergencyBlock {
+        #[arg(long)]
+        reason: String,
+    },
+    /// Lift an emergency block (maintainer).
+    Restore {
+        #[arg(long)]
+        incident_id: String,
+    },
+    /// Audit records as JSON lines.
+    Export {
+        /// Only `json` (one record per line).
+        #[arg(long, default_value = "json")]
+        format: String,
+        /// RFC 3339 time or relative: "1 hour ago", "30m", "2d".
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+        /// Most records to return (1..=100000).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// The control store's state on this replica.
+    Status,
+}
+
+pub fn run(args: EgressArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(run_async(args))
+}
+
+async fn run_async(args: EgressArgs) -> anyhow::Result<ExitCode> {
+    let api = Api {
+        base: args.admin.trim_end_matches('/').to_string(),
+        token: args.token.clone(),
+    };
+    let (method, path, body) = match &args.command {
+        EgressCommand::AllowTemp {
+            domain,
+            duration,
+            reason,
+            task,
+            ports,
+        } => (
+            Method::POST,
+            "/v1/allowlist/temporary".to_string(),
+            Some(with_ports(
+                json!({"domain": domain, "duration": duration, "reason": reason, "task": task}),
+                ports,
+            )),
+        ),
+        EgressCommand::RemoveTemp { id } => (Method::DELETE, format!("/v1/allowlist/temporary/{id}"), None),
+        EgressCommand::Request {
+            domain,
+            reason,
+            project,
+            duration,
+            ports,
+        } => (
+            Method::POST,
+            "/v1/requests".to_string(),
+            Some(with_ports(
+                json!({"domain": domain, "reason": reason, "project": project, "duration": duration}),
+                ports,
+            )),
+        ),
+        EgressCommand::Approve { request_id, duration } => (
+            Method::POST,
+            format!("/v1/requests/{request_id}/approve"),
+            Some(json!({"duration": duration})),
+        ),
+        EgressCommand::Reject { request_id } => (Method::POST, format!("/v1/requests/{request_id}/reject"), None),
+        EgressCommand::Requests => (Method::GET, "/v1/requests".to_string(), None),
+        EgressCommand::List => (Method::GET, "/v1/allowlist".to_string(), None),
+        EgressCommand::EmergencyBlock { reason } => (
+            Method::POST,
+            "/v1/emergency-block".to_string(),
+            Some(json!({ "reason": reason })),
+        ),
+        EgressCommand::Restore { incident_id } => (
+            Method::POST,
+            "/v1/restore".to_string(),
+            Some(json!({ "incident_id": incident_id })),
+        ),
+        EgressCommand::Export {
+            format,
+            from,
+            to,
+            limit,
+        } => {
+            if format != "json" {
+                bail!("--format {format} is not supported; use --format json");
+            }
+            let mut query = vec![format!("format={format}")];
+            query.extend(from.iter().map(|f| format!("from={}", encode(f))));
+            query.extend(to.iter().map(|t| format!("to={}", encode(t))));
+            query.extend(limit.iter().map(|l| format!("limit={l}")));
+            (Method::GET, format!("/v1/audit?{}", query.join("&")), None)
+        }
+        EgressCommand::Status => (Method::GET, "/v1/status".to_string(), None),
+    };
+    let (status, text) = api.call(method, &path, body).await?;
+    if !status.is_success() {
+        let problem: Value = serde_json::from_slice(&text).unwrap_or(Value::Null);
+        eprintln!(
+            "error: {} ({})",
+            problem["detail"].as_str().unwrap_or("the gateway refused"),
+            status
+        );
+        if let Some(hint) = problem["hint"].as_str() {
+            eprintln!("  hint: {hint}");
+        }
+        return Ok(ExitCode::FAILURE);
+    }
+    if let EgressCommand::Export { .. } = args.command {
+        use std::io::Write as _;
+        std::io::stdout().write_all(&text)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let value: Value = serde_json::from_slice(&text).context("the gateway's answer is not JSON")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print!("{}", summarize(&args.command, &value));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn with_ports(mut body: Value, ports: &[u16]) -> Value {
+    if !ports.is_empty() {
+        body["ports"] = json!(ports);
+    }
+    body
+}
+
+/// Percent-encodes a query value (spaces in "1 hour ago", `+` in offsets).
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b':' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// What a person wants to read after each command.
+fn summarize(command: &EgressCommand, value: &Value) -> String {
+    let s = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    match command {
+        EgressCommand::AllowTemp { .. } => format!(
+            "temporary entry {} allows {} on ports {} until {}\n",
+            s(&value["id"]),
+            s(&value["domain"]),
+            value["ports"],
+            s(&value["expires_at"])
+        ),
+        EgressCommand::RemoveTemp { id } => format!("temporary entry {id} removed\n"),
+        EgressCommand::Request { .. } => format!(
+            "request {} for {} filed; a maintainer approves it with `clawgress egress approve --request-id {}`\n",
+            s(&value["id"]),
+            s(&value["domain"]),
+            s(&value["id"])
+        ),
+        EgressCommand::Approve { request_id, .. } => format!(
+            "request {request_id} approved: temporary entry {} allows {} until {}\n",
+            s(&value["allowlist_entry"]["id"]),
+            s(&value["allowlist_entry"]["domain"]),
+            s(&value["allowlist_entry"]["expires_at"])
+        ),
+        EgressCommand::Reject { request_id } => format!("request {request_id} rejected\n"),
+        EgressCommand::EmergencyBlock { .. } => format!(
+            "EMERGENCY BLOCK {} in force: every agent is denied on every replica.\nLift it with: clawgress egress restore --incident-id {}\n",
+            s(&value["incident_id"]),
+            s(&value["incident_id"])
+        ),
+        EgressCommand::Restore { incident_id } => format!("emergency block {incident_id} lifted\n"),
+        EgressCommand::Status => format!(
+            "control store: {}\nrevision: {}\npolicy version: {}\nemergency block: {}\n",
+            s(&value["control_store"]),
+            value["revision"],
+            s(&value["policy_version"]),
+            value["emergency_block"]["incident_id"].as_str().unwrap_or("none")
+        ),
+        EgressCommand::Requests => {
+            let mut out = String::new();
+            for r in value["requests"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "{:<14} {:<10} {:<32} by {} ({})\n",
+                    s(&r["id"]),
+                    s(&r["status"]),
+                    s(&r["domain"]),
+                    s(&r["requested_by"]),
+                    s(&r["reason"])
+                ));
+            }
+            if out.is_empty() {
+                out.push_str("no requests\n");
+            }
+            out
+        }
+        EgressCommand::List => list(value),
+        EgressCommand::Export { .. } => String::new(),
+    }
+}
+
+fn list(value: &Value) -> String {
+    let s = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    let mut out = String::new();
+    if let Some(id) = value["emergency_block"]["incident_id"].as_str() {
+        out.push_str(&format!(
+            "EMERGENCY BLOCK {id} in force since {} ({}): every request is denied\n\n",
+            s(&value["emergency_block"]["since"]),
+            s(&value["emergency_block"]["reason"])
+        ));
+    }
+    out.push_str(&format!("policy {}\n", s(&value["policy_version"])));
+    out.push_str(&format!(
+        "{:<22} {:<40} {:<14} {:<12} {}\n",
+        "GROUP", "DOMAIN", "PORTS", "PROTOCOLS", "EXPIRES"
+    ));
+    for rule in value["rules"].as_array().into_iter().flatten() {
+        let expires = match (rule["expires_at"].as_str(), rule["active"].as_bool()) {
+            (Some(at), Some(false)) => format!("{at} (expired)"),
+            (Some(at), _) => at.to_string(),
+            (None, _) => "-".to_string(),
+        };
+        out.push_str(&format!(
+            "{:<22} {:<40} {:<14} {:<12} {}\n",
+            s(&rule["group"]),
+            s(&rule["domain"]),
+            compact(&rule["ports"]),
+            compact(&rule["protocols"]),
+            expires
+        ));
+    }
+    for entry in value["temporary"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:<22} {:<40} {:<14} {:<12} {} (id {}, by {})\n",
+            "temporary",
+            s(&entry["domain"]),
+            compact(&entry["ports"]),
+            "http,https",
+            s(&entry["expires_at"]),
+            s(&entry["id"]),
+            s(&entry["created_by"])
+        ));
+    }
+    out
+}
+
+fn compact(list: &Value) -> String {
+    list.as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
+struct Api {
+    base: String,
+    token: Option<String>,
+}
+
+impl Api {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
+        let url: Uri = format!("{}{path}", self.base)
+            .parse()
+            .with_context(|| format!("--admin {} is not a URL like http://127.0.0.1:9128", self.base))?;
+        if url.scheme_str() != Some("http") {
+            bail!("--admin must be an http:// URL (the admin port speaks plain HTTP on a private address)");
+        }
+        let authority = url.authority().context("--admin has no host")?.clone();
+        let port = authority.port_u16().unwrap_or(80);
+        let stream = tokio::net::TcpStream::connect((authority.host().trim_matches(['[', ']']), port))
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot reach the gateway's admin API at {}; is the gateway running? (--admin)",
+                    self.base
+                )
+            })?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        let mut request = Request::builder()
+            .method(method)
+            .uri(url.path_and_query().map_or("/", |p| p.as_str()))
+            .header(HOST, authority.as_str());
+        if let Some(token) = &self.token {
+            request = request.header(
+                AUTHORIZATION,
+                HeaderValue::from_str(&format!("Bearer {token}"))
+                    .context("the token has characters a header cannot carry")?,
+            );
+        }
+        let payload = match body {
+            Some(body) => {
+                request = request.header(CONTENT_TYPE, "application/json");
+                Bytes::from(serde_json::to_vec(&body)?)
+            }
+            None => Bytes::new(),
+        };
+        let response = sender.send_request(request.body(Full::new(payload))?).await?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        Ok((status, bytes))
+    }
+}
