@@ -1,5 +1,5 @@
 # The two commands the README opens with. Each installs what it needs.
-.PHONY: up test bench-proxy
+.PHONY: up test bench-proxy bench-limits
 
 # The gateway with the shipped policy and the example agents, on
 # 127.0.0.1:3128 (proxy) and 127.0.0.1:9128 (admin). Ctrl-C stops it.
@@ -20,3 +20,10 @@ bench-proxy:
 	./deploy/local/prereqs.sh build squid
 	cargo build --release --locked
 	./gateway/bench/proxy_vs_squid.sh
+
+# Rate limiters on vs off, and emergency-block propagation across two
+# replicas on a real nats-server (see BENCHMARKS.md).
+bench-limits:
+	./deploy/local/prereqs.sh build nats
+	cargo build --release --locked
+	./gateway/bench/limits_and_control.sh

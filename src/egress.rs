@@ -118,10 +118,7 @@ pub fn run(args: EgressArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn run_async(args: EgressArgs) -> anyhow::Result<ExitCode> {
-    let api = Api {
-        base: args.admin.trim_end_matches('/').to_string(),
-        token: args.token.clone(),
-    };
+    let api = Api::new(&args.admin, args.token.clone());
     let (method, path, body) = match &args.command {
         EgressCommand::AllowTemp {
             domain,
@@ -348,13 +345,21 @@ fn compact(list: &Value) -> String {
         .unwrap_or_default()
 }
 
-struct Api {
+/// A client of one gateway's control API.
+pub struct Api {
     base: String,
     token: Option<String>,
 }
 
 impl Api {
-    async fn call(
+    pub fn new(base: &str, token: Option<String>) -> Api {
+        Api {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+        }
+    }
+
+    pub async fn call(
         &self,
         method: Method,
         path: &str,

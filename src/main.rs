@@ -41,6 +41,8 @@ enum Command {
     Egress(egress::EgressArgs),
     /// Load-test a proxy (or a direct target): p50/p99 latency and requests/s.
     Bench(bench::BenchArgs),
+    /// Time an emergency block from one replica's API to the first denial on another.
+    BenchControl(bench::control::ControlBenchArgs),
     /// Serve fixed-size responses, as the target for `clawgress bench`.
     BenchTarget(bench::TargetArgs),
 }
@@ -171,6 +173,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         // on a small machine the process under test keeps the rest.
         Command::Bench(args) => {
             single_thread_runtime()?.block_on(bench::run_bench(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::BenchControl(args) => {
+            single_thread_runtime()?.block_on(bench::control::run(args))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::BenchTarget(args) => {

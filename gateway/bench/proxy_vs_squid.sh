@@ -38,12 +38,12 @@ TARGET_URL=http://bench.local:18080/
 DIRECT_URL=http://127.0.0.1:18080/
 BENCH_USER=bench-agent:bench-key
 
-log() { printf '%s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
+
+# shellcheck source=gateway/bench/lib.sh
+. "$ROOT/gateway/bench/lib.sh"
 
 # --- prerequisites -----------------------------------------------------------
 
@@ -66,55 +66,6 @@ fi
 [ -x "$BIN" ] || die "$BIN is not executable"
 
 # --- processes -------------------------------------------------------------
-
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/clawgress-bench.XXXXXX")
-PIDS=()
-
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    if [ "${BENCH_KEEP_TMP:-0}" = 1 ]; then
-        log "kept $TMP"
-    else
-        rm -rf "$TMP"
-    fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# Waits until something accepts TCP connections on host:port.
-wait_listening() {
-    local name=$1 addr=$2 pid=$3 tries=0
-    until (exec 3<>"/dev/tcp/${addr%:*}/${addr##*:}") 2>/dev/null; do
-        kill -0 "$pid" 2>/dev/null || die "$name exited before listening on $addr"
-        tries=$((tries + 1))
-        [ "$tries" -lt 300 ] || die "$name is not listening on $addr after 30 s"
-        sleep 0.1
-    done
-}
-
-# One short request burst through a proxy, so a broken setup fails here with
-# its log rather than as a table of errors.
-probe() {
-    local name=$1 logfile=$2
-    shift 2
-    if ! "$BIN" bench "$@" --connections 1 --duration 0.3 --warmup 0 --json >/dev/null 2>"$TMP/probe.err"; then
-        cat "$TMP/probe.err" >&2
-        [ -f "$logfile" ] && tail -n 20 "$logfile" >&2
-        die "$name does not answer the bench target"
-    fi
-}
-
-start_target() {
-    "$BIN" bench-target --listen "$TARGET_LISTEN" --size "$SIZE" 2>"$TMP/target.log" &
-    PIDS+=($!)
-    wait_listening bench-target "$TARGET_LISTEN" $!
-}
 
 start_squid() {
     local dir=$TMP/squid
@@ -157,41 +108,13 @@ EOF
     probe squid "$dir/cache.log" --proxy "http://$SQUID_LISTEN" --target "$TARGET_URL"
 }
 
-start_clawgress() {
-    "$BIN" gateway \
-        --policy gateway/bench/policy.yaml \
-        --agents gateway/bench/agents.yaml \
-        --listen "$CLAWGRESS_LISTEN" \
-        --admin "$CLAWGRESS_ADMIN" \
-        --audit "$TMP/audit.jsonl" \
-        >"$TMP/gateway.log" 2>&1 &
-    PIDS+=($!)
-    wait_listening clawgress "$CLAWGRESS_LISTEN" $!
-    probe clawgress "$TMP/gateway.log" --proxy "http://$CLAWGRESS_LISTEN" \
-        --proxy-user "$BENCH_USER" --target "$TARGET_URL"
-}
-
 # --- runs ------------------------------------------------------------------
-
-RESULTS=$TMP/results.jsonl
-: >"$RESULTS"
-
-# run NAME BENCH-ARGS...: one measured run; its JSON goes to $RESULTS tagged
-# with NAME. A run with errors is still recorded: the table shows them.
-run() {
-    local name=$1 line
-    shift
-    log "run: $name $*"
-    line=$("$BIN" bench "$@" --duration "$DURATION" --warmup "$WARMUP" --json) || true
-    [ -n "$line" ] || die "run $name printed no result"
-    printf '{"name":"%s",%s\n' "$name" "${line#\{}" >>"$RESULTS"
-}
 
 start_target
 for proxy in $PROXIES; do
     case $proxy in
         squid) start_squid ;;
-        clawgress) start_clawgress ;;
+        clawgress) start_clawgress clawgress "$CLAWGRESS_LISTEN" "$CLAWGRESS_ADMIN" gateway/bench/policy.yaml ;;
         *) die "unknown proxy in BENCH_PROXIES: $proxy" ;;
     esac
 done

@@ -68,6 +68,8 @@ pub struct PolicySnapshot {
     breaker_config: model::CircuitBreaker,
     containment_limits: (u32, u64),
     egress: model::EgressPolicy,
+    /// `rate_limits.enabled`.
+    pub rate_limits_enabled: bool,
     /// The bundle's allow rules as operators see them (`clawgress egress list`).
     pub rules_listing: Arc<Vec<serde_json::Value>>,
 }
@@ -113,6 +115,7 @@ impl PolicySnapshot {
             .collect();
         Ok(PolicySnapshot {
             rules_listing: Arc::new(rules_listing(doc)),
+            rate_limits_enabled: doc.rate_limits.enabled,
             compiled: CompiledPolicy::compile(bundle),
             resolver,
             version: Arc::from(bundle.version.as_str()),

@@ -433,3 +433,55 @@ fn a_broken_tokens_file_is_refused_with_its_location() {
     assert!(stderr.contains("tokens.yaml:3:"), "{stderr}");
     assert!(stderr.contains("viewer"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_full_audit_trail_fails_closed_unless_the_environment_fails_open() {
+    let plane = Plane::new(|p| {
+        p.replace(
+            "  enforcement: enforce\n",
+            "  enforcement: enforce\n  environments:\n    dev: {fail_mode: open}\n",
+        )
+    })
+    .await;
+    // One audit slot: a held request takes it, so the trail is "full".
+    let gw = plane.gateway(&["--audit-queue", "1"]);
+    let port = plane.origin.addr.port();
+    let hold = get(&format!("http://ai.test:{port}/hold"), Some(AI_AGENT));
+    let proxy = gw.proxy;
+    let held = tokio::spawn(async move { raw::send(proxy, &hold, b"").await });
+    wait_until(|| plane.origin.requests.load(std::sync::atomic::Ordering::SeqCst) >= 1).await;
+
+    // prod (the AI agent) fails closed.
+    let closed = raw::send(
+        gw.proxy,
+        &get(&format!("http://ai.test:{port}/hello"), Some(AI_AGENT)),
+        b"",
+    )
+    .await;
+    assert_eq!(closed.status, 503);
+    assert_eq!(closed.reason(), "audit_unavailable");
+    // dev (the scraper) fails open: served, its record in the log, counted.
+    let open = raw::send(
+        gw.proxy,
+        &get(&format!("http://site.test:{port}/hello"), Some(SCRAPER)),
+        b"",
+    )
+    .await;
+    assert_eq!(open.status, 200);
+    let request_id = open.header("x-request-id").unwrap().to_string();
+    plane.origin.release.notify_waiters();
+    assert_eq!(held.await.unwrap().status, 200);
+    let fallback = gw
+        .log()
+        .lines()
+        .find(|l| l.contains("audit_fallback") && l.contains(&request_id))
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no fallback record for {request_id}:\n{}", gw.log()));
+    assert!(fallback.contains(r#""fail_open":"audit_sink""#), "{fallback}");
+    assert!(
+        gw.metrics()
+            .await
+            .contains(r#"egress_fail_open_total{dependency="audit_sink"} 1"#)
+    );
+    assert!(gw.audit_lines().iter().all(|l| l["request_id"] != request_id.as_str()));
+}

@@ -253,12 +253,14 @@ async fn admit(
         domain: &host_text,
         domain_rate: ctx.allowed_by.as_ref().and_then(|a| a.rate_limit),
     };
-    let verdict = match policy.limits.throttle_action() {
-        ThrottleAction::Reject => policy.limits.check(&key),
-        action => policy.limits.acquire(&key, action, policy.request_timeout).await,
-    };
-    if let LimitVerdict::Limited(limited) = verdict {
-        return Err(Refusal::RateLimited(limited));
+    if policy.rate_limits_enabled {
+        let verdict = match policy.limits.throttle_action() {
+            ThrottleAction::Reject => policy.limits.check(&key),
+            action => policy.limits.acquire(&key, action, policy.request_timeout).await,
+        };
+        if let LimitVerdict::Limited(limited) = verdict {
+            return Err(Refusal::RateLimited(limited));
+        }
     }
 
     // Breaker: a failing destination fails fast instead of tying up agents.

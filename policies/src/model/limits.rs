@@ -19,6 +19,9 @@ const fn burst(n: u32) -> NonZeroU32 {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimits {
+    /// `false` turns every rate limiter off (containment and circuit
+    /// breakers stay on), for sites that limit upstream of the gateway.
+    pub enabled: bool,
     /// Each agent: 100/min with a burst of 20 by default.
     #[serde(deserialize_with = "or_default")]
     pub per_agent: AgentLimit,
@@ -41,6 +44,7 @@ pub struct RateLimits {
 impl Default for RateLimits {
     fn default() -> Self {
         RateLimits {
+            enabled: true,
             per_agent: AgentLimit::default(),
             per_project: ProjectLimit::default(),
             per_domain: DomainLimit::default(),

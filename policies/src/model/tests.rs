@@ -106,6 +106,9 @@ fn seed_rate_limits_are_the_defaults() {
     // §3.1 table values for what §3.2 leaves out.
     assert_eq!(limits.per_domain.default.to_string(), "200/min");
     assert_eq!(limits.global.default.to_string(), "10000/min");
+    assert!(limits.enabled, "limits are on unless switched off");
+    let off = load("off.yaml", "rate_limits:\n  enabled: false\n");
+    assert!(!off.document.rate_limits.enabled);
 }
 
 #[test]
