@@ -147,7 +147,10 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(10)) => gateway.policy.load().limits.retain_recent(),
+                    () = tokio::time::sleep(Duration::from_secs(10)) => {
+                        gateway.policy.load().limits.retain_recent();
+                        expire_temporary(&gateway).await;
+                    }
                     _ = stopped.changed() => return,
                 }
             }
@@ -183,4 +186,18 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
         .await
         .context("the audit trail could not be flushed")?;
     Ok(())
+}
+
+/// Expired temporary entries leave the control store, each with an audit
+/// record by the system actor.
+async fn expire_temporary(gateway: &Gateway) {
+    for entry in gateway.control.remove_expired(chrono::Utc::now()).await {
+        if let Ok(slot) = gateway.audit.reserve() {
+            let mut event = audit::AdminEvent::new("clawgress", "system", "expire_temp");
+            event.details.insert("id".to_string(), entry.id);
+            event.details.insert("domain".to_string(), entry.domain);
+            event.details.insert("outcome".to_string(), "ok".to_string());
+            slot.record(event);
+        }
+    }
 }

@@ -7,8 +7,8 @@ use bytes::Bytes;
 use chrono::Utc;
 use clawgress_policies::matcher::{MatchOutcome, MatchRequest, Protocol};
 use clawgress_policies::values::DurationSpec;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -25,74 +25,10 @@ const MAX_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(90 * 8
 /// How long an approved request lasts when it names no duration.
 const DEFAULT_APPROVAL: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
 
-type ApiResponse = Response<Full<Bytes>>;
-
-/// An error answer: status, stable code, what was wrong, what to do.
-pub(super) struct Problem {
-    status: StatusCode,
-    code: &'static str,
-    detail: String,
-    hint: Option<String>,
-}
-
-impl Problem {
-    pub(super) fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Problem {
-        Problem {
-            status,
-            code,
-            detail: detail.into(),
-            hint: None,
-        }
-    }
-
-    fn hint(mut self, hint: impl Into<String>) -> Problem {
-        self.hint = Some(hint.into());
-        self
-    }
-
-    pub(super) fn bad(detail: impl Into<String>, hint: impl Into<String>) -> Problem {
-        Problem::new(StatusCode::BAD_REQUEST, "invalid_request", detail).hint(hint)
-    }
-
-    pub(super) fn into_response(self) -> ApiResponse {
-        let mut body = serde_json::json!({
-            "type": format!("https://clawgress.dev/problems/{}", self.code),
-            "title": self.status.canonical_reason().unwrap_or("Error"),
-            "status": self.status.as_u16(),
-            "reason": self.code,
-            "detail": self.detail,
-        });
-        if let Some(hint) = self.hint {
-            body["hint"] = hint.into();
-        }
-        let mut response = json_response(self.status, &body);
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        if self.status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"clawgress-admin\""),
-            );
-        }
-        response
-    }
-}
-
-fn json_response(status: StatusCode, body: &serde_json::Value) -> ApiResponse {
-    let mut bytes = serde_json::to_vec_pretty(body).unwrap_or_default();
-    bytes.push(b'\n');
-    let mut response = Response::new(Full::new(Bytes::from(bytes)));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
-}
+use super::problem::{ApiResponse, Problem, json_response};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Route {
+pub(super) enum Route {
     Status,
     ListAllowlist,
     AddTemporary,
@@ -111,7 +47,7 @@ const ROUTES: &str = "GET /v1/status, GET /v1/allowlist, POST /v1/allowlist/temp
     POST /v1/requests/{id}/reject, POST /v1/emergency-block, POST /v1/restore, GET /v1/audit";
 
 impl Route {
-    fn parse(method: &Method, path: &str) -> Option<Route> {
+    pub(super) fn parse(method: &Method, path: &str) -> Option<Route> {
         let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(2).collect();
         let route = match (method.as_str(), segments.as_slice()) {
             ("GET", ["status"]) => Route::Status,

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 
-use super::api::Problem;
+use super::problem::Problem;
 use crate::Gateway;
 
 const DEFAULT_LIMIT: usize = 10_000;
@@ -60,7 +60,7 @@ pub(super) async fn export(gateway: &Gateway, query: &str) -> Response<Full<Byte
     response
 }
 
-pub fn parse_query(query: &str, now: DateTime<Utc>) -> Result<ExportQuery, Problem> {
+pub(super) fn parse_query(query: &str, now: DateTime<Utc>) -> Result<ExportQuery, Problem> {
     let mut parsed = ExportQuery {
         from: None,
         to: None,
@@ -103,7 +103,7 @@ pub fn parse_query(query: &str, now: DateTime<Utc>) -> Result<ExportQuery, Probl
 }
 
 /// `2026-11-23T10:00:00Z`, `1 hour ago`, `30 minutes ago`, `2d`, `now`.
-pub fn parse_when(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Problem> {
+pub(super) fn parse_when(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Problem> {
     let text = text.trim();
     if text.eq_ignore_ascii_case("now") {
         return Ok(now);

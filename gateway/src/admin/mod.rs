@@ -5,6 +5,7 @@
 mod api;
 pub mod auth;
 mod export;
+mod problem;
 
 use std::sync::Arc;
 
@@ -156,3 +157,6 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     );
     response
 }
+
+#[cfg(test)]
+mod tests;

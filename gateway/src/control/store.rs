@@ -191,6 +191,33 @@ impl ControlStore {
         self.apply(key, None, revision).await
     }
 
+    /// Removes temporary entries that have expired (they already match
+    /// nothing; this keeps the bucket and `list` tidy). Returns what it
+    /// removed, for the audit trail. Any replica may do it; a second
+    /// delete of the same key changes nothing.
+    pub async fn remove_expired(&self, now: chrono::DateTime<chrono::Utc>) -> Vec<super::TempAllow> {
+        if !self.standalone && self.kv.load().is_none() {
+            return Vec::new();
+        }
+        let expired: Vec<super::TempAllow> = self
+            .snapshot()
+            .items()
+            .values()
+            .filter_map(|item| match item {
+                ControlItem::Allow(entry) if entry.expires_at <= now => Some(entry.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut removed = Vec::new();
+        for entry in expired {
+            match self.delete(&ControlItem::Allow(entry.clone()).key()).await {
+                Ok(()) => removed.push(entry),
+                Err(error) => tracing::warn!(id = %entry.id, "cannot remove an expired temporary entry: {error}"),
+            }
+        }
+        removed
+    }
+
     async fn apply(&self, key: &str, item: Option<ControlItem>, revision: u64) -> Result<(), ControlError> {
         let _saving = self.save_lock.lock().await;
         let next = self.snapshot().with(key, item, revision);

@@ -113,3 +113,75 @@ fn fuzzed_control_values_never_panic_and_never_decode_as_allows_by_accident() {
         }
     }
 }
+
+mod store {
+    use super::*;
+    use crate::control::store::LKG_FILE;
+
+    fn stop() -> tokio::sync::watch::Receiver<bool> {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        std::mem::forget(tx);
+        rx
+    }
+
+    #[tokio::test]
+    async fn a_standalone_store_keeps_its_state_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ControlStore::start(None, dir.path(), stop());
+        assert_eq!(store.status(), StoreStatus::Standalone);
+        store.put(allow("tmp-1", "a.example", &[443], 1)).await.unwrap();
+        store
+            .put(ControlItem::Emergency(EmergencyBlock {
+                incident_id: "inc-1".into(),
+                reason: "drill".into(),
+                actor: "mia".into(),
+                since: Utc::now(),
+            }))
+            .await
+            .unwrap();
+        assert!(dir.path().join(LKG_FILE).is_file());
+
+        let again = ControlStore::start(None, dir.path(), stop());
+        let snapshot = again.snapshot();
+        assert_eq!(snapshot.emergency().unwrap().incident_id, "inc-1");
+        assert!(snapshot.temp_allow("tmp-1").is_some());
+        again.delete("emergency").await.unwrap();
+        let third = ControlStore::start(None, dir.path(), stop());
+        assert!(third.snapshot().emergency().is_none());
+    }
+
+    #[tokio::test]
+    async fn expired_entries_are_removed_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ControlStore::start(None, dir.path(), stop());
+        store.put(allow("tmp-old", "old.example", &[443], -1)).await.unwrap();
+        store.put(allow("tmp-new", "new.example", &[443], 1)).await.unwrap();
+        let removed = store.remove_expired(Utc::now()).await;
+        assert_eq!(removed.len(), 1);
+        assert_eq!(removed[0].id, "tmp-old");
+        assert!(store.snapshot().temp_allow("tmp-old").is_none());
+        assert!(store.snapshot().temp_allow("tmp-new").is_some());
+    }
+
+    #[tokio::test]
+    async fn without_nats_a_broken_or_missing_copy_means_the_state_is_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let unreachable = Some("nats://127.0.0.1:1".to_string());
+        let store = ControlStore::start(unreachable.clone(), dir.path(), stop());
+        assert_eq!(store.status(), StoreStatus::Unknown);
+        assert!(!store.is_known());
+        assert!(matches!(
+            store.put(allow("tmp-1", "a.example", &[443], 1)).await,
+            Err(ControlError::Unavailable)
+        ));
+
+        std::fs::write(dir.path().join(LKG_FILE), b"{\"revision\": 3, \"items\": {").unwrap();
+        let broken = ControlStore::start(unreachable.clone(), dir.path(), stop());
+        assert_eq!(broken.status(), StoreStatus::Unknown, "a torn copy is not trusted");
+
+        std::fs::write(dir.path().join(LKG_FILE), b"{\"revision\": 3, \"items\": {}}").unwrap();
+        let good = ControlStore::start(unreachable, dir.path(), stop());
+        assert_eq!(good.status(), StoreStatus::LastKnownGood);
+        assert_eq!(good.snapshot().revision, 3);
+    }
+}

@@ -1,0 +1,148 @@
+use chrono::{TimeZone, Utc};
+use http::{HeaderMap, HeaderValue, Method};
+
+use super::api::Route;
+use super::auth::{AdminTokens, AuthFailure, Role};
+use super::export::{parse_query, parse_when};
+
+fn digest(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}
+
+fn tokens() -> AdminTokens {
+    let text = format!(
+        "tokens:\n  - name: vera\n    role: viewer\n    token_sha256: \"{}\"\n  - name: mia\n    role: maintainer\n    token_sha256: \"{}\"\n",
+        digest("v"),
+        digest("m")
+    );
+    AdminTokens::parse(&text, "tokens.yaml").unwrap()
+}
+
+fn bearer(token: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::AUTHORIZATION,
+        HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+    );
+    headers
+}
+
+#[test]
+fn roles_include_the_ones_below_them() {
+    let t = tokens();
+    assert_eq!(t.authorize(&bearer("v"), Role::Viewer).unwrap().name, "vera");
+    assert_eq!(
+        t.authorize(&bearer("v"), Role::Operator),
+        Err(AuthFailure::Forbidden {
+            needed: Role::Operator,
+            has: Role::Viewer
+        })
+    );
+    assert_eq!(t.authorize(&bearer("m"), Role::Operator).unwrap().name, "mia");
+    assert_eq!(t.authorize(&bearer("x"), Role::Viewer), Err(AuthFailure::Unknown));
+    assert_eq!(t.authorize(&HeaderMap::new(), Role::Viewer), Err(AuthFailure::Missing));
+    let mut basic = HeaderMap::new();
+    basic.insert(http::header::AUTHORIZATION, HeaderValue::from_static("Basic bTpt"));
+    assert_eq!(t.authorize(&basic, Role::Viewer), Err(AuthFailure::Missing));
+    assert_eq!(
+        AdminTokens::default().authorize(&bearer("m"), Role::Viewer),
+        Err(AuthFailure::NotConfigured)
+    );
+}
+
+#[test]
+fn broken_tokens_files_name_the_line_and_never_echo_a_token() {
+    let bad_role = AdminTokens::parse(
+        "tokens:\n  - name: a\n    role: admin\n    token_sha256: \"00\"\n",
+        "t.yaml",
+    )
+    .unwrap_err();
+    assert!(bad_role.starts_with("t.yaml:3:"), "{bad_role}");
+    let pasted = AdminTokens::parse(
+        "tokens:\n  - name: a\n    role: viewer\n    token_sha256: \"my-secret-token\"\n",
+        "t.yaml",
+    )
+    .unwrap_err();
+    assert!(
+        pasted.contains("t.yaml:4:") && pasted.contains("15 characters"),
+        "{pasted}"
+    );
+    assert!(!pasted.contains("my-secret-token"));
+    let unknown = AdminTokens::parse("tokens: []\nextra: 1\n", "t.yaml").unwrap_err();
+    assert!(unknown.contains("extra"), "{unknown}");
+    let twice = format!(
+        "tokens:\n  - name: a\n    role: viewer\n    token_sha256: \"{d}\"\n  - name: b\n    role: viewer\n    token_sha256: \"{d}\"\n",
+        d = digest("same")
+    );
+    assert!(
+        AdminTokens::parse(&twice, "t.yaml")
+            .unwrap_err()
+            .contains("already used by 'a'")
+    );
+}
+
+#[test]
+fn routes_are_matched_exactly() {
+    assert_eq!(Route::parse(&Method::GET, "/v1/allowlist"), Some(Route::ListAllowlist));
+    assert_eq!(Route::parse(&Method::GET, "/v1/allowlist/"), Some(Route::ListAllowlist));
+    assert_eq!(
+        Route::parse(&Method::POST, "/v1/requests/req-1/approve"),
+        Some(Route::Approve("req-1".into()))
+    );
+    assert_eq!(Route::parse(&Method::POST, "/v1/allowlist"), None);
+    assert_eq!(Route::parse(&Method::GET, "/v1/emergency-block"), None);
+    assert_eq!(Route::parse(&Method::POST, "/v1/requests/a/b/approve"), None);
+}
+
+#[test]
+fn export_times_are_absolute_or_relative() {
+    let now = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
+    assert_eq!(
+        parse_when("1 hour ago", now).ok(),
+        Some(now - chrono::Duration::hours(1))
+    );
+    assert_eq!(parse_when("30m", now).ok(), Some(now - chrono::Duration::minutes(30)));
+    assert_eq!(
+        parse_when("2 days ago", now).ok(),
+        Some(now - chrono::Duration::days(2))
+    );
+    assert_eq!(
+        parse_when("2026-11-23T10:00:00+01:00", now).ok(),
+        Some(Utc.with_ymd_and_hms(2026, 11, 23, 9, 0, 0).unwrap())
+    );
+    assert!(parse_when("yesterday", now).is_err());
+    assert!(parse_when("5 fortnights ago", now).is_err());
+    assert!(parse_when("99999999999999 days ago", now).is_err());
+    let query = parse_query("from=1%20hour%20ago&limit=5&format=json", now)
+        .ok()
+        .unwrap();
+    assert_eq!(query.limit, 5);
+    assert_eq!(query.from, Some(now - chrono::Duration::hours(1)));
+    assert!(parse_query("format=csv", now).is_err());
+    assert!(parse_query("limit=0", now).is_err());
+    assert!(parse_query("colour=red", now).is_err());
+}
+
+#[test]
+fn fuzzed_tokens_files_and_queries_never_panic() {
+    let mut rng = crate::testing::Rng::new(0xAD_31_4);
+    let seed_file = format!(
+        "tokens:\n  - name: a\n    role: viewer\n    token_sha256: \"{}\"\n",
+        digest("t")
+    );
+    let seed_query = "from=2026-11-23T10%3A00%3A00Z&to=1h&limit=10&format=json";
+    let now = Utc::now();
+    for _ in 0..3000 {
+        let mut file = seed_file.clone().into_bytes();
+        let mut query = seed_query.as_bytes().to_vec();
+        for _ in 0..rng.range(1, 4) {
+            let at = rng.below(file.len());
+            file[at] = rng.byte();
+            let at = rng.below(query.len());
+            query[at] = rng.byte();
+        }
+        let _ = AdminTokens::parse(&String::from_utf8_lossy(&file), "fuzz.yaml");
+        let _ = parse_query(&String::from_utf8_lossy(&query), now);
+    }
+}
