@@ -18,6 +18,15 @@ pub enum Overflow {
     Concurrency { limit: u32 },
     /// The agent's request bodies in flight would exceed `limit` bytes.
     PendingBytes { limit: u64 },
+    /// This one body is over `limit` by itself: no wait would help (413).
+    TooLarge { limit: u64 },
+}
+
+impl Overflow {
+    /// Whether retrying later can succeed (the agent's own load drains).
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, Overflow::TooLarge { .. })
+    }
 }
 
 #[derive(Debug, Default)]
@@ -60,6 +69,11 @@ impl Containment {
                 drop(agents);
                 self.forget_if_idle(agent, &load);
                 return Err(Overflow::Concurrency { limit: max_concurrent });
+            }
+            if declared_bytes > max_pending {
+                drop(agents);
+                self.forget_if_idle(agent, &load);
+                return Err(Overflow::TooLarge { limit: max_pending });
             }
             let pending = load.pending_bytes.load(Ordering::Relaxed);
             if declared_bytes > 0 && pending.saturating_add(declared_bytes) > max_pending {
@@ -113,8 +127,10 @@ impl Admission {
     pub fn charge_streamed(&self, bytes: u64) -> Result<(), Overflow> {
         let limit = self.containment.max_pending_bytes.load(Ordering::Relaxed);
         let before = self.load.pending_bytes.fetch_add(bytes, Ordering::Relaxed);
-        self.charged.fetch_add(bytes, Ordering::Relaxed);
-        if before.saturating_add(bytes) > limit {
+        let own = self.charged.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if own > limit {
+            Err(Overflow::TooLarge { limit })
+        } else if before.saturating_add(bytes) > limit {
             Err(Overflow::PendingBytes { limit })
         } else {
             Ok(())

@@ -104,6 +104,7 @@ impl Refusal {
             Refusal::RateLimited(_) => "rate_limit_exceeded",
             Refusal::Contained(crate::containment::Overflow::Concurrency { .. }) => "max_concurrent_requests_exceeded",
             Refusal::Contained(crate::containment::Overflow::PendingBytes { .. }) => "max_pending_bytes_exceeded",
+            Refusal::Contained(crate::containment::Overflow::TooLarge { .. }) => "request_body_too_large",
             Refusal::CircuitOpen(_) => "circuit_open",
             Refusal::EmergencyBlock { .. } => "emergency_block",
             Refusal::ControlUnavailable => "control_store_unavailable",
@@ -135,6 +136,7 @@ impl Refusal {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Refusal::EmergencyBlock { .. } => StatusCode::FORBIDDEN,
+            Refusal::Contained(crate::containment::Overflow::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::RateLimited(_) | Refusal::Contained(_) => StatusCode::TOO_MANY_REQUESTS,
             // nginx's convention for "client closed request"; never sent.
             Refusal::ClientClosed => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
@@ -165,9 +167,9 @@ impl Refusal {
             Refusal::Contained(crate::containment::Overflow::Concurrency { .. }) => {
                 Arc::from("fault_containment.max_concurrent_requests")
             }
-            Refusal::Contained(crate::containment::Overflow::PendingBytes { .. }) => {
-                Arc::from("fault_containment.max_pending_bytes")
-            }
+            Refusal::Contained(
+                crate::containment::Overflow::PendingBytes { .. } | crate::containment::Overflow::TooLarge { .. },
+            ) => Arc::from("fault_containment.max_pending_bytes"),
         }
     }
 
@@ -203,7 +205,7 @@ impl Refusal {
             Refusal::RateLimited(limited) => Some(limited.retry_after),
             Refusal::CircuitOpen(open) => Some(open.retry_after),
             // Capacity comes back as the agent's own exchanges finish.
-            Refusal::Contained(_) => Some(std::time::Duration::from_secs(1)),
+            Refusal::Contained(overflow) if overflow.is_retryable() => Some(std::time::Duration::from_secs(1)),
             _ => None,
         }
     }
@@ -246,6 +248,9 @@ impl Refusal {
             }
             Refusal::Contained(crate::containment::Overflow::PendingBytes { limit }) => format!(
                 "this agent's request bodies in flight would exceed {limit} bytes (fault_containment.max_pending_bytes)"
+            ),
+            Refusal::Contained(crate::containment::Overflow::TooLarge { limit }) => format!(
+                "this request body is over {limit} bytes by itself (fault_containment.max_pending_bytes); send less"
             ),
             Refusal::CircuitOpen(_) => {
                 "the destination is failing and its circuit breaker is open; retry after the Retry-After header"
@@ -342,6 +347,7 @@ pub const ALL_REASONS: &[&str] = &[
     "circuit_open",
     "max_concurrent_requests_exceeded",
     "max_pending_bytes_exceeded",
+    "request_body_too_large",
     // operator control (403, 503)
     "emergency_block",
     "control_store_unavailable",

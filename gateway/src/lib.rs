@@ -110,7 +110,8 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
     let admin_addr = admin_listener.local_addr()?;
 
     let (stop, stopped) = watch::channel(false);
-    let control = control::ControlStore::start(config.nats_url.clone(), &config.state_dir, stopped.clone());
+    let control = control::ControlStore::start(config.nats_url.clone(), &config.state_dir, stopped.clone())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     control.first_sync(Duration::from_secs(5)).await;
     let snapshot_limits = snapshot.containment_limits();
     let gateway = Arc::new(Gateway {
@@ -157,14 +158,22 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
         })
     };
     // Machine-readable start lines: scripts and tests read the real ports
-    // from here when they asked for port 0.
-    println!("proxy listening on {proxy_addr} ({} workers)", config.workers.max(1));
-    println!("admin listening on {admin_addr} (/metrics /healthz /readyz /v1/)");
-    match &config.nats_url {
-        Some(url) => println!("control store nats {url} bucket {}", control::store::BUCKET),
-        None => println!("control store standalone {}", config.state_dir.display()),
-    }
-    println!("audit trail {}", config.audit.display());
+    // from here when they asked for port 0. Written without println!: a
+    // reader that went away must not take the gateway down with EPIPE.
+    let control_line = match &config.nats_url {
+        Some(url) => format!(
+            "control store nats {} bucket {}",
+            control::store::redacted(url),
+            control::store::BUCKET
+        ),
+        None => format!("control store standalone {}", config.state_dir.display()),
+    };
+    announce(&[
+        format!("proxy listening on {proxy_addr} ({} workers)", config.workers.max(1)),
+        format!("admin listening on {admin_addr} (/metrics /healthz /readyz /v1/)"),
+        control_line,
+        format!("audit trail {}", config.audit.display()),
+    ]);
 
     shutdown.await;
     tracing::info!("shutting down: no new connections, draining in-flight requests");
@@ -188,16 +197,39 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
     Ok(())
 }
 
-/// Expired temporary entries leave the control store, each with an audit
-/// record by the system actor.
+/// Expired temporary entries (and long-decided requests) leave the control
+/// store, each with an audit record by the system actor, reserved first.
 async fn expire_temporary(gateway: &Gateway) {
-    for entry in gateway.control.remove_expired(chrono::Utc::now()).await {
-        if let Ok(slot) = gateway.audit.reserve() {
-            let mut event = audit::AdminEvent::new("clawgress", "system", "expire_temp");
-            event.details.insert("id".to_string(), entry.id);
-            event.details.insert("domain".to_string(), entry.domain);
-            event.details.insert("outcome".to_string(), "ok".to_string());
-            slot.record(event);
+    let swept = gateway
+        .control
+        .sweep(chrono::Utc::now(), |_| gateway.audit.reserve().ok())
+        .await;
+    for (item, slot, result) in swept {
+        if result.is_err() {
+            // Another replica removed it first (or NATS is gone): nothing
+            // changed here, so there is nothing to record.
+            slot.release();
+            continue;
         }
+        let (action, id, domain) = match item {
+            control::ControlItem::Allow(entry) => ("expire_temp", entry.id, entry.domain),
+            control::ControlItem::Request(request) => ("prune_request", request.id, request.domain),
+            control::ControlItem::Emergency(block) => ("expire", block.incident_id, String::new()),
+        };
+        let mut event = audit::AdminEvent::new("clawgress", "system", action);
+        event.details.insert("id".to_string(), id);
+        event.details.insert("domain".to_string(), domain);
+        event.details.insert("outcome".to_string(), "ok".to_string());
+        slot.record(event);
     }
+}
+
+/// Prints the start lines to stdout, ignoring a closed pipe.
+fn announce(lines: &[String]) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        let _ = writeln!(out, "{line}");
+    }
+    let _ = out.flush();
 }

@@ -38,6 +38,8 @@ struct Pending {
     /// Status and time to the response head, once the upstream answered.
     head: Option<(u16, Duration)>,
     reset: bool,
+    /// Why the gateway itself ended the exchange early, if it did.
+    cut: Option<&'static str>,
 }
 
 impl Finisher {
@@ -50,6 +52,7 @@ impl Finisher {
                 transfer,
                 head: None,
                 reset: false,
+                cut: None,
             })),
         }
     }
@@ -65,6 +68,13 @@ impl Finisher {
     pub fn upstream_reset(&mut self) {
         if let Some(p) = self.pending.as_mut() {
             p.reset = true;
+        }
+    }
+
+    /// The gateway ended the exchange itself (an emergency block cut a tunnel).
+    pub fn cut(&mut self, reason: &'static str) {
+        if let Some(p) = self.pending.as_mut() {
+            p.cut = Some(reason);
         }
     }
 
@@ -113,6 +123,7 @@ impl Pending {
             transfer,
             head,
             reset,
+            cut,
         } = *self;
         ctx.bytes_out = transfer.bytes_out.load(Ordering::Relaxed);
         ctx.bytes_in = transfer.bytes_in.load(Ordering::Relaxed);
@@ -122,7 +133,7 @@ impl Pending {
                 if reset {
                     gateway.metrics.record_upstream_reset();
                 }
-                record_served(&gateway, ctx, slot, status, head_latency, reset);
+                record_served(&gateway, ctx, slot, status, head_latency, reset, cut);
             }
             (None, None) => record_refused(&gateway, ctx, slot, &Refusal::ClientClosed),
         }
@@ -134,7 +145,7 @@ pub fn record(gateway: &Gateway, ctx: RequestContext, slot: AuditSlot, outcome: 
     match outcome {
         Outcome::Served { status } => {
             let head = ctx.started.elapsed();
-            record_served(gateway, ctx, slot, status, head, false)
+            record_served(gateway, ctx, slot, status, head, false, None)
         }
         Outcome::Refused(refusal) => record_refused(gateway, ctx, slot, &refusal),
     }
@@ -147,6 +158,7 @@ fn record_served(
     status: u16,
     head_latency: Duration,
     reset: bool,
+    cut: Option<&'static str>,
 ) {
     let elapsed = ctx.started.elapsed();
     let (label, reason, verdict, policy_id) = match &ctx.would_deny {
@@ -175,6 +187,9 @@ fn record_served(
     if reset {
         event.upstream_error = Some("upstream_reset");
     }
+    if cut.is_some() {
+        event.upstream_error = cut;
+    }
     slot.record(event);
 }
 
@@ -197,7 +212,9 @@ fn record_refused(gateway: &Gateway, ctx: RequestContext, slot: AuditSlot, refus
             size_bytes: 0,
         });
         event
-    } else if let Refusal::RateLimited(_) | Refusal::Contained(_) = refusal {
+    } else if matches!(refusal, Refusal::RateLimited(_))
+        || matches!(refusal, Refusal::Contained(overflow) if overflow.is_retryable())
+    {
         // Load refusals, not policy denials: the agent may retry later.
         gateway
             .metrics

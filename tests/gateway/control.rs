@@ -24,6 +24,7 @@ fn tokens_yaml() -> String {
 
 struct Plane {
     origin: upstream::Origin,
+    echo: std::net::SocketAddr,
     _dns: TestDns,
     policy: String,
     tokens: tempfile::TempDir,
@@ -32,12 +33,14 @@ struct Plane {
 impl Plane {
     async fn new(policy_edit: impl Fn(String) -> String) -> Plane {
         let origin = upstream::origin().await;
+        let echo = upstream::half_close_echo().await;
         let dns = TestDns::start(&[]).await;
-        let policy = policy_edit(policy_yaml(origin.addr.port(), 1, 1, dns.addr, "enforce"));
+        let policy = policy_edit(policy_yaml(origin.addr.port(), 1, echo.port(), dns.addr, "enforce"));
         let tokens = tempfile::tempdir().unwrap();
         std::fs::write(tokens.path().join("tokens.yaml"), tokens_yaml()).unwrap();
         Plane {
             origin,
+            echo,
             _dns: dns,
             policy,
             tokens,
@@ -484,4 +487,38 @@ async fn a_full_audit_trail_fails_closed_unless_the_environment_fails_open() {
             .contains(r#"egress_fail_open_total{dependency="audit_sink"} 1"#)
     );
     assert!(gw.audit_lines().iter().all(|l| l["request_id"] != request_id.as_str()));
+}
+
+#[tokio::test]
+async fn an_emergency_block_cuts_open_tunnels() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let plane = Plane::new(|p| p).await;
+    let gw = plane.gateway(&[]);
+    let mut tunnel = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    let head = connect(&format!("echo.test:{}", plane.echo.port()), Some(SCRAPER));
+    tunnel.write_all(format!("{head}\r\n\r\n").as_bytes()).await.unwrap();
+    assert_eq!(raw::read_response(&mut tunnel).await.status, 200);
+    tunnel.write_all(b"ping").await.unwrap();
+    let mut echoed = [0u8; 4];
+    tunnel.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"ping");
+
+    let blocked = api(
+        &gw,
+        "POST",
+        "/v1/emergency-block",
+        Some(MAINTAINER),
+        r#"{"reason": "exfiltration"}"#,
+    )
+    .await;
+    assert_eq!(blocked.status, 201);
+    // The gateway closes the tunnel: the agent reads end-of-stream (the echo
+    // server, which answers a half-close with "bye", never saw one).
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), tunnel.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the tunnel stayed open after the block");
+    assert!(rest.is_empty(), "{rest:?}");
+    let line = gw.wait_audit(|l| l["request"]["method"] == "CONNECT").await;
+    assert_eq!(line["error"], "emergency_block");
+    assert_eq!(line["bytes_out"], 4);
 }

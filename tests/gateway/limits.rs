@@ -188,15 +188,32 @@ async fn request_bodies_past_the_agents_pending_bytes_are_refused() {
     let port = w.origin.addr.port();
     let target = format!("http://site.test:{port}/hold");
 
-    // A declared length over the limit is refused before any byte is read.
-    let head = format!(
-        "POST {target} HTTP/1.1\r\nHost: site.test\r\nProxy-Authorization: {}\r\nContent-Length: 300000",
-        support::basic(SCRAPER.0, SCRAPER.1)
-    );
-    let response = raw::send(w.gw.proxy, &head, b"").await;
-    assert_eq!(response.status, 429);
-    assert_eq!(response.reason(), "max_pending_bytes_exceeded");
+    // A declared length over the limit by itself can never pass: 413, at once.
+    let post = |length: usize| {
+        format!(
+            "POST {target} HTTP/1.1\r\nHost: site.test\r\nProxy-Authorization: {}\r\nContent-Length: {length}",
+            support::basic(SCRAPER.0, SCRAPER.1)
+        )
+    };
+    let response = raw::send(w.gw.proxy, &post(300_000), b"").await;
+    assert_eq!(response.status, 413);
+    assert_eq!(response.reason(), "request_body_too_large");
+    assert!(response.header("retry-after").is_none());
     assert_eq!(w.origin.requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    // Two bodies that fit alone but not together: the second waits its turn (429).
+    let (proxy, first) = (w.gw.proxy, post(200_000));
+    let held = tokio::spawn(async move { raw::send(proxy, &first, &vec![b'a'; 200_000]).await });
+    wait_until(|| w.origin.requests.load(std::sync::atomic::Ordering::SeqCst) >= 1).await;
+    let busy = raw::send(w.gw.proxy, &post(100_000), &vec![b'b'; 100_000]).await;
+    assert_eq!(busy.status, 429);
+    assert_eq!(busy.reason(), "max_pending_bytes_exceeded");
+    assert_eq!(busy.header("retry-after"), Some("1"));
+    w.origin.release.notify_waiters();
+    assert_eq!(held.await.unwrap().status, 200);
+    // Its share comes back once the exchange is recorded.
+    w.gw.wait_audit(|l| l["request"]["method"] == "POST" && l["response"]["status"] == 200)
+        .await;
 
     // A chunked body is charged as it streams and cut once it passes the limit.
     let head = format!(
@@ -217,16 +234,12 @@ async fn request_bodies_past_the_agents_pending_bytes_are_refused() {
         writer.write_all(b"0\r\n\r\n").await
     });
     let response = raw::read_response(&mut reader).await;
-    assert_eq!(response.status, 429, "{}", String::from_utf8_lossy(&response.body));
-    assert_eq!(response.reason(), "max_pending_bytes_exceeded");
+    assert_eq!(response.status, 413, "{}", String::from_utf8_lossy(&response.body));
+    assert_eq!(response.reason(), "request_body_too_large");
     let _ = writing.await;
     let line =
-        w.gw.wait_audit(|l| {
-            l["reason"] == "max_pending_bytes_exceeded"
-                && l["request"]["method"] == "POST"
-                && l["bytes_out"].as_u64().unwrap_or(0) > 0
-        })
-        .await;
+        w.gw.wait_audit(|l| l["reason"] == "request_body_too_large" && l["bytes_out"].as_u64().unwrap_or(0) > 0)
+            .await;
     assert_eq!(line["agent_id"], SCRAPER.0);
 
     // The agent's share is whole again afterwards.

@@ -68,10 +68,10 @@ impl GatewayProc {
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            // Drained for the gateway's whole life: a closed pipe would
+            // fail its later prints.
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
+                let _ = tx.send(line);
             }
         });
         let (mut proxy, mut admin) = (None, None);

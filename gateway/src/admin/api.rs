@@ -13,6 +13,9 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
 use super::auth::{Actor, AuthFailure, Role};
 use crate::Gateway;
 use crate::audit::AdminEvent;
@@ -100,7 +103,7 @@ impl Route {
     }
 }
 
-pub(super) async fn handle(gateway: &Gateway, req: Request<Incoming>) -> ApiResponse {
+pub(super) async fn handle(gateway: &Arc<Gateway>, peer: SocketAddr, req: Request<Incoming>) -> ApiResponse {
     let (parts, body) = req.into_parts();
     let Some(route) = Route::parse(&parts.method, parts.uri.path()) else {
         return Problem::new(
@@ -115,12 +118,23 @@ pub(super) async fn handle(gateway: &Gateway, req: Request<Incoming>) -> ApiResp
         Ok(actor) => actor,
         Err(failure) => {
             if route.is_change() {
-                audit_refused(gateway, &route, failure);
+                audit_refused(gateway, &route, &failure, peer);
             }
-            return auth_problem(failure).into_response();
+            return auth_problem(&failure).into_response();
         }
     };
     if route == Route::ExportAudit {
+        // Reading the trail is itself on the trail.
+        let Ok(slot) = gateway.audit.reserve() else {
+            return audit_unavailable();
+        };
+        let mut event = AdminEvent::new(actor.name.clone(), actor.role.as_str(), route.action());
+        event.details.insert(
+            "query".to_string(),
+            parts.uri.query().unwrap_or_default().chars().take(300).collect(),
+        );
+        event.details.insert("peer".to_string(), peer.to_string());
+        slot.record(event);
         return super::export::export(gateway, parts.uri.query().unwrap_or_default()).await;
     }
     let body = match Limited::new(body, MAX_BODY).collect().await {
@@ -140,31 +154,51 @@ pub(super) async fn handle(gateway: &Gateway, req: Request<Incoming>) -> ApiResp
     // The record is reserved before the change: if the audit trail cannot
     // take it, nothing changes (fail closed).
     let Ok(slot) = gateway.audit.reserve() else {
-        return Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "audit_unavailable",
-            "the audit trail cannot take a record, so no change is made",
-        )
-        .hint("retry shortly; check the gateway's audit disk")
-        .into_response();
+        return audit_unavailable();
     };
-    let mut event = AdminEvent::new(actor.name.clone(), actor.role.as_str(), route.action());
-    let result = change(gateway, &route, &actor, &body, &mut event.details).await;
-    event.details.insert(
-        "outcome".to_string(),
-        if result.is_ok() { "ok" } else { "failed" }.to_string(),
-    );
-    if let Err(problem) = &result {
-        event.details.insert("error".to_string(), problem.code.to_string());
-    }
-    slot.record(event);
-    match result {
-        Ok((status, body)) => json_response(status, &body),
-        Err(problem) => problem.into_response(),
+    // The change and its record run in their own task: a client that hangs
+    // up mid-change cancels neither, so no change goes unrecorded.
+    let gateway = gateway.clone();
+    let task = tokio::spawn(async move {
+        let mut event = AdminEvent::new(actor.name.clone(), actor.role.as_str(), route.action());
+        event.details.insert("peer".to_string(), peer.to_string());
+        let result = change(&gateway, &route, &actor, &body, &mut event.details).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            // The store may have taken it: say so rather than "failed".
+            Err(problem) if problem.code == "control_store_uncertain" => "unknown",
+            Err(_) => "failed",
+        };
+        event.details.insert("outcome".to_string(), outcome.to_string());
+        if let Err(problem) = &result {
+            event.details.insert("error".to_string(), problem.code.to_string());
+        }
+        slot.record(event);
+        result
+    });
+    match task.await {
+        Ok(Ok((status, body))) => json_response(status, &body),
+        Ok(Err(problem)) => problem.into_response(),
+        Err(_) => Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "the change task failed",
+        )
+        .into_response(),
     }
 }
 
-fn auth_problem(failure: AuthFailure) -> Problem {
+fn audit_unavailable() -> ApiResponse {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "audit_unavailable",
+        "the audit trail cannot take a record, so nothing is done",
+    )
+    .hint("retry shortly; check the gateway's audit disk")
+    .into_response()
+}
+
+fn auth_problem(failure: &AuthFailure) -> Problem {
     match failure {
         AuthFailure::NotConfigured => Problem::new(
             StatusCode::UNAUTHORIZED,
@@ -180,7 +214,7 @@ fn auth_problem(failure: AuthFailure) -> Problem {
         .hint("pass --token or set CLAWGRESS_ADMIN_TOKEN"),
         AuthFailure::Unknown => Problem::new(StatusCode::UNAUTHORIZED, "unknown_token", "the token matches no actor")
             .hint("check the token; its SHA-256 must be listed in the admin tokens file"),
-        AuthFailure::Forbidden { needed, has } => Problem::new(
+        AuthFailure::Forbidden { needed, has, .. } => Problem::new(
             StatusCode::FORBIDDEN,
             "role_not_allowed",
             format!(
@@ -193,17 +227,36 @@ fn auth_problem(failure: AuthFailure) -> Problem {
     }
 }
 
+/// Refused attempts recorded per second at most: enough to see an attack,
+/// not enough for anonymous callers to fill the disk or the audit queue the
+/// proxy needs. The rest are counted in the log.
+const REFUSED_RECORDS_PER_SECOND: u64 = 20;
+
 /// A refused change attempt is itself on the record.
-fn audit_refused(gateway: &Gateway, route: &Route, failure: AuthFailure) {
+fn audit_refused(gateway: &Gateway, route: &Route, failure: &AuthFailure, peer: SocketAddr) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static WINDOW: AtomicU64 = AtomicU64::new(0);
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if WINDOW.swap(second, Ordering::Relaxed) != second {
+        COUNT.store(0, Ordering::Relaxed);
+    }
+    if COUNT.fetch_add(1, Ordering::Relaxed) >= REFUSED_RECORDS_PER_SECOND {
+        tracing::warn!(%peer, action = route.action(), "refused control API attempt (over the audit rate for refusals)");
+        return;
+    }
     let Ok(slot) = gateway.audit.reserve() else {
         return;
     };
     let (actor, role) = match failure {
-        AuthFailure::Forbidden { has, .. } => ("known token".to_string(), has.as_str()),
+        AuthFailure::Forbidden { has, name, .. } => (name.clone(), has.as_str()),
         _ => ("unauthenticated".to_string(), "none"),
     };
     let mut event = AdminEvent::new(actor, role, route.action());
     event.details.insert("outcome".to_string(), "refused".to_string());
+    event.details.insert("peer".to_string(), peer.to_string());
     event
         .details
         .insert("error".to_string(), auth_problem(failure).code.to_string());
@@ -369,10 +422,9 @@ async fn change(
                 .ok_or_else(|| not_found("temporary entry", id))?;
             details.insert("id".to_string(), id.clone());
             details.insert("domain".to_string(), entry.domain.clone());
-            store
-                .delete(&ControlItem::Allow(entry.clone()).key())
-                .await
-                .map_err(store_problem)?;
+            let key = ControlItem::Allow(entry.clone()).key();
+            let revision = snapshot.revision_of(&key).unwrap_or_default();
+            store.delete(&key, revision).await.map_err(store_problem)?;
             return Ok((StatusCode::OK, serde_json::json!({"removed": id})));
         }
         Route::FileRequest => {
@@ -403,6 +455,9 @@ async fn change(
             let body: ApproveBody = parse_body(body, r#"{} or {"duration": "30d"}"#)?;
             let snapshot = store.snapshot();
             let request = snapshot.request(id).ok_or_else(|| not_found("request", id))?;
+            let request_revision = snapshot
+                .revision_of(&ControlItem::Request(request.clone()).key())
+                .unwrap_or_default();
             if request.status != RequestStatus::Pending {
                 return Err(Problem::new(
                     StatusCode::CONFLICT,
@@ -421,27 +476,45 @@ async fn change(
             details.insert("request_id".to_string(), id.clone());
             details.insert("domain".to_string(), request.domain.clone());
             let mut answer = serde_json::json!({"request": decided});
-            if approve {
-                let duration = match &body.duration {
-                    Some(text) => parse_duration(text, "`duration`")?,
-                    None => std::time::Duration::from_secs(request.duration_secs),
-                };
-                let entry = TempAllow {
-                    id: control::new_id("tmp"),
-                    domain: request.domain.clone(),
-                    ports: request.ports.clone(),
-                    expires_at: now + duration,
-                    reason: request.reason.clone(),
-                    task: request.project.clone(),
-                    created_by: actor.name.clone(),
-                    created_at: now,
-                    request_id: Some(id.clone()),
-                };
-                details.insert("id".to_string(), entry.id.clone());
-                answer["allowlist_entry"] = serde_json::to_value(&entry).unwrap_or_default();
-                store.put(ControlItem::Allow(entry)).await.map_err(store_problem)?;
+            if !approve {
+                store
+                    .update(ControlItem::Request(decided), request_revision)
+                    .await
+                    .map_err(store_problem)?;
+                return Ok((StatusCode::OK, answer));
             }
-            store.put(ControlItem::Request(decided)).await.map_err(store_problem)?;
+            let duration = match &body.duration {
+                Some(text) => parse_duration(text, "`duration`")?,
+                // Re-capped: the stored value is only as trustworthy as the bucket.
+                None => std::time::Duration::from_secs(request.duration_secs).min(MAX_TEMPORARY),
+            };
+            let entry = TempAllow {
+                id: control::new_id("tmp"),
+                domain: request.domain.clone(),
+                ports: request.ports.clone(),
+                expires_at: now + duration,
+                reason: request.reason.clone(),
+                task: request.project.clone(),
+                created_by: actor.name.clone(),
+                created_at: now,
+                request_id: Some(id.clone()),
+            };
+            details.insert("id".to_string(), entry.id.clone());
+            answer["allowlist_entry"] = serde_json::to_value(&entry).unwrap_or_default();
+            let entry_key = ControlItem::Allow(entry.clone()).key();
+            store.create(ControlItem::Allow(entry)).await.map_err(store_problem)?;
+            // The request is marked only if nobody decided it meanwhile; if
+            // someone did, the entry just made is taken back.
+            if let Err(error) = store.update(ControlItem::Request(decided), request_revision).await {
+                let made = store.snapshot().revision_of(&entry_key);
+                if let Some(revision) = made
+                    && let Err(undo) = store.delete(&entry_key, revision).await
+                {
+                    tracing::error!(key = %entry_key, "cannot take back an entry from a lost approval race: {undo}");
+                    details.insert("orphan_entry".to_string(), entry_key);
+                }
+                return Err(store_problem(error));
+            }
             return Ok((StatusCode::OK, answer));
         }
         Route::EmergencyBlock => {
@@ -476,7 +549,11 @@ async fn change(
                 .hint("restore names the incident it ends, so two incidents are never confused"));
             }
             details.insert("incident_id".to_string(), block.incident_id.clone());
-            store.delete("emergency").await.map_err(store_problem)?;
+            let revision = snapshot.revision_of(control::EMERGENCY_KEY).unwrap_or_default();
+            store
+                .delete(control::EMERGENCY_KEY, revision)
+                .await
+                .map_err(store_problem)?;
             return Ok((StatusCode::OK, serde_json::json!({"restored": body.incident_id})));
         }
         _ => return Err(Problem::new(StatusCode::NOT_FOUND, "no_such_route", "not a change")),
@@ -504,7 +581,15 @@ async fn change(
         ControlItem::Emergency(block) => serde_json::to_value(block),
     }
     .unwrap_or_default();
-    store.put(item).await.map_err(store_problem)?;
+    store.create(item).await.map_err(|error| match (&error, route) {
+        (control::ControlError::Conflict, Route::EmergencyBlock) => Problem::new(
+            StatusCode::CONFLICT,
+            "already_blocked",
+            "another maintainer's emergency block is already in force",
+        )
+        .hint("see it with `clawgress egress status`"),
+        _ => store_problem(error),
+    })?;
     Ok((StatusCode::CREATED, answer))
 }
 
@@ -514,16 +599,23 @@ fn not_found(what: &str, id: &str) -> Problem {
 }
 
 fn store_problem(error: control::ControlError) -> Problem {
+    use control::ControlError;
     match error {
-        control::ControlError::Unavailable => Problem::new(
+        ControlError::Unavailable => Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "control_store_unavailable",
             error.to_string(),
         ),
-        other => Problem::new(
+        ControlError::Conflict => Problem::new(StatusCode::CONFLICT, "conflict", error.to_string()),
+        ControlError::Uncertain(_) => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "control_store_uncertain",
+            error.to_string(),
+        ),
+        ControlError::Save { .. } => Problem::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "control_store_error",
-            other.to_string(),
+            error.to_string(),
         ),
     }
 }

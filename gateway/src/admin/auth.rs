@@ -58,7 +58,7 @@ struct TokenDoc {
 }
 
 /// Why a caller was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthFailure {
     /// No control API tokens are configured at all.
     NotConfigured,
@@ -67,7 +67,7 @@ pub enum AuthFailure {
     /// A token that matches nobody.
     Unknown,
     /// A known token whose role is too low.
-    Forbidden { needed: Role, has: Role },
+    Forbidden { needed: Role, has: Role, name: String },
 }
 
 #[derive(Debug, Default)]
@@ -165,6 +165,7 @@ impl AdminTokens {
             return Err(AuthFailure::Forbidden {
                 needed,
                 has: actor.role,
+                name: actor.name.clone(),
             });
         }
         Ok(actor.clone())

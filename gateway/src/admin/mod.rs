@@ -7,6 +7,7 @@ pub mod auth;
 mod export;
 mod problem;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -21,9 +22,19 @@ use tokio::sync::watch;
 
 use crate::Gateway;
 
+/// Admin connections served at once; the port faces operators and
+/// Prometheus, not the world, and must not starve the proxy of descriptors.
+const MAX_CONNECTIONS: usize = 256;
+/// A client that has not sent its request head by then is dropped.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let (stream, _) = tokio::select! {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(error) => {
@@ -36,11 +47,14 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: w
         };
         let gateway = gateway.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = service_fn(move |req| {
                 let gateway = gateway.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(&gateway, req).await) }
+                async move { Ok::<_, std::convert::Infallible>(route(&gateway, peer, req).await) }
             });
             if let Err(error) = http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {
@@ -50,9 +64,9 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: w
     }
 }
 
-async fn route(gateway: &Gateway, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(gateway: &Arc<Gateway>, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.uri().path().starts_with("/v1/") {
-        return api::handle(gateway, req).await;
+        return api::handle(gateway, peer, req).await;
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are served here\n");

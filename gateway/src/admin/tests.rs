@@ -36,7 +36,8 @@ fn roles_include_the_ones_below_them() {
         t.authorize(&bearer("v"), Role::Operator),
         Err(AuthFailure::Forbidden {
             needed: Role::Operator,
-            has: Role::Viewer
+            has: Role::Viewer,
+            name: "vera".into()
         })
     );
     assert_eq!(t.authorize(&bearer("m"), Role::Operator).unwrap().name, "mia");

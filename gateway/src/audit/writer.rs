@@ -162,6 +162,11 @@ impl AuditSlot {
         }
     }
 
+    /// Gives the place back unused: nothing happened that needs a record.
+    pub fn release(mut self) {
+        self.permit.take();
+    }
+
     /// A slot for a request that `egress.fail_mode: open` serves while the
     /// audit trail is unavailable: its record goes to the log instead.
     pub fn fail_open(sink: &AuditSink) -> AuditSlot {

@@ -34,6 +34,21 @@ fn declared_and_streamed_bytes_count_against_the_pending_limit() {
 }
 
 #[test]
+fn a_body_over_the_limit_by_itself_is_too_large_not_busy() {
+    let c = Containment::new(10, 100);
+    let a = agent("a");
+    let refused = c.admit(&a, 101).unwrap_err();
+    assert_eq!(refused, Overflow::TooLarge { limit: 100 });
+    assert!(!refused.is_retryable());
+    let streaming = c.admit(&a, 0).unwrap();
+    assert!(streaming.charge_streamed(100).is_ok());
+    assert_eq!(streaming.charge_streamed(1), Err(Overflow::TooLarge { limit: 100 }));
+    assert_eq!(c.tracked_agents(), 1);
+    drop(streaming);
+    assert_eq!(c.tracked_agents(), 0);
+}
+
+#[test]
 fn idle_agents_are_forgotten() {
     let c = Containment::new(2, 100);
     for i in 0..1000 {

@@ -7,6 +7,7 @@
 //! replica holds it as an immutable [`ControlSnapshot`] that the request path
 //! reads without locks.
 
+mod lkg;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -15,15 +16,16 @@ use chrono::{DateTime, Utc};
 use clawgress_policies::pattern::DomainPattern;
 use serde::{Deserialize, Serialize};
 
-pub use store::{ControlError, ControlStore, StoreStatus};
+pub use store::{ControlError, ControlStore, Expect, StoreStatus};
 
 /// Ports a temporary entry opens when none are given.
 pub const DEFAULT_PORTS: [u16; 2] = [443, 80];
 
 /// A temporary allowlist entry (`clawgress egress allow-temp`, or an
 /// approved access request). It expires by itself.
+// Stored types accept fields they do not know: during a rolling upgrade an
+// older replica must still read what a newer one wrote.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TempAllow {
     pub id: String,
     /// `api.example.com` or `*.example.com`, normalized.
@@ -52,7 +54,6 @@ pub enum RequestStatus {
 /// `clawgress egress request`: someone asks for a domain; a maintainer
 /// approves or rejects.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AccessRequest {
     pub id: String,
     pub domain: String,
@@ -73,7 +74,6 @@ pub struct AccessRequest {
 /// `clawgress egress emergency-block`: every agent is denied until a
 /// maintainer restores with the incident id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct EmergencyBlock {
     pub incident_id: String,
     pub reason: String,
@@ -91,7 +91,7 @@ pub enum ControlItem {
 
 const ALLOW_PREFIX: &str = "allow.";
 const REQUEST_PREFIX: &str = "request.";
-const EMERGENCY_KEY: &str = "emergency";
+pub const EMERGENCY_KEY: &str = "emergency";
 
 impl ControlItem {
     /// The bucket key this item lives under.
@@ -126,6 +126,28 @@ impl ControlItem {
         };
         item.map_err(|e| format!("control key '{key}' holds a value this gateway cannot read: {e}"))
     }
+
+    /// Like [`decode`](Self::decode), but an emergency block this version
+    /// cannot read still blocks: not understanding a block is no reason to
+    /// lift it. Other unreadable values are dropped (and logged).
+    pub fn decode_failing_closed(key: &str, value: &[u8]) -> Option<ControlItem> {
+        match ControlItem::decode(key, value) {
+            Ok(item) => Some(item),
+            Err(error) if key == EMERGENCY_KEY => {
+                tracing::error!("{error}; treating it as an emergency block in force");
+                Some(ControlItem::Emergency(EmergencyBlock {
+                    incident_id: "unreadable".to_string(),
+                    reason: "the control store holds an emergency block this gateway version cannot read".to_string(),
+                    actor: "unknown".to_string(),
+                    since: Utc::now(),
+                }))
+            }
+            Err(error) => {
+                tracing::error!("{error}");
+                None
+            }
+        }
+    }
 }
 
 /// A temporary entry, compiled for matching.
@@ -149,6 +171,9 @@ pub enum ControlVerdict<'a> {
 #[derive(Debug, Clone, Default)]
 pub struct ControlSnapshot {
     items: BTreeMap<String, ControlItem>,
+    /// The bucket revision each present key was last written at; writes
+    /// that expect a revision (compare-and-set) check against it.
+    revisions: BTreeMap<String, u64>,
     allows: Vec<CompiledAllow>,
     emergency: Option<EmergencyBlock>,
     /// The bucket revision of the last change applied (0 when never synced).
@@ -156,7 +181,18 @@ pub struct ControlSnapshot {
 }
 
 impl ControlSnapshot {
+    /// A snapshot whose keys were all last written at `revision` (or
+    /// earlier; used where per-key revisions are not known).
     pub fn from_items(items: BTreeMap<String, ControlItem>, revision: u64) -> ControlSnapshot {
+        let revisions = items.keys().map(|k| (k.clone(), revision)).collect();
+        ControlSnapshot::from_parts(items, revisions, revision)
+    }
+
+    pub fn from_parts(
+        items: BTreeMap<String, ControlItem>,
+        revisions: BTreeMap<String, u64>,
+        revision: u64,
+    ) -> ControlSnapshot {
         let mut allows = Vec::new();
         let mut emergency = None;
         for item in items.values() {
@@ -174,20 +210,37 @@ impl ControlSnapshot {
         }
         ControlSnapshot {
             items,
+            revisions,
             allows,
             emergency,
             revision,
         }
     }
 
-    /// A snapshot with `key` set to `item` (or removed).
+    /// A snapshot with `key` set to `item` (or removed) at `revision`.
     pub fn with(&self, key: &str, item: Option<ControlItem>, revision: u64) -> ControlSnapshot {
         let mut items = self.items.clone();
+        let mut revisions = self.revisions.clone();
         match item {
-            Some(item) => items.insert(key.to_string(), item),
-            None => items.remove(key),
-        };
-        ControlSnapshot::from_items(items, revision.max(self.revision))
+            Some(item) => {
+                items.insert(key.to_string(), item);
+                revisions.insert(key.to_string(), revision);
+            }
+            None => {
+                items.remove(key);
+                revisions.remove(key);
+            }
+        }
+        ControlSnapshot::from_parts(items, revisions, revision.max(self.revision))
+    }
+
+    /// The revision `key` was last written at, if it is present.
+    pub fn revision_of(&self, key: &str) -> Option<u64> {
+        self.revisions.get(key).copied()
+    }
+
+    pub fn revisions(&self) -> &BTreeMap<String, u64> {
+        &self.revisions
     }
 
     pub fn items(&self) -> &BTreeMap<String, ControlItem> {
@@ -240,18 +293,28 @@ impl ControlSnapshot {
     }
 }
 
-/// A fresh id such as `req-3f9a1c02`: short enough to type, random enough
-/// that two replicas never collide in practice.
+/// A fresh id such as `req-3f9a1c02b7e4`: short enough to type; 48 random
+/// bits, and new items are created only if their key is free.
 pub fn new_id(prefix: &str) -> String {
-    format!("{prefix}-{:08x}", rand::random::<u32>())
+    format!("{prefix}-{:012x}", rand::random::<u64>() >> 16)
 }
 
 /// Normalizes a domain an operator typed, with the policy's own rules and
 /// hints (`*.` wildcards, IDNA, no IP literals).
 pub fn parse_domain(text: &str) -> Result<String, String> {
-    text.parse::<DomainPattern>()
-        .map(|pattern| pattern.to_string())
-        .map_err(|e| format!("{}; {}", e.problem, e.hint))
+    let pattern = text
+        .parse::<DomainPattern>()
+        .map_err(|e| format!("{}; {}", e.problem, e.hint))?;
+    // A temporary entry is a narrow exception: `*.com` would open a whole
+    // top-level domain to every agent.
+    if let DomainPattern::Wildcard { suffix } = &pattern
+        && !suffix.contains('.')
+    {
+        return Err(format!(
+            "'{pattern}' would open a whole top-level domain; name the site, e.g. *.example.{suffix}"
+        ));
+    }
+    Ok(pattern.to_string())
 }
 
 #[cfg(test)]

@@ -1,11 +1,15 @@
 //! Where the control state lives: the NATS JetStream KV bucket
 //! `clawgress-control`, watched by every replica, with a last-known-good
-//! copy on disk so that a replica restarted without NATS still enforces the
-//! last state it saw (an emergency block above all).
+//! copy on disk ([`super::lkg`]) so that a replica restarted without NATS
+//! still enforces the last state it saw (an emergency block above all).
 //!
 //! Without `--nats` the gateway runs standalone: the disk copy is the store.
+//!
+//! With NATS, a replica never applies its own writes directly: it waits for
+//! its watch to deliver them, so every replica applies every change in the
+//! bucket's one order, and a slow local apply can never undo a newer change
+//! made elsewhere.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -14,18 +18,19 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, watch};
 
-use super::{ControlItem, ControlSnapshot};
+use super::{ControlItem, ControlSnapshot, lkg};
+
+pub use super::lkg::LKG_FILE;
 
 /// The KV bucket every replica watches.
 pub const BUCKET: &str = "clawgress-control";
-/// The last-known-good file, inside the state directory.
-pub const LKG_FILE: &str = "control.json";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RETRY_FIRST: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(10);
+/// How long a write waits for its own change to come back on the watch.
+const APPLY_WAIT: Duration = Duration::from_secs(2);
 
 /// How much the replica knows about the control state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,8 +42,8 @@ pub enum StoreStatus {
     Synced = 1,
     /// NATS is unreachable; enforcing the last-known-good copy.
     LastKnownGood = 2,
-    /// NATS is unreachable and there is no last-known-good copy: the state
-    /// is unknown, and `egress.fail_mode` decides.
+    /// NATS is unreachable and there is no trustworthy last-known-good copy:
+    /// the state is unknown, and `egress.fail_mode` decides.
     Unknown = 3,
 }
 
@@ -68,30 +73,39 @@ pub enum ControlError {
         "the control store (NATS KV bucket {BUCKET}) is unreachable, so the change cannot reach every replica; retry when NATS is back"
     )]
     Unavailable,
-    #[error("writing to the control store failed: {0}")]
-    Write(String),
+    #[error("someone changed this item since it was read; look again and retry")]
+    Conflict,
+    #[error(
+        "the control store did not confirm the change ({0}); it may or may not have been applied: check `clawgress egress list` before retrying"
+    )]
+    Uncertain(String),
     #[error("cannot save the control state to {path}: {source}")]
     Save { path: String, source: std::io::Error },
 }
 
-/// The on-disk copy: every item and the revision it reflects.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LastKnownGood {
-    revision: u64,
-    items: BTreeMap<String, serde_json::Value>,
+/// What a write expects to find under its key: the check that keeps two
+/// operators (or two replicas) from silently overwriting each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// The key must not exist (new items, a new emergency block).
+    Absent,
+    /// The key must still be at this revision (as read).
+    Revision(u64),
 }
 
 pub struct ControlStore {
     snapshot: ArcSwap<ControlSnapshot>,
     kv: ArcSwapOption<kv::Store>,
+    client: ArcSwapOption<async_nats::Client>,
     status: AtomicU8,
     lkg_path: PathBuf,
     standalone: bool,
-    /// Serializes writes to the disk copy.
+    /// Serializes applies and writes to the disk copy.
     save_lock: Mutex<()>,
     /// The first attempt to reach NATS has ended, one way or the other.
     first_attempt_done: AtomicBool,
+    /// `true` while an emergency block is in force; open tunnels watch it.
+    blocked: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for ControlStore {
@@ -107,27 +121,46 @@ impl ControlStore {
     /// Loads the last-known-good copy from `state_dir` and, with a NATS URL,
     /// starts watching the bucket in the background. Never blocks on NATS: a
     /// gateway must start (and enforce what it knows) while NATS is down.
-    pub fn start(nats_url: Option<String>, state_dir: &Path, stop: watch::Receiver<bool>) -> Arc<ControlStore> {
+    ///
+    /// Standalone, an untrustworthy copy is an error (it is the only store,
+    /// and may hold an emergency block). With NATS it makes the state
+    /// unknown until the bucket is read.
+    pub fn start(
+        nats_url: Option<String>,
+        state_dir: &Path,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Arc<ControlStore>, String> {
         let lkg_path = state_dir.join(LKG_FILE);
-        let loaded = load_lkg(&lkg_path);
+        let loaded = match (lkg::load(&lkg_path), &nats_url) {
+            (Ok(loaded), _) => loaded,
+            (Err(error), None) => return Err(error),
+            (Err(error), Some(_)) => {
+                tracing::error!("{error}; the control state is unknown until NATS is reached");
+                None
+            }
+        };
         let status = match (&nats_url, &loaded) {
             (None, _) => StoreStatus::Standalone,
             (Some(_), Some(_)) => StoreStatus::LastKnownGood,
             (Some(_), None) => StoreStatus::Unknown,
         };
+        let snapshot = loaded.unwrap_or_default();
+        let (blocked, _) = watch::channel(snapshot.emergency().is_some());
         let store = Arc::new(ControlStore {
-            snapshot: ArcSwap::from_pointee(loaded.unwrap_or_default()),
+            snapshot: ArcSwap::from_pointee(snapshot),
             kv: ArcSwapOption::empty(),
+            client: ArcSwapOption::empty(),
             status: AtomicU8::new(status as u8),
             lkg_path,
             standalone: nats_url.is_none(),
             save_lock: Mutex::new(()),
             first_attempt_done: AtomicBool::new(false),
+            blocked,
         });
         if let Some(url) = nats_url {
             tokio::spawn(sync_forever(store.clone(), url, stop));
         }
-        store
+        Ok(store)
     }
 
     /// Waits (at most `limit`) for the first sync with NATS, so a replica
@@ -148,11 +181,6 @@ impl ControlStore {
         self.snapshot.load_full()
     }
 
-    /// Cheap read for the request path.
-    pub fn with_snapshot<R>(&self, read: impl FnOnce(&ControlSnapshot) -> R) -> R {
-        read(&self.snapshot.load())
-    }
-
     pub fn status(&self) -> StoreStatus {
         StoreStatus::from_u8(self.status.load(Ordering::Relaxed))
     }
@@ -163,75 +191,197 @@ impl ControlStore {
         self.status() != StoreStatus::Unknown
     }
 
-    /// Stores `item` under its key on every replica.
-    pub async fn put(&self, item: ControlItem) -> Result<(), ControlError> {
-        let key = item.key();
-        let revision = if self.standalone {
-            self.snapshot().revision + 1
-        } else {
-            let kv = self.kv.load_full().ok_or(ControlError::Unavailable)?;
-            kv.put(key.as_str(), item.to_json().into())
-                .await
-                .map_err(|e| ControlError::Write(e.to_string()))?
-        };
-        // Applied here at once so this replica answers with its own change;
-        // the watch delivers the same revision again, which changes nothing.
-        self.apply(&key, Some(item), revision).await
+    /// Follows the emergency block: `true` while one is in force.
+    pub fn watch_block(&self) -> watch::Receiver<bool> {
+        self.blocked.subscribe()
     }
 
-    /// Removes `key` on every replica.
-    pub async fn delete(&self, key: &str) -> Result<(), ControlError> {
-        let revision = if self.standalone {
-            self.snapshot().revision + 1
-        } else {
-            let kv = self.kv.load_full().ok_or(ControlError::Unavailable)?;
-            kv.delete(key).await.map_err(|e| ControlError::Write(e.to_string()))?;
-            self.snapshot().revision
-        };
-        self.apply(key, None, revision).await
+    /// Creates `item`; `Conflict` if its key exists.
+    pub async fn create(&self, item: ControlItem) -> Result<(), ControlError> {
+        self.write(&item.key(), Some(item), Some(Expect::Absent)).await
+    }
+
+    /// Replaces `item`, which must still be at `revision`.
+    pub async fn update(&self, item: ControlItem, revision: u64) -> Result<(), ControlError> {
+        self.write(&item.key(), Some(item), Some(Expect::Revision(revision)))
+            .await
+    }
+
+    /// Removes `key`, which must still be at `revision`.
+    pub async fn delete(&self, key: &str, revision: u64) -> Result<(), ControlError> {
+        self.write(key, None, Some(Expect::Revision(revision))).await
     }
 
     /// Removes temporary entries that have expired (they already match
-    /// nothing; this keeps the bucket and `list` tidy). Returns what it
-    /// removed, for the audit trail. Any replica may do it; a second
-    /// delete of the same key changes nothing.
-    pub async fn remove_expired(&self, now: chrono::DateTime<chrono::Utc>) -> Vec<super::TempAllow> {
+    /// nothing; this keeps the bucket and `list` tidy) and requests decided
+    /// more than 30 days ago. Each removal is revision-checked, so when
+    /// several replicas sweep at once exactly one removes each item (the
+    /// others get `Conflict`). `prepare` runs first for each item (to reserve
+    /// its audit record) and may skip it by returning `None`.
+    pub async fn sweep<T>(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        mut prepare: impl FnMut(&ControlItem) -> Option<T>,
+    ) -> Vec<(ControlItem, T, Result<(), ControlError>)> {
         if !self.standalone && self.kv.load().is_none() {
             return Vec::new();
         }
-        let expired: Vec<super::TempAllow> = self
-            .snapshot()
-            .items()
-            .values()
-            .filter_map(|item| match item {
-                ControlItem::Allow(entry) if entry.expires_at <= now => Some(entry.clone()),
-                _ => None,
-            })
-            .collect();
-        let mut removed = Vec::new();
-        for entry in expired {
-            match self.delete(&ControlItem::Allow(entry.clone()).key()).await {
-                Ok(()) => removed.push(entry),
-                Err(error) => tracing::warn!(id = %entry.id, "cannot remove an expired temporary entry: {error}"),
-            }
+        let snapshot = self.snapshot();
+        let stale = snapshot.items().iter().filter(|(_, item)| match item {
+            ControlItem::Allow(entry) => entry.expires_at <= now,
+            ControlItem::Request(request) => request
+                .decided_at
+                .is_some_and(|at| at + chrono::Duration::days(30) <= now),
+            ControlItem::Emergency(_) => false,
+        });
+        let mut swept = Vec::new();
+        for (key, item) in stale {
+            let Some(revision) = snapshot.revision_of(key) else {
+                continue;
+            };
+            let Some(prepared) = prepare(item) else { continue };
+            let result = self.delete(key, revision).await;
+            swept.push((item.clone(), prepared, result));
         }
-        removed
+        swept
     }
 
-    async fn apply(&self, key: &str, item: Option<ControlItem>, revision: u64) -> Result<(), ControlError> {
+    async fn write(&self, key: &str, item: Option<ControlItem>, expect: Option<Expect>) -> Result<(), ControlError> {
+        if self.standalone {
+            return self.write_standalone(key, item, expect).await;
+        }
+        let (Some(kv), Some(client)) = (self.kv.load_full(), self.client.load_full()) else {
+            return Err(ControlError::Unavailable);
+        };
+        // A write made while disconnected would sit in the client's buffer
+        // and land whenever the link returns: refuse it instead.
+        if client.connection_state() != async_nats::connection::State::Connected {
+            return Err(ControlError::Unavailable);
+        }
+        let wrong_revision = |kind: kv::UpdateErrorKind| kind == kv::UpdateErrorKind::WrongLastRevision;
+        let uncertain = |e: &dyn std::fmt::Display| ControlError::Uncertain(e.to_string());
+        let written = match (&item, expect) {
+            (Some(item), Some(Expect::Absent)) => kv.create(key, item.to_json().into()).await.map(Some).map_err(|e| {
+                if e.kind() == kv::CreateErrorKind::AlreadyExists {
+                    ControlError::Conflict
+                } else {
+                    uncertain(&e)
+                }
+            }),
+            (Some(item), Some(Expect::Revision(revision))) => kv
+                .update(key, item.to_json().into(), revision)
+                .await
+                .map(Some)
+                .map_err(|e| {
+                    if wrong_revision(e.kind()) {
+                        ControlError::Conflict
+                    } else {
+                        uncertain(&e)
+                    }
+                }),
+            (Some(item), None) => kv
+                .put(key, item.to_json().into())
+                .await
+                .map(Some)
+                .map_err(|e| uncertain(&e)),
+            (None, expect) => {
+                let revision = match expect {
+                    Some(Expect::Revision(revision)) => Some(revision),
+                    _ => None,
+                };
+                kv.delete_expect_revision(key, revision)
+                    .await
+                    .map(|()| None)
+                    .map_err(|e| {
+                        if wrong_revision(e.kind()) {
+                            ControlError::Conflict
+                        } else {
+                            uncertain(&e)
+                        }
+                    })
+            }
+        }?;
+        self.await_watch(key, written).await;
+        Ok(())
+    }
+
+    /// Waits until the watch has delivered this replica's own write, so the
+    /// API answers after the change is in force here too.
+    async fn await_watch(&self, key: &str, written: Option<u64>) {
+        let deadline = tokio::time::Instant::now() + APPLY_WAIT;
+        loop {
+            let snapshot = self.snapshot();
+            let applied = match written {
+                Some(revision) => snapshot.revision >= revision,
+                None => snapshot.revision_of(key).is_none(),
+            };
+            if applied {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(%key, "the change is stored but this replica's watch has not delivered it yet");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Standalone: the disk copy is the store, so it is written first and
+    /// the change takes effect only once it is durable.
+    async fn write_standalone(
+        &self,
+        key: &str,
+        item: Option<ControlItem>,
+        expect: Option<Expect>,
+    ) -> Result<(), ControlError> {
         let _saving = self.save_lock.lock().await;
-        let next = self.snapshot().with(key, item, revision);
-        let saved = save_lkg(&self.lkg_path, &next).await;
-        self.snapshot.store(Arc::new(next));
-        saved
+        let current = self.snapshot();
+        let found = current.revision_of(key);
+        let matches = match expect {
+            None => true,
+            Some(Expect::Absent) => found.is_none(),
+            Some(Expect::Revision(revision)) => found == Some(revision),
+        };
+        if !matches {
+            return Err(ControlError::Conflict);
+        }
+        let next = current.with(key, item, current.revision + 1);
+        lkg::save(&self.lkg_path, &next).await?;
+        self.publish(next);
+        Ok(())
+    }
+
+    /// Applies one change delivered by the watch. Deliveries come in bucket
+    /// order; one at or below what is applied already is a replay.
+    async fn apply_watched(&self, key: &str, item: Option<ControlItem>, revision: u64) {
+        let _saving = self.save_lock.lock().await;
+        let current = self.snapshot();
+        if current.revision_of(key).is_some_and(|applied| applied >= revision) {
+            return;
+        }
+        let next = current.with(key, item, revision);
+        // Enforcement first: the bucket already holds the change.
+        let saving = next.clone();
+        self.publish(next);
+        if let Err(error) = lkg::save(&self.lkg_path, &saving).await {
+            tracing::error!("{error}");
+        }
     }
 
     async fn replace(&self, snapshot: ControlSnapshot) {
         let _saving = self.save_lock.lock().await;
-        if let Err(error) = save_lkg(&self.lkg_path, &snapshot).await {
+        let saving = snapshot.clone();
+        self.publish(snapshot);
+        if let Err(error) = lkg::save(&self.lkg_path, &saving).await {
             tracing::error!("{error}");
         }
+    }
+
+    fn publish(&self, snapshot: ControlSnapshot) {
+        let blocked = snapshot.emergency().is_some();
         self.snapshot.store(Arc::new(snapshot));
+        self.blocked
+            .send_if_modified(|was| std::mem::replace(was, blocked) != blocked);
     }
 
     fn set_status(&self, status: StoreStatus) {
@@ -250,28 +400,42 @@ impl ControlStore {
     }
 }
 
+/// The URL without user information, for logs.
+pub fn redacted(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://***@{host}"),
+            None => url.to_string(),
+        },
+        None => match url.rsplit_once('@') {
+            Some((_, host)) => format!("***@{host}"),
+            None => url.to_string(),
+        },
+    }
+}
+
 /// Connects, catches up and follows the bucket; on any loss, falls back to
 /// the last-known-good state and reconnects with backoff.
 async fn sync_forever(store: Arc<ControlStore>, url: String, mut stop: watch::Receiver<bool>) {
+    let shown = redacted(&url);
     let mut delay = RETRY_FIRST;
     loop {
-        let session = tokio::select! {
-            result = follow(&store, &url) => result,
+        let (synced, error) = tokio::select! {
+            ended = follow(&store, &url) => ended,
             _ = stop.changed() => return,
         };
         store.kv.store(None);
+        store.client.store(None);
         store.set_status(store.disconnected_status());
         store.first_attempt_done.store(true, Ordering::Relaxed);
-        match session {
-            Ok(()) => delay = RETRY_FIRST,
-            Err(error) => {
-                tracing::warn!(
-                    %url,
-                    status = store.status().as_str(),
-                    "control store unreachable ({error}); enforcing the last-known-good state and retrying"
-                );
-            }
+        if synced {
+            delay = RETRY_FIRST;
         }
+        tracing::warn!(
+            url = %shown,
+            status = store.status().as_str(),
+            "control store unreachable ({error}); enforcing the last-known-good state and retrying"
+        );
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             _ = stop.changed() => return,
@@ -280,71 +444,109 @@ async fn sync_forever(store: Arc<ControlStore>, url: String, mut stop: watch::Re
     }
 }
 
-async fn follow(store: &ControlStore, url: &str) -> Result<(), String> {
+/// Returns whether it got as far as a sync, and why it ended.
+async fn follow(store: &ControlStore, url: &str) -> (bool, String) {
+    match follow_inner(store, url).await {
+        Ok(never) => match never {},
+        Err(ended) => ended,
+    }
+}
+
+enum Never {}
+
+async fn follow_inner(store: &ControlStore, url: &str) -> Result<Never, (bool, String)> {
+    let early = |e: String| (false, e);
     let client = async_nats::ConnectOptions::new()
         .name("clawgress-gateway")
         .connection_timeout(CONNECT_TIMEOUT)
         .connect(url)
         .await
-        .map_err(|e| format!("cannot connect to NATS at {url}: {e}"))?;
+        .map_err(|e| early(format!("cannot connect to NATS at {}: {e}", redacted(url))))?;
     let js = jetstream::new(client.clone());
-    let kv = js
-        .create_or_update_key_value(kv::Config {
-            bucket: BUCKET.to_string(),
-            description: "Clawgress runtime control: temporary allows, requests, emergency block".to_string(),
-            history: 5,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| format!("cannot open the KV bucket {BUCKET}: {e}"))?;
+    // Opened as it is when it exists, so an operator's settings (replicas,
+    // placement) are not reset by every gateway start.
+    let kv = match js.get_key_value(BUCKET).await {
+        Ok(kv) => kv,
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: BUCKET.to_string(),
+                description: "Clawgress runtime control: temporary allows, requests, emergency block".to_string(),
+                history: 5,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| early(format!("cannot open the KV bucket {BUCKET}: {e}")))?,
+    };
     let last = js
         .get_stream(format!("KV_{BUCKET}"))
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| early(e.to_string()))?
         .info()
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| early(e.to_string()))?
         .state
         .last_sequence;
-    let mut watch = kv.watch_with_history(">").await.map_err(|e| e.to_string())?;
+    let mut watch = kv.watch_with_history(">").await.map_err(|e| early(e.to_string()))?;
 
     // Catch up into a fresh map: the bucket, not the old copy, is the truth.
-    let mut items = BTreeMap::new();
+    let mut items = std::collections::BTreeMap::new();
+    let mut revisions = std::collections::BTreeMap::new();
     let mut revision = 0;
-    while revision < last {
-        let Some(entry) = watch.next().await else {
-            return Err("the watch ended during catch-up".to_string());
-        };
-        let entry = entry.map_err(|e| e.to_string())?;
-        revision = entry.revision;
-        apply_entry(&mut items, &entry);
+    if last > 0 {
+        loop {
+            let entry = tokio::time::timeout(Duration::from_secs(10), watch.next())
+                .await
+                .map_err(|_| early("the watch stalled during catch-up".to_string()))?
+                .ok_or_else(|| early("the watch ended during catch-up".to_string()))?
+                .map_err(|e| early(e.to_string()))?;
+            revision = revision.max(entry.revision);
+            match entry.operation {
+                kv::Operation::Put => {
+                    if let Some(item) = ControlItem::decode_failing_closed(&entry.key, &entry.value) {
+                        items.insert(entry.key.clone(), item);
+                        revisions.insert(entry.key.clone(), entry.revision);
+                    }
+                }
+                kv::Operation::Delete | kv::Operation::Purge => {
+                    items.remove(&entry.key);
+                    revisions.remove(&entry.key);
+                }
+            }
+            // `delta` counts what is still pending: zero means caught up, even
+            // when the stream's tail was a purged message.
+            if entry.delta == 0 || revision >= last {
+                break;
+            }
+        }
     }
-    store.replace(ControlSnapshot::from_items(items, last)).await;
+    store
+        .replace(ControlSnapshot::from_parts(items, revisions, revision.max(last)))
+        .await;
     store.kv.store(Some(Arc::new(kv)));
+    store.client.store(Some(Arc::new(client.clone())));
     store.set_status(StoreStatus::Synced);
     store.first_attempt_done.store(true, Ordering::Relaxed);
     tracing::info!(revision = last, "control store synced");
 
+    let synced = |e: String| (true, e);
     let mut state = client.connection_state();
+    let mut check = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
             entry = watch.next() => {
-                let Some(entry) = entry else { return Err("the watch ended".to_string()) };
-                let entry = entry.map_err(|e| e.to_string())?;
+                let entry = entry.ok_or_else(|| synced("the watch ended".to_string()))?.map_err(|e| synced(e.to_string()))?;
                 let item = match entry.operation {
-                    kv::Operation::Put => match ControlItem::decode(&entry.key, &entry.value) {
-                        Ok(item) => Some(item),
-                        Err(error) => { tracing::error!("{error}"); continue; }
+                    kv::Operation::Put => match ControlItem::decode_failing_closed(&entry.key, &entry.value) {
+                        Some(item) => Some(item),
+                        None => continue,
                     },
                     kv::Operation::Delete | kv::Operation::Purge => None,
                 };
-                if let Err(error) = store.apply(&entry.key, item, entry.revision).await {
-                    tracing::error!("{error}");
-                }
+                store.apply_watched(&entry.key, item, entry.revision).await;
             }
             // The watch does not end when the connection drops; the
             // connection state says so, and the replica reports it.
-            () = tokio::time::sleep(Duration::from_millis(500)) => {
+            _ = check.tick() => {
                 let now = client.connection_state();
                 if now != state {
                     state = now;
@@ -356,74 +558,4 @@ async fn follow(store: &ControlStore, url: &str) -> Result<(), String> {
             }
         }
     }
-}
-
-fn apply_entry(items: &mut BTreeMap<String, ControlItem>, entry: &kv::Entry) {
-    match entry.operation {
-        kv::Operation::Put => match ControlItem::decode(&entry.key, &entry.value) {
-            Ok(item) => {
-                items.insert(entry.key.clone(), item);
-            }
-            Err(error) => tracing::error!("{error}"),
-        },
-        kv::Operation::Delete | kv::Operation::Purge => {
-            items.remove(&entry.key);
-        }
-    }
-}
-
-fn load_lkg(path: &Path) -> Option<ControlSnapshot> {
-    let text = match std::fs::read(path) {
-        Ok(text) => text,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(error) => {
-            tracing::error!(path = %path.display(), "cannot read the last-known-good control state: {error}");
-            return None;
-        }
-    };
-    let lkg: LastKnownGood = match serde_json::from_slice(&text) {
-        Ok(lkg) => lkg,
-        Err(error) => {
-            tracing::error!(
-                path = %path.display(),
-                "the last-known-good control state is unreadable ({error}); ignoring it"
-            );
-            return None;
-        }
-    };
-    let mut items = BTreeMap::new();
-    for (key, value) in lkg.items {
-        match ControlItem::decode(&key, value.to_string().as_bytes()) {
-            Ok(item) => {
-                items.insert(key, item);
-            }
-            Err(error) => tracing::error!("{error}"),
-        }
-    }
-    tracing::info!(path = %path.display(), revision = lkg.revision, "loaded the last-known-good control state");
-    Some(ControlSnapshot::from_items(items, lkg.revision))
-}
-
-/// Written to a temporary file and renamed over the old one: a crash leaves
-/// either the old copy or the new one, never half of one.
-async fn save_lkg(path: &Path, snapshot: &ControlSnapshot) -> Result<(), ControlError> {
-    let lkg = LastKnownGood {
-        revision: snapshot.revision,
-        items: snapshot
-            .items()
-            .iter()
-            .filter_map(|(key, item)| Some((key.clone(), serde_json::from_slice(&item.to_json()).ok()?)))
-            .collect(),
-    };
-    let bytes = serde_json::to_vec_pretty(&lkg).unwrap_or_default();
-    let tmp = path.with_extension("json.tmp");
-    let error = |source| ControlError::Save {
-        path: path.display().to_string(),
-        source,
-    };
-    if let Some(dir) = path.parent() {
-        tokio::fs::create_dir_all(dir).await.map_err(error)?;
-    }
-    tokio::fs::write(&tmp, bytes).await.map_err(error)?;
-    tokio::fs::rename(&tmp, path).await.map_err(error)
 }

@@ -79,10 +79,17 @@ fn items_round_trip_through_their_keys_and_unknown_values_are_refused() {
             .unwrap_err()
             .contains("unknown control key")
     );
-    // Unknown fields are refused rather than half-read.
+    // Fields from a newer version are tolerated (rolling upgrades)...
     let mut value: serde_json::Value = serde_json::from_slice(&item.to_json()).unwrap();
     value["surprise"] = serde_json::json!(true);
-    assert!(ControlItem::decode(&item.key(), value.to_string().as_bytes()).is_err());
+    assert_eq!(
+        ControlItem::decode(&item.key(), value.to_string().as_bytes()).unwrap(),
+        item
+    );
+    // ...and an emergency block this version cannot read still blocks.
+    let unreadable = ControlItem::decode_failing_closed("emergency", b"{\"incident\": 7}");
+    assert!(matches!(unreadable, Some(ControlItem::Emergency(b)) if b.incident_id == "unreadable"));
+    assert_eq!(ControlItem::decode_failing_closed("allow.x", b"{}"), None);
 }
 
 #[test]
@@ -91,6 +98,8 @@ fn operator_domains_are_checked_like_policy_domains() {
     assert!(parse_domain("*").unwrap_err().contains("every destination"));
     assert!(parse_domain("10.0.0.1").is_err());
     assert!(parse_domain("a.*.example").is_err());
+    assert!(parse_domain("*.com").unwrap_err().contains("top-level"));
+    assert_eq!(parse_domain("*.example.com").unwrap(), "*.example.com");
     assert!(new_id("req").starts_with("req-"));
     assert_ne!(new_id("req"), new_id("req"));
 }
@@ -124,64 +133,95 @@ mod store {
         rx
     }
 
+    fn block(id: &str) -> ControlItem {
+        ControlItem::Emergency(EmergencyBlock {
+            incident_id: id.into(),
+            reason: "drill".into(),
+            actor: "mia".into(),
+            since: Utc::now(),
+        })
+    }
+
     #[tokio::test]
     async fn a_standalone_store_keeps_its_state_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ControlStore::start(None, dir.path(), stop());
+        let store = ControlStore::start(None, dir.path(), stop()).unwrap();
         assert_eq!(store.status(), StoreStatus::Standalone);
-        store.put(allow("tmp-1", "a.example", &[443], 1)).await.unwrap();
-        store
-            .put(ControlItem::Emergency(EmergencyBlock {
-                incident_id: "inc-1".into(),
-                reason: "drill".into(),
-                actor: "mia".into(),
-                since: Utc::now(),
-            }))
-            .await
-            .unwrap();
+        let mut blocked = store.watch_block();
+        store.create(allow("tmp-1", "a.example", &[443], 1)).await.unwrap();
+        store.create(block("inc-1")).await.unwrap();
+        assert!(*blocked.borrow_and_update(), "open tunnels hear of the block");
         assert!(dir.path().join(LKG_FILE).is_file());
 
-        let again = ControlStore::start(None, dir.path(), stop());
+        let again = ControlStore::start(None, dir.path(), stop()).unwrap();
         let snapshot = again.snapshot();
         assert_eq!(snapshot.emergency().unwrap().incident_id, "inc-1");
         assert!(snapshot.temp_allow("tmp-1").is_some());
-        again.delete("emergency").await.unwrap();
-        let third = ControlStore::start(None, dir.path(), stop());
+        let revision = snapshot.revision_of("emergency").unwrap();
+        again.delete("emergency", revision).await.unwrap();
+        let third = ControlStore::start(None, dir.path(), stop()).unwrap();
         assert!(third.snapshot().emergency().is_none());
     }
 
     #[tokio::test]
-    async fn expired_entries_are_removed_and_reported() {
+    async fn writes_that_expect_a_state_refuse_to_overwrite_another() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ControlStore::start(None, dir.path(), stop());
-        store.put(allow("tmp-old", "old.example", &[443], -1)).await.unwrap();
-        store.put(allow("tmp-new", "new.example", &[443], 1)).await.unwrap();
-        let removed = store.remove_expired(Utc::now()).await;
-        assert_eq!(removed.len(), 1);
-        assert_eq!(removed[0].id, "tmp-old");
+        let store = ControlStore::start(None, dir.path(), stop()).unwrap();
+        store.create(block("inc-1")).await.unwrap();
+        assert!(matches!(
+            store.create(block("inc-2")).await,
+            Err(ControlError::Conflict)
+        ));
+        let stale = store.snapshot().revision_of("emergency").unwrap();
+        store.update(block("inc-3"), stale).await.unwrap();
+        assert!(matches!(
+            store.delete("emergency", stale).await,
+            Err(ControlError::Conflict)
+        ));
+        assert_eq!(store.snapshot().emergency().unwrap().incident_id, "inc-3");
+    }
+
+    #[tokio::test]
+    async fn expired_entries_and_old_decisions_are_swept_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ControlStore::start(None, dir.path(), stop()).unwrap();
+        store.create(allow("tmp-old", "old.example", &[443], -1)).await.unwrap();
+        store.create(allow("tmp-new", "new.example", &[443], 1)).await.unwrap();
+        let swept = store.sweep(Utc::now(), |_| Some(())).await;
+        assert_eq!(swept.len(), 1);
+        assert!(matches!(&swept[0], (ControlItem::Allow(e), (), Ok(())) if e.id == "tmp-old"));
         assert!(store.snapshot().temp_allow("tmp-old").is_none());
         assert!(store.snapshot().temp_allow("tmp-new").is_some());
+        assert!(store.sweep(Utc::now(), |_| Some(())).await.is_empty());
     }
 
     #[tokio::test]
     async fn without_nats_a_broken_or_missing_copy_means_the_state_is_unknown() {
         let dir = tempfile::tempdir().unwrap();
-        let unreachable = Some("nats://127.0.0.1:1".to_string());
-        let store = ControlStore::start(unreachable.clone(), dir.path(), stop());
+        let unreachable = Some("nats://user:secret@127.0.0.1:1".to_string());
+        let store = ControlStore::start(unreachable.clone(), dir.path(), stop()).unwrap();
         assert_eq!(store.status(), StoreStatus::Unknown);
         assert!(!store.is_known());
         assert!(matches!(
-            store.put(allow("tmp-1", "a.example", &[443], 1)).await,
+            store.create(allow("tmp-1", "a.example", &[443], 1)).await,
             Err(ControlError::Unavailable)
         ));
 
         std::fs::write(dir.path().join(LKG_FILE), b"{\"revision\": 3, \"items\": {").unwrap();
-        let broken = ControlStore::start(unreachable.clone(), dir.path(), stop());
+        let broken = ControlStore::start(unreachable.clone(), dir.path(), stop()).unwrap();
         assert_eq!(broken.status(), StoreStatus::Unknown, "a torn copy is not trusted");
+        // Standalone, the copy is the only store: refusing to start beats
+        // silently forgetting an emergency block.
+        let refused = ControlStore::start(None, dir.path(), stop()).unwrap_err();
+        assert!(refused.contains("not ignored"), "{refused}");
 
         std::fs::write(dir.path().join(LKG_FILE), b"{\"revision\": 3, \"items\": {}}").unwrap();
-        let good = ControlStore::start(unreachable, dir.path(), stop());
+        let good = ControlStore::start(unreachable, dir.path(), stop()).unwrap();
         assert_eq!(good.status(), StoreStatus::LastKnownGood);
         assert_eq!(good.snapshot().revision, 3);
+        assert_eq!(
+            crate::control::store::redacted("nats://user:secret@127.0.0.1:1"),
+            "nats://***@127.0.0.1:1"
+        );
     }
 }

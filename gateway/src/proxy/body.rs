@@ -24,7 +24,7 @@ pub struct Transfer {
     pub client_body_failed: std::sync::atomic::AtomicBool,
     /// The body was cut because the agent's bytes in flight passed
     /// `fault_containment.max_pending_bytes`.
-    pub contained: std::sync::atomic::AtomicBool,
+    pub contained: std::sync::Mutex<Option<crate::containment::Overflow>>,
 }
 
 /// Why the request body stopped early.
@@ -82,7 +82,9 @@ impl Body for OutboundBody {
                     if let Some(admission) = &self.streamed_charge
                         && let Err(overflow) = admission.charge_streamed(len)
                     {
-                        self.transfer.contained.store(true, Ordering::Relaxed);
+                        if let Ok(mut cut) = self.transfer.contained.lock() {
+                            *cut = Some(overflow);
+                        }
                         return Poll::Ready(Some(Err(OutboundError::Contained(overflow))));
                     }
                 }

@@ -72,7 +72,7 @@ pub(super) async fn forward(
             return finisher.refuse(Refusal::Upstream(UpstreamFailure::ResponseTimeout));
         }
         Err(Waited::Failed(error)) => {
-            if let Some(overflow) = transfer_contained(&transfer, &gateway) {
+            if let Some(overflow) = transfer_contained(&transfer) {
                 return finisher.refuse(Refusal::Contained(overflow));
             }
             if transfer.client_body_failed.load(Ordering::Relaxed) {
@@ -124,13 +124,8 @@ pub(super) async fn forward(
 }
 
 /// The overflow that cut the request body, if containment did.
-fn transfer_contained(transfer: &Transfer, gateway: &Gateway) -> Option<crate::containment::Overflow> {
-    transfer
-        .contained
-        .load(Ordering::Relaxed)
-        .then(|| crate::containment::Overflow::PendingBytes {
-            limit: gateway.containment.max_pending_bytes(),
-        })
+fn transfer_contained(transfer: &Transfer) -> Option<crate::containment::Overflow> {
+    transfer.contained.lock().ok().and_then(|overflow| *overflow)
 }
 
 enum Waited {

@@ -138,14 +138,8 @@ async fn admit(
         if policy.fail_mode_for(&identity.environment) == FailMode::Closed {
             return Err(Refusal::ControlUnavailable);
         }
-        ctx.fail_open = Some("control_store");
+        ctx.fail_open.get_or_insert("control_store");
         gateway.metrics.record_fail_open("control_store");
-    }
-    let control = gateway.control.snapshot();
-    if let Some(block) = control.emergency() {
-        return Err(Refusal::EmergencyBlock {
-            incident_id: Arc::from(block.incident_id.as_str()),
-        });
     }
     if is_loop(req) {
         return Err(Refusal::Request(RequestProblem::ProxyLoop));
@@ -164,6 +158,9 @@ async fn admit(
         path,
         addr: None,
     });
+    // After classify, so an incident's audit lines show where agents tried to go.
+    let control = gateway.control.snapshot();
+    emergency_check(gateway)?;
 
     let now = chrono::Utc::now();
     // Decide: the allowlist before DNS, so a denied name is never resolved
@@ -263,9 +260,22 @@ async fn admit(
         }
     }
 
+    // Again, after the waits above (DNS, a limiter's queue): a block issued
+    // meanwhile stops the request before it leaves.
+    emergency_check(gateway)?;
+
     // Breaker: a failing destination fails fast instead of tying up agents.
     ctx.breaker = Some(policy.breakers.admit(&host_text).map_err(Refusal::CircuitOpen)?);
     Ok(())
+}
+
+/// An operator's emergency block stops every agent.
+fn emergency_check(gateway: &Gateway) -> Result<(), Refusal> {
+    gateway.control.snapshot().emergency().map_or(Ok(()), |block| {
+        Err(Refusal::EmergencyBlock {
+            incident_id: Arc::from(block.incident_id.as_str()),
+        })
+    })
 }
 
 /// Every resolved address must pass, not just the first: a name that mixes

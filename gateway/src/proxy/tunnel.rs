@@ -71,6 +71,7 @@ pub(super) async fn open(
     // worker stops anyway, dropping the task drops the finisher, which
     // records the tunnel with the bytes it carried.
     let open = TunnelGuard::new(&gateway);
+    let gateway = gateway.clone();
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
@@ -79,10 +80,16 @@ pub(super) async fn open(
                     inner: upstream,
                     transfer: &transfer,
                 };
-                if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await
-                    && is_reset(&error)
-                {
-                    finisher.upstream_reset();
+                // An emergency block cuts open tunnels too: they are the
+                // channel an incident most needs closed.
+                let mut blocked = gateway.control.watch_block();
+                tokio::select! {
+                    copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                        if let Err(error) = copied && is_reset(&error) {
+                            finisher.upstream_reset();
+                        }
+                    }
+                    _ = blocked.wait_for(|blocked| *blocked) => finisher.cut("emergency_block"),
                 }
             }
             Err(error) => tracing::debug!(%error, "client went away before the tunnel opened"),
