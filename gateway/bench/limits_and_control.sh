@@ -7,15 +7,17 @@
 #     replica B, both replicas watching one real nats-server.
 # Everything listens on 127.0.0.1 and is stopped on exit.
 #
-# Environment: BENCH_DURATION (default 10), BENCH_WARMUP (1), BENCH_SIZE
-# (1024), BENCH_ROUNDS (emergency-block rounds, default 30), CLAWGRESS_BIN,
+# Environment: BENCH_DURATION (default 5), BENCH_PASSES (interleaved runs per
+# side, default 5), BENCH_WARMUP (1), BENCH_SIZE (1024), BENCH_ROUNDS
+# (emergency-block rounds, default 30), CLAWGRESS_BIN,
 # BENCH_KEEP_TMP=1, OUT (default target/bench/limits.json).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 
-DURATION=${BENCH_DURATION:-10}
+DURATION=${BENCH_DURATION:-5}
+PASSES=${BENCH_PASSES:-5}
 WARMUP=${BENCH_WARMUP:-1}
 SIZE=${BENCH_SIZE:-1024}
 ROUNDS=${BENCH_ROUNDS:-30}
@@ -42,11 +44,11 @@ start_target
 start_clawgress limits 127.0.0.1:13131 127.0.0.1:19131 gateway/bench/policy.yaml
 start_clawgress no-limits 127.0.0.1:13132 127.0.0.1:19132 gateway/bench/policy-no-limits.yaml
 
-# Two runs of each gateway, interleaved, so drift on a shared machine hits
-# both sides alike.
+# Several runs of each gateway, interleaved, so drift on a shared machine
+# hits both sides alike; the ratio is of the medians.
 for connections in 1 64; do
     run direct --target "$DIRECT_URL" --connections "$connections"
-    for pass in 1 2; do
+    for _ in $(seq "$PASSES"); do
         run no-limits --proxy http://127.0.0.1:13132 --proxy-user "$BENCH_USER" --target "$TARGET_URL" --connections "$connections"
         run limits --proxy http://127.0.0.1:13131 --proxy-user "$BENCH_USER" --target "$TARGET_URL" --connections "$connections"
     done
@@ -88,19 +90,27 @@ function field(name,    rest) {
     sub(/["},].*$/, "", rest)
     return rest
 }
+function median(list, n,    i, j, t, a) {
+    for (i = 1; i <= n; i++) a[i] = list[i]
+    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+    return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+}
 {
     name = field("name"); conns = field("connections")
     printf "| %s | %s | %.0f | %s | %s | %s |\n", name, conns, field("rps"), field("p50_us"), field("p99_us"), field("errors")
-    key = name "/" conns; rps[key] += field("rps"); runs[key]++
-    if (field("p99_us") > p99[key]) p99[key] = field("p99_us")
+    key = name "/" conns; n[key]++
+    rps[key, n[key]] = field("rps"); p99[key, n[key]] = field("p99_us")
 }
 END {
     print ""
-    print "| conns | limits / no limits, req/s (mean of runs) | worst p99 limits / no limits |"
+    print "| conns | median req/s limits / no limits | median p99 limits / no limits |"
     print "|---:|---:|---:|"
     for (c = 1; c <= 64; c *= 64) {
         a = "limits/" c; b = "no-limits/" c
-        if (runs[a] && runs[b]) printf "| %d | %.3f | %.2f |\n", c, (rps[a] / runs[a]) / (rps[b] / runs[b]), p99[a] / p99[b]
+        if (!n[a] || !n[b]) continue
+        for (i = 1; i <= n[a]; i++) { ra[i] = rps[a, i]; pa[i] = p99[a, i] }
+        for (i = 1; i <= n[b]; i++) { rb[i] = rps[b, i]; pb[i] = p99[b, i] }
+        printf "| %d | %.3f | %.2f |\n", c, median(ra, n[a]) / median(rb, n[b]), median(pa, n[a]) / median(pb, n[b])
     }
 }' "$RESULTS" | { echo "| run | conns | req/s | p50 us | p99 us | errors |"; echo "|---|---:|---:|---:|---:|---:|"; cat; }
 echo
