@@ -5,6 +5,7 @@
 mod support;
 
 mod control;
+mod fetch;
 mod limits;
 mod operations;
 mod policy;

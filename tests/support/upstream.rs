@@ -34,7 +34,10 @@ pub struct Origin {
 /// - `/hold`: reads the body, then waits for `release` before answering;
 /// - `/forge`: answers with headers that only the gateway may set;
 /// - `/status/NNN`: that status;
-/// - `/big/N`: N bytes.
+/// - `/big/N`: N bytes;
+/// - `/redirect/HOST`: 302 to `http://HOST:<this port>/page`;
+/// - `/page`: an HTML page to extract from;
+/// - `/latin1`: ISO-8859-1 text that says so in its Content-Type.
 pub async fn origin() -> Origin {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
     let addr = listener.local_addr().expect("origin addr");
@@ -72,6 +75,36 @@ fn full(bytes: impl Into<Bytes>) -> Body {
 
 async fn route(req: Request<Incoming>, release: Arc<Notify>) -> Response<Body> {
     let path = req.uri().path().to_string();
+    if let Some(host) = path.strip_prefix("/redirect/") {
+        let port = req
+            .headers()
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.rsplit_once(':'))
+            .map(|(_, p)| p.to_string())
+            .unwrap_or_default();
+        return Response::builder()
+            .status(302)
+            .header("location", format!("http://{host}:{port}/page"))
+            .body(full(""))
+            .unwrap();
+    }
+    if path == "/page" {
+        return Response::builder()
+            .header("content-type", "text/html; charset=utf-8")
+            .body(full(
+                r#"<html><head><title>Fixture</title></head><body><h1 class="title">Clawgress fixture</h1>
+<ul class="items"><li><a href="/a">Alpha</a></li><li><a href="/b">Beta</a></li></ul>
+<p id="price">€ 12,50</p></body></html>"#,
+            ))
+            .unwrap();
+    }
+    if path == "/latin1" {
+        return Response::builder()
+            .header("content-type", "text/plain; charset=ISO-8859-1")
+            .body(full(&b"caf\xe9"[..]))
+            .unwrap();
+    }
     if path == "/hello" {
         return Response::builder()
             .header("x-upstream", "yes")

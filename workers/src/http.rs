@@ -1,0 +1,264 @@
+//! The `http` backend: reqwest through the gateway, with the job's agent
+//! credential. Redirects are followed here, one request per hop, so the
+//! gateway judges every hop; bodies are capped and decoded with the
+//! response's charset.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION, RETRY_AFTER};
+use reqwest::{Client, Method, Proxy, Response};
+
+use crate::credentials::Credentials;
+use crate::job::ScrapeJob;
+use crate::outcome::{FetchError, Fetched};
+
+/// Redirect hops followed before giving up.
+pub const MAX_REDIRECTS: usize = 10;
+/// The gateway marks its own answers with this header.
+const DECISION_HEADER: &str = "x-clawgress-decision";
+
+/// Fetches through one gateway; one connection pool per agent (each pool
+/// carries that agent's proxy credential).
+pub struct HttpFetcher {
+    gateway: String,
+    credentials: Credentials,
+    max_body: usize,
+    clients: Mutex<HashMap<String, Client>>,
+}
+
+impl std::fmt::Debug for HttpFetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpFetcher")
+            .field("gateway", &self.gateway)
+            .field("max_body", &self.max_body)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpFetcher {
+    /// `gateway` is the proxy URL, e.g. `http://127.0.0.1:3128`.
+    pub fn new(gateway: impl Into<String>, credentials: Credentials, max_body: usize) -> HttpFetcher {
+        HttpFetcher {
+            gateway: gateway.into(),
+            credentials,
+            max_body,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    fn client(&self, agent: &str) -> Result<Client, FetchError> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = clients.get(agent) {
+            return Ok(client.clone());
+        }
+        let key = self
+            .credentials
+            .key(agent)
+            .ok_or_else(|| FetchError::Transport(format!("no credential for agent {agent}")))?;
+        let proxy = Proxy::all(&self.gateway)
+            .map_err(|e| FetchError::Transport(format!("gateway URL {}: {e}", self.gateway)))?
+            .basic_auth(agent, key);
+        let client = Client::builder()
+            .proxy(proxy)
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .user_agent(concat!("clawgress/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| FetchError::Transport(e.to_string()))?;
+        clients.insert(agent.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// Fetches the job's page, following redirects hop by hop.
+    pub async fn fetch(&self, job: &ScrapeJob) -> Result<Fetched, FetchError> {
+        tokio::time::timeout(job.timeout, self.fetch_hops(job))
+            .await
+            .map_err(|_| FetchError::Timeout)?
+    }
+
+    async fn fetch_hops(&self, job: &ScrapeJob) -> Result<Fetched, FetchError> {
+        let client = self.client(&job.agent)?;
+        let mut method = Method::from_bytes(job.method.to_ascii_uppercase().as_bytes()).unwrap_or(Method::GET);
+        let mut body = job.body.clone();
+        let mut url = reqwest::Url::parse(&job.url).map_err(|e| FetchError::Transport(e.to_string()))?;
+        let mut hops = Vec::new();
+        let headers = job_headers(job);
+        loop {
+            hops.push(url.to_string());
+            let mut request = client.request(method.clone(), url.clone()).headers(headers.clone());
+            if let Some(body) = &body {
+                request = request.body(body.clone());
+            }
+            let response = request.send().await.map_err(transport)?;
+            if let Some(error) = gateway_refusal(&response) {
+                // The gateway's own answer: its body says why.
+                return Err(refusal(error, response).await);
+            }
+            let status = response.status();
+            if status.is_redirection()
+                && let Some(next) = response.headers().get(LOCATION).and_then(|v| v.to_str().ok())
+            {
+                if hops.len() > MAX_REDIRECTS {
+                    return Err(FetchError::TooManyRedirects(hops.len()));
+                }
+                url = url
+                    .join(next)
+                    .map_err(|e| FetchError::Transport(format!("bad redirect {next}: {e}")))?;
+                // RFC 9110 §15.4: 303 (and, by custom, 301/302 after POST) become GET.
+                if status.as_u16() == 303 || (matches!(status.as_u16(), 301 | 302) && method == Method::POST) {
+                    method = Method::GET;
+                    body = None;
+                }
+                continue;
+            }
+            if status.as_u16() == 429 || status.is_server_error() {
+                return Err(FetchError::Origin {
+                    status: status.as_u16(),
+                    retry_after: retry_after_header(response.headers()),
+                });
+            }
+            return self.read(response, hops).await;
+        }
+    }
+
+    async fn read(&self, response: Response, hops: Vec<String>) -> Result<Fetched, FetchError> {
+        let status = response.status().as_u16();
+        let final_url = response.url().to_string();
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let request_id = response
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        if response.content_length().is_some_and(|len| len > self.max_body as u64) {
+            return Err(FetchError::TooLarge { limit: self.max_body });
+        }
+        let mut bytes = Vec::new();
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(transport)?;
+            if bytes.len() + chunk.len() > self.max_body {
+                return Err(FetchError::TooLarge { limit: self.max_body });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(Fetched {
+            status,
+            final_url,
+            hops,
+            body: decode(&bytes, content_type.as_deref()),
+            content_type,
+            request_id,
+        })
+    }
+}
+
+fn job_headers(job: &ScrapeJob) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in &job.headers {
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+            headers.insert(name, value);
+        }
+    }
+    headers
+}
+
+fn transport(error: reqwest::Error) -> FetchError {
+    if error.is_timeout() {
+        FetchError::Timeout
+    } else {
+        FetchError::Transport(error.to_string())
+    }
+}
+
+/// The status of a response the gateway made itself, if this is one.
+fn gateway_refusal(response: &Response) -> Option<u16> {
+    let status = response.status().as_u16();
+    let ours = response.headers().contains_key(DECISION_HEADER)
+        || status == 407
+        || response
+            .headers()
+            .get(CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"))
+            && response.headers().contains_key("x-request-id");
+    (ours && status >= 400).then_some(status)
+}
+
+async fn refusal(status: u16, response: Response) -> FetchError {
+    let header_wait = retry_after_header(response.headers());
+    let body: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
+    let text = |key: &str| body[key].as_str().unwrap_or_default().to_string();
+    let reason = text("reason");
+    let retry_after = body["retry_after"].as_u64().map(Duration::from_secs).or(header_wait);
+    match (status, reason.as_str()) {
+        (429, _) => FetchError::RateLimited {
+            retry_after: retry_after.unwrap_or(Duration::from_secs(1)),
+            scope: if body["scope"].is_string() {
+                text("scope")
+            } else {
+                reason.clone()
+            },
+        },
+        (503, "circuit_open") => FetchError::BreakerOpen {
+            retry_after: retry_after.unwrap_or(Duration::from_secs(30)),
+        },
+        (403 | 407, _) => FetchError::Denied {
+            reason,
+            policy_id: text("policy_id"),
+            status,
+        },
+        _ => FetchError::Gateway {
+            status,
+            reason,
+            retry_after,
+        },
+    }
+}
+
+fn retry_after_header(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+/// Decodes with the charset the response names; UTF-8 otherwise (with
+/// replacement characters, never an error).
+pub fn decode(bytes: &[u8], content_type: Option<&str>) -> String {
+    let label = content_type.and_then(|ct| {
+        ct.split(';')
+            .filter_map(|part| part.trim().split_once('='))
+            .find(|(key, _)| key.trim().eq_ignore_ascii_case("charset"))
+            .map(|(_, value)| value.trim().trim_matches('"').to_string())
+    });
+    let encoding = label
+        .and_then(|l| encoding_rs::Encoding::for_label(l.as_bytes()))
+        .unwrap_or(encoding_rs::UTF_8);
+    encoding.decode(bytes).0.into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn charsets_follow_the_content_type() {
+        assert_eq!(decode(b"caf\xe9", Some("text/html; charset=ISO-8859-1")), "café");
+        assert_eq!(decode("café".as_bytes(), Some("text/html")), "café");
+        assert_eq!(decode(b"\x82\xa0", Some("text/html; charset=\"Shift_JIS\"")), "あ");
+        assert_eq!(decode(b"bad \xff", None), "bad \u{fffd}");
+    }
+}

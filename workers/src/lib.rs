@@ -1,0 +1,12 @@
+//! The job model (`job`), extraction (`extract`), the workers' credentials
+//! (`credentials`) and the fetch backends: `http` (reqwest through the
+//! gateway).
+
+pub mod credentials;
+pub mod extract;
+pub mod http;
+pub mod job;
+pub mod outcome;
+
+pub use job::{Job, JobError, JobKind, Priority, parse_job};
+pub use outcome::{FetchError, Fetched};

@@ -1,0 +1,107 @@
+//! What a fetch came back with, and what its failure means for the job.
+
+use std::time::Duration;
+
+/// A fetched page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fetched {
+    /// The origin's status (a page the origin refused is still a page).
+    pub status: u16,
+    /// After redirects.
+    pub final_url: String,
+    /// Every URL requested, in order; each went through the gateway.
+    pub hops: Vec<String>,
+    pub content_type: Option<String>,
+    /// Decoded with the response's charset.
+    pub body: String,
+    /// The gateway's request id of the last hop, for the audit trail.
+    pub request_id: Option<String>,
+}
+
+/// Why a fetch did not produce a page.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FetchError {
+    /// The gateway's policy said no (403/407): never retried.
+    #[error("denied by the gateway: {reason} ({policy_id})")]
+    Denied {
+        reason: String,
+        policy_id: String,
+        status: u16,
+    },
+    /// A gateway rate limit: retry after its `retry_after`.
+    #[error("rate limited by the gateway ({scope}); retry after {retry_after:?}")]
+    RateLimited { retry_after: Duration, scope: String },
+    /// The destination's circuit breaker is open: retry after `retry_after`.
+    #[error("the destination's circuit breaker is open; retry after {retry_after:?}")]
+    BreakerOpen { retry_after: Duration },
+    /// The gateway could not complete the exchange (upstream down, DNS…).
+    #[error("the gateway answered {status} {reason}")]
+    Gateway {
+        status: u16,
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// The origin answered with a server error or its own 429.
+    #[error("the origin answered {status}")]
+    Origin { status: u16, retry_after: Option<Duration> },
+    /// The body passed the worker's size cap.
+    #[error("the response is over {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("too many redirects ({0})")]
+    TooManyRedirects(usize),
+    #[error("the fetch timed out")]
+    Timeout,
+    /// The worker could not talk to the gateway at all.
+    #[error("cannot reach the gateway: {0}")]
+    Transport(String),
+    /// Required values were not on the page.
+    #[error("required values missing: {}", .0.join(", "))]
+    MissingRequired(Vec<String>),
+}
+
+/// What the scheduler does with a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Try again; the gateway said when, or backoff decides.
+    Retry { after: Option<Duration> },
+    /// Report as `denied`; never retried.
+    Deny,
+    /// Report as failed; retrying would not help.
+    Fail,
+}
+
+impl FetchError {
+    pub fn disposition(&self) -> Disposition {
+        match self {
+            FetchError::Denied { .. } => Disposition::Deny,
+            FetchError::RateLimited { retry_after, .. } | FetchError::BreakerOpen { retry_after } => {
+                Disposition::Retry {
+                    after: Some(*retry_after),
+                }
+            }
+            FetchError::Gateway { retry_after, .. } | FetchError::Origin { retry_after, .. } => {
+                Disposition::Retry { after: *retry_after }
+            }
+            FetchError::Timeout | FetchError::Transport(_) => Disposition::Retry { after: None },
+            FetchError::TooLarge { .. } | FetchError::TooManyRedirects(_) | FetchError::MissingRequired(_) => {
+                Disposition::Fail
+            }
+        }
+    }
+
+    /// A stable code for results and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            FetchError::Denied { .. } => "denied",
+            FetchError::RateLimited { .. } => "rate_limited",
+            FetchError::BreakerOpen { .. } => "circuit_open",
+            FetchError::Gateway { .. } => "gateway_error",
+            FetchError::Origin { .. } => "origin_error",
+            FetchError::TooLarge { .. } => "too_large",
+            FetchError::TooManyRedirects(_) => "too_many_redirects",
+            FetchError::Timeout => "timeout",
+            FetchError::Transport(_) => "gateway_unreachable",
+            FetchError::MissingRequired(_) => "missing_required",
+        }
+    }
+}
