@@ -3,6 +3,7 @@
 
 mod bench;
 mod egress;
+mod pipeline;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,6 +40,18 @@ enum Command {
     /// Operate the gateway: temporary allows, requests and approvals, the
     /// emergency block, audit export (talks to the admin port's /v1/ API).
     Egress(egress::EgressArgs),
+    /// Run the scheduler and its http workers: pull jobs from NATS, fetch
+    /// through the gateway, publish results.
+    Scheduler(pipeline::SchedulerArgs),
+    /// Publish jobs (JSON lines, or one --url) and optionally wait for results.
+    Submit(pipeline::SubmitArgs),
+    /// Print results (`--follow` for new ones).
+    Results(pipeline::ResultsArgs),
+    /// The dead-letter queue.
+    Dlq {
+        #[command(subcommand)]
+        command: pipeline::DlqCommand,
+    },
     /// Load-test a proxy (or a direct target): p50/p99 latency and requests/s.
     Bench(bench::BenchArgs),
     /// Time an emergency block from one replica's API to the first denial on another.
@@ -140,6 +153,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Egress(args) => egress::run(args),
+        Command::Scheduler(args) => pipeline::scheduler(args),
+        Command::Submit(args) => pipeline::submit(args),
+        Command::Results(args) => pipeline::results(args),
+        Command::Dlq { command } => pipeline::dlq(command),
         Command::Policy {
             command: PolicyCommand::Check { file },
         } => match clawgress_policies::load_file(&file) {
@@ -205,7 +222,7 @@ fn default_state_dir() -> PathBuf {
 }
 
 /// Ctrl-C or SIGTERM: both mean "stop cleanly".
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut stream) => {
@@ -217,5 +234,14 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod cli_tests {
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

@@ -8,6 +8,7 @@ mod control;
 mod fetch;
 mod limits;
 mod operations;
+mod pipeline;
 mod policy;
 mod proxy;
 

@@ -1,0 +1,439 @@
+//! The scheduler: pulls jobs (high before normal before low), runs them on
+//! a bounded pool with per-domain concurrency and politeness, and decides
+//! from the outcome what happens next: a result, a Nak with a delay, or the
+//! dead-letter queue. No job is lost: a message is acked only after its
+//! result (or dead letter) is stored.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{AckKind, Context, Message};
+use clawgress_workers::extract::extract;
+use clawgress_workers::http::HttpFetcher;
+use clawgress_workers::job::{FetchMode, Job, JobKind};
+use clawgress_workers::outcome::{Disposition, FetchError};
+use clawgress_workers::{JobError, parse_job};
+use futures_util::StreamExt;
+use tokio::sync::{Mutex, Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::result::{DeadLetter, FetchSummary, JobResult, ResultError, ResultStatus};
+use crate::streams;
+
+/// How the scheduler runs.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Jobs running at once.
+    pub concurrency: usize,
+    /// Jobs running at once against one host.
+    pub per_domain: usize,
+    /// Least time between two job starts against one host.
+    pub politeness: Duration,
+    /// How long in-flight jobs may finish after a stop; the rest are Nak'ed.
+    pub drain: Duration,
+    /// How long JetStream waits for an ack (or a progress ack) before it
+    /// hands a job to another scheduler: the delay before the jobs of a
+    /// crashed scheduler run again.
+    pub ack_wait: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            concurrency: 32,
+            per_domain: 4,
+            politeness: Duration::ZERO,
+            drain: Duration::from_secs(30),
+            ack_wait: streams::ACK_WAIT,
+        }
+    }
+}
+
+/// Per-host limits: a semaphore and the time of the last start.
+#[derive(Default)]
+struct Hosts {
+    slots: std::sync::Mutex<HashMap<String, Arc<Semaphore>>>,
+    last_start: Mutex<HashMap<String, Instant>>,
+}
+
+impl Hosts {
+    fn semaphore(&self, host: &str, per_domain: usize) -> Arc<Semaphore> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded: idle hosts (no permit taken) are forgotten.
+        if slots.len() > 10_000 {
+            slots.retain(|_, s| s.available_permits() < per_domain);
+        }
+        slots
+            .entry(host.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(per_domain.max(1))))
+            .clone()
+    }
+
+    async fn polite(&self, host: &str, gap: Duration) {
+        if gap.is_zero() {
+            return;
+        }
+        let wait = {
+            let mut last = self.last_start.lock().await;
+            let now = Instant::now();
+            let start = last.get(host).map_or(now, |t| (*t + gap).max(now));
+            last.insert(host.to_string(), start);
+            start - now
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+struct Shared {
+    js: Context,
+    fetcher: Arc<HttpFetcher>,
+    config: SchedulerConfig,
+    hosts: Hosts,
+}
+
+/// Runs until `stop` turns true, then drains.
+pub async fn run(
+    js: Context,
+    fetcher: Arc<HttpFetcher>,
+    config: SchedulerConfig,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), streams::SetupError> {
+    streams::ensure_streams(&js).await?;
+    let consumers = streams::consumers(&js, config.ack_wait).await?;
+    let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
+    let (cancel_tx, cancel) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        js,
+        fetcher,
+        config,
+        hosts: Hosts::default(),
+    });
+    let mut running = JoinSet::new();
+    tracing::info!(concurrency = shared.config.concurrency, "scheduler pulling jobs");
+    'pull: loop {
+        if *stop.borrow() {
+            break;
+        }
+        // Wait for room before pulling, so nothing pulled sits unstarted.
+        let first = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
+            _ = stop.changed() => break,
+        };
+        let mut permits = vec![first];
+        while let Ok(permit) = slots.clone().try_acquire_owned() {
+            permits.push(permit);
+        }
+        let mut pulled = false;
+        for (priority, consumer) in &consumers {
+            let messages = match fetch_now(consumer, permits.len()).await {
+                Ok(messages) => messages,
+                Err(error) => {
+                    tracing::warn!(%error, priority = priority.as_str(), "pulling jobs failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue 'pull;
+                }
+            };
+            for message in messages {
+                let Some(permit) = permits.pop() else { break };
+                pulled = true;
+                let (shared, cancel) = (shared.clone(), cancel.clone());
+                running.spawn(async move {
+                    handle(&shared, message, cancel).await;
+                    drop(permit);
+                });
+            }
+            // Something of this priority ran: look at the higher ones again
+            // before any lower one.
+            if pulled {
+                break;
+            }
+        }
+        drop(permits);
+        while running.try_join_next().is_some() {}
+        if !pulled {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+    tracing::info!(in_flight = running.len(), "scheduler draining");
+    let deadline = tokio::time::sleep(shared.config.drain);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            next = running.join_next() => if next.is_none() { break },
+            () = &mut deadline => {
+                // Jobs still running are handed back to the stream.
+                let _ = cancel_tx.send(true);
+                while running.join_next().await.is_some() {}
+                break;
+            }
+        }
+    }
+    tracing::info!("scheduler stopped");
+    Ok(())
+}
+
+/// Whatever is waiting now, up to `max`, without waiting for more.
+async fn fetch_now(
+    consumer: &async_nats::jetstream::consumer::PullConsumer,
+    max: usize,
+) -> Result<Vec<Message>, String> {
+    let mut batch = consumer
+        .fetch()
+        .max_messages(max)
+        .messages()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut messages = Vec::new();
+    while let Some(message) = batch.next().await {
+        messages.push(message.map_err(|e| e.to_string())?);
+    }
+    Ok(messages)
+}
+
+/// The job's type, from its subject (`jobs.<type>.<priority>`), so even a
+/// job that does not parse can be answered on the right subject.
+fn kind_of(subject: &str) -> JobKind {
+    match subject.split('.').nth(1) {
+        Some("agent") => JobKind::Agent,
+        _ => JobKind::Scrape,
+    }
+}
+
+async fn handle(shared: &Shared, message: Message, mut cancel: watch::Receiver<bool>) {
+    let started = Instant::now();
+    let (delivered, sequence) = message
+        .info()
+        .map(|info| (info.delivered.max(1) as u32, info.stream_sequence))
+        .unwrap_or((1, 0));
+    let kind = kind_of(message.subject.as_str());
+    let job = match parse_job(&message.payload, |agent| shared.fetcher.credentials().has(agent)).and_then(supported) {
+        Ok(job) => job,
+        Err(error) => {
+            let id = error.job_id.clone().unwrap_or_else(|| format!("invalid-{sequence}"));
+            let result = invalid(kind, &id, &error, delivered, started);
+            finish(shared, &message, &result, None).await;
+            return;
+        }
+    };
+    // Long jobs tell JetStream they are alive, so it does not redeliver them.
+    let progress = {
+        let message = message.clone();
+        let every = shared.config.ack_wait / 3;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if message.ack_with(AckKind::Progress).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let outcome = tokio::select! {
+        outcome = execute(shared, &job) => Some(outcome),
+        _ = cancel.wait_for(|c| *c) => None,
+    };
+    progress.abort();
+    let Some(outcome) = outcome else {
+        // Stopped mid-job: another scheduler takes it.
+        let _ = message.ack_with(AckKind::Nak(None)).await;
+        return;
+    };
+    decide(shared, &message, &job, outcome, delivered, started).await;
+}
+
+/// Refuses jobs this worker cannot run yet, with the field that asks for it.
+fn supported(job: Job) -> Result<Job, JobError> {
+    let refuse = |field: &str, problem: &str| JobError {
+        field: field.to_string(),
+        problem: problem.to_string(),
+        hint: "use \"fetch\": \"http\" (or \"auto\", which runs http on this worker)".to_string(),
+        job_id: Some(job.id().to_string()),
+    };
+    match &job {
+        Job::Scrape(scrape) if matches!(scrape.fetch, FetchMode::Chromium | FetchMode::Steel) => {
+            Err(refuse("fetch", "this worker has no browser backend"))
+        }
+        Job::Scrape(scrape) if scrape.wait_for.is_some() || scrape.screenshot => Err(refuse(
+            "wait_for",
+            "this worker has no browser backend to wait or take screenshots",
+        )),
+        Job::Agent(_) => Err(refuse(
+            "type",
+            "agent jobs need a browser backend, which this worker does not have",
+        )),
+        Job::Scrape(_) => Ok(job),
+    }
+}
+
+struct Done {
+    summary: FetchSummary,
+    data: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+async fn execute(shared: &Shared, job: &Job) -> Result<Done, FetchError> {
+    let Job::Scrape(scrape) = job else {
+        return Err(FetchError::Transport("not a scrape job".to_string()));
+    };
+    let host = url::Url::parse(&scrape.url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .unwrap_or_default();
+    let slot = shared.hosts.semaphore(&host, shared.config.per_domain);
+    let _turn = slot.acquire_owned().await;
+    shared.hosts.polite(&host, shared.config.politeness).await;
+    let page = shared.fetcher.fetch(scrape).await?;
+    let found = extract(&page.body, &scrape.extract);
+    if !found.missing_required.is_empty() {
+        return Err(FetchError::MissingRequired(found.missing_required));
+    }
+    Ok(Done {
+        summary: FetchSummary {
+            tier: "http".to_string(),
+            status: page.status,
+            final_url: page.final_url,
+            hops: page.hops,
+            request_id: page.request_id,
+        },
+        data: found.values,
+    })
+}
+
+async fn decide(
+    shared: &Shared,
+    message: &Message,
+    job: &Job,
+    outcome: Result<Done, FetchError>,
+    delivered: u32,
+    started: Instant,
+) {
+    let mut result = JobResult {
+        version: 1,
+        job_id: job.id().to_string(),
+        kind: job.kind(),
+        status: ResultStatus::Ok,
+        agent: Some(job.agent().to_string()),
+        attempts: delivered,
+        finished_at: chrono::Utc::now(),
+        duration_ms: started.elapsed().as_millis() as u64,
+        fetch: None,
+        data: Default::default(),
+        error: None,
+    };
+    let error = match outcome {
+        Ok(done) => {
+            result.fetch = Some(done.summary);
+            result.data = done.data;
+            finish(shared, message, &result, None).await;
+            return;
+        }
+        Err(error) => error,
+    };
+    let described = describe(&error);
+    match error.disposition() {
+        Disposition::Deny => {
+            result.status = ResultStatus::Denied;
+            result.error = Some(described);
+            finish(shared, message, &result, None).await;
+        }
+        Disposition::Retry { after } if delivered < job.retry().max_attempts => {
+            let delay = after.unwrap_or_else(|| crate::retry::backoff(job.retry().base_delay, delivered));
+            tracing::info!(job = job.id(), attempt = delivered, ?delay, error = %error, "retrying later");
+            let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+        }
+        Disposition::Retry { .. } | Disposition::Fail => {
+            result.status = ResultStatus::Failed;
+            result.error = Some(described.clone());
+            let dead = DeadLetter {
+                job_id: job.id().to_string(),
+                kind: job.kind(),
+                job: serde_json::from_slice(&message.payload).unwrap_or_default(),
+                attempts: delivered,
+                last_error: described,
+                failed_at: chrono::Utc::now(),
+            };
+            finish(shared, message, &result, Some(dead)).await;
+        }
+    }
+}
+
+fn describe(error: &FetchError) -> ResultError {
+    let (reason, policy_id) = match error {
+        FetchError::Denied { reason, policy_id, .. } => (Some(reason.clone()), Some(policy_id.clone())),
+        FetchError::Gateway { reason, .. } => (Some(reason.clone()), None),
+        _ => (None, None),
+    };
+    ResultError {
+        code: error.code().to_string(),
+        message: error.to_string(),
+        field: None,
+        hint: None,
+        reason,
+        policy_id,
+    }
+}
+
+fn invalid(kind: JobKind, id: &str, error: &JobError, attempts: u32, started: Instant) -> JobResult {
+    JobResult {
+        version: 1,
+        job_id: id.to_string(),
+        kind,
+        status: ResultStatus::Invalid,
+        agent: None,
+        attempts,
+        finished_at: chrono::Utc::now(),
+        duration_ms: started.elapsed().as_millis() as u64,
+        fetch: None,
+        data: Default::default(),
+        error: Some(ResultError {
+            code: "validation".to_string(),
+            message: format!("{}: {}", error.field, error.problem),
+            field: Some(error.field.clone()),
+            hint: Some(error.hint.clone()),
+            reason: None,
+            policy_id: None,
+        }),
+    }
+}
+
+/// Stores the dead letter (if any) and the result, and only then acks; if
+/// either cannot be stored, the job goes back to the stream.
+async fn finish(shared: &Shared, message: &Message, result: &JobResult, dead: Option<DeadLetter>) {
+    if let Some(dead) = dead {
+        let subject = streams::dlq_subject(dead.kind);
+        let payload = serde_json::to_vec(&dead).unwrap_or_default();
+        if let Err(error) = publish(&shared.js, subject, None, payload).await {
+            tracing::error!(job = %result.job_id, %error, "cannot store the dead letter; the job goes back to the stream");
+            let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+            return;
+        }
+    }
+    let subject = streams::result_subject(result.kind, &result.job_id);
+    let payload = serde_json::to_vec(result).unwrap_or_default();
+    let id = format!("{}-{}", result.job_id, result.attempts);
+    if let Err(error) = publish(&shared.js, subject, Some(id), payload).await {
+        tracing::error!(job = %result.job_id, %error, "cannot store the result; the job goes back to the stream");
+        let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+        return;
+    }
+    if let Err(error) = message.double_ack().await {
+        // The result is stored; a redelivery republishes the same result.
+        tracing::warn!(job = %result.job_id, %error, "ack not confirmed");
+    }
+}
+
+async fn publish(js: &Context, subject: String, id: Option<String>, payload: Vec<u8>) -> Result<(), String> {
+    let mut headers = async_nats::HeaderMap::new();
+    if let Some(id) = id {
+        headers.insert("Nats-Msg-Id", id.as_str());
+    }
+    js.publish_with_headers(subject, headers, payload.into())
+        .await
+        .map_err(|e| e.to_string())?
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}

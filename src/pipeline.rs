@@ -1,0 +1,417 @@
+//! `clawgress scheduler | submit | results | dlq`: the job pipeline's
+//! commands, clients of NATS JetStream.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use async_nats::jetstream::Context;
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use clawgress_scheduler::result::{DeadLetter, JobResult, ResultStatus};
+use clawgress_scheduler::streams;
+use clawgress_workers::credentials::Credentials;
+use clawgress_workers::http::HttpFetcher;
+use clawgress_workers::job::{ExtractSpec, FetchMode, Job, Priority, RetryPolicy, ScrapeJob, Take};
+use futures_util::StreamExt;
+
+/// Where NATS is, for every pipeline command.
+#[derive(clap::Args, Clone)]
+pub struct NatsArgs {
+    #[arg(
+        id = "nats",
+        long = "nats",
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_url: String,
+}
+
+#[derive(clap::Args)]
+pub struct SchedulerArgs {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// The gateway every fetch goes through.
+    #[arg(long, env = "CLAWGRESS_GATEWAY", default_value = "http://127.0.0.1:3128")]
+    pub gateway: String,
+    /// Agent credentials (YAML `agents: {id: key}`); also CLAWGRESS_AGENT_KEY_<ID>.
+    #[arg(long, env = "CLAWGRESS_CREDENTIALS")]
+    pub credentials: Option<PathBuf>,
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Jobs at once against one host.
+    #[arg(long, default_value_t = 4)]
+    pub per_domain: usize,
+    /// Least milliseconds between two job starts against one host.
+    #[arg(long, default_value_t = 0)]
+    pub politeness_ms: u64,
+    /// Largest response body a worker reads.
+    #[arg(long, default_value_t = 10 << 20)]
+    pub max_body: usize,
+    /// Seconds JetStream waits for a running job's (progress) ack before
+    /// giving it to another scheduler; set when the consumers are created.
+    #[arg(long, default_value_t = 60)]
+    pub ack_wait_secs: u64,
+}
+
+#[derive(clap::Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// JSON-lines file of jobs (`-` for standard input).
+    pub file: Option<PathBuf>,
+    /// Or one scrape job for this URL.
+    #[arg(long, conflicts_with = "file")]
+    pub url: Option<String>,
+    /// `name=css` to extract (text of the first match); repeat.
+    #[arg(long = "select", value_name = "NAME=CSS")]
+    pub selects: Vec<String>,
+    #[arg(long, default_value = "scraper-001")]
+    pub agent: String,
+    #[arg(long, default_value = "normal")]
+    pub priority: String,
+    /// Wait for every job's result and print them.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits, in seconds.
+    #[arg(long, default_value_t = 120)]
+    pub wait_secs: u64,
+}
+
+#[derive(clap::Args)]
+pub struct ResultsArgs {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Keep printing new results.
+    #[arg(long)]
+    pub follow: bool,
+    /// Only this job.
+    #[arg(long)]
+    pub job: Option<String>,
+}
+
+#[derive(clap::Subcommand)]
+pub enum DlqCommand {
+    /// Dead letters, oldest first.
+    List {
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+    /// Publish a dead job again (a fresh set of attempts) and drop its dead letter.
+    Replay {
+        #[command(flatten)]
+        nats: NatsArgs,
+        /// The job id.
+        id: String,
+    },
+}
+
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+async fn connect(nats: &NatsArgs) -> anyhow::Result<(async_nats::Client, Context)> {
+    let (client, js) = streams::connect(&nats.nats_url).await?;
+    streams::ensure_streams(&js).await?;
+    Ok((client, js))
+}
+
+pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async move {
+        let credentials = Credentials::load(args.credentials.as_deref()).map_err(anyhow::Error::msg)?;
+        if credentials.agents().next().is_none() {
+            tracing::warn!("no agent credentials: every job will be answered invalid (give --credentials FILE)");
+        }
+        let (_client, js) = connect(&args.nats).await?;
+        let fetcher = Arc::new(HttpFetcher::new(args.gateway.clone(), credentials, args.max_body));
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            crate::shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        });
+        let config = clawgress_scheduler::SchedulerConfig {
+            concurrency: args.concurrency,
+            per_domain: args.per_domain,
+            politeness: Duration::from_millis(args.politeness_ms),
+            ack_wait: Duration::from_secs(args.ack_wait_secs.max(3)),
+            ..Default::default()
+        };
+        clawgress_scheduler::run(js, fetcher, config, stop).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Builds the jobs to submit, checking each the way a worker will (except
+/// for credentials, which only workers hold).
+fn jobs_to_submit(args: &SubmitArgs) -> anyhow::Result<Vec<Job>> {
+    if let Some(url) = &args.url {
+        let mut extract = std::collections::BTreeMap::new();
+        for select in &args.selects {
+            let (name, css) = select
+                .split_once('=')
+                .with_context(|| format!("--select {select}: write NAME=CSS, e.g. title=h1"))?;
+            extract.insert(
+                name.to_string(),
+                ExtractSpec {
+                    selector: css.to_string(),
+                    take: Take::Text,
+                    list: false,
+                    required: false,
+                },
+            );
+        }
+        let priority = match args.priority.as_str() {
+            "high" => Priority::High,
+            "low" => Priority::Low,
+            "normal" => Priority::Normal,
+            other => bail!("--priority {other}: use high, normal or low"),
+        };
+        let job = Job::Scrape(ScrapeJob {
+            id: format!("cli-{:012x}", rand_id()),
+            agent: args.agent.clone(),
+            url: url.clone(),
+            method: "GET".to_string(),
+            headers: Default::default(),
+            body: None,
+            fetch: FetchMode::Http,
+            extract,
+            wait_for: None,
+            screenshot: false,
+            timeout: Duration::from_secs(30),
+            priority,
+            retry: RetryPolicy::default(),
+        });
+        clawgress_workers::parse_job(&job.to_json(), |_| true).map_err(|e| anyhow::anyhow!("{e}"))?;
+        return Ok(vec![job]);
+    }
+    let Some(file) = &args.file else {
+        bail!("give a JSON-lines file of jobs (or -), or --url URL");
+    };
+    let reader: Box<dyn BufRead> = if file.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?,
+        ))
+    };
+    let mut jobs = Vec::new();
+    for (index, line) in reader.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let job = clawgress_workers::parse_job(line.as_bytes(), |_| true)
+            .map_err(|e| anyhow::anyhow!("{}:{}: {e}", file.display(), index + 1))?;
+        jobs.push(job);
+    }
+    Ok(jobs)
+}
+
+fn rand_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish() >> 16
+}
+
+pub fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let jobs = jobs_to_submit(&args)?;
+    runtime()?.block_on(async move {
+        let (_client, js) = connect(&args.nats).await?;
+        // Subscribe before publishing, so no result is missed.
+        let mut results = if args.wait { Some(result_stream(&js, None, true).await?) } else { None };
+        let started = Instant::now();
+        let mut published = 0usize;
+        let mut duplicates = 0usize;
+        let mut acks = Vec::new();
+        for job in &jobs {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", job.id());
+            let subject = streams::job_subject(job.kind(), job.priority());
+            acks.push(js.publish_with_headers(subject, headers, job.to_json().into()).await?);
+        }
+        for ack in acks {
+            if ack.await?.duplicate {
+                duplicates += 1;
+            } else {
+                published += 1;
+            }
+        }
+        eprintln!(
+            "published {published} job(s){} in {:.2}s",
+            if duplicates > 0 { format!(", {duplicates} duplicate(s) ignored") } else { String::new() },
+            started.elapsed().as_secs_f64()
+        );
+        let Some(results) = results.as_mut() else {
+            return Ok(ExitCode::SUCCESS);
+        };
+        let wanted: std::collections::HashSet<String> = jobs.iter().map(|j| j.id().to_string()).collect();
+        let (mut done, mut failed) = (0usize, 0usize);
+        let deadline = tokio::time::sleep(Duration::from_secs(args.wait_secs));
+        tokio::pin!(deadline);
+        let terminal = std::io::stderr().is_terminal();
+        while done + failed < wanted.len() {
+            let message = tokio::select! {
+                m = results.next() => m,
+                () = &mut deadline => {
+                    eprintln!("\ngave up waiting after {}s: {} of {} results", args.wait_secs, done + failed, wanted.len());
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let Some(Ok(message)) = message else { bail!("the results stream ended") };
+            let Ok(result) = serde_json::from_slice::<JobResult>(&message.payload) else { continue };
+            if !wanted.contains(&result.job_id) {
+                continue;
+            }
+            if result.status == ResultStatus::Ok {
+                done += 1;
+            } else {
+                failed += 1;
+            }
+            println!("{}", serde_json::to_string(&result)?);
+            let rate = (done + failed) as f64 / started.elapsed().as_secs_f64().max(0.001);
+            let line = format!("published {published}  done {done}  failed {failed}  {rate:.1} jobs/s");
+            if terminal {
+                eprint!("\r{line}");
+            } else if done + failed == wanted.len() {
+                eprintln!("{line}");
+            }
+        }
+        if terminal {
+            eprintln!();
+        }
+        Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    })
+}
+
+/// An ordered view of the results stream (all of it, or one job's).
+async fn result_stream(
+    js: &Context,
+    job: Option<&str>,
+    only_new: bool,
+) -> anyhow::Result<async_nats::jetstream::consumer::pull::Ordered> {
+    let stream = js.get_stream(streams::RESULTS).await?;
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: match job {
+                Some(id) => format!("results.*.{id}"),
+                None => "results.>".to_string(),
+            },
+            deliver_policy: if only_new {
+                DeliverPolicy::New
+            } else {
+                DeliverPolicy::All
+            },
+            ..Default::default()
+        })
+        .await?;
+    Ok(consumer.messages().await?)
+}
+
+pub fn results(args: ResultsArgs) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async move {
+        let (_client, js) = connect(&args.nats).await?;
+        let pending = js.get_stream(streams::RESULTS).await?.info().await?.state.messages;
+        let mut messages = result_stream(&js, args.job.as_deref(), false).await?;
+        let mut seen = 0u64;
+        let stdout = std::io::stdout();
+        loop {
+            if !args.follow && seen >= pending {
+                break;
+            }
+            let next = if args.follow {
+                messages.next().await
+            } else {
+                match tokio::time::timeout(Duration::from_millis(500), messages.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                }
+            };
+            let Some(message) = next else { break };
+            let message = message?;
+            seen += 1;
+            let mut out = stdout.lock();
+            out.write_all(&message.payload)?;
+            out.write_all(b"\n")?;
+            out.flush()?;
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn dead_letters(js: &Context) -> anyhow::Result<Vec<(u64, DeadLetter)>> {
+    let stream = js.get_stream(streams::DLQ).await?;
+    let count = stream.clone().info().await?.state.messages;
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: "dlq.>".to_string(),
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let mut letters = Vec::new();
+    while (letters.len() as u64) < count {
+        let Ok(Some(message)) = tokio::time::timeout(Duration::from_millis(500), messages.next()).await else {
+            break;
+        };
+        let message = message?;
+        let sequence = message.info().map(|i| i.stream_sequence).unwrap_or_default();
+        if let Ok(letter) = serde_json::from_slice::<DeadLetter>(&message.payload) {
+            letters.push((sequence, letter));
+        }
+    }
+    Ok(letters)
+}
+
+pub fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async move {
+        match command {
+            DlqCommand::List { nats } => {
+                let (_client, js) = connect(&nats).await?;
+                let letters = dead_letters(&js).await?;
+                if letters.is_empty() {
+                    println!("the dead-letter queue is empty");
+                }
+                for (_, letter) in letters {
+                    println!(
+                        "{}  {}  {} attempt(s)  {}: {}",
+                        letter.failed_at.format("%Y-%m-%d %H:%M:%S"),
+                        letter.job_id,
+                        letter.attempts,
+                        letter.last_error.code,
+                        letter.last_error.message
+                    );
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            DlqCommand::Replay { nats, id } => {
+                let (_client, js) = connect(&nats).await?;
+                let letters = dead_letters(&js).await?;
+                let Some((sequence, letter)) = letters.into_iter().rev().find(|(_, l)| l.job_id == id) else {
+                    bail!("no dead letter for job {id}; see `clawgress dlq list`");
+                };
+                let payload = serde_json::to_vec(&letter.job)?;
+                let job = clawgress_workers::parse_job(&payload, |_| true).map_err(|e| anyhow::anyhow!("{e}"))?;
+                let mut headers = async_nats::HeaderMap::new();
+                // A fresh message id: the original is inside the dedup window.
+                headers.insert("Nats-Msg-Id", format!("{id}-replay-{sequence}").as_str());
+                js.publish_with_headers(
+                    streams::job_subject(job.kind(), job.priority()),
+                    headers,
+                    payload.into(),
+                )
+                .await?
+                .await?;
+                js.get_stream(streams::DLQ).await?.delete_message(sequence).await?;
+                println!("job {id} published again; its dead letter is removed");
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    })
+}

@@ -1,0 +1,297 @@
+//! The job pipeline end to end: a real nats-server, the real gateway, the
+//! real `clawgress scheduler`, jobs published with `clawgress submit`.
+
+use std::process::{Child, Command, Stdio};
+
+use support::nats::NatsServer;
+
+use super::*;
+
+struct Pipeline {
+    w: World,
+    nats: NatsServer,
+    dir: tempfile::TempDir,
+    scheduler: Option<Child>,
+}
+
+impl Pipeline {
+    async fn start() -> Option<Pipeline> {
+        let nats = NatsServer::start()?;
+        let w = world("enforce").await;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("credentials.yaml"),
+            format!("agents:\n  {}: {}\n", SCRAPER.0, SCRAPER.1),
+        )
+        .unwrap();
+        Some(Pipeline {
+            w,
+            nats,
+            dir,
+            scheduler: None,
+        })
+    }
+
+    fn start_scheduler(&mut self, concurrency: usize) {
+        let log = std::fs::File::create(self.dir.path().join("scheduler.log")).unwrap();
+        let child = Command::new(support::clawgress_bin())
+            .args(["scheduler", "--nats", &self.nats.url])
+            .args(["--gateway", &format!("http://{}", self.w.gw.proxy)])
+            .arg("--credentials")
+            .arg(self.dir.path().join("credentials.yaml"))
+            .args(["--concurrency", &concurrency.to_string(), "--ack-wait-secs", "3"])
+            .env("CLAWGRESS_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.scheduler = Some(child);
+    }
+
+    fn kill_scheduler(&mut self) {
+        if let Some(mut child) = self.scheduler.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("scheduler.log")).unwrap_or_default()
+    }
+
+    /// Publishes JSON-lines jobs with `clawgress submit`; returns its stderr.
+    fn submit(&self, jobs: &[serde_json::Value]) -> String {
+        let file = self.dir.path().join(format!("jobs-{}.jsonl", rand_suffix()));
+        let text: Vec<String> = jobs.iter().map(|j| j.to_string()).collect();
+        std::fs::write(&file, text.join("\n")).unwrap();
+        let output = Command::new(support::clawgress_bin())
+            .args(["submit", "--nats", &self.nats.url])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+        assert!(output.status.success(), "submit failed: {stderr}");
+        stderr
+    }
+
+    /// All results so far, by job id (`clawgress results`).
+    fn results(&self) -> std::collections::HashMap<String, serde_json::Value> {
+        let output = Command::new(support::clawgress_bin())
+            .args(["results", "--nats", &self.nats.url])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|r| (r["job_id"].as_str().unwrap_or_default().to_string(), r))
+            .collect()
+    }
+
+    async fn wait_results(&self, ids: &[&str]) -> std::collections::HashMap<String, serde_json::Value> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let results = self.results();
+            if ids.iter().all(|id| results.contains_key(*id)) {
+                return results;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "results for {ids:?} never came; have {:?}\nscheduler log:\n{}",
+                results.keys().collect::<Vec<_>>(),
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.kill_scheduler();
+    }
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn scrape(id: &str, url: String) -> serde_json::Value {
+    serde_json::json!({"version": 1, "type": "scrape", "id": id, "agent": SCRAPER.0, "url": url, "fetch": "http"})
+}
+
+#[tokio::test]
+async fn jobs_are_scraped_through_the_gateway_and_answered_by_outcome() {
+    let Some(mut p) = Pipeline::start().await else { return };
+    p.start_scheduler(4);
+    let port = p.w.origin.addr.port();
+    let mut ok = scrape("page-1", format!("http://site.test:{port}/page"));
+    ok["extract"] = serde_json::json!({"title": {"selector": "h1.title", "required": true},
+                                       "links": {"selector": ".items a", "take": "attr", "attr": "href", "list": true}});
+    let denied = scrape("denied-1", format!("http://unlisted.test:{port}/hello"));
+    let invalid =
+        serde_json::json!({"version": 1, "type": "scrape", "id": "invalid-1", "agent": SCRAPER.0, "url": "ftp://nope"});
+    let unknown_agent = serde_json::json!({"version": 1, "type": "scrape", "id": "stranger-1", "agent": "ghost", "url": "http://site.test/"});
+    let mut dead = scrape("dead-1", format!("http://site.test:{port}/status/503"));
+    dead["retry"] = serde_json::json!({"max_attempts": 2, "base_delay": "100ms"});
+    // `clawgress submit` checks jobs before publishing...
+    let file = p.dir.path().join("bad.jsonl");
+    std::fs::write(&file, format!("{}\n{}\n", denied, invalid)).unwrap();
+    let refused = Command::new(support::clawgress_bin())
+        .args(["submit", "--nats", &p.nats.url])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("bad.jsonl:2: url:"));
+    let stderr = p.submit(&[ok.clone(), denied, dead]);
+    assert!(stderr.contains("published 3"), "{stderr}");
+    // ...but any publisher may put anything on the subject (the streams
+    // exist now); the worker answers it.
+    let client = async_nats::connect(&p.nats.url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    for (job, subject) in [
+        (invalid.to_string(), "jobs.scrape.normal"),
+        (unknown_agent.to_string(), "jobs.scrape.normal"),
+        ("{not json".to_string(), "jobs.scrape.low"),
+    ] {
+        js.publish(subject, job.into()).await.unwrap().await.unwrap();
+    }
+    // The same id again is stored once.
+    assert!(p.submit(&[ok]).contains("1 duplicate"), "dedup by job id");
+
+    let results = p
+        .wait_results(&["page-1", "denied-1", "invalid-1", "stranger-1", "dead-1"])
+        .await;
+    let page = &results["page-1"];
+    assert_eq!(page["status"], "ok", "{page}");
+    assert_eq!(page["data"]["title"], "Clawgress fixture");
+    assert_eq!(page["data"]["links"], serde_json::json!(["/a", "/b"]));
+    let request_id = page["fetch"]["request_id"].as_str().unwrap();
+    assert_eq!(p.w.gw.audit_for(request_id).await["agent_id"], SCRAPER.0);
+
+    let denied = &results["denied-1"];
+    assert_eq!(denied["status"], "denied");
+    assert_eq!(denied["error"]["reason"], "domain_not_in_allowlist");
+    assert_eq!(denied["attempts"], 1, "a policy denial is never retried");
+
+    assert_eq!(results["invalid-1"]["status"], "invalid");
+    assert_eq!(results["invalid-1"]["error"]["field"], "url");
+    assert_eq!(results["stranger-1"]["error"]["field"], "agent");
+    let garbage = p.results().into_values().find(|r| {
+        r["job_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("invalid-") && id != "invalid-1")
+    });
+    assert!(
+        garbage.is_some_and(|r| r["status"] == "invalid" && r["error"]["field"] == "(job)"),
+        "unparseable bytes get an answer too"
+    );
+
+    let dead = &results["dead-1"];
+    assert_eq!(dead["status"], "failed");
+    assert_eq!(dead["attempts"], 2);
+    let list = Command::new(support::clawgress_bin())
+        .args(["dlq", "list", "--nats", &p.nats.url])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&list.stdout);
+    assert!(listed.contains("dead-1") && listed.contains("origin_error"), "{listed}");
+    assert!(!listed.contains("denied-1"), "denials are answered, not dead-lettered");
+    p.kill_scheduler();
+}
+
+#[tokio::test]
+async fn rate_limited_jobs_wait_the_gateways_retry_after_and_all_finish() {
+    let Some(mut p) = Pipeline::start().await else { return };
+    p.start_scheduler(8);
+    let port = p.w.origin.addr.port();
+    // limited.test allows 60/min with a burst of 6: ten jobs need retries.
+    let jobs: Vec<_> = (0..10)
+        .map(|i| {
+            let mut job = scrape(&format!("limited-{i}"), format!("http://limited.test:{port}/hello"));
+            job["retry"] = serde_json::json!({"max_attempts": 10, "base_delay": "100ms"});
+            job
+        })
+        .collect();
+    p.submit(&jobs);
+    let ids: Vec<String> = (0..10).map(|i| format!("limited-{i}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let results = p.wait_results(&ids).await;
+    assert!(results.values().all(|r| r["status"] == "ok"), "{results:?}");
+    assert!(
+        results.values().any(|r| r["attempts"].as_u64().unwrap_or(0) > 1),
+        "some were retried"
+    );
+    let limited =
+        p.w.gw
+            .audit_lines()
+            .into_iter()
+            .filter(|l| l["type"] == "egress_rate_limited")
+            .count();
+    assert!(limited >= 1);
+}
+
+#[tokio::test]
+async fn high_priority_jobs_run_before_normal_and_low() {
+    let Some(mut p) = Pipeline::start().await else { return };
+    let port = p.w.origin.addr.port();
+    let mut jobs = Vec::new();
+    for (priority, count) in [("low", 3), ("normal", 3), ("high", 3)] {
+        for i in 0..count {
+            let mut job = scrape(&format!("{priority}-{i}"), format!("http://site.test:{port}/hello"));
+            job["priority"] = priority.into();
+            jobs.push(job);
+        }
+    }
+    // Published before any scheduler runs, lowest first.
+    p.submit(&jobs);
+    p.start_scheduler(1);
+    let ids: Vec<String> = jobs.iter().map(|j| j["id"].as_str().unwrap().to_string()).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let results = p.wait_results(&ids).await;
+    let finished = |prefix: &str| -> Vec<String> {
+        results
+            .values()
+            .filter(|r| r["job_id"].as_str().unwrap().starts_with(prefix))
+            .map(|r| r["finished_at"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (high, normal, low) = (finished("high"), finished("normal"), finished("low"));
+    assert!(
+        high.iter().max() < normal.iter().min(),
+        "high {high:?} before normal {normal:?}"
+    );
+    assert!(
+        normal.iter().max() < low.iter().min(),
+        "normal {normal:?} before low {low:?}"
+    );
+}
+
+#[tokio::test]
+async fn no_job_is_lost_when_the_scheduler_is_killed_mid_run() {
+    let Some(mut p) = Pipeline::start().await else { return };
+    let port = p.w.origin.addr.port();
+    let jobs: Vec<_> = (0..40)
+        .map(|i| scrape(&format!("k-{i}"), format!("http://a.wild.test:{port}/hello")))
+        .collect();
+    p.submit(&jobs);
+    p.start_scheduler(2);
+    // Kill it without warning once some, not all, are done.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while p.results().len() < 5 {
+        assert!(std::time::Instant::now() < deadline, "no progress: {}", p.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    p.kill_scheduler();
+    let before = p.results().len();
+    p.start_scheduler(4);
+    let ids: Vec<String> = (0..40).map(|i| format!("k-{i}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let results = p.wait_results(&ids).await;
+    println!("{before} results before the kill, {} after", results.len());
+    let failed: Vec<_> = results.values().filter(|r| r["status"] != "ok").collect();
+    assert!(failed.is_empty(), "{failed:?}");
+}
