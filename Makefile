@@ -4,13 +4,13 @@
 # The gateway with the shipped policy and the example agents, on
 # 127.0.0.1:3128 (proxy) and 127.0.0.1:9128 (admin). Ctrl-C stops it.
 up:
-	./deploy/local/prereqs.sh build nats
+	./deploy/local/prereqs.sh build nats chromium
 	cargo build --release --locked
 	./deploy/local/up.sh
 
 # Formatting, lints and the whole test suite (unit and end to end).
 test:
-	./deploy/local/prereqs.sh build nats
+	./deploy/local/prereqs.sh build nats chromium
 	cargo fmt --all -- --check
 	cargo clippy --locked --all-targets -- -D warnings
 	cargo test --locked --workspace
@@ -24,6 +24,6 @@ bench-proxy:
 # Rate limiters on vs off, and emergency-block propagation across two
 # replicas on a real nats-server (see BENCHMARKS.md).
 bench-limits:
-	./deploy/local/prereqs.sh build nats
+	./deploy/local/prereqs.sh build nats chromium
 	cargo build --release --locked
 	./gateway/bench/limits_and_control.sh

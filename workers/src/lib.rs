@@ -1,7 +1,8 @@
 //! The job model (`job`), extraction (`extract`), the workers' credentials
 //! (`credentials`) and the fetch backends: `http` (reqwest through the
-//! gateway).
+//! gateway) and `chromium` (headless Chromium through the gateway).
 
+pub mod chromium;
 pub mod credentials;
 pub mod extract;
 pub mod http;

@@ -1,0 +1,119 @@
+//! The chromium backend against the real gateway, with Debian's Chromium:
+//! a JavaScript-rendered page, the page's own requests egressing through the
+//! gateway under the job's agent, denials, and crash recovery.
+
+use std::collections::BTreeMap;
+
+use clawgress_workers::chromium::{ChromiumConfig, ChromiumPool};
+use clawgress_workers::credentials::Credentials;
+use clawgress_workers::extract::extract;
+use clawgress_workers::job::{ExtractSpec, FetchMode, RetryPolicy, ScrapeJob, Take};
+use clawgress_workers::outcome::FetchError;
+
+use super::*;
+
+fn pool(w: &World) -> Option<ChromiumPool> {
+    let config = ChromiumConfig::default();
+    if !config.executable.exists() {
+        eprintln!(
+            "SKIPPED: {} not found (install it with ./deploy/local/prereqs.sh chromium; `make test` does)",
+            config.executable.display()
+        );
+        return None;
+    }
+    let credentials = Credentials::from_pairs([(SCRAPER.0.to_string(), SCRAPER.1.to_string())]);
+    Some(ChromiumPool::new(format!("http://{}", w.gw.proxy), credentials, config))
+}
+
+fn job(url: String, wait_for: Option<&str>) -> ScrapeJob {
+    ScrapeJob {
+        id: "browser-1".into(),
+        agent: SCRAPER.0.into(),
+        url,
+        method: "GET".into(),
+        headers: BTreeMap::new(),
+        body: None,
+        fetch: FetchMode::Chromium,
+        extract: BTreeMap::new(),
+        wait_for: wait_for.map(str::to_string),
+        screenshot: true,
+        timeout: Duration::from_secs(30),
+        priority: Default::default(),
+        retry: RetryPolicy::default(),
+    }
+}
+
+#[tokio::test]
+async fn a_javascript_page_renders_and_every_request_goes_through_the_gateway() {
+    let w = world("enforce").await;
+    let Some(pool) = pool(&w) else { return };
+    let port = w.origin.addr.port();
+    let (page, extras) = pool
+        .fetch(&job(format!("http://site.test:{port}/js"), Some(".rendered")))
+        .await
+        .unwrap();
+    assert_eq!(page.status, 200);
+    let specs = BTreeMap::from([(
+        "heading".to_string(),
+        ExtractSpec {
+            selector: "h1.rendered".into(),
+            take: Take::Text,
+            list: false,
+            required: true,
+        },
+    )]);
+    let found = extract(&page.body, &specs);
+    assert_eq!(found.values["heading"], "Rendered by JavaScript: hello from upstream");
+    assert!(extras.screenshot.is_some_and(|png| png.len() > 100));
+    // Both the page and the request its script made were the gateway's, as the agent.
+    let page_line =
+        w.gw.wait_audit(|l| l["request"]["path"] == "/js" && l["decision"] == "allow")
+            .await;
+    assert_eq!(page_line["agent_id"], SCRAPER.0);
+    let script_line =
+        w.gw.wait_audit(|l| l["request"]["path"] == "/hello" && l["decision"] == "allow")
+            .await;
+    assert_eq!(script_line["agent_id"], SCRAPER.0);
+    pool.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_denied_page_is_a_denial_and_a_crashed_browser_is_replaced() {
+    let w = world("enforce").await;
+    let Some(pool) = pool(&w) else { return };
+    let port = w.origin.addr.port();
+    let denied = pool
+        .fetch(&job(format!("http://unlisted.test:{port}/hello"), None))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&denied, FetchError::Denied { reason, .. } if reason == "domain_not_in_allowlist"),
+        "{denied:?}"
+    );
+    assert_eq!(pool.launches(), 1);
+
+    // Kill the browser behind the pool's back: the next job gets a new one.
+    let profile = pool.profile_dir().await.expect("a running browser");
+    let _ = std::process::Command::new("pkill")
+        .args(["-9", "-f", &profile.display().to_string()])
+        .status();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut after = None;
+    for _ in 0..3 {
+        match pool
+            .fetch(&job(format!("http://site.test:{port}/page"), Some("h1")))
+            .await
+        {
+            Ok(page) => {
+                after = Some(page);
+                break;
+            }
+            // The first call may still see the dying connection.
+            Err(error) => eprintln!("after the crash: {error}"),
+        }
+    }
+    let page = after.expect("the pool recovers from a crashed browser");
+    assert!(page.0.body.contains("Clawgress fixture"));
+    assert_eq!(pool.launches(), 2);
+    pool.shutdown().await;
+}

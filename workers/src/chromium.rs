@@ -1,0 +1,372 @@
+//! The `chromium` backend: headless Chromium (Debian's `/usr/bin/chromium`)
+//! driven over CDP with chromiumoxide, every request through the gateway.
+//!
+//! One browser process serves many jobs; each job gets its own browser
+//! context (cookies, cache, storage) whose proxy is the gateway, and the
+//! agent's credential answers the gateway's 407 through CDP auth handling.
+//! A browser that crashes is replaced on the next job; every CDP call has a
+//! timeout; contexts are always disposed; the process is reaped.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use chromiumoxide::auth::Credentials as ProxyCredentials;
+use chromiumoxide::browser::{Browser, BrowserConfig};
+use chromiumoxide::cdp::browser_protocol::browser::BrowserContextId;
+use chromiumoxide::cdp::browser_protocol::page::CaptureScreenshotFormat;
+use chromiumoxide::cdp::browser_protocol::target::{CreateBrowserContextParams, CreateTargetParams};
+use chromiumoxide::page::ScreenshotParams;
+use futures_util::StreamExt;
+use tokio::sync::{Mutex, Semaphore};
+
+use crate::credentials::Credentials;
+use crate::job::ScrapeJob;
+use crate::outcome::{FetchError, Fetched};
+
+/// Any single CDP call; a browser that does not answer in this time is
+/// treated as broken.
+const CDP_TIMEOUT: Duration = Duration::from_secs(15);
+const WAIT_POLL: Duration = Duration::from_millis(100);
+/// Screenshots larger than this are not put into results.
+pub const MAX_SCREENSHOT: usize = 512 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct ChromiumConfig {
+    pub executable: PathBuf,
+    /// Pages open at once in the browser.
+    pub max_pages: usize,
+}
+
+impl Default for ChromiumConfig {
+    fn default() -> Self {
+        ChromiumConfig {
+            executable: PathBuf::from("/usr/bin/chromium"),
+            max_pages: 8,
+        }
+    }
+}
+
+/// A running browser and the task that drives its CDP connection.
+struct Running {
+    browser: Arc<Browser>,
+    handler: tokio::task::JoinHandle<()>,
+    /// The browser process; the CDP handler keeps running after a crash,
+    /// so the process itself says whether the browser is alive.
+    pid: Option<u32>,
+    /// A CDP call timed out: the browser is replaced on the next job.
+    broken: Arc<std::sync::atomic::AtomicBool>,
+    // Kept so the profile directory lives as long as the browser.
+    _profile: tempfile::TempDir,
+}
+
+/// What a browser fetch produced, beyond the page.
+#[derive(Debug, Clone, Default)]
+pub struct BrowserExtras {
+    /// Base64 PNG, when asked for and small enough.
+    pub screenshot: Option<String>,
+}
+
+pub struct ChromiumPool {
+    gateway: String,
+    credentials: Credentials,
+    config: ChromiumConfig,
+    running: Mutex<Option<Running>>,
+    pages: Semaphore,
+    launches: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for ChromiumPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChromiumPool")
+            .field("gateway", &self.gateway)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChromiumPool {
+    pub fn new(gateway: impl Into<String>, credentials: Credentials, config: ChromiumConfig) -> ChromiumPool {
+        let pages = Semaphore::new(config.max_pages.max(1));
+        ChromiumPool {
+            gateway: gateway.into(),
+            credentials,
+            config,
+            running: Mutex::new(None),
+            pages,
+            launches: Default::default(),
+        }
+    }
+
+    /// Browsers started so far (a crashed one is replaced by a new launch).
+    pub fn launches(&self) -> u64 {
+        self.launches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The running browser's profile directory, which names its processes
+    /// (`--user-data-dir=...`), for operators and crash tests.
+    pub async fn profile_dir(&self) -> Option<PathBuf> {
+        let running = self.running.lock().await;
+        running.as_ref().map(|r| r._profile.path().to_path_buf())
+    }
+
+    async fn browser(&self) -> Result<Arc<Browser>, FetchError> {
+        let mut running = self.running.lock().await;
+        if let Some(current) = running.as_ref()
+            && !current.handler.is_finished()
+            && !current.broken.load(std::sync::atomic::Ordering::Relaxed)
+            && current.pid.is_none_or(process_alive)
+        {
+            return Ok(current.browser.clone());
+        }
+        if let Some(dead) = running.take() {
+            tracing::warn!("the browser went away; starting a new one");
+            dead.handler.abort();
+            if let Ok(mut browser) = Arc::try_unwrap(dead.browser) {
+                let _ = browser.kill().await;
+                let _ = browser.wait().await;
+            }
+        }
+        let profile = tempfile::tempdir().map_err(|e| FetchError::Transport(format!("browser profile: {e}")))?;
+        let config = BrowserConfig::builder()
+            .chrome_executable(&self.config.executable)
+            .new_headless_mode()
+            .no_sandbox()
+            .user_data_dir(profile.path())
+            .request_timeout(CDP_TIMEOUT)
+            .launch_timeout(Duration::from_secs(20))
+            // Chrome's own background traffic would only be denied by the gateway.
+            .arg("--disable-background-networking")
+            .arg("--disable-component-update")
+            .arg("--no-first-run")
+            .build()
+            .map_err(|e| FetchError::Transport(format!("browser config: {e}")))?;
+        let (mut browser, mut handler) = Browser::launch(config).await.map_err(|e| {
+            FetchError::Transport(format!(
+                "cannot start {}: {e} (install it with ./deploy/local/prereqs.sh chromium)",
+                self.config.executable.display()
+            ))
+        })?;
+        let handler = tokio::spawn(async move {
+            // Errors on single messages are logged and the loop goes on; the
+            // stream ends when the browser's connection does.
+            while let Some(event) = handler.next().await {
+                if let Err(error) = event {
+                    tracing::debug!(%error, "browser event error");
+                }
+            }
+        });
+        self.launches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pid = browser.get_mut_child().and_then(|child| child.inner.id());
+        let browser = Arc::new(browser);
+        *running = Some(Running {
+            browser: browser.clone(),
+            handler,
+            pid,
+            broken: Default::default(),
+            _profile: profile,
+        });
+        Ok(browser)
+    }
+
+    async fn mark_broken(&self) {
+        if let Some(running) = self.running.lock().await.as_ref() {
+            running.broken.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Closes the browser and reaps its process.
+    pub async fn shutdown(&self) {
+        if let Some(running) = self.running.lock().await.take() {
+            if let Ok(mut browser) = Arc::try_unwrap(running.browser) {
+                let _ = tokio::time::timeout(CDP_TIMEOUT, browser.close()).await;
+                let _ = tokio::time::timeout(CDP_TIMEOUT, browser.wait()).await;
+                let _ = browser.kill().await;
+            }
+            running.handler.abort();
+        }
+    }
+
+    /// Loads the job's page in a fresh context, waits for `wait_for`, and
+    /// returns the rendered document.
+    pub async fn fetch(&self, job: &ScrapeJob) -> Result<(Fetched, BrowserExtras), FetchError> {
+        let key = self
+            .credentials
+            .key(&job.agent)
+            .ok_or_else(|| FetchError::Transport(format!("no credential for agent {}", job.agent)))?
+            .to_string();
+        let _page_slot = self
+            .pages
+            .acquire()
+            .await
+            .map_err(|_| FetchError::Transport("pool closed".into()))?;
+        let mut browser = self.browser().await?;
+        let params = CreateBrowserContextParams::builder()
+            .proxy_server(self.gateway.clone())
+            // Chromium skips the proxy for loopback unless told not to.
+            .proxy_bypass_list("<-loopback>")
+            .build();
+        let context = match cdp(browser.create_browser_context(params.clone())).await {
+            Ok(context) => context,
+            // A browser that cannot even open a context is replaced, once.
+            Err(error) => {
+                tracing::warn!(%error, "the browser does not answer; replacing it");
+                self.mark_broken().await;
+                browser = self.browser().await?;
+                cdp(browser.create_browser_context(params)).await?
+            }
+        };
+        let result = tokio::time::timeout(job.timeout, self.in_context(&browser, &context, job, key))
+            .await
+            .unwrap_or(Err(FetchError::Timeout));
+        // Always, on success, error and timeout alike.
+        let _ = tokio::time::timeout(CDP_TIMEOUT, browser.dispose_browser_context(context)).await;
+        result
+    }
+
+    async fn in_context(
+        &self,
+        browser: &Browser,
+        context: &BrowserContextId,
+        job: &ScrapeJob,
+        key: String,
+    ) -> Result<(Fetched, BrowserExtras), FetchError> {
+        let target = CreateTargetParams::builder()
+            .url("about:blank")
+            .browser_context_id(context.clone())
+            .build()
+            .map_err(FetchError::Transport)?;
+        let page = cdp(browser.new_page(target)).await?;
+        let outcome = async {
+            cdp(page.authenticate(ProxyCredentials {
+                username: job.agent.clone(),
+                password: key,
+            }))
+            .await?;
+            let navigation = async {
+                page.goto(job.url.as_str()).await?;
+                page.wait_for_navigation_response().await
+            };
+            let request = navigation.await.map_err(|e| FetchError::Transport(e.to_string()))?;
+            let response = request.as_ref().and_then(|r| r.response.clone());
+            let status = response.as_ref().map_or(0, |r| r.status as u16);
+            let decision = response
+                .as_ref()
+                .and_then(|r| {
+                    r.headers
+                        .inner()
+                        .get("x-clawgress-decision")
+                        .or_else(|| r.headers.inner().get("X-Clawgress-Decision"))
+                })
+                .is_some();
+            if decision && status >= 400 {
+                let text: String = page
+                    .evaluate("document.body ? document.body.innerText : ''")
+                    .await
+                    .ok()
+                    .and_then(|v| v.into_value().ok())
+                    .unwrap_or_default();
+                return Err(gateway_refusal(status, &text));
+            }
+            if status == 407 {
+                return Err(FetchError::Denied {
+                    reason: "proxy_authentication_failed".to_string(),
+                    policy_id: "identity".to_string(),
+                    status,
+                });
+            }
+            if let Some(selector) = &job.wait_for {
+                while page.find_element(selector.as_str()).await.is_err() {
+                    tokio::time::sleep(WAIT_POLL).await;
+                }
+            }
+            let body = cdp(page.content()).await?;
+            let final_url = cdp(page.url()).await?.unwrap_or_else(|| job.url.clone());
+            let mut extras = BrowserExtras::default();
+            if job.screenshot {
+                let png = cdp(page.screenshot(
+                    ScreenshotParams::builder()
+                        .format(CaptureScreenshotFormat::Png)
+                        .full_page(true)
+                        .build(),
+                ))
+                .await?;
+                if png.len() <= MAX_SCREENSHOT {
+                    extras.screenshot = Some(base64::engine::general_purpose::STANDARD.encode(png));
+                }
+            }
+            let hops = request
+                .as_ref()
+                .map(|r| {
+                    r.redirect_chain
+                        .iter()
+                        .filter_map(|hop| hop.url.clone())
+                        .chain(r.url.clone())
+                        .collect()
+                })
+                .unwrap_or_else(|| vec![job.url.clone()]);
+            Ok((
+                Fetched {
+                    status,
+                    final_url,
+                    hops,
+                    content_type: Some("text/html".to_string()),
+                    body,
+                    request_id: None,
+                },
+                extras,
+            ))
+        }
+        .await;
+        let _ = tokio::time::timeout(CDP_TIMEOUT, page.close()).await;
+        outcome
+    }
+}
+
+/// Whether a process is running (not gone, not a zombie waiting to be reaped).
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the first field after the parenthesized name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// One CDP call under [`CDP_TIMEOUT`].
+async fn cdp<T>(call: impl std::future::Future<Output = chromiumoxide::Result<T>>) -> Result<T, FetchError> {
+    match tokio::time::timeout(CDP_TIMEOUT, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(FetchError::Transport(format!("browser: {error}"))),
+        Err(_) => Err(FetchError::Transport("the browser did not answer in time".to_string())),
+    }
+}
+
+/// The gateway's refusal, read from the problem JSON the browser shows.
+fn gateway_refusal(status: u16, text: &str) -> FetchError {
+    let body: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_default();
+    let field = |k: &str| body[k].as_str().unwrap_or_default().to_string();
+    let retry_after = body["retry_after"].as_u64().map(Duration::from_secs);
+    match (status, field("reason").as_str()) {
+        (429, _) => FetchError::RateLimited {
+            retry_after: retry_after.unwrap_or(Duration::from_secs(1)),
+            scope: field("scope"),
+        },
+        (503, "circuit_open") => FetchError::BreakerOpen {
+            retry_after: retry_after.unwrap_or(Duration::from_secs(30)),
+        },
+        (403 | 407, _) => FetchError::Denied {
+            reason: field("reason"),
+            policy_id: field("policy_id"),
+            status,
+        },
+        _ => FetchError::Gateway {
+            status,
+            reason: field("reason"),
+            retry_after,
+        },
+    }
+}
