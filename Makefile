@@ -24,6 +24,6 @@ bench-proxy:
 # Rate limiters on vs off, and emergency-block propagation across two
 # replicas on a real nats-server (see BENCHMARKS.md).
 bench-limits:
-	./deploy/local/prereqs.sh build nats chromium
+	./deploy/local/prereqs.sh build nats
 	cargo build --release --locked
 	./gateway/bench/limits_and_control.sh

@@ -54,6 +54,45 @@ pub struct SchedulerArgs {
     /// giving it to another scheduler; set when the consumers are created.
     #[arg(long, default_value_t = 60)]
     pub ack_wait_secs: u64,
+    /// The Chromium for `chromium` and `auto` jobs; `none` runs without one.
+    #[arg(long, env = "CLAWGRESS_CHROMIUM", default_value = "/usr/bin/chromium")]
+    pub chromium: String,
+    /// Pages open at once in Chromium.
+    #[arg(long, default_value_t = 8)]
+    pub browser_pages: usize,
+}
+
+/// The workers' backends: http always, Chromium when it is installed.
+pub fn backends(
+    gateway: &str,
+    credentials: Credentials,
+    max_body: usize,
+    chromium: &str,
+    pages: usize,
+) -> clawgress_scheduler::Backends {
+    let path = std::path::Path::new(chromium);
+    let chromium = if chromium != "none" && path.exists() {
+        Some(Arc::new(clawgress_workers::chromium::ChromiumPool::new(
+            gateway.to_string(),
+            credentials.clone(),
+            clawgress_workers::chromium::ChromiumConfig {
+                executable: path.to_path_buf(),
+                max_pages: pages,
+            },
+        )))
+    } else {
+        if chromium != "none" {
+            tracing::warn!(
+                path = chromium,
+                "Chromium not found: chromium jobs will be answered invalid (./deploy/local/prereqs.sh chromium)"
+            );
+        }
+        None
+    };
+    clawgress_scheduler::Backends {
+        http: Arc::new(HttpFetcher::new(gateway.to_string(), credentials, max_body)),
+        chromium,
+    }
 }
 
 #[derive(clap::Args)]
@@ -124,8 +163,14 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
         if credentials.agents().next().is_none() {
             tracing::warn!("no agent credentials: every job will be answered invalid (give --credentials FILE)");
         }
-        let (_client, js) = connect(&args.nats).await?;
-        let fetcher = Arc::new(HttpFetcher::new(args.gateway.clone(), credentials, args.max_body));
+        let (client, js) = connect(&args.nats).await?;
+        let backends = backends(
+            &args.gateway,
+            credentials,
+            args.max_body,
+            &args.chromium,
+            args.browser_pages,
+        );
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             crate::shutdown_signal().await;
@@ -138,7 +183,9 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
             ack_wait: Duration::from_secs(args.ack_wait_secs.max(3)),
             ..Default::default()
         };
-        clawgress_scheduler::run(js, fetcher, config, stop).await?;
+        clawgress_scheduler::run(js, backends, config, stop).await?;
+        // The last Naks and acks must reach the server before we exit.
+        let _ = client.flush().await;
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -252,7 +299,20 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         };
         let wanted: std::collections::HashSet<String> = jobs.iter().map(|j| j.id().to_string()).collect();
+        let mut answered = std::collections::HashSet::new();
         let (mut done, mut failed) = (0usize, 0usize);
+        // A duplicate's result may exist already (it ran before).
+        let results_stream = js.get_stream(streams::RESULTS).await?;
+        for job in &jobs {
+            let subject = streams::result_subject(job.kind(), job.id());
+            if let Ok(message) = results_stream.get_last_raw_message_by_subject(&subject).await
+                && let Ok(result) = serde_json::from_slice::<JobResult>(&message.payload)
+                && answered.insert(result.job_id.clone())
+            {
+                if result.status == ResultStatus::Ok { done += 1 } else { failed += 1 }
+                println!("{}", serde_json::to_string(&result)?);
+            }
+        }
         let deadline = tokio::time::sleep(Duration::from_secs(args.wait_secs));
         tokio::pin!(deadline);
         let terminal = std::io::stderr().is_terminal();
@@ -264,9 +324,18 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::FAILURE);
                 }
             };
-            let Some(Ok(message)) = message else { bail!("the results stream ended") };
+            let message = match message {
+                Some(Ok(message)) => message,
+                // An ordered consumer recreates itself; a hiccup is not the end.
+                Some(Err(error)) => {
+                    tracing::debug!(%error, "results stream hiccup");
+                    continue;
+                }
+                None => bail!("the results stream ended"),
+            };
             let Ok(result) = serde_json::from_slice::<JobResult>(&message.payload) else { continue };
-            if !wanted.contains(&result.job_id) {
+            // Counted once per job, even if a redelivery republished it.
+            if !wanted.contains(&result.job_id) || !answered.insert(result.job_id.clone()) {
                 continue;
             }
             if result.status == ResultStatus::Ok {

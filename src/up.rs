@@ -6,7 +6,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -171,7 +170,9 @@ async fn run_platform(args: &UpArgs, state_dir: &std::path::Path) -> anyhow::Res
         admin_tokens: Some(args.admin_tokens.clone()),
         state_dir: state_dir.to_path_buf(),
     };
-    let mut gateway_stop = stop.clone();
+    // The gateway stops after the scheduler has drained: in-flight jobs
+    // still need it.
+    let (gateway_stop_tx, mut gateway_stop) = watch::channel(false);
     let gateway = tokio::spawn(clawgress_gateway::run(config, async move {
         let _ = gateway_stop.wait_for(|s| *s).await;
     }));
@@ -185,16 +186,18 @@ async fn run_platform(args: &UpArgs, state_dir: &std::path::Path) -> anyhow::Res
     }
     let credentials =
         clawgress_workers::credentials::Credentials::load(Some(&args.credentials)).map_err(anyhow::Error::msg)?;
-    let fetcher = Arc::new(clawgress_workers::http::HttpFetcher::new(
-        format!("http://{}", args.listen),
+    let backends = crate::pipeline::backends(
+        &format!("http://{}", args.listen),
         credentials,
         10 << 20,
-    ));
-    let (_client, js) = clawgress_scheduler::streams::connect(&args.nats_url).await?;
+        "/usr/bin/chromium",
+        8,
+    );
+    let (client, js) = clawgress_scheduler::streams::connect(&args.nats_url).await?;
     clawgress_scheduler::streams::ensure_streams(&js).await?;
-    let scheduler = tokio::spawn(clawgress_scheduler::run(
+    let mut scheduler = tokio::spawn(clawgress_scheduler::run(
         js.clone(),
-        fetcher,
+        backends,
         clawgress_scheduler::SchedulerConfig {
             concurrency: args.concurrency,
             ..Default::default()
@@ -213,10 +216,20 @@ async fn run_platform(args: &UpArgs, state_dir: &std::path::Path) -> anyhow::Res
         serve_demo().await?;
         tokio::spawn(demo_job(js));
     }
-    crate::shutdown_signal().await;
-    eprintln!("stopping: scheduler drains, then the gateway");
+    let early = tokio::select! {
+        () = crate::shutdown_signal() => None,
+        ended = &mut scheduler => Some(ended),
+    };
+    if let Some(ended) = early {
+        let _ = gateway_stop_tx.send(true);
+        let _ = gateway.await;
+        bail!("the scheduler stopped: {:?}", ended.map(|r| r.err()));
+    }
+    eprintln!("stopping: the scheduler drains, then the gateway");
     let _ = stop_tx.send(true);
     let _ = scheduler.await;
+    let _ = client.flush().await;
+    let _ = gateway_stop_tx.send(true);
     let _ = gateway.await;
     Ok(ExitCode::SUCCESS)
 }

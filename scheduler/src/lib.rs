@@ -7,4 +7,4 @@ pub mod retry;
 pub mod run;
 pub mod streams;
 
-pub use run::{SchedulerConfig, run};
+pub use run::{Backends, SchedulerConfig, run};

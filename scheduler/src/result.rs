@@ -38,6 +38,9 @@ pub struct JobResult {
     pub fetch: Option<FetchSummary>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub data: BTreeMap<String, Value>,
+    /// Base64 PNG, when the job asked for one (browsers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub screenshot: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ResultError>,
 }

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{AckKind, Context, Message};
-use clawgress_workers::extract::extract;
+use clawgress_workers::chromium::ChromiumPool;
+use clawgress_workers::extract::{Extracted, extract, looks_like_js_shell};
 use clawgress_workers::http::HttpFetcher;
 use clawgress_workers::job::{FetchMode, Job, JobKind};
 use clawgress_workers::outcome::{Disposition, FetchError};
@@ -87,15 +88,31 @@ impl Hosts {
 
 struct Shared {
     js: Context,
-    fetcher: Arc<HttpFetcher>,
+    backends: Backends,
     config: SchedulerConfig,
     hosts: Hosts,
+    /// For `auto`: the tier that worked last for each host, so later jobs
+    /// start there.
+    tiers: std::sync::Mutex<HashMap<String, Tier>>,
+}
+
+/// The fetch backends this scheduler's workers have.
+#[derive(Clone)]
+pub struct Backends {
+    pub http: Arc<HttpFetcher>,
+    pub chromium: Option<Arc<ChromiumPool>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tier {
+    Http,
+    Chromium,
 }
 
 /// Runs until `stop` turns true, then drains.
 pub async fn run(
     js: Context,
-    fetcher: Arc<HttpFetcher>,
+    backends: Backends,
     config: SchedulerConfig,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), streams::SetupError> {
@@ -105,9 +122,10 @@ pub async fn run(
     let (cancel_tx, cancel) = watch::channel(false);
     let shared = Arc::new(Shared {
         js,
-        fetcher,
+        backends,
         config,
         hosts: Hosts::default(),
+        tiers: Default::default(),
     });
     let mut running = JoinSet::new();
     tracing::info!(concurrency = shared.config.concurrency, "scheduler pulling jobs");
@@ -172,6 +190,9 @@ pub async fn run(
             }
         }
     }
+    if let Some(chromium) = &shared.backends.chromium {
+        chromium.shutdown().await;
+    }
     tracing::info!("scheduler stopped");
     Ok(())
 }
@@ -181,17 +202,30 @@ async fn fetch_now(
     consumer: &async_nats::jetstream::consumer::PullConsumer,
     max: usize,
 ) -> Result<Vec<Message>, String> {
-    let mut batch = consumer
-        .fetch()
-        .max_messages(max)
-        .messages()
+    // Bounded twice: the server expires the pull, and the client stops
+    // waiting, so a server that dies mid-pull cannot stall the scheduler.
+    let pull = async {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(max)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut messages = Vec::new();
+        while let Some(message) = batch.next().await {
+            match message {
+                Ok(message) => messages.push(message),
+                // What arrived is run; the rest stays in the stream.
+                Err(error) if messages.is_empty() => return Err(error.to_string()),
+                Err(_) => break,
+            }
+        }
+        Ok(messages)
+    };
+    tokio::time::timeout(Duration::from_secs(5), pull)
         .await
-        .map_err(|e| e.to_string())?;
-    let mut messages = Vec::new();
-    while let Some(message) = batch.next().await {
-        messages.push(message.map_err(|e| e.to_string())?);
-    }
-    Ok(messages)
+        .unwrap_or_else(|_| Err("the pull timed out".to_string()))
 }
 
 /// The job's type, from its subject (`jobs.<type>.<priority>`), so even a
@@ -210,33 +244,41 @@ async fn handle(shared: &Shared, message: Message, mut cancel: watch::Receiver<b
         .map(|info| (info.delivered.max(1) as u32, info.stream_sequence))
         .unwrap_or((1, 0));
     let kind = kind_of(message.subject.as_str());
-    let job = match parse_job(&message.payload, |agent| shared.fetcher.credentials().has(agent)).and_then(supported) {
+    let job = match parse_job(&message.payload, |agent| shared.backends.http.credentials().has(agent))
+        .and_then(|job| supported(job, &shared.backends))
+    {
         Ok(job) => job,
         Err(error) => {
-            let id = error.job_id.clone().unwrap_or_else(|| format!("invalid-{sequence}"));
+            // An id that cannot be a subject token cannot address a result.
+            let id = error
+                .job_id
+                .clone()
+                .filter(|id| clawgress_workers::job::valid_id(id))
+                .unwrap_or_else(|| format!("invalid-{sequence}"));
             let result = invalid(kind, &id, &error, delivered, started);
             finish(shared, &message, &result, None).await;
             return;
         }
     };
     // Long jobs tell JetStream they are alive, so it does not redeliver them.
-    let progress = {
+    let _progress = {
         let message = message.clone();
         let every = shared.config.ack_wait / 3;
-        tokio::spawn(async move {
+        // Aborted on drop, so a panic below cannot leave a job "in progress"
+        // forever.
+        AbortOnDrop(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
                 if message.ack_with(AckKind::Progress).await.is_err() {
                     return;
                 }
             }
-        })
+        }))
     };
     let outcome = tokio::select! {
         outcome = execute(shared, &job) => Some(outcome),
         _ = cancel.wait_for(|c| *c) => None,
     };
-    progress.abort();
     let Some(outcome) = outcome else {
         // Stopped mid-job: another scheduler takes it.
         let _ = message.ack_with(AckKind::Nak(None)).await;
@@ -245,25 +287,47 @@ async fn handle(shared: &Shared, message: Message, mut cancel: watch::Receiver<b
     decide(shared, &message, &job, outcome, delivered, started).await;
 }
 
-/// Refuses jobs this worker cannot run yet, with the field that asks for it.
-fn supported(job: Job) -> Result<Job, JobError> {
-    let refuse = |field: &str, problem: &str| JobError {
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Refuses jobs this worker cannot run, with the field that asks for it.
+fn supported(job: Job, backends: &Backends) -> Result<Job, JobError> {
+    let refuse = |field: &str, problem: &str, hint: &str| JobError {
         field: field.to_string(),
         problem: problem.to_string(),
-        hint: "use \"fetch\": \"http\" (or \"auto\", which runs http on this worker)".to_string(),
+        hint: hint.to_string(),
         job_id: Some(job.id().to_string()),
     };
+    let no_browser =
+        "start the workers with Chromium installed (./deploy/local/prereqs.sh chromium), or use \"fetch\": \"http\"";
     match &job {
-        Job::Scrape(scrape) if matches!(scrape.fetch, FetchMode::Chromium | FetchMode::Steel) => {
-            Err(refuse("fetch", "this worker has no browser backend"))
+        Job::Scrape(scrape) if scrape.fetch == FetchMode::Steel => Err(refuse(
+            "fetch",
+            "this worker has no Steel Browser server configured",
+            "use \"chromium\" or \"auto\"",
+        )),
+        Job::Scrape(scrape) if scrape.fetch == FetchMode::Chromium && backends.chromium.is_none() => {
+            Err(refuse("fetch", "this worker has no Chromium", no_browser))
         }
-        Job::Scrape(scrape) if scrape.wait_for.is_some() || scrape.screenshot => Err(refuse(
+        Job::Scrape(scrape) if scrape.wait_for.is_some() && backends.chromium.is_none() => Err(refuse(
             "wait_for",
-            "this worker has no browser backend to wait or take screenshots",
+            "waiting for a selector needs Chromium, which this worker lacks",
+            no_browser,
+        )),
+        Job::Scrape(scrape) if scrape.screenshot && backends.chromium.is_none() => Err(refuse(
+            "screenshot",
+            "a screenshot needs Chromium, which this worker lacks",
+            no_browser,
         )),
         Job::Agent(_) => Err(refuse(
             "type",
-            "agent jobs need a browser backend, which this worker does not have",
+            "agent jobs are not run by this version of the workers yet",
+            "send scrape jobs",
         )),
         Job::Scrape(_) => Ok(job),
     }
@@ -272,6 +336,7 @@ fn supported(job: Job) -> Result<Job, JobError> {
 struct Done {
     summary: FetchSummary,
     data: std::collections::BTreeMap<String, serde_json::Value>,
+    screenshot: Option<String>,
 }
 
 async fn execute(shared: &Shared, job: &Job) -> Result<Done, FetchError> {
@@ -285,21 +350,90 @@ async fn execute(shared: &Shared, job: &Job) -> Result<Done, FetchError> {
     let slot = shared.hosts.semaphore(&host, shared.config.per_domain);
     let _turn = slot.acquire_owned().await;
     shared.hosts.polite(&host, shared.config.politeness).await;
-    let page = shared.fetcher.fetch(scrape).await?;
-    let found = extract(&page.body, &scrape.extract);
+    let needs_browser = scrape.wait_for.is_some() || scrape.screenshot;
+    let first = match scrape.fetch {
+        FetchMode::Chromium => Tier::Chromium,
+        FetchMode::Http | FetchMode::Steel => Tier::Http,
+        FetchMode::Auto if needs_browser => Tier::Chromium,
+        FetchMode::Auto => shared
+            .tiers
+            .lock()
+            .map(|t| t.get(&host).copied().unwrap_or(Tier::Http))
+            .unwrap_or(Tier::Http),
+    };
+    let chromium = shared.backends.chromium.clone();
+    let first = if first == Tier::Chromium && chromium.is_none() {
+        Tier::Http
+    } else {
+        first
+    };
+    let done = fetch_with(shared, scrape, first).await?;
+    // `auto` escalates when http got a page a browser would do better on.
+    let escalate = scrape.fetch == FetchMode::Auto
+        && first == Tier::Http
+        && chromium.is_some()
+        && (!done.1.missing_required.is_empty() || done.2);
+    let (done, found, tier) = if escalate {
+        let again = fetch_with(shared, scrape, Tier::Chromium).await?;
+        (again.0, again.1, Tier::Chromium)
+    } else {
+        (done.0, done.1, first)
+    };
+    if scrape.fetch == FetchMode::Auto
+        && let Ok(mut tiers) = shared.tiers.lock()
+    {
+        if tiers.len() > 100_000 {
+            tiers.clear();
+        }
+        tiers.insert(host, tier);
+    }
     if !found.missing_required.is_empty() {
         return Err(FetchError::MissingRequired(found.missing_required));
     }
     Ok(Done {
-        summary: FetchSummary {
-            tier: "http".to_string(),
-            status: page.status,
-            final_url: page.final_url,
-            hops: page.hops,
-            request_id: page.request_id,
-        },
         data: found.values,
+        ..done
     })
+}
+
+/// One fetch with one tier, and its extraction (off the async threads:
+/// parsing a large page would stall pulls and progress acks). The flag says
+/// whether the page looks like a JavaScript shell.
+async fn fetch_with(
+    shared: &Shared,
+    scrape: &clawgress_workers::job::ScrapeJob,
+    tier: Tier,
+) -> Result<(Done, Extracted, bool), FetchError> {
+    let (page, screenshot, name) = match (tier, &shared.backends.chromium) {
+        (Tier::Chromium, Some(chromium)) => {
+            let (page, extras) = chromium.fetch(scrape).await?;
+            (page, extras.screenshot, "chromium")
+        }
+        _ => (shared.backends.http.fetch(scrape).await?, None, "http"),
+    };
+    let specs = scrape.extract.clone();
+    let body = page.body.clone();
+    let (found, shell) = tokio::task::spawn_blocking(move || {
+        let shell = tier == Tier::Http && looks_like_js_shell(&body);
+        (extract(&body, &specs), shell)
+    })
+    .await
+    .map_err(|_| FetchError::Transport("extraction failed".to_string()))?;
+    Ok((
+        Done {
+            summary: FetchSummary {
+                tier: name.to_string(),
+                status: page.status,
+                final_url: page.final_url,
+                hops: page.hops,
+                request_id: page.request_id,
+            },
+            data: Default::default(),
+            screenshot,
+        },
+        found,
+        shell,
+    ))
 }
 
 async fn decide(
@@ -321,12 +455,14 @@ async fn decide(
         duration_ms: started.elapsed().as_millis() as u64,
         fetch: None,
         data: Default::default(),
+        screenshot: None,
         error: None,
     };
     let error = match outcome {
         Ok(done) => {
             result.fetch = Some(done.summary);
             result.data = done.data;
+            result.screenshot = done.screenshot;
             finish(shared, message, &result, None).await;
             return;
         }
@@ -388,6 +524,7 @@ fn invalid(kind: JobKind, id: &str, error: &JobError, attempts: u32, started: In
         duration_ms: started.elapsed().as_millis() as u64,
         fetch: None,
         data: Default::default(),
+        screenshot: None,
         error: Some(ResultError {
             code: "validation".to_string(),
             message: format!("{}: {}", error.field, error.problem),
@@ -402,10 +539,15 @@ fn invalid(kind: JobKind, id: &str, error: &JobError, attempts: u32, started: In
 /// Stores the dead letter (if any) and the result, and only then acks; if
 /// either cannot be stored, the job goes back to the stream.
 async fn finish(shared: &Shared, message: &Message, result: &JobResult, dead: Option<DeadLetter>) {
+    // Ids per delivery of this stream message: a redelivery after a lost
+    // ack republishes without duplicating, and a replayed job (a new stream
+    // message) is never mistaken for the old one.
+    let sequence = message.info().map(|i| i.stream_sequence).unwrap_or_default();
     if let Some(dead) = dead {
         let subject = streams::dlq_subject(dead.kind);
         let payload = serde_json::to_vec(&dead).unwrap_or_default();
-        if let Err(error) = publish(&shared.js, subject, None, payload).await {
+        let id = format!("{}-dlq-{sequence}", dead.job_id);
+        if let Err(error) = publish(&shared.js, subject, Some(id), payload).await {
             tracing::error!(job = %result.job_id, %error, "cannot store the dead letter; the job goes back to the stream");
             let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
             return;
@@ -413,7 +555,7 @@ async fn finish(shared: &Shared, message: &Message, result: &JobResult, dead: Op
     }
     let subject = streams::result_subject(result.kind, &result.job_id);
     let payload = serde_json::to_vec(result).unwrap_or_default();
-    let id = format!("{}-{}", result.job_id, result.attempts);
+    let id = format!("{}-{sequence}-{}", result.job_id, result.attempts);
     if let Err(error) = publish(&shared.js, subject, Some(id), payload).await {
         tracing::error!(job = %result.job_id, %error, "cannot store the result; the job goes back to the stream");
         let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;

@@ -93,7 +93,9 @@ pub async fn ensure_streams(js: &Context) -> Result<(), SetupError> {
     };
     js.get_or_create_stream(stream::Config {
         name: JOBS.to_string(),
-        subjects: vec!["jobs.*.*".to_string()],
+        // The three priorities only: a job on any other subject would be
+        // stored and never pulled, so it is refused at publish instead.
+        subjects: Priority::ALL.iter().map(|p| format!("jobs.*.{}", p.as_str())).collect(),
         retention: RetentionPolicy::WorkQueue,
         storage: StorageType::File,
         duplicate_window: DEDUP_WINDOW,

@@ -94,6 +94,16 @@ async fn the_gateways_answers_decide_what_happens_next() {
     );
     assert_eq!(denied.disposition(), Disposition::Deny);
 
+    // https goes through a CONNECT tunnel; its refusal is still a denial.
+    let tunnel = fetcher
+        .fetch(&job("https://unlisted.test/".to_string()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&tunnel, FetchError::Denied { reason, status: 403, .. } if reason == "domain_not_in_allowlist"),
+        "{tunnel:?}"
+    );
+
     // A redirect into a denied domain is judged at its own hop.
     let hop = fetcher
         .fetch(&job(format!("http://site.test:{port}/redirect/unlisted.test")))

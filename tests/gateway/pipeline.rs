@@ -180,15 +180,26 @@ async fn jobs_are_scraped_through_the_gateway_and_answered_by_outcome() {
     assert_eq!(results["invalid-1"]["status"], "invalid");
     assert_eq!(results["invalid-1"]["error"]["field"], "url");
     assert_eq!(results["stranger-1"]["error"]["field"], "agent");
-    let garbage = p.results().into_values().find(|r| {
-        r["job_id"]
-            .as_str()
-            .is_some_and(|id| id.starts_with("invalid-") && id != "invalid-1")
-    });
-    assert!(
-        garbage.is_some_and(|r| r["status"] == "invalid" && r["error"]["field"] == "(job)"),
-        "unparseable bytes get an answer too"
-    );
+    // The unparseable message (low priority) is answered too, under an id of its own.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let garbage = loop {
+        let found = p.results().into_values().find(|r| {
+            r["job_id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("invalid-") && id != "invalid-1")
+        });
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no answer for unparseable bytes:\n{}",
+            p.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(garbage["status"], "invalid");
+    assert_eq!(garbage["error"]["field"], "(job)");
 
     let dead = &results["dead-1"];
     assert_eq!(dead["status"], "failed");
@@ -294,4 +305,49 @@ async fn no_job_is_lost_when_the_scheduler_is_killed_mid_run() {
     println!("{before} results before the kill, {} after", results.len());
     let failed: Vec<_> = results.values().filter(|r| r["status"] != "ok").collect();
     assert!(failed.is_empty(), "{failed:?}");
+}
+
+#[tokio::test]
+async fn auto_jobs_escalate_to_chromium_for_javascript_pages_and_remember_it() {
+    if !std::path::Path::new("/usr/bin/chromium").exists() {
+        eprintln!("SKIPPED: /usr/bin/chromium not found (./deploy/local/prereqs.sh chromium; `make test` installs it)");
+        return;
+    }
+    let Some(mut p) = Pipeline::start().await else { return };
+    p.start_scheduler(2);
+    let port = p.w.origin.addr.port();
+    let mut shell = scrape("auto-1", format!("http://site.test:{port}/js"));
+    shell["fetch"] = "auto".into();
+    shell["extract"] = serde_json::json!({"heading": {"selector": "h1.rendered", "required": true}});
+    let mut plain = scrape("chromium-1", format!("http://site.test:{port}/page"));
+    plain["fetch"] = "chromium".into();
+    plain["wait_for"] = "h1.title".into();
+    plain["screenshot"] = true.into();
+    p.submit(&[shell, plain]);
+    let results = p.wait_results(&["auto-1", "chromium-1"]).await;
+    let auto = &results["auto-1"];
+    assert_eq!(auto["status"], "ok", "{auto}");
+    assert_eq!(
+        auto["fetch"]["tier"], "chromium",
+        "http saw an empty shell; the browser rendered it"
+    );
+    assert_eq!(auto["data"]["heading"], "Rendered by JavaScript: hello from upstream");
+    let shot = &results["chromium-1"];
+    assert_eq!(shot["status"], "ok", "{shot}");
+    assert!(shot["screenshot"].as_str().is_some_and(|png| png.len() > 100));
+
+    // The host's tier is remembered: the next auto job there starts in the browser.
+    let mut again = scrape("auto-2", format!("http://site.test:{port}/js"));
+    again["fetch"] = "auto".into();
+    again["extract"] = serde_json::json!({"heading": {"selector": "h1.rendered", "required": true}});
+    p.submit(&[again]);
+    let results = p.wait_results(&["auto-2"]).await;
+    assert_eq!(results["auto-2"]["fetch"]["tier"], "chromium");
+    let js_fetches =
+        p.w.gw
+            .audit_lines()
+            .into_iter()
+            .filter(|l| l["request"]["path"] == "/js")
+            .count();
+    assert_eq!(js_fetches, 3, "http once, then the browser twice");
 }

@@ -29,6 +29,8 @@ use crate::outcome::{FetchError, Fetched};
 /// treated as broken.
 const CDP_TIMEOUT: Duration = Duration::from_secs(15);
 const WAIT_POLL: Duration = Duration::from_millis(100);
+/// How long required values may take to render when no wait_for is given.
+const RENDER_GRACE: Duration = Duration::from_secs(5);
 /// Screenshots larger than this are not put into results.
 pub const MAX_SCREENSHOT: usize = 512 * 1024;
 
@@ -279,6 +281,22 @@ impl ChromiumPool {
             if let Some(selector) = &job.wait_for {
                 while page.find_element(selector.as_str()).await.is_err() {
                     tokio::time::sleep(WAIT_POLL).await;
+                }
+            } else {
+                // Without wait_for, required values are given a moment to
+                // render (scripts run after the load event), then whatever
+                // is there is taken.
+                let required: Vec<&str> = job
+                    .extract
+                    .values()
+                    .filter(|spec| spec.required)
+                    .map(|spec| spec.selector.as_str())
+                    .collect();
+                let until = tokio::time::Instant::now() + RENDER_GRACE;
+                for selector in required {
+                    while page.find_element(selector).await.is_err() && tokio::time::Instant::now() < until {
+                        tokio::time::sleep(WAIT_POLL).await;
+                    }
                 }
             }
             let body = cdp(page.content()).await?;

@@ -97,7 +97,16 @@ impl HttpFetcher {
             if let Some(body) = &body {
                 request = request.body(body.clone());
             }
-            let response = request.send().await.map_err(transport)?;
+            let response = match request.send().await {
+                Ok(response) => response,
+                Err(error) if url.scheme() == "https" && is_tunnel_error(&error) => {
+                    let key = self.credentials.key(&job.agent).unwrap_or_default();
+                    return Err(probe_tunnel(&self.gateway, &job.agent, key, &url)
+                        .await
+                        .unwrap_or_else(|| transport(error)));
+                }
+                Err(error) => return Err(transport(error)),
+            };
             if let Some(error) = gateway_refusal(&response) {
                 // The gateway's own answer: its body says why.
                 return Err(refusal(error, response).await);
@@ -175,6 +184,18 @@ fn job_headers(job: &ScrapeJob) -> HeaderMap {
     headers
 }
 
+/// reqwest's words for a CONNECT the proxy refused.
+fn is_tunnel_error(error: &reqwest::Error) -> bool {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    let text = text.to_ascii_lowercase();
+    text.contains("tunnel") || text.contains("proxy authorization")
+}
+
 fn transport(error: reqwest::Error) -> FetchError {
     if error.is_timeout() {
         FetchError::Timeout
@@ -183,25 +204,97 @@ fn transport(error: reqwest::Error) -> FetchError {
     }
 }
 
-/// The status of a response the gateway made itself, if this is one.
+/// The status of a response the gateway made itself, if this is one: its
+/// refusals carry the decision header (a forwarded origin answer carries
+/// it only as `would_deny` in report mode), and 407 is always ours.
 fn gateway_refusal(response: &Response) -> Option<u16> {
     let status = response.status().as_u16();
-    let ours = response.headers().contains_key(DECISION_HEADER)
-        || status == 407
+    let ours = status == 407
         || response
             .headers()
-            .get(CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"))
-            && response.headers().contains_key("x-request-id");
+            .get(DECISION_HEADER)
+            .is_some_and(|v| !v.as_bytes().starts_with(b"would_deny"));
     (ours && status >= 400).then_some(status)
+}
+
+/// reqwest reports a refused CONNECT only as "unsuccessful tunnel"; the
+/// gateway's answer (status, reason, retry_after) is read by asking again
+/// with a plain CONNECT, so an https denial is a denial and a rate limit
+/// keeps its `retry_after`.
+async fn probe_tunnel(gateway: &str, agent: &str, key: &str, url: &reqwest::Url) -> Option<FetchError> {
+    use base64::Engine;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let proxy = reqwest::Url::parse(gateway).ok()?;
+    let address = (proxy.host_str()?.to_string(), proxy.port_or_known_default()?);
+    let authority = format!("{}:{}", url.host_str()?, url.port_or_known_default()?);
+    let credential = base64::engine::general_purpose::STANDARD.encode(format!("{agent}:{key}"));
+    let request =
+        format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\nProxy-Authorization: Basic {credential}\r\n\r\n");
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut buf).await.ok()?;
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+            if answer.len() > 64 * 1024 || complete(&answer) {
+                break;
+            }
+        }
+        Some(answer)
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(10), exchange).await.ok()??;
+    let text = String::from_utf8_lossy(&answer);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
+    if status == 200 {
+        return None;
+    }
+    let header_wait = head
+        .lines()
+        .find_map(|l| l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case("retry-after")))
+        .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let body: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    Some(classify(status, &body, header_wait))
+}
+
+/// Whether a response with a Content-Length has all of its body.
+fn complete(answer: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(answer);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    let length = head
+        .lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        })
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    body.len() >= length
 }
 
 async fn refusal(status: u16, response: Response) -> FetchError {
     let header_wait = retry_after_header(response.headers());
     let body: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
+    classify(status, &body, header_wait)
+}
+
+/// A gateway refusal, from its status and problem body.
+fn classify(status: u16, body: &serde_json::Value, header_wait: Option<Duration>) -> FetchError {
     let text = |key: &str| body[key].as_str().unwrap_or_default().to_string();
     let reason = text("reason");
-    let retry_after = body["retry_after"].as_u64().map(Duration::from_secs).or(header_wait);
+    let retry_after = body["retry_after"]
+        .as_u64()
+        .map(Duration::from_secs)
+        .or(header_wait)
+        .map(clamp_wait);
     match (status, reason.as_str()) {
         (429, _) => FetchError::RateLimited {
             retry_after: retry_after.unwrap_or(Duration::from_secs(1)),
@@ -227,12 +320,19 @@ async fn refusal(status: u16, response: Response) -> FetchError {
     }
 }
 
+/// A wait someone else asked for, kept between one second (no hot loop)
+/// and ten minutes (a job is not parked for a day by a stray header).
+pub fn clamp_wait(wait: Duration) -> Duration {
+    wait.clamp(Duration::from_secs(1), Duration::from_secs(600))
+}
+
 fn retry_after_header(headers: &HeaderMap) -> Option<Duration> {
     headers
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs)
+        .map(clamp_wait)
 }
 
 /// Decodes with the charset the response names; UTF-8 otherwise (with

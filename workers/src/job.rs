@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use validate::{JobError, parse_job};
+pub use validate::{JobError, parse_job, valid_id};
 
 /// The schema version this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;

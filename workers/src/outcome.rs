@@ -79,6 +79,9 @@ impl FetchError {
                     after: Some(*retry_after),
                 }
             }
+            // The gateway refusing the request itself (malformed, too large,
+            // a loop) will refuse it again.
+            FetchError::Gateway { status, .. } if (400..500).contains(status) => Disposition::Fail,
             FetchError::Gateway { retry_after, .. } | FetchError::Origin { retry_after, .. } => {
                 Disposition::Retry { after: *retry_after }
             }

@@ -152,6 +152,11 @@ fn check(job: &Job, has_credential: &impl Fn(&str) -> bool) -> Result<(), JobErr
     }
 }
 
+/// Whether `id` can be a job id (and so a subject token).
+pub fn valid_id(id: &str) -> bool {
+    check_id(id).is_ok()
+}
+
 fn check_id(id: &str) -> Result<(), JobError> {
     let hint = "letters, digits, '-' and '_', at most 128: it becomes a NATS subject token";
     if id.is_empty() || id.len() > MAX_ID {
