@@ -208,7 +208,6 @@ async fn fetch_now(
         let mut batch = consumer
             .fetch()
             .max_messages(max)
-            .expires(Duration::from_millis(500))
             .messages()
             .await
             .map_err(|e| e.to_string())?;

@@ -33,7 +33,11 @@ impl Pipeline {
     }
 
     fn start_scheduler(&mut self, concurrency: usize) {
-        let log = std::fs::File::create(self.dir.path().join("scheduler.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("scheduler.log"))
+            .unwrap();
         let child = Command::new(support::clawgress_bin())
             .args(["scheduler", "--nats", &self.nats.url])
             .args(["--gateway", &format!("http://{}", self.w.gw.proxy)])
@@ -350,4 +354,68 @@ async fn auto_jobs_escalate_to_chromium_for_javascript_pages_and_remember_it() {
             .filter(|l| l["request"]["path"] == "/js")
             .count();
     assert_eq!(js_fetches, 3, "http once, then the browser twice");
+}
+
+#[tokio::test]
+async fn no_job_is_lost_when_nats_server_is_killed_mid_run() {
+    let Some(mut p) = Pipeline::start().await else { return };
+    let port = p.w.origin.addr.port();
+    let jobs: Vec<_> = (0..40)
+        .map(|i| scrape(&format!("n-{i}"), format!("http://a.wild.test:{port}/hello")))
+        .collect();
+    p.submit(&jobs);
+    p.start_scheduler(2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while p.results().len() < 5 {
+        assert!(std::time::Instant::now() < deadline, "no progress: {}", p.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    p.nats.crash_and_restart();
+    let ids: Vec<String> = (0..40).map(|i| format!("n-{i}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let results = p.wait_results(&ids).await;
+    let failed: Vec<_> = results.values().filter(|r| r["status"] != "ok").collect();
+    assert!(failed.is_empty(), "{failed:?}");
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_jobs_and_loses_none() {
+    let Some(mut p) = Pipeline::start().await else { return };
+    let port = p.w.origin.addr.port();
+    let jobs: Vec<_> = (0..30)
+        .map(|i| scrape(&format!("t-{i}"), format!("http://a.wild.test:{port}/hello")))
+        .collect();
+    p.submit(&jobs);
+    p.start_scheduler(2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while p.results().len() < 3 {
+        assert!(std::time::Instant::now() < deadline, "no progress: {}", p.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let child = p.scheduler.as_mut().unwrap();
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    // Polled, not waited: this test's runtime also serves the origin the
+    // draining jobs are still talking to.
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        status.success(),
+        "a drained scheduler exits cleanly: {status:?}\n{}",
+        p.log()
+    );
+    assert!(p.log().contains("scheduler draining"));
+    p.scheduler = None;
+    p.start_scheduler(4);
+    let ids: Vec<String> = (0..30).map(|i| format!("t-{i}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let results = p.wait_results(&ids).await;
+    assert!(
+        results.values().all(|r| r["status"] == "ok" && r["attempts"] == 1),
+        "{results:?}"
+    );
+    assert!(!p.log().contains("WARN"), "{}", p.log());
 }

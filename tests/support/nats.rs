@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 pub struct NatsServer {
     child: Child,
+    binary: PathBuf,
     pub port: u16,
     pub url: String,
     _store: tempfile::TempDir,
@@ -60,6 +61,7 @@ impl NatsServer {
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
         let server = NatsServer {
             child,
+            binary: binary.clone(),
             port,
             url: format!("nats://127.0.0.1:{port}"),
             _store: store,
@@ -70,6 +72,24 @@ impl NatsServer {
             std::thread::sleep(Duration::from_millis(20));
         }
         Some(server)
+    }
+
+    /// `kill -9`, then the same server again: same port, same store.
+    pub fn crash_and_restart(&mut self) {
+        self.stop();
+        std::thread::sleep(Duration::from_millis(500));
+        self.child = Command::new(&self.binary)
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .arg(self._store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("restart nats-server");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not come back within 10 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn stop(&mut self) {
