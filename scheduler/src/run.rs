@@ -323,24 +323,40 @@ fn supported(job: Job, backends: &Backends) -> Result<Job, JobError> {
             "a screenshot needs Chromium, which this worker lacks",
             no_browser,
         )),
-        Job::Agent(_) => Err(refuse(
-            "type",
-            "agent jobs are not run by this version of the workers yet",
-            "send scrape jobs",
-        )),
+        Job::Agent(agent) if backends.chromium.is_none() && clawgress_workers::agent::needs_browser(agent) => {
+            Err(refuse(
+                "steps",
+                "these steps need Chromium, which this worker lacks",
+                no_browser,
+            ))
+        }
+        Job::Agent(_) => Ok(job),
         Job::Scrape(_) => Ok(job),
     }
 }
 
 struct Done {
-    summary: FetchSummary,
+    summary: Option<FetchSummary>,
     data: std::collections::BTreeMap<String, serde_json::Value>,
     screenshot: Option<String>,
 }
 
 async fn execute(shared: &Shared, job: &Job) -> Result<Done, FetchError> {
-    let Job::Scrape(scrape) = job else {
-        return Err(FetchError::Transport("not a scrape job".to_string()));
+    let scrape = match job {
+        Job::Scrape(scrape) => scrape,
+        Job::Agent(agent) => {
+            let outcome =
+                clawgress_workers::agent::run(shared.backends.chromium.as_deref(), &shared.backends.http, agent)
+                    .await?;
+            let mut data = outcome.data;
+            data.insert("_steps_run".to_string(), outcome.steps_run.into());
+            data.insert("_tokens".to_string(), outcome.tokens.into());
+            return Ok(Done {
+                summary: None,
+                data,
+                screenshot: outcome.screenshots.into_iter().next(),
+            });
+        }
     };
     let host = url::Url::parse(&scrape.url)
         .ok()
@@ -420,13 +436,13 @@ async fn fetch_with(
     .map_err(|_| FetchError::Transport("extraction failed".to_string()))?;
     Ok((
         Done {
-            summary: FetchSummary {
+            summary: Some(FetchSummary {
                 tier: name.to_string(),
                 status: page.status,
                 final_url: page.final_url,
                 hops: page.hops,
                 request_id: page.request_id,
-            },
+            }),
             data: Default::default(),
             screenshot,
         },
@@ -459,7 +475,7 @@ async fn decide(
     };
     let error = match outcome {
         Ok(done) => {
-            result.fetch = Some(done.summary);
+            result.fetch = done.summary;
             result.data = done.data;
             result.screenshot = done.screenshot;
             finish(shared, message, &result, None).await;

@@ -21,7 +21,10 @@ impl Pipeline {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("credentials.yaml"),
-            format!("agents:\n  {}: {}\n", SCRAPER.0, SCRAPER.1),
+            format!(
+                "agents:\n  {}: {}\n  {}: {}\n",
+                SCRAPER.0, SCRAPER.1, AI_AGENT.0, AI_AGENT.1
+            ),
         )
         .unwrap();
         Some(Pipeline {
@@ -45,6 +48,8 @@ impl Pipeline {
             .arg(self.dir.path().join("credentials.yaml"))
             .args(["--concurrency", &concurrency.to_string(), "--ack-wait-secs", "3"])
             .env("CLAWGRESS_LOG", "info")
+            // A fake key for the fake provider the tests run on 127.0.0.1.
+            .env("OPENAI_API_KEY", "sk-test-not-a-real-key")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -418,4 +423,58 @@ async fn sigterm_drains_in_flight_jobs_and_loses_none() {
         "{results:?}"
     );
     assert!(!p.log().contains("WARN"), "{}", p.log());
+}
+
+#[tokio::test]
+async fn agent_jobs_drive_the_browser_and_call_llms_through_the_gateway() {
+    if !std::path::Path::new("/usr/bin/chromium").exists() {
+        eprintln!("SKIPPED: /usr/bin/chromium not found (./deploy/local/prereqs.sh chromium; `make test` installs it)");
+        return;
+    }
+    let Some(mut p) = Pipeline::start().await else { return };
+    p.start_scheduler(2);
+    let port = p.w.origin.addr.port();
+    let llm = serde_json::json!({"llm": {"provider": "openai", "model": "gpt-test", "base_url": format!("http://ai.test:{port}"),
+                                 "messages": [{"role": "user", "content": "summarize the page"}]}});
+    let job = serde_json::json!({
+        "version": 1, "type": "agent", "id": "agent-1", "agent": AI_AGENT.0,
+        "budget": {"max_steps": 10, "max_tokens": 1000},
+        "steps": [
+            {"goto": format!("http://site.test:{port}/js")},
+            {"wait_for": "h1.rendered"},
+            {"extract": {"heading": {"selector": "h1.rendered", "required": true}}},
+            {"evaluate": "document.title"},
+            {"screenshot": {}},
+            llm
+        ]
+    });
+    // The scraper's role may not reach the AI provider: the gateway says so.
+    let mut denied = job.clone();
+    denied["id"] = "agent-2".into();
+    denied["agent"] = SCRAPER.0.into();
+    let mut over = job.clone();
+    over["id"] = "agent-3".into();
+    over["budget"]["max_tokens"] = 10.into();
+    p.submit(&[job, denied, over]);
+    let results = p.wait_results(&["agent-1", "agent-2", "agent-3"]).await;
+    let ok = &results["agent-1"];
+    assert_eq!(ok["status"], "ok", "{ok}");
+    assert_eq!(ok["data"]["heading"], "Rendered by JavaScript: hello from upstream");
+    assert_eq!(ok["data"]["step_3"], "JS");
+    assert_eq!(ok["data"]["llm_5"], "echo: summarize the page");
+    assert_eq!(ok["data"]["_tokens"], 42);
+    assert!(ok["screenshot"].as_str().is_some());
+    let llm_line =
+        p.w.gw
+            .wait_audit(|l| l["request"]["path"] == "/v1/chat/completions")
+            .await;
+    assert_eq!(
+        llm_line["agent_id"], AI_AGENT.0,
+        "the provider call went through the gateway"
+    );
+
+    let denied = &results["agent-2"];
+    assert_eq!(denied["status"], "denied", "{denied}");
+    assert_eq!(denied["error"]["reason"], "role_not_allowed");
+    assert_eq!(results["agent-3"]["error"]["code"], "budget_exceeded");
 }

@@ -38,7 +38,9 @@ pub struct Origin {
 /// - `/redirect/HOST`: 302 to `http://HOST:<this port>/page`;
 /// - `/page`: an HTML page to extract from;
 /// - `/latin1`: ISO-8859-1 text that says so in its Content-Type;
-/// - `/js`: an empty shell whose script fetches `/hello` and renders it.
+/// - `/js`: an empty shell whose script fetches `/hello` and renders it;
+/// - `/v1/chat/completions`: a fake OpenAI-style provider that echoes the
+///   last message (401 without a bearer key).
 pub async fn origin() -> Origin {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
     let addr = listener.local_addr().expect("origin addr");
@@ -98,6 +100,40 @@ async fn route(req: Request<Incoming>, release: Arc<Notify>) -> Response<Body> {
 <ul class="items"><li><a href="/a">Alpha</a></li><li><a href="/b">Beta</a></li></ul>
 <p id="price">€ 12,50</p></body></html>"#,
             ))
+            .unwrap();
+    }
+    if path == "/v1/chat/completions" {
+        let authorized = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("Bearer sk-"));
+        if !authorized {
+            return Response::builder()
+                .status(401)
+                .body(full(r#"{"error": "no key"}"#))
+                .unwrap();
+        }
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let last = request["messages"]
+            .as_array()
+            .and_then(|m| m.last())
+            .and_then(|m| m["content"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        let answer = serde_json::json!({
+            "choices": [{"message": {"role": "assistant", "content": format!("echo: {last}")}}],
+            "usage": {"prompt_tokens": 30, "completion_tokens": 12, "total_tokens": 42}
+        });
+        return Response::builder()
+            .header("content-type", "application/json")
+            .body(full(answer.to_string()))
             .unwrap();
     }
     if path == "/js" {

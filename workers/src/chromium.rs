@@ -190,6 +190,52 @@ impl ChromiumPool {
         }
     }
 
+    /// A fresh context and page for `agent`, for step-by-step jobs. Close it
+    /// with [`Session::close`] (also on errors).
+    pub async fn session(&self, agent: &str) -> Result<Session<'_>, FetchError> {
+        let key = self
+            .credentials
+            .key(agent)
+            .ok_or_else(|| FetchError::Transport(format!("no credential for agent {agent}")))?
+            .to_string();
+        let slot = self
+            .pages
+            .acquire()
+            .await
+            .map_err(|_| FetchError::Transport("pool closed".into()))?;
+        let browser = self.browser().await?;
+        let context = cdp(browser.create_browser_context(
+            CreateBrowserContextParams::builder()
+                .proxy_server(self.gateway.clone())
+                .proxy_bypass_list("<-loopback>")
+                .build(),
+        ))
+        .await?;
+        let target = CreateTargetParams::builder()
+            .url("about:blank")
+            .browser_context_id(context.clone())
+            .build()
+            .map_err(FetchError::Transport)?;
+        let page = match cdp(browser.new_page(target)).await {
+            Ok(page) => page,
+            Err(error) => {
+                let _ = tokio::time::timeout(CDP_TIMEOUT, browser.dispose_browser_context(context)).await;
+                return Err(error);
+            }
+        };
+        cdp(page.authenticate(ProxyCredentials {
+            username: agent.to_string(),
+            password: key,
+        }))
+        .await?;
+        Ok(Session {
+            browser,
+            context,
+            page,
+            _slot: slot,
+        })
+    }
+
     /// Loads the job's page in a fresh context, waits for `wait_for`, and
     /// returns the rendered document.
     pub async fn fetch(&self, job: &ScrapeJob) -> Result<(Fetched, BrowserExtras), FetchError> {
@@ -386,5 +432,94 @@ fn gateway_refusal(status: u16, text: &str) -> FetchError {
             reason: field("reason"),
             retry_after,
         },
+    }
+}
+
+/// One job's browser context and page.
+pub struct Session<'a> {
+    browser: Arc<Browser>,
+    context: BrowserContextId,
+    pub page: chromiumoxide::Page,
+    _slot: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl Session<'_> {
+    /// Navigates; a gateway refusal of the page is returned as such.
+    pub async fn goto(&self, url: &str) -> Result<u16, FetchError> {
+        let navigation = async {
+            self.page.goto(url).await?;
+            self.page.wait_for_navigation_response().await
+        };
+        let request = navigation.await.map_err(|e| FetchError::Transport(e.to_string()))?;
+        let response = request.as_ref().and_then(|r| r.response.clone());
+        let status = response.as_ref().map_or(0, |r| r.status as u16);
+        let ours = response.as_ref().is_some_and(|r| {
+            r.headers
+                .inner()
+                .as_object()
+                .is_some_and(|h| h.keys().any(|k| k.eq_ignore_ascii_case("x-clawgress-decision")))
+        });
+        if (ours && status >= 400) || status == 407 {
+            let text: String = self
+                .page
+                .evaluate("document.body ? document.body.innerText : ''")
+                .await
+                .ok()
+                .and_then(|v| v.into_value().ok())
+                .unwrap_or_default();
+            return Err(gateway_refusal(status, &text));
+        }
+        Ok(status)
+    }
+
+    /// Polls for `selector` until it is there.
+    pub async fn wait_for(&self, selector: &str) {
+        while self.page.find_element(selector).await.is_err() {
+            tokio::time::sleep(WAIT_POLL).await;
+        }
+    }
+
+    pub async fn click(&self, selector: &str) -> Result<(), FetchError> {
+        let element = cdp(self.page.find_element(selector)).await?;
+        cdp(element.click()).await.map(|_| ())
+    }
+
+    pub async fn fill(&self, selector: &str, value: &str) -> Result<(), FetchError> {
+        let element = cdp(self.page.find_element(selector)).await?;
+        cdp(element.click()).await?;
+        cdp(element.type_str(value)).await.map(|_| ())
+    }
+
+    pub async fn content(&self) -> Result<String, FetchError> {
+        cdp(self.page.content()).await
+    }
+
+    pub async fn evaluate(&self, expression: &str) -> Result<serde_json::Value, FetchError> {
+        let result = cdp(self.page.evaluate(expression)).await?;
+        Ok(result.into_value().unwrap_or(serde_json::Value::Null))
+    }
+
+    /// A PNG, base64, if it is small enough for a result.
+    pub async fn screenshot(&self) -> Result<Option<String>, FetchError> {
+        let png = cdp(self.page.screenshot(
+            ScreenshotParams::builder()
+                .format(CaptureScreenshotFormat::Png)
+                .full_page(true)
+                .build(),
+        ))
+        .await?;
+        Ok((png.len() <= MAX_SCREENSHOT).then(|| base64::engine::general_purpose::STANDARD.encode(png)))
+    }
+
+    /// Closes the page and disposes of the context.
+    pub async fn close(self) {
+        let Session {
+            browser,
+            context,
+            page,
+            _slot,
+        } = self;
+        let _ = tokio::time::timeout(CDP_TIMEOUT, page.close()).await;
+        let _ = tokio::time::timeout(CDP_TIMEOUT, browser.dispose_browser_context(context)).await;
     }
 }

@@ -11,6 +11,8 @@ use serde::Deserialize;
 #[derive(Clone, Default)]
 pub struct Credentials {
     keys: BTreeMap<String, String>,
+    /// AI provider API keys (`openai`, `anthropic`, `gemini`) for `llm` steps.
+    providers: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -25,6 +27,9 @@ impl std::fmt::Debug for Credentials {
 #[serde(deny_unknown_fields)]
 struct CredentialsFile {
     agents: BTreeMap<String, KeySource>,
+    /// Provider keys, e.g. `openai: {key_env: OPENAI_API_KEY}`.
+    #[serde(default)]
+    providers: BTreeMap<String, KeySource>,
 }
 
 #[derive(Deserialize)]
@@ -47,10 +52,41 @@ struct KeyFrom {
 /// `-` and `.` as `_`) add or override keys.
 pub const ENV_PREFIX: &str = "CLAWGRESS_AGENT_KEY_";
 
+fn resolve(path: &Path, base: &Path, name: &str, source: KeySource) -> Result<String, String> {
+    let key = match source {
+        KeySource::Inline(key) => key,
+        KeySource::From(KeyFrom {
+            key_env: Some(var),
+            key_file: None,
+        }) => std::env::var(&var)
+            .map_err(|_| format!("{}: {name}: environment variable {var} is not set", path.display()))?,
+        KeySource::From(KeyFrom {
+            key_env: None,
+            key_file: Some(file),
+        }) => {
+            let file = base.join(file);
+            std::fs::read_to_string(&file)
+                .map(|k| k.trim().to_string())
+                .map_err(|e| format!("{}: {name}: cannot read {}: {e}", path.display(), file.display()))?
+        }
+        KeySource::From(_) => {
+            return Err(format!(
+                "{}: {name}: give exactly one of key_env and key_file",
+                path.display()
+            ));
+        }
+    };
+    if key.is_empty() {
+        return Err(format!("{}: {name}: the key is empty", path.display()));
+    }
+    Ok(key)
+}
+
 impl Credentials {
     pub fn from_pairs<I: IntoIterator<Item = (String, String)>>(pairs: I) -> Credentials {
         Credentials {
             keys: pairs.into_iter().collect(),
+            providers: BTreeMap::new(),
         }
     }
 
@@ -58,6 +94,7 @@ impl Credentials {
     /// and the agent, never a key.
     pub fn load(path: Option<&Path>) -> Result<Credentials, String> {
         let mut keys = BTreeMap::new();
+        let mut providers = BTreeMap::new();
         if let Some(path) = path {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read the credentials file {}: {e}", path.display()))?;
@@ -69,39 +106,17 @@ impl Credentials {
             })?;
             let base = path.parent().unwrap_or(Path::new("."));
             for (agent, source) in file.agents {
-                let key = match source {
-                    KeySource::Inline(key) => key,
-                    KeySource::From(KeyFrom {
-                        key_env: Some(var),
-                        key_file: None,
-                    }) => std::env::var(&var).map_err(|_| {
-                        format!(
-                            "{}: agent {agent}: environment variable {var} is not set",
-                            path.display()
-                        )
-                    })?,
-                    KeySource::From(KeyFrom {
-                        key_env: None,
-                        key_file: Some(file),
-                    }) => {
-                        let file = base.join(file);
-                        std::fs::read_to_string(&file)
-                            .map(|k| k.trim().to_string())
-                            .map_err(|e| {
-                                format!("{}: agent {agent}: cannot read {}: {e}", path.display(), file.display())
-                            })?
-                    }
-                    KeySource::From(_) => {
-                        return Err(format!(
-                            "{}: agent {agent}: give exactly one of key_env and key_file",
-                            path.display()
-                        ));
-                    }
-                };
-                if key.is_empty() {
-                    return Err(format!("{}: agent {agent}: the key is empty", path.display()));
-                }
-                keys.insert(agent, key);
+                keys.insert(agent.clone(), resolve(path, base, &agent, source)?);
+            }
+            for (provider, source) in file.providers {
+                providers.insert(provider.clone(), resolve(path, base, &provider, source)?);
+            }
+        }
+        for provider in ["openai", "anthropic", "gemini"] {
+            if let Ok(key) = std::env::var(format!("{}_API_KEY", provider.to_ascii_uppercase()))
+                && !key.is_empty()
+            {
+                providers.entry(provider.to_string()).or_insert(key);
             }
         }
         for (name, value) in std::env::vars() {
@@ -111,7 +126,17 @@ impl Credentials {
                 keys.insert(agent.to_ascii_lowercase().replace('_', "-"), value);
             }
         }
-        Ok(Credentials { keys })
+        Ok(Credentials { keys, providers })
+    }
+
+    /// Adds a provider key (tests, embedding).
+    pub fn with_provider(mut self, provider: &str, key: &str) -> Credentials {
+        self.providers.insert(provider.to_string(), key.to_string());
+        self
+    }
+
+    pub fn provider_key(&self, provider: &str) -> Option<&str> {
+        self.providers.get(provider).map(String::as_str)
     }
 
     pub fn has(&self, agent: &str) -> bool {

@@ -77,6 +77,41 @@ impl HttpFetcher {
         Ok(client)
     }
 
+    /// POSTs JSON through the gateway as `agent` (an `llm` step) and returns
+    /// the JSON answer. Gateway refusals map as for pages; a provider error
+    /// is an origin error.
+    pub async fn post_json(
+        &self,
+        agent: &str,
+        url: &str,
+        headers: &[(&str, String)],
+        body: &serde_json::Value,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, FetchError> {
+        let client = self.client(agent)?;
+        let mut request = client.post(url).json(body).timeout(timeout);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let response = request.send().await.map_err(transport)?;
+        if let Some(status) = gateway_refusal(&response) {
+            return Err(refusal(status, response).await);
+        }
+        let status = response.status();
+        if !status.is_success() {
+            return Err(FetchError::Origin {
+                status: status.as_u16(),
+                retry_after: retry_after_header(response.headers()),
+            });
+        }
+        let bytes = response.bytes().await.map_err(transport)?;
+        if bytes.len() > self.max_body {
+            return Err(FetchError::TooLarge { limit: self.max_body });
+        }
+        serde_json::from_slice(&bytes)
+            .map_err(|e| FetchError::Transport(format!("the provider's answer is not JSON: {e}")))
+    }
+
     /// Fetches the job's page, following redirects hop by hop.
     pub async fn fetch(&self, job: &ScrapeJob) -> Result<Fetched, FetchError> {
         tokio::time::timeout(job.timeout, self.fetch_hops(job))

@@ -2,6 +2,7 @@
 //! (`credentials`) and the fetch backends: `http` (reqwest through the
 //! gateway) and `chromium` (headless Chromium through the gateway).
 
+pub mod agent;
 pub mod chromium;
 pub mod credentials;
 pub mod extract;

@@ -54,6 +54,9 @@ pub enum FetchError {
     /// The worker could not talk to the gateway at all.
     #[error("cannot reach the gateway: {0}")]
     Transport(String),
+    /// The job's token budget is spent.
+    #[error("the job's token budget is spent ({used} of {limit})")]
+    BudgetExceeded { used: u64, limit: u64 },
     /// Required values were not on the page.
     #[error("required values missing: {}", .0.join(", "))]
     MissingRequired(Vec<String>),
@@ -86,9 +89,10 @@ impl FetchError {
                 Disposition::Retry { after: *retry_after }
             }
             FetchError::Timeout | FetchError::Transport(_) => Disposition::Retry { after: None },
-            FetchError::TooLarge { .. } | FetchError::TooManyRedirects(_) | FetchError::MissingRequired(_) => {
-                Disposition::Fail
-            }
+            FetchError::TooLarge { .. }
+            | FetchError::TooManyRedirects(_)
+            | FetchError::MissingRequired(_)
+            | FetchError::BudgetExceeded { .. } => Disposition::Fail,
         }
     }
 
@@ -105,6 +109,7 @@ impl FetchError {
             FetchError::Timeout => "timeout",
             FetchError::Transport(_) => "gateway_unreachable",
             FetchError::MissingRequired(_) => "missing_required",
+            FetchError::BudgetExceeded { .. } => "budget_exceeded",
         }
     }
 }
