@@ -60,6 +60,12 @@ pub struct SchedulerArgs {
     /// Pages open at once in Chromium.
     #[arg(long, default_value_t = 8)]
     pub browser_pages: usize,
+    /// A Steel Browser server for `steel` jobs, e.g. http://127.0.0.1:3000.
+    #[arg(long, env = "STEEL_URL")]
+    pub steel: Option<String>,
+    /// The gateway as the Steel server reaches it [default: --gateway].
+    #[arg(long)]
+    pub steel_gateway: Option<String>,
 }
 
 /// The workers' backends: http always, Chromium when it is installed.
@@ -92,6 +98,7 @@ pub fn backends(
     clawgress_scheduler::Backends {
         http: Arc::new(HttpFetcher::new(gateway.to_string(), credentials, max_body)),
         chromium,
+        steel: None,
     }
 }
 

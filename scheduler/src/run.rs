@@ -101,12 +101,14 @@ struct Shared {
 pub struct Backends {
     pub http: Arc<HttpFetcher>,
     pub chromium: Option<Arc<ChromiumPool>>,
+    pub steel: Option<Arc<clawgress_workers::steel::SteelClient>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tier {
     Http,
     Chromium,
+    Steel,
 }
 
 /// Runs until `stop` turns true, then drains.
@@ -305,10 +307,15 @@ fn supported(job: Job, backends: &Backends) -> Result<Job, JobError> {
     let no_browser =
         "start the workers with Chromium installed (./deploy/local/prereqs.sh chromium), or use \"fetch\": \"http\"";
     match &job {
-        Job::Scrape(scrape) if scrape.fetch == FetchMode::Steel => Err(refuse(
+        Job::Scrape(scrape) if scrape.fetch == FetchMode::Steel && backends.steel.is_none() => Err(refuse(
             "fetch",
             "this worker has no Steel Browser server configured",
-            "use \"chromium\" or \"auto\"",
+            "start the scheduler with --steel URL, or use \"chromium\" or \"auto\"",
+        )),
+        Job::Scrape(scrape) if scrape.fetch == FetchMode::Steel && scrape.screenshot => Err(refuse(
+            "screenshot",
+            "the steel backend does not take screenshots",
+            "use \"chromium\" for screenshots",
         )),
         Job::Scrape(scrape) if scrape.fetch == FetchMode::Chromium && backends.chromium.is_none() => {
             Err(refuse("fetch", "this worker has no Chromium", no_browser))
@@ -368,7 +375,8 @@ async fn execute(shared: &Shared, job: &Job) -> Result<Done, FetchError> {
     let needs_browser = scrape.wait_for.is_some() || scrape.screenshot;
     let first = match scrape.fetch {
         FetchMode::Chromium => Tier::Chromium,
-        FetchMode::Http | FetchMode::Steel => Tier::Http,
+        FetchMode::Steel => Tier::Steel,
+        FetchMode::Http => Tier::Http,
         FetchMode::Auto if needs_browser => Tier::Chromium,
         FetchMode::Auto => shared
             .tiers
@@ -419,11 +427,12 @@ async fn fetch_with(
     scrape: &clawgress_workers::job::ScrapeJob,
     tier: Tier,
 ) -> Result<(Done, Extracted, bool), FetchError> {
-    let (page, screenshot, name) = match (tier, &shared.backends.chromium) {
-        (Tier::Chromium, Some(chromium)) => {
+    let (page, screenshot, name) = match (tier, &shared.backends.chromium, &shared.backends.steel) {
+        (Tier::Chromium, Some(chromium), _) => {
             let (page, extras) = chromium.fetch(scrape).await?;
             (page, extras.screenshot, "chromium")
         }
+        (Tier::Steel, _, Some(steel)) => (steel.fetch(scrape).await?, None, "steel"),
         _ => (shared.backends.http.fetch(scrape).await?, None, "http"),
     };
     let specs = scrape.extract.clone();

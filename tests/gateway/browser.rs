@@ -117,3 +117,34 @@ async fn a_denied_page_is_a_denial_and_a_crashed_browser_is_replaced() {
     assert_eq!(pool.launches(), 2);
     pool.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_steel_backend_fetches_through_the_gateway_when_a_steel_server_runs() {
+    let base = std::env::var("STEEL_URL").unwrap_or_else(|_| "http://127.0.0.1:3000".to_string());
+    // Tests talk to loopback only.
+    if !(base.starts_with("http://127.") || base.starts_with("http://localhost")) {
+        eprintln!("SKIPPED: STEEL_URL {base} is not a loopback address");
+        return;
+    }
+    let w = world("enforce").await;
+    let credentials = Credentials::from_pairs([(SCRAPER.0.to_string(), SCRAPER.1.to_string())]);
+    let steel = clawgress_workers::steel::SteelClient::new(base.clone(), format!("http://{}", w.gw.proxy), credentials);
+    if !steel.reachable().await {
+        eprintln!("SKIPPED: no Steel Browser server at {base} (start one and set STEEL_URL to run this test)");
+        return;
+    }
+    let port = w.origin.addr.port();
+    let mut page_job = job(format!("http://site.test:{port}/js"), Some(".rendered"));
+    page_job.fetch = FetchMode::Steel;
+    page_job.screenshot = false;
+    let page = steel.fetch(&page_job).await.unwrap();
+    assert!(page.body.contains("Rendered by JavaScript"), "{}", page.body);
+    let line =
+        w.gw.wait_audit(|l| l["request"]["path"] == "/js" && l["decision"] == "allow")
+            .await;
+    assert_eq!(line["agent_id"], SCRAPER.0);
+    let mut denied_job = job(format!("http://unlisted.test:{port}/hello"), None);
+    denied_job.fetch = FetchMode::Steel;
+    denied_job.screenshot = false;
+    assert!(matches!(steel.fetch(&denied_job).await, Err(FetchError::Denied { .. })));
+}

@@ -9,6 +9,7 @@ pub mod extract;
 pub mod http;
 pub mod job;
 pub mod outcome;
+pub mod steel;
 
 pub use job::{Job, JobError, JobKind, Priority, parse_job};
 pub use outcome::{FetchError, Fetched};
