@@ -94,7 +94,16 @@ struct Shared {
     /// For `auto`: the tier that worked last for each host, so later jobs
     /// start there.
     tiers: std::sync::Mutex<HashMap<String, Tier>>,
+    /// Waits the gateway asked for (rate limits, open breakers), per stream
+    /// message, with when the first was seen: they are redeliveries but not
+    /// attempts. Kept in memory; another scheduler's count is not known, so
+    /// after a hand-over attempts are counted conservatively.
+    waits: std::sync::Mutex<HashMap<u64, (u32, Instant)>>,
 }
+
+/// How long a job may keep waiting for the gateway's rate limits or breakers
+/// before it is dead-lettered.
+const MAX_GATEWAY_WAIT: Duration = Duration::from_secs(3600);
 
 /// The fetch backends this scheduler's workers have.
 #[derive(Clone)]
@@ -128,6 +137,7 @@ pub async fn run(
         config,
         hosts: Hosts::default(),
         tiers: Default::default(),
+        waits: Default::default(),
     });
     let mut running = JoinSet::new();
     tracing::info!(concurrency = shared.config.concurrency, "scheduler pulling jobs");
@@ -468,13 +478,15 @@ async fn decide(
     delivered: u32,
     started: Instant,
 ) {
+    let sequence = message.info().map(|i| i.stream_sequence).unwrap_or_default();
+    let attempts = real_attempts(shared, sequence, delivered);
     let mut result = JobResult {
         version: 1,
         job_id: job.id().to_string(),
         kind: job.kind(),
         status: ResultStatus::Ok,
         agent: Some(job.agent().to_string()),
-        attempts: delivered,
+        attempts,
         finished_at: chrono::Utc::now(),
         duration_ms: started.elapsed().as_millis() as u64,
         fetch: None,
@@ -499,9 +511,17 @@ async fn decide(
             result.error = Some(described);
             finish(shared, message, &result, None).await;
         }
-        Disposition::Retry { after } if delivered < job.retry().max_attempts => {
-            let delay = after.unwrap_or_else(|| crate::retry::backoff(job.retry().base_delay, delivered));
-            tracing::info!(job = job.id(), attempt = delivered, ?delay, error = %error, "retrying later");
+        // The gateway said when: waiting is not a failed attempt.
+        Disposition::Retry { after: Some(delay) }
+            if matches!(error, FetchError::RateLimited { .. } | FetchError::BreakerOpen { .. })
+                && note_wait(shared, sequence) < MAX_GATEWAY_WAIT =>
+        {
+            tracing::info!(job = job.id(), ?delay, error = %error, "waiting as the gateway asked");
+            let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+        }
+        Disposition::Retry { after } if attempts < job.retry().max_attempts => {
+            let delay = after.unwrap_or_else(|| crate::retry::backoff(job.retry().base_delay, attempts));
+            tracing::info!(job = job.id(), attempt = attempts, ?delay, error = %error, "retrying later");
             let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
         }
         Disposition::Retry { .. } | Disposition::Fail => {
@@ -511,13 +531,36 @@ async fn decide(
                 job_id: job.id().to_string(),
                 kind: job.kind(),
                 job: serde_json::from_slice(&message.payload).unwrap_or_default(),
-                attempts: delivered,
+                attempts,
                 last_error: described,
                 failed_at: chrono::Utc::now(),
             };
             finish(shared, message, &result, Some(dead)).await;
         }
     }
+}
+
+/// Deliveries minus the gateway-directed waits this scheduler saw.
+fn real_attempts(shared: &Shared, sequence: u64, delivered: u32) -> u32 {
+    let waits = shared
+        .waits
+        .lock()
+        .map(|w| w.get(&sequence).map_or(0, |(n, _)| *n))
+        .unwrap_or(0);
+    delivered.saturating_sub(waits).max(1)
+}
+
+/// Counts one more wait for this message; returns how long it has waited.
+fn note_wait(shared: &Shared, sequence: u64) -> Duration {
+    let Ok(mut waits) = shared.waits.lock() else {
+        return Duration::ZERO;
+    };
+    if waits.len() > 100_000 {
+        waits.retain(|_, (_, since)| since.elapsed() < MAX_GATEWAY_WAIT);
+    }
+    let entry = waits.entry(sequence).or_insert((0, Instant::now()));
+    entry.0 += 1;
+    entry.1.elapsed()
 }
 
 fn describe(error: &FetchError) -> ResultError {
@@ -584,6 +627,9 @@ async fn finish(shared: &Shared, message: &Message, result: &JobResult, dead: Op
         tracing::error!(job = %result.job_id, %error, "cannot store the result; the job goes back to the stream");
         let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
         return;
+    }
+    if let Ok(mut waits) = shared.waits.lock() {
+        waits.remove(&sequence);
     }
     if let Err(error) = message.double_ack().await {
         // The result is stored; a redelivery republishes the same result.
