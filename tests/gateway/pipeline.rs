@@ -464,12 +464,17 @@ async fn agent_jobs_drive_the_browser_and_call_llms_through_the_gateway() {
     assert!(ok["screenshot"].as_str().is_some());
     let llm_line =
         p.w.gw
-            .wait_audit(|l| l["request"]["path"] == "/v1/chat/completions")
+            .wait_audit(|l| l["request"]["path"] == "/v1/chat/completions" && l["agent_id"] == AI_AGENT.0)
             .await;
     assert_eq!(
-        llm_line["agent_id"], AI_AGENT.0,
+        llm_line["decision"], "allow",
         "the provider call went through the gateway"
     );
+    let refused =
+        p.w.gw
+            .wait_audit(|l| l["request"]["path"] == "/v1/chat/completions" && l["agent_id"] == SCRAPER.0)
+            .await;
+    assert_eq!(refused["reason"], "role_not_allowed");
 
     let denied = &results["agent-2"];
     assert_eq!(denied["status"], "denied", "{denied}");
