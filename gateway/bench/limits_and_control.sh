@@ -29,16 +29,8 @@ NATS_PORT=14222
 # shellcheck source=gateway/bench/lib.sh
 . "$ROOT/gateway/bench/lib.sh"
 
-./deploy/local/prereqs.sh nats
-venv="${XDG_DATA_HOME:-$HOME/.local/share}/clawgress/venv"
-NATS=$(command -v nats-server 2>/dev/null || echo "$venv/bin/nats-server")
-if [ -n "${CLAWGRESS_BIN:-}" ]; then
-    BIN=$CLAWGRESS_BIN
-else
-    BIN=$ROOT/target/release/clawgress
-    log "building $BIN"
-    cargo build --release --quiet --bin clawgress
-fi
+nats_server_bin
+clawgress_bin
 
 start_target
 start_clawgress limits 127.0.0.1:13131 127.0.0.1:19131 gateway/bench/policy.yaml

@@ -56,14 +56,7 @@ if [ -z "$SQUID" ] && [[ " $PROXIES " == *" squid "* ]]; then
     SQUID=/usr/sbin/squid
 fi
 
-if [ -n "${CLAWGRESS_BIN:-}" ]; then
-    BIN=$CLAWGRESS_BIN
-else
-    BIN=$ROOT/target/release/clawgress
-    log "building $BIN"
-    cargo build --release --quiet --bin clawgress
-fi
-[ -x "$BIN" ] || die "$BIN is not executable"
+clawgress_bin
 
 # --- processes -------------------------------------------------------------
 

@@ -234,6 +234,11 @@ async fn roles_are_enforced_and_every_change_is_audited() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert!(lines.iter().any(|l| l["action"] == "approve"));
+    // Reading the trail is itself on the trail.
+    let export = gw
+        .wait_audit(|l| l["type"] == "admin_action" && l["action"] == "export")
+        .await;
+    assert_eq!(export["actor"], "vera-viewer");
     assert!(lines.iter().any(|l| l["type"] == "egress_request"));
     let later = egress_cli(&gw, VIEWER, &["export", "--from", "2999-01-01T00:00:00Z"]);
     assert!(later.stdout.is_empty());

@@ -251,3 +251,24 @@ async fn request_bodies_past_the_agents_pending_bytes_are_refused() {
     .await;
     assert_eq!(ok.status, 200);
 }
+
+#[tokio::test]
+async fn rate_limits_can_be_switched_off_while_containment_stays() {
+    let origin = upstream::origin().await;
+    let dns = TestDns::start(&[]).await;
+    let port = origin.addr.port();
+    let policy =
+        policy_yaml(port, 1, 1, dns.addr, "enforce").replace("rate_limits:\n", "rate_limits:\n  enabled: false\n");
+    let gw = GatewayProc::start(&policy, &agents_yaml());
+    // limited.test allows 60/min (a burst of 6) while limits are on.
+    let target = get(&format!("http://limited.test:{port}/hello"), Some(SCRAPER));
+    for _ in 0..12 {
+        assert_eq!(raw::send(gw.proxy, &target, b"").await.status, 200);
+    }
+    // Containment still applies: a body over max_pending_bytes is refused.
+    let head = format!(
+        "POST http://site.test:{port}/echo HTTP/1.1\r\nHost: site.test\r\nProxy-Authorization: {}\r\nContent-Length: 300000",
+        support::basic(SCRAPER.0, SCRAPER.1)
+    );
+    assert_eq!(raw::send(gw.proxy, &head, b"").await.status, 413);
+}

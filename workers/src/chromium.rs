@@ -190,8 +190,9 @@ impl ChromiumPool {
         }
     }
 
-    /// A fresh context and page for `agent`, for step-by-step jobs. Close it
-    /// with [`Session::close`] (also on errors).
+    /// A fresh context (proxy: the gateway) and page for `agent`, with the
+    /// agent's credential ready for the gateway's 407. Close it with
+    /// [`Session::close`], also on errors.
     pub async fn session(&self, agent: &str) -> Result<Session<'_>, FetchError> {
         let key = self
             .credentials
@@ -199,52 +200,6 @@ impl ChromiumPool {
             .ok_or_else(|| FetchError::Transport(format!("no credential for agent {agent}")))?
             .to_string();
         let slot = self
-            .pages
-            .acquire()
-            .await
-            .map_err(|_| FetchError::Transport("pool closed".into()))?;
-        let browser = self.browser().await?;
-        let context = cdp(browser.create_browser_context(
-            CreateBrowserContextParams::builder()
-                .proxy_server(self.gateway.clone())
-                .proxy_bypass_list("<-loopback>")
-                .build(),
-        ))
-        .await?;
-        let target = CreateTargetParams::builder()
-            .url("about:blank")
-            .browser_context_id(context.clone())
-            .build()
-            .map_err(FetchError::Transport)?;
-        let page = match cdp(browser.new_page(target)).await {
-            Ok(page) => page,
-            Err(error) => {
-                let _ = tokio::time::timeout(CDP_TIMEOUT, browser.dispose_browser_context(context)).await;
-                return Err(error);
-            }
-        };
-        cdp(page.authenticate(ProxyCredentials {
-            username: agent.to_string(),
-            password: key,
-        }))
-        .await?;
-        Ok(Session {
-            browser,
-            context,
-            page,
-            _slot: slot,
-        })
-    }
-
-    /// Loads the job's page in a fresh context, waits for `wait_for`, and
-    /// returns the rendered document.
-    pub async fn fetch(&self, job: &ScrapeJob) -> Result<(Fetched, BrowserExtras), FetchError> {
-        let key = self
-            .credentials
-            .key(&job.agent)
-            .ok_or_else(|| FetchError::Transport(format!("no credential for agent {}", job.agent)))?
-            .to_string();
-        let _page_slot = self
             .pages
             .acquire()
             .await
@@ -265,127 +220,98 @@ impl ChromiumPool {
                 cdp(browser.create_browser_context(params)).await?
             }
         };
-        let result = tokio::time::timeout(job.timeout, self.in_context(&browser, &context, job, key))
-            .await
-            .unwrap_or(Err(FetchError::Timeout));
-        // Always, on success, error and timeout alike.
-        let _ = tokio::time::timeout(CDP_TIMEOUT, browser.dispose_browser_context(context)).await;
-        result
-    }
-
-    async fn in_context(
-        &self,
-        browser: &Browser,
-        context: &BrowserContextId,
-        job: &ScrapeJob,
-        key: String,
-    ) -> Result<(Fetched, BrowserExtras), FetchError> {
         let target = CreateTargetParams::builder()
             .url("about:blank")
             .browser_context_id(context.clone())
             .build()
             .map_err(FetchError::Transport)?;
-        let page = cdp(browser.new_page(target)).await?;
-        let outcome = async {
-            cdp(page.authenticate(ProxyCredentials {
-                username: job.agent.clone(),
-                password: key,
-            }))
-            .await?;
-            let navigation = async {
-                page.goto(job.url.as_str()).await?;
-                page.wait_for_navigation_response().await
-            };
-            let request = navigation.await.map_err(|e| FetchError::Transport(e.to_string()))?;
-            let response = request.as_ref().and_then(|r| r.response.clone());
-            let status = response.as_ref().map_or(0, |r| r.status as u16);
-            let decision = response
-                .as_ref()
-                .and_then(|r| {
-                    r.headers
-                        .inner()
-                        .get("x-clawgress-decision")
-                        .or_else(|| r.headers.inner().get("X-Clawgress-Decision"))
-                })
-                .is_some();
-            if decision && status >= 400 {
-                let text: String = page
-                    .evaluate("document.body ? document.body.innerText : ''")
-                    .await
-                    .ok()
-                    .and_then(|v| v.into_value().ok())
-                    .unwrap_or_default();
-                return Err(gateway_refusal(status, &text));
+        let page = match cdp(browser.new_page(target)).await {
+            Ok(page) => page,
+            Err(error) => {
+                let _ = tokio::time::timeout(CDP_TIMEOUT, browser.dispose_browser_context(context)).await;
+                return Err(error);
             }
-            if status == 407 {
-                return Err(FetchError::Denied {
-                    reason: "proxy_authentication_failed".to_string(),
-                    policy_id: "identity".to_string(),
-                    status,
-                });
-            }
-            if let Some(selector) = &job.wait_for {
-                while page.find_element(selector.as_str()).await.is_err() {
-                    tokio::time::sleep(WAIT_POLL).await;
-                }
-            } else {
-                // Without wait_for, required values are given a moment to
-                // render (scripts run after the load event), then whatever
-                // is there is taken.
-                let required: Vec<&str> = job
-                    .extract
-                    .values()
-                    .filter(|spec| spec.required)
-                    .map(|spec| spec.selector.as_str())
-                    .collect();
-                let until = tokio::time::Instant::now() + RENDER_GRACE;
-                for selector in required {
-                    while page.find_element(selector).await.is_err() && tokio::time::Instant::now() < until {
-                        tokio::time::sleep(WAIT_POLL).await;
-                    }
-                }
-            }
-            let body = cdp(page.content()).await?;
-            let final_url = cdp(page.url()).await?.unwrap_or_else(|| job.url.clone());
-            let mut extras = BrowserExtras::default();
-            if job.screenshot {
-                let png = cdp(page.screenshot(
-                    ScreenshotParams::builder()
-                        .format(CaptureScreenshotFormat::Png)
-                        .full_page(true)
-                        .build(),
-                ))
-                .await?;
-                if png.len() <= MAX_SCREENSHOT {
-                    extras.screenshot = Some(base64::engine::general_purpose::STANDARD.encode(png));
-                }
-            }
-            let hops = request
-                .as_ref()
-                .map(|r| {
-                    r.redirect_chain
-                        .iter()
-                        .filter_map(|hop| hop.url.clone())
-                        .chain(r.url.clone())
-                        .collect()
-                })
-                .unwrap_or_else(|| vec![job.url.clone()]);
-            Ok((
-                Fetched {
-                    status,
-                    final_url,
-                    hops,
-                    content_type: Some("text/html".to_string()),
-                    body,
-                    request_id: None,
-                },
-                extras,
-            ))
-        }
+        };
+        let session = Session {
+            browser,
+            context,
+            page,
+            _slot: slot,
+        };
+        let auth = cdp(session.page.authenticate(ProxyCredentials {
+            username: agent.to_string(),
+            password: key,
+        }))
         .await;
-        let _ = tokio::time::timeout(CDP_TIMEOUT, page.close()).await;
-        outcome
+        match auth {
+            Ok(()) => Ok(session),
+            Err(error) => {
+                session.close().await;
+                Err(error)
+            }
+        }
     }
+
+    /// Loads the job's page in a fresh session, waits for `wait_for` (or,
+    /// briefly, for required values to render), and returns the document.
+    pub async fn fetch(&self, job: &ScrapeJob) -> Result<(Fetched, BrowserExtras), FetchError> {
+        let session = self.session(&job.agent).await?;
+        let result = tokio::time::timeout(job.timeout, load(&session, job))
+            .await
+            .unwrap_or(Err(FetchError::Timeout));
+        // Always, on success, error and timeout alike.
+        session.close().await;
+        result
+    }
+}
+
+async fn load(session: &Session<'_>, job: &ScrapeJob) -> Result<(Fetched, BrowserExtras), FetchError> {
+    let navigation = session.goto(&job.url).await?;
+    if let Some(selector) = &job.wait_for {
+        session.wait_for(selector).await;
+    } else {
+        // Without wait_for, required values are given a moment to render
+        // (scripts run after the load event), then whatever is there is taken.
+        let until = tokio::time::Instant::now() + RENDER_GRACE;
+        for spec in job.extract.values().filter(|spec| spec.required) {
+            while session.page.find_element(spec.selector.as_str()).await.is_err()
+                && tokio::time::Instant::now() < until
+            {
+                tokio::time::sleep(WAIT_POLL).await;
+            }
+        }
+    }
+    let body = session.content().await?;
+    let final_url = cdp(session.page.url()).await?.unwrap_or_else(|| job.url.clone());
+    let screenshot = if job.screenshot {
+        session.screenshot().await?
+    } else {
+        None
+    };
+    let hops = if navigation.hops.is_empty() {
+        vec![job.url.clone()]
+    } else {
+        navigation.hops
+    };
+    Ok((
+        Fetched {
+            status: navigation.status,
+            final_url,
+            hops,
+            content_type: Some("text/html".to_string()),
+            body,
+            request_id: None,
+        },
+        BrowserExtras { screenshot },
+    ))
+}
+
+/// A finished navigation: the main response's status and the URLs asked
+/// for, redirects included.
+#[derive(Debug, Clone)]
+pub struct Navigation {
+    pub status: u16,
+    pub hops: Vec<String>,
 }
 
 /// Whether a process is running (not gone, not a zombie waiting to be reaped).
@@ -412,27 +338,7 @@ async fn cdp<T>(call: impl std::future::Future<Output = chromiumoxide::Result<T>
 /// The gateway's refusal, read from the problem JSON the browser shows.
 fn gateway_refusal(status: u16, text: &str) -> FetchError {
     let body: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_default();
-    let field = |k: &str| body[k].as_str().unwrap_or_default().to_string();
-    let retry_after = body["retry_after"].as_u64().map(Duration::from_secs);
-    match (status, field("reason").as_str()) {
-        (429, _) => FetchError::RateLimited {
-            retry_after: retry_after.unwrap_or(Duration::from_secs(1)),
-            scope: field("scope"),
-        },
-        (503, "circuit_open") => FetchError::BreakerOpen {
-            retry_after: retry_after.unwrap_or(Duration::from_secs(30)),
-        },
-        (403 | 407, _) => FetchError::Denied {
-            reason: field("reason"),
-            policy_id: field("policy_id"),
-            status,
-        },
-        _ => FetchError::Gateway {
-            status,
-            reason: field("reason"),
-            retry_after,
-        },
-    }
+    FetchError::from_gateway(status, &body, None)
 }
 
 /// One job's browser context and page.
@@ -445,7 +351,7 @@ pub struct Session<'a> {
 
 impl Session<'_> {
     /// Navigates; a gateway refusal of the page is returned as such.
-    pub async fn goto(&self, url: &str) -> Result<u16, FetchError> {
+    pub async fn goto(&self, url: &str) -> Result<Navigation, FetchError> {
         let navigation = async {
             self.page.goto(url).await?;
             self.page.wait_for_navigation_response().await
@@ -469,7 +375,17 @@ impl Session<'_> {
                 .unwrap_or_default();
             return Err(gateway_refusal(status, &text));
         }
-        Ok(status)
+        let hops = request
+            .as_ref()
+            .map(|r| {
+                r.redirect_chain
+                    .iter()
+                    .filter_map(|hop| hop.url.clone())
+                    .chain(r.url.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Navigation { status, hops })
     }
 
     /// Polls for `selector` until it is there.

@@ -295,7 +295,7 @@ async fn probe_tunnel(gateway: &str, agent: &str, key: &str, url: &reqwest::Url)
         .and_then(|(_, v)| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
     let body: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-    Some(classify(status, &body, header_wait))
+    Some(FetchError::from_gateway(status, &body, header_wait))
 }
 
 /// Whether a response with a Content-Length has all of its body.
@@ -318,47 +318,7 @@ fn complete(answer: &[u8]) -> bool {
 async fn refusal(status: u16, response: Response) -> FetchError {
     let header_wait = retry_after_header(response.headers());
     let body: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
-    classify(status, &body, header_wait)
-}
-
-/// A gateway refusal, from its status and problem body.
-fn classify(status: u16, body: &serde_json::Value, header_wait: Option<Duration>) -> FetchError {
-    let text = |key: &str| body[key].as_str().unwrap_or_default().to_string();
-    let reason = text("reason");
-    let retry_after = body["retry_after"]
-        .as_u64()
-        .map(Duration::from_secs)
-        .or(header_wait)
-        .map(clamp_wait);
-    match (status, reason.as_str()) {
-        (429, _) => FetchError::RateLimited {
-            retry_after: retry_after.unwrap_or(Duration::from_secs(1)),
-            scope: if body["scope"].is_string() {
-                text("scope")
-            } else {
-                reason.clone()
-            },
-        },
-        (503, "circuit_open") => FetchError::BreakerOpen {
-            retry_after: retry_after.unwrap_or(Duration::from_secs(30)),
-        },
-        (403 | 407, _) => FetchError::Denied {
-            reason,
-            policy_id: text("policy_id"),
-            status,
-        },
-        _ => FetchError::Gateway {
-            status,
-            reason,
-            retry_after,
-        },
-    }
-}
-
-/// A wait someone else asked for, kept between one second (no hot loop)
-/// and ten minutes (a job is not parked for a day by a stray header).
-pub fn clamp_wait(wait: Duration) -> Duration {
-    wait.clamp(Duration::from_secs(1), Duration::from_secs(600))
+    FetchError::from_gateway(status, &body, header_wait)
 }
 
 fn retry_after_header(headers: &HeaderMap) -> Option<Duration> {
@@ -367,7 +327,7 @@ fn retry_after_header(headers: &HeaderMap) -> Option<Duration> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs)
-        .map(clamp_wait)
+        .map(crate::outcome::clamp_wait)
 }
 
 /// Decodes with the charset the response names; UTF-8 otherwise (with

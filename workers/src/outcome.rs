@@ -62,6 +62,50 @@ pub enum FetchError {
     MissingRequired(Vec<String>),
 }
 
+impl FetchError {
+    /// The gateway's refusal, from its status and problem body (the
+    /// `reason`, `policy_id`, `scope` and `retry_after` fields); every
+    /// backend reads gateway answers through this one mapping.
+    pub fn from_gateway(status: u16, body: &serde_json::Value, header_wait: Option<Duration>) -> FetchError {
+        let text = |key: &str| body[key].as_str().unwrap_or_default().to_string();
+        let reason = text("reason");
+        let retry_after = body["retry_after"]
+            .as_u64()
+            .map(Duration::from_secs)
+            .or(header_wait)
+            .map(clamp_wait);
+        match (status, reason.as_str()) {
+            (429, _) => FetchError::RateLimited {
+                retry_after: retry_after.unwrap_or(Duration::from_secs(1)),
+                scope: if body["scope"].is_string() {
+                    text("scope")
+                } else {
+                    reason.clone()
+                },
+            },
+            (503, "circuit_open") => FetchError::BreakerOpen {
+                retry_after: retry_after.unwrap_or(Duration::from_secs(30)),
+            },
+            (403 | 407, _) => FetchError::Denied {
+                reason,
+                policy_id: text("policy_id"),
+                status,
+            },
+            _ => FetchError::Gateway {
+                status,
+                reason,
+                retry_after,
+            },
+        }
+    }
+}
+
+/// A wait someone else asked for, kept between one second (no hot loop)
+/// and ten minutes (a job is not parked for a day by a stray header).
+pub fn clamp_wait(wait: Duration) -> Duration {
+    wait.clamp(Duration::from_secs(1), Duration::from_secs(600))
+}
+
 /// What the scheduler does with a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposition {

@@ -174,24 +174,8 @@ fn refusal_in(body: &str) -> Option<FetchError> {
     let start = body.find("{\"type\":\"https://clawgress.dev/problems/")?;
     let end = body[start..].find("</")? + start;
     let problem: Value = serde_json::from_str(&body[start..end]).ok()?;
-    let text = |k: &str| problem[k].as_str().unwrap_or_default().to_string();
     let status = problem["status"].as_u64().unwrap_or(0) as u16;
-    Some(match status {
-        429 => FetchError::RateLimited {
-            retry_after: Duration::from_secs(problem["retry_after"].as_u64().unwrap_or(1)),
-            scope: text("scope"),
-        },
-        403 | 407 => FetchError::Denied {
-            reason: text("reason"),
-            policy_id: text("policy_id"),
-            status,
-        },
-        _ => FetchError::Gateway {
-            status,
-            reason: text("reason"),
-            retry_after: problem["retry_after"].as_u64().map(Duration::from_secs),
-        },
-    })
+    Some(FetchError::from_gateway(status, &problem, None))
 }
 
 #[cfg(test)]

@@ -181,6 +181,16 @@ impl ControlStore {
         self.snapshot.load_full()
     }
 
+    /// The incident of the emergency block in force, if any. The request
+    /// path asks this twice per request: no reference count is taken, and
+    /// nothing is allocated unless a block is in force.
+    pub fn emergency_incident(&self) -> Option<Arc<str>> {
+        self.snapshot
+            .load()
+            .emergency()
+            .map(|block| Arc::from(block.incident_id.as_str()))
+    }
+
     pub fn status(&self) -> StoreStatus {
         StoreStatus::from_u8(self.status.load(Ordering::Relaxed))
     }

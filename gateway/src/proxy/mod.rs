@@ -159,7 +159,6 @@ async fn admit(
         addr: None,
     });
     // After classify, so an incident's audit lines show where agents tried to go.
-    let control = gateway.control.snapshot();
     emergency_check(gateway)?;
 
     let now = chrono::Utc::now();
@@ -178,7 +177,8 @@ async fn admit(
     // request) opens what the allowlist does not; blocklists still win.
     let matched = match matched {
         MatchOutcome::Deny(denial) if denial.reason.is_open_to_temporary() => {
-            match control.check(&host_text, port, now) {
+            // Only a denial pays for a look at the temporary entries.
+            match gateway.control.snapshot().check(&host_text, port, now) {
                 ControlVerdict::TempAllowed(entry) => MatchOutcome::Allow(temporary_allow(entry)),
                 _ => MatchOutcome::Deny(denial),
             }
@@ -271,11 +271,10 @@ async fn admit(
 
 /// An operator's emergency block stops every agent.
 fn emergency_check(gateway: &Gateway) -> Result<(), Refusal> {
-    gateway.control.snapshot().emergency().map_or(Ok(()), |block| {
-        Err(Refusal::EmergencyBlock {
-            incident_id: Arc::from(block.incident_id.as_str()),
-        })
-    })
+    gateway
+        .control
+        .emergency_incident()
+        .map_or(Ok(()), |incident_id| Err(Refusal::EmergencyBlock { incident_id }))
 }
 
 /// Every resolved address must pass, not just the first: a name that mixes
