@@ -54,12 +54,22 @@ pub struct SchedulerArgs {
     /// giving it to another scheduler; set when the consumers are created.
     #[arg(long, default_value_t = 60)]
     pub ack_wait_secs: u64,
-    /// The Chromium for `chromium` and `auto` jobs; `none` runs without one.
-    #[arg(long, env = "CLAWGRESS_CHROMIUM", default_value = "/usr/bin/chromium")]
+    /// The Chromium for `chromium` and `auto` jobs: a path, `auto` (Debian's
+    /// chromium-headless-shell, else chromium) or `none`.
+    #[arg(long, env = "CLAWGRESS_CHROMIUM", default_value = "auto")]
     pub chromium: String,
     /// Pages open at once in Chromium.
     #[arg(long, default_value_t = 8)]
     pub browser_pages: usize,
+    /// Jobs one Chromium process serves before it is replaced (0: never;
+    /// 1: a fresh browser per job). Bounds what a long-lived browser leaks.
+    #[arg(long, default_value_t = 0)]
+    pub browser_jobs: u64,
+    /// Validate and dispatch jobs but fetch nothing: each valid job is
+    /// answered `ok` with `fetch.tier: "dry-run"`. For testing a pipeline's
+    /// plumbing and measuring dispatch.
+    #[arg(long)]
+    pub dry_run: bool,
     /// A Steel Browser server for `steel` jobs, e.g. http://127.0.0.1:3000.
     #[arg(long, env = "STEEL_URL")]
     pub steel: Option<String>,
@@ -68,25 +78,38 @@ pub struct SchedulerArgs {
     pub steel_gateway: Option<String>,
 }
 
+/// The Chromium the workers use.
+pub struct Browsers<'a> {
+    /// The executable, or `none`.
+    pub path: &'a str,
+    pub pages: usize,
+    pub jobs_per_browser: u64,
+}
+
 /// The workers' backends: http always, Chromium when it is installed.
 pub fn backends(
     gateway: &str,
     credentials: Credentials,
     max_body: usize,
-    chromium: &str,
-    pages: usize,
+    browsers: Browsers<'_>,
 ) -> clawgress_scheduler::Backends {
-    let path = std::path::Path::new(chromium);
-    let chromium = if chromium != "none" && path.exists() {
+    let path = match browsers.path {
+        "auto" => clawgress_workers::chromium::find_browser().unwrap_or_default(),
+        path => std::path::PathBuf::from(path),
+    };
+    let chromium = if browsers.path != "none" && path.exists() {
+        tracing::info!(browser = %path.display(), "chromium jobs run in this browser");
         Some(Arc::new(clawgress_workers::chromium::ChromiumPool::new(
             gateway.to_string(),
             credentials.clone(),
             clawgress_workers::chromium::ChromiumConfig {
-                executable: path.to_path_buf(),
-                max_pages: pages,
+                executable: path,
+                max_pages: browsers.pages,
+                jobs_per_browser: browsers.jobs_per_browser,
             },
         )))
     } else {
+        let chromium = browsers.path;
         if chromium != "none" {
             tracing::warn!(
                 path = chromium,
@@ -175,8 +198,11 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
             &args.gateway,
             credentials,
             args.max_body,
-            &args.chromium,
-            args.browser_pages,
+            Browsers {
+                path: &args.chromium,
+                pages: args.browser_pages,
+                jobs_per_browser: args.browser_jobs,
+            },
         );
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
@@ -188,6 +214,7 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
             per_domain: args.per_domain,
             politeness: Duration::from_millis(args.politeness_ms),
             ack_wait: Duration::from_secs(args.ack_wait_secs.max(3)),
+            dry_run: args.dry_run,
             ..Default::default()
         };
         clawgress_scheduler::run(js, backends, config, stop).await?;
@@ -269,54 +296,55 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         let (_client, js) = connect(&args.nats).await?;
         // Subscribe before publishing, so no result is missed.
         let mut results = if args.wait { Some(result_stream(&js, None, true).await?) } else { None };
-        let started = Instant::now();
-        let mut published = 0usize;
-        let mut duplicates = 0usize;
-        let mut acks = Vec::new();
-        for job in &jobs {
+        let mut progress = Progress::new(jobs.len(), args.wait);
+        // Acks are awaited in a sliding window: pipelined, yet below the
+        // client's cap on acks in flight (5,000), past which publishing
+        // would wait forever for acks nobody reads.
+        const WINDOW: usize = 1024;
+        let mut acks = std::collections::VecDeque::with_capacity(WINDOW);
+        let mut duplicates = Vec::new();
+        for (index, job) in jobs.iter().enumerate() {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("Nats-Msg-Id", job.id());
             let subject = streams::job_subject(job.kind(), job.priority());
-            acks.push(js.publish_with_headers(subject, headers, job.to_json().into()).await?);
-        }
-        for ack in acks {
-            if ack.await?.duplicate {
-                duplicates += 1;
-            } else {
-                published += 1;
+            acks.push_back((job, js.publish_with_headers(subject, headers, job.to_json().into()).await?));
+            let last = index + 1 == jobs.len();
+            while acks.len() >= WINDOW || (last && !acks.is_empty()) {
+                let Some((acked, ack)) = acks.pop_front() else { break };
+                if ack.await?.duplicate {
+                    duplicates.push(acked);
+                } else {
+                    progress.published += 1;
+                }
+                progress.show(false);
             }
         }
-        eprintln!(
-            "published {published} job(s){} in {:.2}s",
-            if duplicates > 0 { format!(", {duplicates} duplicate(s) ignored") } else { String::new() },
-            started.elapsed().as_secs_f64()
-        );
         let Some(results) = results.as_mut() else {
+            progress.finish(duplicates.len());
             return Ok(ExitCode::SUCCESS);
         };
-        let wanted: std::collections::HashSet<String> = jobs.iter().map(|j| j.id().to_string()).collect();
+        let wanted: std::collections::HashSet<&str> = jobs.iter().map(|j| j.id()).collect();
         let mut answered = std::collections::HashSet::new();
-        let (mut done, mut failed) = (0usize, 0usize);
-        // A duplicate's result may exist already (it ran before).
+        // A duplicate is not run again; its result may exist already.
         let results_stream = js.get_stream(streams::RESULTS).await?;
-        for job in &jobs {
+        for job in &duplicates {
             let subject = streams::result_subject(job.kind(), job.id());
             if let Ok(message) = results_stream.get_last_raw_message_by_subject(&subject).await
                 && let Ok(result) = serde_json::from_slice::<JobResult>(&message.payload)
                 && answered.insert(result.job_id.clone())
             {
-                if result.status == ResultStatus::Ok { done += 1 } else { failed += 1 }
+                progress.count(&result);
                 println!("{}", serde_json::to_string(&result)?);
             }
         }
         let deadline = tokio::time::sleep(Duration::from_secs(args.wait_secs));
         tokio::pin!(deadline);
-        let terminal = std::io::stderr().is_terminal();
-        while done + failed < wanted.len() {
+        while answered.len() < wanted.len() {
             let message = tokio::select! {
                 m = results.next() => m,
                 () = &mut deadline => {
-                    eprintln!("\ngave up waiting after {}s: {} of {} results", args.wait_secs, done + failed, wanted.len());
+                    progress.show(true);
+                    eprintln!("\ngave up waiting after {}s: {} of {} results", args.wait_secs, answered.len(), wanted.len());
                     return Ok(ExitCode::FAILURE);
                 }
             };
@@ -331,28 +359,98 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
             };
             let Ok(result) = serde_json::from_slice::<JobResult>(&message.payload) else { continue };
             // Counted once per job, even if a redelivery republished it.
-            if !wanted.contains(&result.job_id) || !answered.insert(result.job_id.clone()) {
+            if !wanted.contains(result.job_id.as_str()) || !answered.insert(result.job_id.clone()) {
                 continue;
             }
-            if result.status == ResultStatus::Ok {
-                done += 1;
-            } else {
-                failed += 1;
-            }
+            progress.count(&result);
             println!("{}", serde_json::to_string(&result)?);
-            let rate = (done + failed) as f64 / started.elapsed().as_secs_f64().max(0.001);
-            let line = format!("published {published}  done {done}  failed {failed}  {rate:.1} jobs/s");
-            if terminal {
-                eprint!("\r{line}");
-            } else if done + failed == wanted.len() {
-                eprintln!("{line}");
-            }
         }
-        if terminal {
-            eprintln!();
-        }
-        Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        progress.finish(duplicates.len());
+        Ok(if progress.failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
     })
+}
+
+/// `submit`'s progress on standard error: a bar redrawn in place on a
+/// terminal (at most ten times a second), one summary line otherwise.
+struct Progress {
+    total: usize,
+    waiting: bool,
+    published: usize,
+    done: usize,
+    failed: usize,
+    started: Instant,
+    drawn: Option<Instant>,
+    terminal: bool,
+}
+
+impl Progress {
+    fn new(total: usize, waiting: bool) -> Progress {
+        Progress {
+            total,
+            waiting,
+            published: 0,
+            done: 0,
+            failed: 0,
+            started: Instant::now(),
+            drawn: None,
+            terminal: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn count(&mut self, result: &JobResult) {
+        if result.status == ResultStatus::Ok {
+            self.done += 1;
+        } else {
+            self.failed += 1;
+        }
+        self.show(false);
+    }
+
+    fn line(&self) -> String {
+        const WIDTH: usize = 24;
+        let finished = if self.waiting {
+            self.done + self.failed
+        } else {
+            self.published
+        };
+        let filled = (finished * WIDTH).checked_div(self.total).unwrap_or(WIDTH);
+        let rate = finished as f64 / self.started.elapsed().as_secs_f64().max(0.001);
+        let mut line = format!(
+            "[{}{}] {finished}/{}  published {}",
+            "#".repeat(filled),
+            ".".repeat(WIDTH - filled),
+            self.total,
+            self.published
+        );
+        if self.waiting {
+            line.push_str(&format!("  done {}  failed {}", self.done, self.failed));
+        }
+        line.push_str(&format!("  {rate:.1} jobs/s"));
+        line
+    }
+
+    fn show(&mut self, force: bool) {
+        if !self.terminal {
+            return;
+        }
+        let due = self.drawn.is_none_or(|t| t.elapsed() >= Duration::from_millis(100));
+        if force || due {
+            self.drawn = Some(Instant::now());
+            eprint!("\r{}", self.line());
+        }
+    }
+
+    fn finish(&mut self, duplicates: usize) {
+        if self.terminal {
+            self.show(true);
+            eprintln!();
+        } else {
+            eprintln!("{}", self.line());
+        }
+        if duplicates > 0 {
+            eprintln!("{duplicates} duplicate job id(s) were not published again");
+        }
+    }
 }
 
 /// An ordered view of the results stream (all of it, or one job's).

@@ -190,8 +190,11 @@ async fn run_platform(args: &UpArgs, state_dir: &std::path::Path) -> anyhow::Res
         &format!("http://{}", args.listen),
         credentials,
         10 << 20,
-        "/usr/bin/chromium",
-        8,
+        crate::pipeline::Browsers {
+            path: "auto",
+            pages: 8,
+            jobs_per_browser: 0,
+        },
     );
     let (client, js) = clawgress_scheduler::streams::connect(&args.nats_url).await?;
     clawgress_scheduler::streams::ensure_streams(&js).await?;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{AckKind, Context, Message};
 use clawgress_workers::chromium::ChromiumPool;
-use clawgress_workers::extract::{Extracted, extract, looks_like_js_shell};
+use clawgress_workers::extract::{Extracted, examine};
 use clawgress_workers::http::HttpFetcher;
 use clawgress_workers::job::{FetchMode, Job, JobKind};
 use clawgress_workers::outcome::{Disposition, FetchError};
@@ -37,6 +37,8 @@ pub struct SchedulerConfig {
     /// hands a job to another scheduler: the delay before the jobs of a
     /// crashed scheduler run again.
     pub ack_wait: Duration,
+    /// Fetch nothing: valid jobs are answered `ok` with tier `dry-run`.
+    pub dry_run: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -47,6 +49,7 @@ impl Default for SchedulerConfig {
             politeness: Duration::ZERO,
             drain: Duration::from_secs(30),
             ack_wait: streams::ACK_WAIT,
+            dry_run: false,
         }
     }
 }
@@ -271,24 +274,23 @@ async fn handle(shared: &Shared, message: Message, mut cancel: watch::Receiver<b
             return;
         }
     };
-    // Long jobs tell JetStream they are alive, so it does not redeliver them.
-    let _progress = {
-        let message = message.clone();
-        let every = shared.config.ack_wait / 3;
-        // Aborted on drop, so a panic below cannot leave a job "in progress"
-        // forever.
-        AbortOnDrop(tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                if message.ack_with(AckKind::Progress).await.is_err() {
-                    return;
-                }
-            }
-        }))
+    // Long jobs tell JetStream they are alive, so it does not redeliver
+    // them; the ticks run in this task, so nothing outlives the job.
+    let every = shared.config.ack_wait / 3;
+    let mut alive = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let work = execute(shared, &job);
+    let cancelled = async {
+        let _ = cancel.wait_for(|c| *c).await;
     };
-    let outcome = tokio::select! {
-        outcome = execute(shared, &job) => Some(outcome),
-        _ = cancel.wait_for(|c| *c) => None,
+    tokio::pin!(work, cancelled);
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut work => break Some(outcome),
+            _ = alive.tick() => {
+                let _ = message.ack_with(AckKind::Progress).await;
+            }
+            () = &mut cancelled => break None,
+        }
     };
     let Some(outcome) = outcome else {
         // Stopped mid-job: another scheduler takes it.
@@ -296,14 +298,6 @@ async fn handle(shared: &Shared, message: Message, mut cancel: watch::Receiver<b
         return;
     };
     decide(shared, &message, &job, outcome, delivered, started).await;
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Refuses jobs this worker cannot run, with the field that asks for it.
@@ -361,6 +355,13 @@ struct Done {
 async fn execute(shared: &Shared, job: &Job) -> Result<Done, FetchError> {
     let scrape = match job {
         Job::Scrape(scrape) => scrape,
+        Job::Agent(_) if shared.config.dry_run => {
+            return Ok(Done {
+                summary: None,
+                data: Default::default(),
+                screenshot: None,
+            });
+        }
         Job::Agent(agent) => {
             let outcome =
                 clawgress_workers::agent::run(shared.backends.chromium.as_deref(), &shared.backends.http, agent)
@@ -382,6 +383,19 @@ async fn execute(shared: &Shared, job: &Job) -> Result<Done, FetchError> {
     let slot = shared.hosts.semaphore(&host, shared.config.per_domain);
     let _turn = slot.acquire_owned().await;
     shared.hosts.polite(&host, shared.config.politeness).await;
+    if shared.config.dry_run {
+        return Ok(Done {
+            summary: Some(FetchSummary {
+                tier: "dry-run".to_string(),
+                status: 0,
+                final_url: scrape.url.clone(),
+                hops: Vec::new(),
+                request_id: None,
+            }),
+            data: Default::default(),
+            screenshot: None,
+        });
+    }
     let needs_browser = scrape.wait_for.is_some() || scrape.screenshot;
     let first = match scrape.fetch {
         FetchMode::Chromium => Tier::Chromium,
@@ -429,6 +443,9 @@ async fn execute(shared: &Shared, job: &Job) -> Result<Done, FetchError> {
     })
 }
 
+/// Pages up to this size are parsed on the async thread (about 0.1 ms).
+const INLINE_PARSE: usize = 64 * 1024;
+
 /// One fetch with one tier, and its extraction (off the async threads:
 /// parsing a large page would stall pulls and progress acks). The flag says
 /// whether the page looks like a JavaScript shell.
@@ -437,7 +454,7 @@ async fn fetch_with(
     scrape: &clawgress_workers::job::ScrapeJob,
     tier: Tier,
 ) -> Result<(Done, Extracted, bool), FetchError> {
-    let (page, screenshot, name) = match (tier, &shared.backends.chromium, &shared.backends.steel) {
+    let (mut page, screenshot, name) = match (tier, &shared.backends.chromium, &shared.backends.steel) {
         (Tier::Chromium, Some(chromium), _) => {
             let (page, extras) = chromium.fetch(scrape).await?;
             (page, extras.screenshot, "chromium")
@@ -445,14 +462,19 @@ async fn fetch_with(
         (Tier::Steel, _, Some(steel)) => (steel.fetch(scrape).await?, None, "steel"),
         _ => (shared.backends.http.fetch(scrape).await?, None, "http"),
     };
-    let specs = scrape.extract.clone();
-    let body = page.body.clone();
-    let (found, shell) = tokio::task::spawn_blocking(move || {
-        let shell = tier == Tier::Http && looks_like_js_shell(&body);
-        (extract(&body, &specs), shell)
-    })
-    .await
-    .map_err(|_| FetchError::Transport("extraction failed".to_string()))?;
+    let check_shell = tier == Tier::Http && scrape.fetch == FetchMode::Auto;
+    let body = std::mem::take(&mut page.body);
+    // Small pages are parsed in place: handing them to the blocking pool
+    // costs more than the parse. Large ones go there, so a parse cannot
+    // stall pulls and progress acks.
+    let (found, shell) = if body.len() <= INLINE_PARSE {
+        examine(&body, &scrape.extract, check_shell)
+    } else {
+        let specs = scrape.extract.clone();
+        tokio::task::spawn_blocking(move || examine(&body, &specs, check_shell))
+            .await
+            .map_err(|_| FetchError::Transport("extraction failed".to_string()))?
+    };
     Ok((
         Done {
             summary: Some(FetchSummary {

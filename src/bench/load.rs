@@ -129,3 +129,64 @@ pub async fn exchange(
     }
     Ok(status)
 }
+
+/// A reqwest loop: one shared client, as a scraper would use it.
+pub struct ReqwestPlan {
+    pub client: reqwest::Client,
+    pub url: reqwest::Url,
+    pub window: MeasureWindow,
+}
+
+impl ReqwestPlan {
+    pub fn client(
+        proxy: Option<&str>,
+        credential: Option<&HeaderValue>,
+        connections: usize,
+    ) -> anyhow::Result<reqwest::Client> {
+        let builder = reqwest::Client::builder()
+            .pool_max_idle_per_host(connections)
+            .tcp_nodelay(true);
+        let builder = match proxy {
+            Some(url) => {
+                let mut proxy = reqwest::Proxy::http(url)?;
+                if let Some(credential) = credential {
+                    proxy = proxy.custom_http_auth(credential.clone());
+                }
+                builder.proxy(proxy)
+            }
+            None => builder.no_proxy(),
+        };
+        Ok(builder.build()?)
+    }
+}
+
+/// Fetches the URL (whole body) in a closed loop until the window ends.
+pub async fn reqwest_worker(plan: &ReqwestPlan) -> Tally {
+    let mut tally = Tally::default();
+    let looping = async {
+        loop {
+            let started = Instant::now();
+            let outcome = async {
+                let response = plan.client.get(plan.url.clone()).send().await?;
+                let status = response.status();
+                response.bytes().await?;
+                Ok::<_, reqwest::Error>(status)
+            }
+            .await;
+            let done = Instant::now();
+            match outcome {
+                Ok(status) if status.is_success() => tally.success(&plan.window, started, done),
+                Ok(_) => tally.error(&plan.window, done),
+                Err(_) => {
+                    tally.error(&plan.window, done);
+                    tokio::time::sleep(RECONNECT_PAUSE).await;
+                }
+            }
+        }
+    };
+    tokio::select! {
+        () = tokio::time::sleep_until(plan.window.end.into()) => {}
+        () = looping => {}
+    }
+    tally
+}

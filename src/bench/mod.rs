@@ -47,6 +47,11 @@ pub struct BenchArgs {
     /// proxy, asks for a tunnel, sends one GET through it and closes.
     #[arg(long)]
     pub connect: bool,
+    /// Send with a plain reqwest client (one shared pool, `--connections`
+    /// concurrent loops) instead of the hand-built hyper connections: the
+    /// peer a scraper without Clawgress would be.
+    #[arg(long, conflicts_with = "connect")]
+    pub reqwest: bool,
     /// Concurrent connections, each in a closed loop.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub connections: usize,
@@ -69,6 +74,7 @@ impl fmt::Debug for BenchArgs {
             .field("proxy_user", &self.proxy_user.as_ref().map(|_| "<redacted>"))
             .field("target", &self.target)
             .field("connect", &self.connect)
+            .field("reqwest", &self.reqwest)
             .field("connections", &self.connections)
             .field("duration", &self.duration)
             .field("warmup", &self.warmup)
@@ -86,6 +92,10 @@ pub struct TargetArgs {
     /// Response body size in bytes.
     #[arg(long, default_value_t = 1024, value_name = "BYTES")]
     pub size: usize,
+    /// Answer an HTML page (an `h1`, and a `.price` a script renders) of
+    /// about `--size` bytes instead of plain bytes: a site to scrape.
+    #[arg(long)]
+    pub html: bool,
 }
 
 /// Runs the benchmark and prints its report. Fails (after printing) when not a
@@ -122,7 +132,12 @@ pub async fn run_target(args: TargetArgs) -> anyhow::Result<()> {
             std::future::pending::<()>().await;
         }
     };
-    target::serve(listener, target::CannedResponse::of_size(args.size), shutdown).await;
+    let canned = if args.html {
+        target::CannedResponse::page_of_size(args.size)
+    } else {
+        target::CannedResponse::of_size(args.size)
+    };
+    target::serve(listener, canned, shutdown).await;
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use super::endpoint::{ProxyUrl, TargetUrl, basic_credentials, parse_proxy, parse_target};
-use super::load::{ForwardPlan, RequestTemplate, forward_worker};
+use super::load::{ForwardPlan, RequestTemplate, ReqwestPlan, forward_worker, reqwest_worker};
 use super::report::{BenchReport, Mode, RunLabel};
 use super::stats::{MeasureWindow, Tally};
 use super::tunnel::{TunnelPlan, tunnel_worker};
@@ -24,6 +24,8 @@ pub struct BenchPlan {
     connections: usize,
     warmup: Duration,
     duration: Duration,
+    /// Built once for `--reqwest`: one pool shared by every loop.
+    reqwest: Option<(reqwest::Client, reqwest::Url)>,
 }
 
 impl BenchPlan {
@@ -50,8 +52,19 @@ impl BenchPlan {
             Some(proxy) => resolve(&proxy.host, proxy.port, "--proxy").await?,
             None => resolve(&target.host, target.port, "--target").await?,
         };
+        let reqwest = if args.reqwest {
+            let client = ReqwestPlan::client(args.proxy.as_deref(), proxy_authorization.as_ref(), args.connections)?;
+            let url = reqwest::Url::parse(&args.target).with_context(|| format!("--target {:?}", args.target))?;
+            Some((client, url))
+        } else {
+            None
+        };
         Ok(Self {
-            mode: if args.connect { Mode::Connect } else { Mode::Forward },
+            mode: match (args.connect, args.reqwest) {
+                (true, _) => Mode::Connect,
+                (false, true) => Mode::Reqwest,
+                (false, false) => Mode::Forward,
+            },
             target,
             proxy,
             dial,
@@ -59,6 +72,7 @@ impl BenchPlan {
             connections: args.connections,
             warmup,
             duration,
+            reqwest,
         })
     }
 
@@ -72,6 +86,17 @@ impl BenchPlan {
                 for _ in 0..self.connections {
                     let plan = Arc::clone(&plan);
                     workers.spawn(async move { forward_worker(&plan).await });
+                }
+            }
+            Mode::Reqwest => {
+                // Always built for this mode; without it no request runs
+                // and the report says so.
+                if let Some((client, url)) = self.reqwest.clone() {
+                    let plan = Arc::new(ReqwestPlan { client, url, window });
+                    for _ in 0..self.connections {
+                        let plan = Arc::clone(&plan);
+                        workers.spawn(async move { reqwest_worker(&plan).await });
+                    }
                 }
             }
             Mode::Connect => {

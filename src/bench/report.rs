@@ -12,6 +12,9 @@ pub enum Mode {
     Forward,
     /// A new CONNECT tunnel per request.
     Connect,
+    /// A plain reqwest client in a loop (pooled keep-alive connections): what
+    /// a scraper written without Clawgress would do.
+    Reqwest,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -75,6 +78,7 @@ impl BenchReport {
         let mode = match self.mode {
             Mode::Forward => "forward",
             Mode::Connect => "connect",
+            Mode::Reqwest => "reqwest",
         };
         let route = self.proxy.as_deref().unwrap_or("direct");
         format!(

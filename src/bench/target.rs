@@ -27,13 +27,33 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(5);
 pub struct CannedResponse {
     body: Bytes,
     content_length: HeaderValue,
+    content_type: HeaderValue,
 }
+
+/// The HTML page's frame; padding fills it up to the asked size.
+const PAGE_HEAD: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>bench</title></head>\
+<body><h1>Bench page</h1><div id=\"app\"></div><script>document.getElementById('app').innerHTML = \
+'<span class=\"price\">' + (6 * 7) + '</span>';</script><p>";
+const PAGE_TAIL: &str = "</p></body></html>";
 
 impl CannedResponse {
     pub fn of_size(size: usize) -> Self {
         Self {
             body: Bytes::from(vec![b'x'; size]),
             content_length: HeaderValue::from(size),
+            content_type: HeaderValue::from_static("text/plain"),
+        }
+    }
+
+    /// An HTML page of at least `size` bytes: a heading to extract, and a
+    /// `.price` that only exists once its script ran (a browser's job).
+    pub fn page_of_size(size: usize) -> Self {
+        let padding = size.saturating_sub(PAGE_HEAD.len() + PAGE_TAIL.len());
+        let body = format!("{PAGE_HEAD}{}{PAGE_TAIL}", "x".repeat(padding));
+        Self {
+            content_length: HeaderValue::from(body.len()),
+            body: Bytes::from(body),
+            content_type: HeaderValue::from_static("text/html; charset=utf-8"),
         }
     }
 
@@ -41,7 +61,7 @@ impl CannedResponse {
         let mut response = Response::new(Full::new(self.body.clone()));
         let headers = response.headers_mut();
         headers.insert(CONTENT_LENGTH, self.content_length.clone());
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        headers.insert(CONTENT_TYPE, self.content_type.clone());
         response
     }
 }

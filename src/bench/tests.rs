@@ -28,6 +28,7 @@ fn args(target: String) -> BenchArgs {
         proxy_user: None,
         target,
         connect: false,
+        reqwest: false,
         connections: 2,
         duration: 0.3,
         warmup: 0.05,
@@ -172,6 +173,38 @@ async fn proxied_run_sends_absolute_form_host_and_credential() {
     assert_eq!(denied.requests, 0);
     assert!(denied.errors > 10, "only {} errors", denied.errors);
     assert_eq!(denied.p50_us, 0, "errors carry no latency");
+}
+
+#[tokio::test]
+async fn reqwest_mode_loops_a_plain_client_direct_and_through_a_proxy() {
+    let target = start_target(1024).await;
+    let mut run = args(format!("http://{target}/"));
+    run.reqwest = true;
+    let report = BenchPlan::from_args(&run).await.expect("valid plan").run().await;
+    assert_eq!(report.mode, Mode::Reqwest);
+    assert_eq!(report.errors, 0);
+    assert!(report.requests > 10, "only {} requests", report.requests);
+
+    let proxy = start_server(true, |request| {
+        let absolute = *request.uri() == "http://bench.local:18080/data";
+        let authorized = request
+            .headers()
+            .get(PROXY_AUTHORIZATION)
+            .is_some_and(|value| value == BENCH_AGENT_BASIC);
+        if absolute && authorized {
+            StatusCode::OK
+        } else {
+            StatusCode::FORBIDDEN
+        }
+    })
+    .await;
+    let mut run = args("http://bench.local:18080/data".to_owned());
+    run.reqwest = true;
+    run.proxy = Some(format!("http://{proxy}"));
+    run.proxy_user = Some("bench-agent:bench-key".to_owned());
+    let report = BenchPlan::from_args(&run).await.expect("valid plan").run().await;
+    assert_eq!(report.errors, 0, "the credential and absolute form reach the proxy");
+    assert!(report.requests > 10, "only {} requests", report.requests);
 }
 
 #[tokio::test]
@@ -324,6 +357,7 @@ async fn target_refuses_oversized_bodies() {
     let result = run_target(TargetArgs {
         listen: "127.0.0.1:0".parse().expect("addr"),
         size: MAX_BODY_SIZE + 1,
+        html: false,
     })
     .await;
     assert!(result.is_err());

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use clawgress_workers::chromium::{ChromiumConfig, ChromiumPool};
+use clawgress_workers::chromium::{BROWSERS, ChromiumConfig, ChromiumPool};
 use clawgress_workers::credentials::Credentials;
 use clawgress_workers::extract::extract;
 use clawgress_workers::job::{ExtractSpec, FetchMode, RetryPolicy, ScrapeJob, Take};
@@ -13,7 +13,10 @@ use clawgress_workers::outcome::FetchError;
 use super::*;
 
 fn pool(w: &World) -> Option<ChromiumPool> {
-    let config = ChromiumConfig::default();
+    pool_with(w, ChromiumConfig::default())
+}
+
+fn pool_with(w: &World, config: ChromiumConfig) -> Option<ChromiumPool> {
     if !config.executable.exists() {
         eprintln!(
             "SKIPPED: {} not found (install it with ./deploy/local/prereqs.sh chromium; `make test` does)",
@@ -45,35 +48,81 @@ fn job(url: String, wait_for: Option<&str>) -> ScrapeJob {
 
 #[tokio::test]
 async fn a_javascript_page_renders_and_every_request_goes_through_the_gateway() {
+    // With each of Debian's browsers the workers can use.
+    for executable in BROWSERS {
+        let w = world("enforce").await;
+        let config = ChromiumConfig {
+            executable: executable.into(),
+            ..ChromiumConfig::default()
+        };
+        let Some(pool) = pool_with(&w, config) else { continue };
+        let port = w.origin.addr.port();
+        let (page, extras) = pool
+            .fetch(&job(format!("http://site.test:{port}/js"), Some(".rendered")))
+            .await
+            .unwrap_or_else(|e| panic!("{executable}: {e}"));
+        assert_eq!(page.status, 200);
+        let specs = BTreeMap::from([(
+            "heading".to_string(),
+            ExtractSpec {
+                selector: "h1.rendered".into(),
+                take: Take::Text,
+                list: false,
+                required: true,
+            },
+        )]);
+        let found = extract(&page.body, &specs);
+        assert_eq!(
+            found.values["heading"], "Rendered by JavaScript: hello from upstream",
+            "{executable}"
+        );
+        assert!(extras.screenshot.is_some_and(|png| png.len() > 100), "{executable}");
+        // Both the page and the request its script made were the gateway's, as the agent.
+        let page_line =
+            w.gw.wait_audit(|l| l["request"]["path"] == "/js" && l["decision"] == "allow")
+                .await;
+        assert_eq!(page_line["agent_id"], SCRAPER.0);
+        let script_line =
+            w.gw.wait_audit(|l| l["request"]["path"] == "/hello" && l["decision"] == "allow")
+                .await;
+        assert_eq!(script_line["agent_id"], SCRAPER.0);
+        pool.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_browser_is_replaced_after_its_share_of_jobs_and_the_old_one_exits() {
     let w = world("enforce").await;
-    let Some(pool) = pool(&w) else { return };
+    let config = ChromiumConfig {
+        jobs_per_browser: 2,
+        ..ChromiumConfig::default()
+    };
+    let Some(pool) = pool_with(&w, config) else { return };
     let port = w.origin.addr.port();
-    let (page, extras) = pool
-        .fetch(&job(format!("http://site.test:{port}/js"), Some(".rendered")))
-        .await
-        .unwrap();
-    assert_eq!(page.status, 200);
-    let specs = BTreeMap::from([(
-        "heading".to_string(),
-        ExtractSpec {
-            selector: "h1.rendered".into(),
-            take: Take::Text,
-            list: false,
-            required: true,
-        },
-    )]);
-    let found = extract(&page.body, &specs);
-    assert_eq!(found.values["heading"], "Rendered by JavaScript: hello from upstream");
-    assert!(extras.screenshot.is_some_and(|png| png.len() > 100));
-    // Both the page and the request its script made were the gateway's, as the agent.
-    let page_line =
-        w.gw.wait_audit(|l| l["request"]["path"] == "/js" && l["decision"] == "allow")
-            .await;
-    assert_eq!(page_line["agent_id"], SCRAPER.0);
-    let script_line =
-        w.gw.wait_audit(|l| l["request"]["path"] == "/hello" && l["decision"] == "allow")
-            .await;
-    assert_eq!(script_line["agent_id"], SCRAPER.0);
+    let mut profiles = Vec::new();
+    for _ in 0..3 {
+        let (page, _) = pool
+            .fetch(&job(format!("http://site.test:{port}/page"), Some("h1")))
+            .await
+            .unwrap();
+        assert!(page.body.contains("Clawgress fixture"));
+        profiles.push(pool.profile_dir().await.expect("a running browser"));
+    }
+    assert_eq!(
+        pool.launches(),
+        2,
+        "two jobs per browser: the third job starts a second one"
+    );
+    assert_eq!(profiles[0], profiles[1]);
+    assert_ne!(profiles[1], profiles[2]);
+    // The first browser closed once its last job did: no process names its
+    // profile any more.
+    let first = profiles[0].display().to_string();
+    let running = std::process::Command::new("pgrep")
+        .args(["-f", &first])
+        .output()
+        .expect("pgrep runs");
+    assert!(running.stdout.is_empty(), "the retired browser still runs: {running:?}");
     pool.shutdown().await;
 }
 

@@ -36,6 +36,10 @@ impl Pipeline {
     }
 
     fn start_scheduler(&mut self, concurrency: usize) {
+        self.start_scheduler_with(concurrency, &[]);
+    }
+
+    fn start_scheduler_with(&mut self, concurrency: usize, extra: &[&str]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -47,6 +51,7 @@ impl Pipeline {
             .arg("--credentials")
             .arg(self.dir.path().join("credentials.yaml"))
             .args(["--concurrency", &concurrency.to_string(), "--ack-wait-secs", "3"])
+            .args(extra)
             .env("CLAWGRESS_LOG", "info")
             // A fake key for the fake provider the tests run on 127.0.0.1.
             .env("OPENAI_API_KEY", "sk-test-not-a-real-key")
@@ -316,8 +321,8 @@ async fn no_job_is_lost_when_the_scheduler_is_killed_mid_run() {
 
 #[tokio::test]
 async fn auto_jobs_escalate_to_chromium_for_javascript_pages_and_remember_it() {
-    if !std::path::Path::new("/usr/bin/chromium").exists() {
-        eprintln!("SKIPPED: /usr/bin/chromium not found (./deploy/local/prereqs.sh chromium; `make test` installs it)");
+    if clawgress_workers::chromium::find_browser().is_none() {
+        eprintln!("SKIPPED: no Chromium found (./deploy/local/prereqs.sh chromium; `make test` installs it)");
         return;
     }
     let Some(mut p) = Pipeline::start().await else { return };
@@ -425,8 +430,8 @@ async fn sigterm_drains_in_flight_jobs_and_loses_none() {
 
 #[tokio::test]
 async fn agent_jobs_drive_the_browser_and_call_llms_through_the_gateway() {
-    if !std::path::Path::new("/usr/bin/chromium").exists() {
-        eprintln!("SKIPPED: /usr/bin/chromium not found (./deploy/local/prereqs.sh chromium; `make test` installs it)");
+    if clawgress_workers::chromium::find_browser().is_none() {
+        eprintln!("SKIPPED: no Chromium found (./deploy/local/prereqs.sh chromium; `make test` installs it)");
         return;
     }
     let Some(mut p) = Pipeline::start().await else { return };
@@ -480,4 +485,41 @@ async fn agent_jobs_drive_the_browser_and_call_llms_through_the_gateway() {
     assert_eq!(denied["status"], "denied", "{denied}");
     assert_eq!(denied["error"]["reason"], "role_not_allowed");
     assert_eq!(results["agent-3"]["error"]["code"], "budget_exceeded");
+}
+
+#[tokio::test]
+async fn a_dry_run_answers_thousands_of_jobs_without_fetching_anything() {
+    let Some(mut p) = Pipeline::start().await else { return };
+    p.start_scheduler_with(64, &["--dry-run", "--per-domain", "64", "--chromium", "none"]);
+    let port = p.w.origin.addr.port();
+    // More jobs than the NATS client lets publish acks be in flight (5,000):
+    // submit must keep reading acks as it publishes, not stall.
+    let jobs: Vec<String> = (0..6000)
+        .map(|i| scrape(&format!("dry-{i}"), format!("http://site.test:{port}/page?n={i}")).to_string())
+        .collect();
+    let file = p.dir.path().join("dry.jsonl");
+    std::fs::write(&file, jobs.join("\n")).unwrap();
+    let output = tokio::process::Command::new(support::clawgress_bin())
+        .args(["submit", "--nats", &p.nats.url, "--wait", "--wait-secs", "120"])
+        .arg(&file)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}\n{}", p.log());
+    assert!(stderr.contains("6000/6000") && stderr.contains("done 6000"), "{stderr}");
+    let results: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(results.len(), 6000);
+    assert!(
+        results
+            .iter()
+            .all(|r| r["status"] == "ok" && r["fetch"]["tier"] == "dry-run"),
+        "{:?}",
+        results.iter().find(|r| r["fetch"]["tier"] != "dry-run")
+    );
+    // Nothing was fetched: the gateway never saw a request.
+    assert!(p.w.gw.audit_lines().is_empty(), "{:?}", p.w.gw.audit_lines().first());
 }

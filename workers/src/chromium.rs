@@ -1,5 +1,6 @@
-//! The `chromium` backend: headless Chromium (Debian's `/usr/bin/chromium`)
-//! driven over CDP with chromiumoxide, every request through the gateway.
+//! The `chromium` backend: headless Chromium (Debian's
+//! `chromium-headless-shell`, else `chromium`) driven over CDP with
+//! chromiumoxide, every request through the gateway.
 //!
 //! One browser process serves many jobs; each job gets its own browser
 //! context (cookies, cache, storage) whose proxy is the gateway, and the
@@ -39,13 +40,34 @@ pub struct ChromiumConfig {
     pub executable: PathBuf,
     /// Pages open at once in the browser.
     pub max_pages: usize,
+    /// Jobs one browser serves before it is replaced (0: no limit). A
+    /// long-lived browser accumulates memory; 1 means a browser per job.
+    pub jobs_per_browser: u64,
+}
+
+/// Debian's browsers, best first. The headless shell runs Chromium's old
+/// headless mode, made for automation; full Chromium's new headless mode opens
+/// a window (with its browser UI renderers) for every isolated context, which
+/// measured about five times slower per page here (BENCHMARKS.md).
+pub const BROWSERS: [&str; 2] = ["/usr/bin/chromium-headless-shell", "/usr/bin/chromium"];
+
+/// The first of [`BROWSERS`] that is installed.
+pub fn find_browser() -> Option<PathBuf> {
+    BROWSERS.iter().map(PathBuf::from).find(|path| path.exists())
+}
+
+fn is_headless_shell(executable: &std::path::Path) -> bool {
+    executable
+        .file_name()
+        .is_some_and(|name| name.to_string_lossy().contains("headless-shell"))
 }
 
 impl Default for ChromiumConfig {
     fn default() -> Self {
         ChromiumConfig {
-            executable: PathBuf::from("/usr/bin/chromium"),
+            executable: find_browser().unwrap_or_else(|| PathBuf::from(BROWSERS[1])),
             max_pages: 8,
+            jobs_per_browser: 0,
         }
     }
 }
@@ -59,6 +81,8 @@ struct Running {
     pid: Option<u32>,
     /// A CDP call timed out: the browser is replaced on the next job.
     broken: Arc<std::sync::atomic::AtomicBool>,
+    /// Sessions opened in this browser.
+    sessions: u64,
     // Kept so the profile directory lives as long as the browser.
     _profile: tempfile::TempDir,
 }
@@ -75,6 +99,9 @@ pub struct ChromiumPool {
     credentials: Credentials,
     config: ChromiumConfig,
     running: Mutex<Option<Running>>,
+    /// Browsers past `jobs_per_browser` whose last sessions are still open;
+    /// each is closed when its last session is.
+    retiring: Mutex<Vec<Running>>,
     pages: Semaphore,
     launches: std::sync::atomic::AtomicU64,
 }
@@ -96,6 +123,7 @@ impl ChromiumPool {
             credentials,
             config,
             running: Mutex::new(None),
+            retiring: Mutex::new(Vec::new()),
             pages,
             launches: Default::default(),
         }
@@ -115,12 +143,19 @@ impl ChromiumPool {
 
     async fn browser(&self) -> Result<Arc<Browser>, FetchError> {
         let mut running = self.running.lock().await;
-        if let Some(current) = running.as_ref()
+        let limit = self.config.jobs_per_browser;
+        if let Some(current) = running.as_mut()
             && !current.handler.is_finished()
             && !current.broken.load(std::sync::atomic::Ordering::Relaxed)
             && current.pid.is_none_or(process_alive)
         {
-            return Ok(current.browser.clone());
+            if limit == 0 || current.sessions < limit {
+                current.sessions += 1;
+                return Ok(current.browser.clone());
+            }
+            if let Some(worn) = running.take() {
+                self.retiring.lock().await.push(worn);
+            }
         }
         if let Some(dead) = running.take() {
             tracing::warn!("the browser went away; starting a new one");
@@ -131,17 +166,22 @@ impl ChromiumPool {
             }
         }
         let profile = tempfile::tempdir().map_err(|e| FetchError::Transport(format!("browser profile: {e}")))?;
-        let config = BrowserConfig::builder()
-            .chrome_executable(&self.config.executable)
-            .new_headless_mode()
+        let mut builder = BrowserConfig::builder().chrome_executable(&self.config.executable);
+        // The shell is headless by nature (the builder's default, plain
+        // `--headless`); full Chromium needs the new mode.
+        if !is_headless_shell(&self.config.executable) {
+            builder = builder.new_headless_mode();
+        }
+        let config = builder
             .no_sandbox()
             .user_data_dir(profile.path())
             .request_timeout(CDP_TIMEOUT)
             .launch_timeout(Duration::from_secs(20))
-            // Chrome's own background traffic would only be denied by the gateway.
-            .arg("--disable-background-networking")
-            .arg("--disable-component-update")
-            .arg("--no-first-run")
+            // Chrome's own background traffic would only be denied by the
+            // gateway. (chromiumoxide adds the leading dashes itself.)
+            .arg("disable-background-networking")
+            .arg("disable-component-update")
+            .arg("no-first-run")
             .build()
             .map_err(|e| FetchError::Transport(format!("browser config: {e}")))?;
         let (mut browser, mut handler) = Browser::launch(config).await.map_err(|e| {
@@ -167,9 +207,23 @@ impl ChromiumPool {
             handler,
             pid,
             broken: Default::default(),
+            sessions: 1,
             _profile: profile,
         });
         Ok(browser)
+    }
+
+    /// Closes the retired browsers no session uses any more.
+    async fn close_retired(&self) {
+        let idle: Vec<Running> = {
+            let mut retiring = self.retiring.lock().await;
+            let (idle, busy) = retiring.drain(..).partition(|r| Arc::strong_count(&r.browser) == 1);
+            *retiring = busy;
+            idle
+        };
+        for running in idle {
+            close(running).await;
+        }
     }
 
     async fn mark_broken(&self) {
@@ -181,12 +235,10 @@ impl ChromiumPool {
     /// Closes the browser and reaps its process.
     pub async fn shutdown(&self) {
         if let Some(running) = self.running.lock().await.take() {
-            if let Ok(mut browser) = Arc::try_unwrap(running.browser) {
-                let _ = tokio::time::timeout(CDP_TIMEOUT, browser.close()).await;
-                let _ = tokio::time::timeout(CDP_TIMEOUT, browser.wait()).await;
-                let _ = browser.kill().await;
-            }
-            running.handler.abort();
+            close(running).await;
+        }
+        for running in std::mem::take(&mut *self.retiring.lock().await) {
+            close(running).await;
         }
     }
 
@@ -233,6 +285,7 @@ impl ChromiumPool {
             }
         };
         let session = Session {
+            pool: self,
             browser,
             context,
             page,
@@ -314,6 +367,16 @@ pub struct Navigation {
     pub hops: Vec<String>,
 }
 
+/// Closes a browser and reaps its process; kills what does not close.
+async fn close(running: Running) {
+    if let Ok(mut browser) = Arc::try_unwrap(running.browser) {
+        let _ = tokio::time::timeout(CDP_TIMEOUT, browser.close()).await;
+        let _ = tokio::time::timeout(CDP_TIMEOUT, browser.wait()).await;
+        let _ = browser.kill().await;
+    }
+    running.handler.abort();
+}
+
 /// Whether a process is running (not gone, not a zombie waiting to be reaped).
 fn process_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -343,6 +406,7 @@ fn gateway_refusal(status: u16, text: &str) -> FetchError {
 
 /// One job's browser context and page.
 pub struct Session<'a> {
+    pool: &'a ChromiumPool,
     browser: Arc<Browser>,
     context: BrowserContextId,
     pub page: chromiumoxide::Page,
@@ -430,6 +494,7 @@ impl Session<'_> {
     /// Closes the page and disposes of the context.
     pub async fn close(self) {
         let Session {
+            pool,
             browser,
             context,
             page,
@@ -437,5 +502,7 @@ impl Session<'_> {
         } = self;
         let _ = tokio::time::timeout(CDP_TIMEOUT, page.close()).await;
         let _ = tokio::time::timeout(CDP_TIMEOUT, browser.dispose_browser_context(context)).await;
+        drop(browser);
+        pool.close_retired().await;
     }
 }

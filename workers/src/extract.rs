@@ -18,7 +18,18 @@ pub struct Extracted {
 /// Runs every spec against `html`. Selectors were checked at validation;
 /// one that still fails to parse counts as missing.
 pub fn extract(html: &str, specs: &BTreeMap<String, ExtractSpec>) -> Extracted {
+    extract_from(&Html::parse_document(html), specs)
+}
+
+/// [`extract`], and (when `check_shell`) [`looks_like_js_shell`], from one
+/// parse of the page.
+pub fn examine(html: &str, specs: &BTreeMap<String, ExtractSpec>, check_shell: bool) -> (Extracted, bool) {
     let document = Html::parse_document(html);
+    let found = extract_from(&document, specs);
+    (found, check_shell && is_js_shell(&document))
+}
+
+fn extract_from(document: &Html, specs: &BTreeMap<String, ExtractSpec>) -> Extracted {
     let mut found = Extracted::default();
     for (name, spec) in specs {
         let value = Selector::parse(&spec.selector)
@@ -62,7 +73,10 @@ fn collapse(text: &str) -> String {
 /// Whether an HTML page is a JavaScript shell: a document that needs a
 /// browser to show its content (`auto` escalates on this).
 pub fn looks_like_js_shell(html: &str) -> bool {
-    let document = Html::parse_document(html);
+    is_js_shell(&Html::parse_document(html))
+}
+
+fn is_js_shell(document: &Html) -> bool {
     let Ok(body) = Selector::parse("body") else {
         return false;
     };

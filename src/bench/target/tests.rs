@@ -70,3 +70,24 @@ async fn stops_accepting_after_shutdown() {
         .expect("server task");
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+#[test]
+fn the_html_page_has_the_asked_size_a_heading_and_a_script_rendered_price() {
+    let page = CannedResponse::page_of_size(4096);
+    let body = std::str::from_utf8(&page.body).expect("utf-8");
+    assert_eq!(body.len(), 4096);
+    assert_eq!(page.content_length, HeaderValue::from(4096));
+    assert!(page.content_type.to_str().unwrap().starts_with("text/html"));
+    let document = scraper::Html::parse_document(body);
+    let h1 = scraper::Selector::parse("h1").unwrap();
+    assert_eq!(
+        document.select(&h1).next().map(|e| e.text().collect::<String>()),
+        Some("Bench page".into())
+    );
+    // Only a browser finds the price: it is written by the script.
+    let price = scraper::Selector::parse(".price").unwrap();
+    assert!(document.select(&price).next().is_none());
+    assert!(body.contains("'<span class=\"price\">' + (6 * 7)"));
+    // Smaller than its frame: the frame, unpadded.
+    assert!(CannedResponse::page_of_size(10).body.len() > 10);
+}
