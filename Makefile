@@ -1,5 +1,5 @@
 # The two commands the README opens with. Each installs what it needs.
-.PHONY: up test bench-proxy bench-limits
+.PHONY: up test bench-proxy bench-limits bench-pipeline
 
 # The gateway with the shipped policy and the example agents, on
 # 127.0.0.1:3128 (proxy) and 127.0.0.1:9128 (admin). Ctrl-C stops it.
@@ -27,3 +27,10 @@ bench-limits:
 	./deploy/local/prereqs.sh build nats
 	cargo build --release --locked
 	./gateway/bench/limits_and_control.sh
+
+# The job pipeline: dispatch with no fetch, http jobs end to end vs a plain
+# reqwest loop, Chromium jobs with and without browser reuse (BENCHMARKS.md).
+bench-pipeline:
+	./deploy/local/prereqs.sh build nats chromium
+	cargo build --release --locked
+	./gateway/bench/pipeline.sh
