@@ -523,3 +523,77 @@ async fn a_dry_run_answers_thousands_of_jobs_without_fetching_anything() {
     // Nothing was fetched: the gateway never saw a request.
     assert!(p.w.gw.audit_lines().is_empty(), "{:?}", p.w.gw.audit_lines().first());
 }
+
+/// The README's first command: `clawgress up --demo` starts NATS, the
+/// gateway and the scheduler, scrapes the demo site through the gateway, and
+/// stops everything (its own nats-server included) on Ctrl-C.
+#[tokio::test]
+async fn clawgress_up_runs_the_demo_job_and_stops_everything_on_ctrl_c() {
+    use tokio::io::AsyncBufReadExt;
+    let Some(nats) = support::nats::binary() else {
+        eprintln!("SKIPPED: nats-server not found (./deploy/local/prereqs.sh nats; `make test` installs it)");
+        return;
+    };
+    // The demo site has a fixed port, as the shipped policy allows it.
+    if std::net::TcpListener::bind("127.0.0.1:3002").is_err() {
+        eprintln!("SKIPPED: 127.0.0.1:3002 is taken; the demo site needs it");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let nats_port = support::nats::free_port();
+    let path = format!(
+        "{}:{}",
+        nats.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut up = tokio::process::Command::new(support::clawgress_bin())
+        .args(["up", "--demo", "--nats", &format!("nats://127.0.0.1:{nats_port}")])
+        .args(["--listen", &format!("127.0.0.1:{}", support::nats::free_port())])
+        .args(["--admin", &format!("127.0.0.1:{}", support::nats::free_port())])
+        .arg("--state-dir")
+        .arg(dir.path())
+        .env("PATH", path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(up.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let result = tokio::time::timeout(Duration::from_secs(90), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            seen.push(line.clone());
+            if let Some(result) = line.strip_prefix("demo: result ") {
+                return Some(serde_json::from_str::<serde_json::Value>(result).unwrap());
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten();
+    let result = result.unwrap_or_else(|| panic!("no demo result; clawgress up said:\n{}", seen.join("\n")));
+    assert_eq!(result["status"], "ok", "{result}");
+    assert_eq!(result["data"]["title"], "Hello from the Clawgress demo site");
+    assert_eq!(result["fetch"]["tier"], "http");
+    // Through the gateway, as the demo's agent.
+    let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"agent_id\":\"scraper-001\"") && l.contains("localhost")),
+        "{audit}"
+    );
+    // Ctrl-C: everything stops, cleanly, the nats-server it started too.
+    let pid = up.id().unwrap();
+    let _ = Command::new("kill").args(["-INT", &pid.to_string()]).status();
+    let drain = async { while let Ok(Some(_)) = lines.next_line().await {} };
+    let (status, ()) = tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(up.wait(), drain) })
+        .await
+        .expect("clawgress up stops within a minute of Ctrl-C");
+    assert!(status.unwrap().success());
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", nats_port)).await.is_err(),
+        "the nats-server clawgress up started is still running"
+    );
+}
