@@ -62,6 +62,8 @@ enum Command {
     BenchControl(bench::control::ControlBenchArgs),
     /// Serve fixed-size responses, as the target for `clawgress bench`.
     BenchTarget(bench::TargetArgs),
+    /// DLP scan throughput on one core over a chat-completion body.
+    BenchDlp(bench::dlp::DlpBenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -203,6 +205,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::BenchTarget(args) => {
             single_thread_runtime()?.block_on(bench::run_target(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::BenchDlp(args) => {
+            bench::dlp::run(args)?;
             Ok(ExitCode::SUCCESS)
         }
     }

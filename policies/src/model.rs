@@ -11,6 +11,7 @@
 
 mod allowlist;
 mod containment;
+mod dlp;
 mod dns;
 mod egress;
 mod limits;
@@ -23,6 +24,7 @@ pub use containment::{
     AutoTerminate, BreakerRecovery, BreakerStates, BreakerThresholds, CircuitBreaker, FaultContainment, Sandbox,
     SandboxNetwork,
 };
+pub use dlp::{DlpAction, DlpActions, DlpPolicy, OversizeAction};
 pub use dns::{DnsPolicy, ResolverKind};
 pub use egress::{DefaultAction, EgressPolicy, Enforcement, EnvironmentOverride, FailMode, Logging, Monitoring};
 pub use limits::{AgentLimit, DomainLimit, GlobalLimit, ProjectLimit, RateLimits, ThrottleAction};
@@ -68,6 +70,9 @@ pub struct PolicyDocument {
     /// Evidence collection for regulated environments (§9.2).
     #[serde(deserialize_with = "or_default")]
     pub compliance_logging: ComplianceLogging,
+    /// Outbound data-loss prevention on request bodies (our addition).
+    #[serde(deserialize_with = "or_default")]
+    pub dlp: DlpPolicy,
 }
 
 /// Reads a section or list whose key may be written with nothing under it

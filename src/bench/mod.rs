@@ -3,6 +3,7 @@
 //! under test, so both avoid per-request allocation and logging.
 
 pub mod control;
+pub mod dlp;
 mod endpoint;
 mod load;
 mod plan;

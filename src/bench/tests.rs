@@ -362,3 +362,16 @@ async fn target_refuses_oversized_bodies() {
     .await;
     assert!(result.is_err());
 }
+
+#[test]
+fn the_dlp_benchmark_body_is_a_chat_completion_of_the_asked_size() {
+    let body = dlp::chat_body(256 * 1024);
+    assert!((256 * 1024..300 * 1024).contains(&body.len()), "{}", body.len());
+    let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(value["model"], "gpt-4o");
+    assert!(value["messages"].as_array().is_some_and(|m| m.len() > 10));
+    let report = clawgress_dlp::Engine::new(&Default::default())
+        .inspect_body(&body, Some("application/json"), None)
+        .unwrap();
+    assert_eq!(report.kinds(), vec!["email", "phone"], "the body exercises the detectors");
+}

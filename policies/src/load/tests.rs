@@ -424,3 +424,21 @@ fn version_is_the_sha256_prefix_of_the_bytes() {
     let other = load_str_at("egress:\n  logging: none\n\n", "p.yaml", now()).unwrap();
     assert_ne!(other.version, bundle.version, "a changed file must get a new version");
 }
+
+#[test]
+fn the_dlp_section_is_typed_and_located() {
+    let doc = load_str_at(
+        "dlp:\n  max_inspect_bytes: 2MB\n  oversize: alert\n  actions:\n    secrets: hash-log\n    pii: block\n",
+        "p.yaml",
+        now(),
+    )
+    .unwrap()
+    .document;
+    assert_eq!(doc.dlp.max_inspect_bytes.as_u64(), 2_000_000);
+    assert_eq!(doc.dlp.oversize, crate::model::OversizeAction::Alert);
+    assert_eq!(doc.dlp.actions.secrets, crate::model::DlpAction::HashLog);
+    assert_eq!(doc.dlp.actions.pii, crate::model::DlpAction::Block);
+    assert!(doc.dlp.enabled, "on unless turned off");
+    assert!(error("dlp:\n  actions:\n    secrets: shred\n").starts_with("p.yaml:3:14:"));
+    assert!(error("dlp:\n  max_inspect: 1MB\n").starts_with("p.yaml:2:3:"));
+}
