@@ -373,5 +373,9 @@ fn the_dlp_benchmark_body_is_a_chat_completion_of_the_asked_size() {
     let report = clawgress_dlp::Engine::new(&Default::default())
         .inspect_body(&body, Some("application/json"), None)
         .unwrap();
-    assert_eq!(report.kinds(), vec!["email", "phone"], "the body exercises the detectors");
+    assert_eq!(
+        report.kinds(),
+        vec!["email", "phone"],
+        "the body exercises the detectors"
+    );
 }
