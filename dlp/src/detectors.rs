@@ -203,7 +203,7 @@ pub(crate) fn keyword_detectors() -> Vec<Detector> {
             0.9,
             &["@"],
             Shape::Around { before: 64 },
-            r"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63})*\.[A-Za-z]{2,24}",
+            r"[A-Za-z0-9_.%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63})*\.[A-Za-z]{2,24}",
             400,
             None,
         ),

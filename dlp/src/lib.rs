@@ -219,7 +219,7 @@ impl Engine {
                     .find_iter(window)
                     .find(|m| from + m.start() <= at && at < from + m.end())?;
                 let (start, end) = (from + found.start(), from + found.end());
-                if start > 0 && detectors::word(text[start - 1]) && text[start - 1] != b'_' {
+                if start > 0 && detectors::word(text[start - 1]) {
                     return None;
                 }
                 Some(span(start, end))

@@ -175,7 +175,14 @@ fn generic_secrets_need_a_keyword_and_randomness() {
 
 #[test]
 fn emails_and_phones() {
-    finds("email", &[s("jane.doe@example.com"), s("a+tag@mail.example.co.uk")]);
+    finds(
+        "email",
+        &[
+            s("jane.doe@example.com"),
+            s("a+tag@mail.example.co.uk"),
+            s("first_last@example.com"),
+        ],
+    );
     ignores("email", &[s("user@localhost"), s("@handle"), s("foo@bar")]);
     finds("phone", &[s("+14155552671"), s("(415) 555-2671"), s("415-555-2671")]);
     ignores(

@@ -45,6 +45,33 @@ pub struct JobResult {
     pub error: Option<ResultError>,
 }
 
+impl JobResult {
+    /// A result finished now, timed from `started`, with nothing fetched or
+    /// found yet.
+    pub fn finished(
+        job_id: &str,
+        kind: JobKind,
+        status: ResultStatus,
+        attempts: u32,
+        started: std::time::Instant,
+    ) -> JobResult {
+        JobResult {
+            version: 1,
+            job_id: job_id.to_string(),
+            kind,
+            status,
+            agent: None,
+            attempts,
+            finished_at: Utc::now(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            fetch: None,
+            data: BTreeMap::new(),
+            screenshot: None,
+            error: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FetchSummary {
     /// `http`, `chromium` or `steel`: the tier that produced the page.

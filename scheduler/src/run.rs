@@ -502,20 +502,8 @@ async fn decide(
 ) {
     let sequence = message.info().map(|i| i.stream_sequence).unwrap_or_default();
     let attempts = real_attempts(shared, sequence, delivered);
-    let mut result = JobResult {
-        version: 1,
-        job_id: job.id().to_string(),
-        kind: job.kind(),
-        status: ResultStatus::Ok,
-        agent: Some(job.agent().to_string()),
-        attempts,
-        finished_at: chrono::Utc::now(),
-        duration_ms: started.elapsed().as_millis() as u64,
-        fetch: None,
-        data: Default::default(),
-        screenshot: None,
-        error: None,
-    };
+    let mut result = JobResult::finished(job.id(), job.kind(), ResultStatus::Ok, attempts, started);
+    result.agent = Some(job.agent().to_string());
     let error = match outcome {
         Ok(done) => {
             result.fetch = done.summary;
@@ -602,27 +590,16 @@ fn describe(error: &FetchError) -> ResultError {
 }
 
 fn invalid(kind: JobKind, id: &str, error: &JobError, attempts: u32, started: Instant) -> JobResult {
-    JobResult {
-        version: 1,
-        job_id: id.to_string(),
-        kind,
-        status: ResultStatus::Invalid,
-        agent: None,
-        attempts,
-        finished_at: chrono::Utc::now(),
-        duration_ms: started.elapsed().as_millis() as u64,
-        fetch: None,
-        data: Default::default(),
-        screenshot: None,
-        error: Some(ResultError {
-            code: "validation".to_string(),
-            message: format!("{}: {}", error.field, error.problem),
-            field: Some(error.field.clone()),
-            hint: Some(error.hint.clone()),
-            reason: None,
-            policy_id: None,
-        }),
-    }
+    let mut result = JobResult::finished(id, kind, ResultStatus::Invalid, attempts, started);
+    result.error = Some(ResultError {
+        code: "validation".to_string(),
+        message: format!("{}: {}", error.field, error.problem),
+        field: Some(error.field.clone()),
+        hint: Some(error.hint.clone()),
+        reason: None,
+        policy_id: None,
+    });
+    result
 }
 
 /// Stores the dead letter (if any) and the result, and only then acks; if

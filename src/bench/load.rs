@@ -15,7 +15,7 @@ use hyper::{Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::stats::{MeasureWindow, Tally};
+use super::stats::{Exchange, MeasureWindow, Tally, until_window_end};
 
 /// After a failed connect, wait this long before the next attempt so a dead
 /// proxy costs errors in the report, not a busy loop stealing CPU.
@@ -54,15 +54,12 @@ pub struct ForwardPlan {
 /// the connection closes.
 pub async fn forward_worker(plan: &ForwardPlan) -> Tally {
     let mut tally = Tally::default();
-    let reconnecting = async {
+    until_window_end(&plan.window, async {
         loop {
             one_connection(plan, &mut tally).await;
         }
-    };
-    tokio::select! {
-        () = tokio::time::sleep_until(plan.window.end.into()) => {}
-        () = reconnecting => {}
-    }
+    })
+    .await;
     tally
 }
 
@@ -163,30 +160,20 @@ impl ReqwestPlan {
 /// Fetches the URL (whole body) in a closed loop until the window ends.
 pub async fn reqwest_worker(plan: &ReqwestPlan) -> Tally {
     let mut tally = Tally::default();
-    let looping = async {
+    until_window_end(&plan.window, async {
         loop {
             let started = Instant::now();
-            let outcome = async {
-                let response = plan.client.get(plan.url.clone()).send().await?;
-                let status = response.status();
-                response.bytes().await?;
-                Ok::<_, reqwest::Error>(status)
-            }
-            .await;
-            let done = Instant::now();
-            match outcome {
-                Ok(status) if status.is_success() => tally.success(&plan.window, started, done),
-                Ok(_) => tally.error(&plan.window, done),
-                Err(_) => {
-                    tally.error(&plan.window, done);
-                    tokio::time::sleep(RECONNECT_PAUSE).await;
-                }
-            }
+            let outcome = match plan.client.get(plan.url.clone()).send().await {
+                Ok(response) if response.status().is_success() => match response.bytes().await {
+                    Ok(_) => Exchange::Success,
+                    Err(_) => Exchange::Broken,
+                },
+                Ok(_) => Exchange::Failure,
+                Err(_) => Exchange::Broken,
+            };
+            tally.record(&plan.window, started, outcome).await;
         }
-    };
-    tokio::select! {
-        () = tokio::time::sleep_until(plan.window.end.into()) => {}
-        () = looping => {}
-    }
+    })
+    .await;
     tally
 }

@@ -165,6 +165,41 @@ impl Tally {
     }
 }
 
+/// How one exchange of a closed loop ended.
+pub enum Exchange {
+    /// A 2xx answer.
+    Success,
+    /// Any other answer; the connection is still usable.
+    Failure,
+    /// No answer (refused, reset): counted, then a pause before the next
+    /// try, so a dead peer costs errors, not a busy loop stealing CPU.
+    Broken,
+}
+
+/// Runs a worker's loop until the window ends.
+pub async fn until_window_end(window: &MeasureWindow, work: impl Future<Output = ()>) {
+    tokio::select! {
+        () = tokio::time::sleep_until(window.end.into()) => {}
+        () = work => {}
+    }
+}
+
+impl Tally {
+    /// Counts one exchange of a closed loop, started at `started` and ending
+    /// now; a broken one pauses before the next try.
+    pub async fn record(&mut self, window: &MeasureWindow, started: Instant, outcome: Exchange) {
+        let done = Instant::now();
+        match outcome {
+            Exchange::Success => self.success(window, started, done),
+            Exchange::Failure => self.error(window, done),
+            Exchange::Broken => {
+                self.error(window, done);
+                tokio::time::sleep(super::load::RECONNECT_PAUSE).await;
+            }
+        }
+    }
+}
+
 fn micros(elapsed: Duration) -> u32 {
     u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX)
 }

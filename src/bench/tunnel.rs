@@ -11,8 +11,8 @@ use hyper::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::load::{RECONNECT_PAUSE, RequestTemplate, exchange, handshake};
-use super::stats::{MeasureWindow, Tally};
+use super::load::{RequestTemplate, exchange, handshake};
+use super::stats::{Exchange, MeasureWindow, Tally, until_window_end};
 
 /// The longest CONNECT response head we accept; real ones are under 200 bytes.
 const MAX_CONNECT_RESPONSE: usize = 4096;
@@ -60,27 +60,18 @@ enum TunnelOutcome {
 pub async fn tunnel_worker(plan: &TunnelPlan) -> Tally {
     let mut tally = Tally::default();
     let mut head_buffer = vec![0; MAX_CONNECT_RESPONSE];
-    let iterations = async {
+    until_window_end(&plan.window, async {
         loop {
             let started = Instant::now();
-            let outcome = one_tunnel(plan, &mut head_buffer).await;
-            let done = Instant::now();
-            match outcome {
-                Ok(TunnelOutcome::Answered(status)) if status.is_success() => {
-                    tally.success(&plan.window, started, done);
-                }
-                Ok(_) => tally.error(&plan.window, done),
-                Err(_) => {
-                    tally.error(&plan.window, done);
-                    tokio::time::sleep(RECONNECT_PAUSE).await;
-                }
-            }
+            let outcome = match one_tunnel(plan, &mut head_buffer).await {
+                Ok(TunnelOutcome::Answered(status)) if status.is_success() => Exchange::Success,
+                Ok(_) => Exchange::Failure,
+                Err(_) => Exchange::Broken,
+            };
+            tally.record(&plan.window, started, outcome).await;
         }
-    };
-    tokio::select! {
-        () = tokio::time::sleep_until(plan.window.end.into()) => {}
-        () = iterations => {}
-    }
+    })
+    .await;
     tally
 }
 

@@ -158,34 +158,24 @@ async fn llm(
     Ok(reply(&call.provider, &answer))
 }
 
+/// The `text` of each part of a content array, joined.
+fn texts(parts: &Value) -> String {
+    parts
+        .as_array()
+        .map(|parts| parts.iter().filter_map(|p| p["text"].as_str()).collect())
+        .unwrap_or_default()
+}
+
 /// The reply text and token count from a provider's answer.
 pub fn reply(provider: &str, answer: &Value) -> (String, u64) {
     let number = |v: &Value| v.as_u64().unwrap_or(0);
     match provider {
         "anthropic" => (
-            answer["content"]
-                .as_array()
-                .map(|parts| {
-                    parts
-                        .iter()
-                        .filter_map(|p| p["text"].as_str())
-                        .collect::<Vec<_>>()
-                        .join("")
-                })
-                .unwrap_or_default(),
+            texts(&answer["content"]),
             number(&answer["usage"]["input_tokens"]) + number(&answer["usage"]["output_tokens"]),
         ),
         "gemini" => (
-            answer["candidates"][0]["content"]["parts"]
-                .as_array()
-                .map(|parts| {
-                    parts
-                        .iter()
-                        .filter_map(|p| p["text"].as_str())
-                        .collect::<Vec<_>>()
-                        .join("")
-                })
-                .unwrap_or_default(),
+            texts(&answer["candidates"][0]["content"]["parts"]),
             number(&answer["usageMetadata"]["totalTokenCount"]),
         ),
         _ => (
