@@ -38,6 +38,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// The interception CA that `tls: intercept` rules use.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
     /// Operate the gateway: temporary allows, requests and approvals, the
     /// emergency block, audit export (talks to the admin port's /v1/ API).
     Egress(egress::EgressArgs),
@@ -102,6 +107,32 @@ struct GatewayArgs {
     /// Control API tokens and roles (YAML; see policies/admin-tokens.example.yaml).
     #[arg(long, env = "CLAWGRESS_ADMIN_TOKENS")]
     admin_tokens: Option<PathBuf>,
+    /// The interception CA for `tls: intercept` rules (from `clawgress ca init`)
+    /// [default: <state dir>/ca, when it exists].
+    #[arg(long, env = "CLAWGRESS_CA_DIR")]
+    ca_dir: Option<PathBuf>,
+    /// PEM certificates to trust for upstreams, besides the system roots.
+    #[arg(long, env = "CLAWGRESS_UPSTREAM_CA_BUNDLE")]
+    upstream_ca_bundle: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create the interception CA (refuses to replace one without --force).
+    Init {
+        /// Where to keep it [default: <state dir>/ca].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Replace an existing CA; agents must then trust the new one.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the CA certificate (PEM) for agents to trust.
+    Export {
+        /// Where it is kept [default: <state dir>/ca].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -139,7 +170,15 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Gateway(args) => {
             let state_dir = args.state_dir.unwrap_or_else(default_state_dir);
+            let ca_dir = args.ca_dir.or_else(|| {
+                let dir = state_dir.join("ca");
+                dir.join(clawgress_gateway::tls::ca::CA_CERT_FILE)
+                    .exists()
+                    .then_some(dir)
+            });
             let config = clawgress_gateway::GatewayConfig {
+                ca_dir,
+                upstream_ca_bundle: args.upstream_ca_bundle,
                 policy: args.policy,
                 agents: args.agents,
                 listen: args.listen,
@@ -159,6 +198,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Egress(args) => egress::run(args),
+        Command::Ca { command } => ca(command),
         Command::Up(args) => up::up(args),
         Command::Scheduler(args) => pipeline::scheduler(args),
         Command::Submit(args) => pipeline::submit(args),
@@ -220,6 +260,36 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn single_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+fn ca(command: CaCommand) -> anyhow::Result<ExitCode> {
+    let default_dir = || default_state_dir().join("ca");
+    match command {
+        CaCommand::Init { dir, force } => {
+            let dir = dir.unwrap_or_else(default_dir);
+            let cert = clawgress_gateway::tls::ca::init(&dir, force)?;
+            println!("created the interception CA in {}", dir.display());
+            println!(
+                "agents trust it with: clawgress ca export --dir {} > clawgress-ca.pem",
+                dir.display()
+            );
+            println!("certificate: {}", cert.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        CaCommand::Export { dir } => {
+            let dir = dir.unwrap_or_else(default_dir);
+            let path = dir.join(clawgress_gateway::tls::ca::CA_CERT_FILE);
+            let pem = std::fs::read_to_string(&path).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot read {} ({e}); create the CA with `clawgress ca init --dir {}`",
+                    path.display(),
+                    dir.display()
+                )
+            })?;
+            print!("{pem}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 pub(crate) fn default_state_dir() -> PathBuf {

@@ -27,6 +27,9 @@ pub enum RequestKind {
     Forward,
     /// `CONNECT host:port`: the gateway opens a byte tunnel.
     Connect,
+    /// A request inside a tunnel whose TLS the gateway terminated
+    /// (`tls: intercept`).
+    Intercepted,
 }
 
 /// Where the request is going, as the gateway understood and checked it.
@@ -81,6 +84,21 @@ pub struct RequestContext {
     pub fail_open: Option<&'static str>,
     pub bytes_out: u64,
     pub bytes_in: u64,
+    /// What outbound DLP found, for the audit (kinds, never the text).
+    pub dlp_matches: Vec<crate::inspect::DlpMatch>,
+    /// The audit line raises an alert though the request was served (a DLP
+    /// `alert` finding, an unscanned body under `dlp.oversize: alert`).
+    pub alert: bool,
+    /// Why the body went out unscanned, when `dlp.oversize` let it.
+    pub uninspected: Option<&'static str>,
+    /// SHA-256 of the request body as the client sent it, hex
+    /// (`compliance_logging.hash_sensitive`).
+    pub body_sha256: Option<String>,
+    /// The TLS side: the agent's SNI, the upstream's version and
+    /// certificate, or why its handshake failed.
+    pub tls: Option<crate::tls::TlsRecord>,
+    /// What an AI request asked for and what the provider reported.
+    pub ai: Option<crate::inspect::ai::AiRecord>,
 }
 
 impl RequestContext {
@@ -104,6 +122,12 @@ impl RequestContext {
             fail_open: None,
             bytes_out: 0,
             bytes_in: 0,
+            dlp_matches: Vec::new(),
+            alert: false,
+            uninspected: None,
+            body_sha256: None,
+            tls: None,
+            ai: None,
         }
     }
 

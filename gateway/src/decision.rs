@@ -12,6 +12,8 @@ use http::StatusCode;
 
 use crate::dns::{HostError, ResolveError, RestrictedKind};
 use crate::identity::IdentityError;
+use crate::inspect::DlpRefusal;
+use clawgress_dlp::{Class, Unreadable};
 
 /// `enforce` refuses what the policy denies; `report` lets it through and
 /// records a would-deny, so a new policy can be tried on live traffic.
@@ -63,6 +65,21 @@ pub enum Refusal {
     /// The client went away before the upstream answered. Nobody reads
     /// this answer; it exists so the exchange is still recorded.
     ClientClosed,
+    /// Outbound DLP found data the policy blocks, or could not read a body
+    /// and `dlp.oversize` is `block`.
+    Dlp(crate::inspect::DlpRefusal),
+    /// A passthrough or intercepted tunnel's ClientHello named another host
+    /// than the CONNECT (domain fronting).
+    SniMismatch { sni: String },
+    /// The first bytes of a tunnel claimed to be TLS and were not.
+    MalformedClientHello,
+    /// A request inside an intercepted tunnel named another host than the
+    /// tunnel's.
+    HostMismatch,
+    /// The upstream's certificate failed verification or its pins.
+    UpstreamTls(Box<crate::tls::TlsFailure>),
+    /// A rule says `tls: intercept` and this gateway has no CA.
+    InterceptUnavailable,
 }
 
 /// Shapes of request the proxy refuses before looking at identity or policy.
@@ -118,6 +135,13 @@ impl Refusal {
             Refusal::Upstream(UpstreamFailure::ResponseTimeout) => "upstream_timeout",
             Refusal::Upstream(UpstreamFailure::Reset) => "upstream_reset",
             Refusal::AuditUnavailable => "audit_unavailable",
+            Refusal::Dlp(DlpRefusal::Blocked { .. }) => "dlp_blocked",
+            Refusal::Dlp(DlpRefusal::Uninspectable(_)) => "dlp_uninspectable",
+            Refusal::SniMismatch { .. } => "sni_mismatch",
+            Refusal::MalformedClientHello => "malformed_client_hello",
+            Refusal::HostMismatch => "host_mismatch",
+            Refusal::UpstreamTls(failure) => failure.reason,
+            Refusal::InterceptUnavailable => "intercept_unavailable",
         }
     }
 
@@ -138,6 +162,14 @@ impl Refusal {
             Refusal::EmergencyBlock { .. } => StatusCode::FORBIDDEN,
             Refusal::Contained(crate::containment::Overflow::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::RateLimited(_) | Refusal::Contained(_) => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::Dlp(DlpRefusal::Blocked { .. }) => StatusCode::FORBIDDEN,
+            Refusal::Dlp(DlpRefusal::Uninspectable(Unreadable::Encoding(_))) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Refusal::Dlp(DlpRefusal::Uninspectable(_)) => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::SniMismatch { .. } => StatusCode::FORBIDDEN,
+            Refusal::MalformedClientHello => StatusCode::BAD_REQUEST,
+            Refusal::HostMismatch => StatusCode::MISDIRECTED_REQUEST,
+            Refusal::UpstreamTls(_) => StatusCode::BAD_GATEWAY,
+            Refusal::InterceptUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             // nginx's convention for "client closed request"; never sent.
             Refusal::ClientClosed => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
         }
@@ -164,6 +196,17 @@ impl Refusal {
             Refusal::CircuitOpen(_) => Arc::from("circuit_breaker"),
             Refusal::EmergencyBlock { incident_id } => Arc::from(format!("control.emergency_block.{incident_id}")),
             Refusal::ControlUnavailable => Arc::from("control_store"),
+            Refusal::Dlp(DlpRefusal::Blocked {
+                class: Class::Secret, ..
+            }) => Arc::from("dlp.actions.secrets"),
+            Refusal::Dlp(DlpRefusal::Blocked { class: Class::Pii, .. }) => Arc::from("dlp.actions.pii"),
+            Refusal::Dlp(DlpRefusal::Uninspectable(_)) => Arc::from("dlp.oversize"),
+            Refusal::SniMismatch { .. } | Refusal::MalformedClientHello => Arc::from("tls.client_hello"),
+            Refusal::HostMismatch | Refusal::InterceptUnavailable => Arc::from("tls.intercept"),
+            Refusal::UpstreamTls(failure) if failure.reason == "upstream_certificate_pin_mismatch" => {
+                Arc::from("tls.pins")
+            }
+            Refusal::UpstreamTls(_) => Arc::from("tls.verify_certificates"),
             Refusal::Contained(crate::containment::Overflow::Concurrency { .. }) => {
                 Arc::from("fault_containment.max_concurrent_requests")
             }
@@ -184,6 +227,12 @@ impl Refusal {
                 | Refusal::AuditUnavailable
                 | Refusal::EmergencyBlock { .. }
                 | Refusal::ControlUnavailable
+                | Refusal::Dlp(_)
+                | Refusal::SniMismatch { .. }
+                | Refusal::MalformedClientHello
+                | Refusal::HostMismatch
+                | Refusal::UpstreamTls(_)
+                | Refusal::InterceptUnavailable
         )
     }
 
@@ -212,7 +261,10 @@ impl Refusal {
 
     /// A policy refusal is the only kind that report mode lets through.
     pub fn is_policy(&self) -> bool {
-        matches!(self, Refusal::Policy { .. } | Refusal::PrivateAddress(_))
+        matches!(
+            self,
+            Refusal::Policy { .. } | Refusal::PrivateAddress(_) | Refusal::Dlp(_)
+        )
     }
 
     /// A human sentence for the response body. Never contains a credential
@@ -283,6 +335,34 @@ impl Refusal {
             Refusal::EmergencyBlock { incident_id } => format!(
                 "all egress is stopped by emergency block {incident_id}; a maintainer lifts it with `clawgress egress restore --incident-id {incident_id}`"
             ),
+            Refusal::Dlp(DlpRefusal::Blocked { kinds, .. }) => format!(
+                "the request carries data the DLP policy blocks ({}); nothing was sent. \
+                 Remove it and resend; the audit record (request_id) says where it was found",
+                kinds.join(", ")
+            ),
+            Refusal::Dlp(DlpRefusal::Uninspectable(unreadable)) => format!(
+                "{unreadable}, so DLP cannot inspect it and dlp.oversize is block; nothing was sent. \
+                 Send a smaller or plainly encoded body, or ask an operator about dlp.max_inspect_bytes"
+            ),
+            Refusal::SniMismatch { sni } => format!(
+                "the tunnel's TLS server name '{sni}' is not the CONNECT host; \
+                 a tunnel may only carry TLS for the host it was opened to (domain fronting is refused)"
+            ),
+            Refusal::MalformedClientHello => {
+                "the tunnel's first bytes are a TLS record but not a well-formed ClientHello".to_string()
+            }
+            Refusal::HostMismatch => {
+                "this intercepted tunnel carries requests for its CONNECT host only; open a tunnel per host".to_string()
+            }
+            Refusal::UpstreamTls(failure) => format!(
+                "the upstream's TLS was refused ({}); nothing was sent. The audit record has the certificate",
+                failure.record.error.as_deref().unwrap_or("handshake failed")
+            ),
+            Refusal::InterceptUnavailable => {
+                "the rule for this destination says tls: intercept, but this gateway has no interception CA; \
+                 an operator starts it with --ca-dir (created by `clawgress ca init`)"
+                    .to_string()
+            }
             Refusal::ControlUnavailable => {
                 "the gateway cannot reach its control store and has no last-known-good copy, \
                  so it cannot tell whether an emergency block is in force; it fails closed (egress.fail_mode)"
@@ -353,4 +433,19 @@ pub const ALL_REASONS: &[&str] = &[
     "control_store_unavailable",
     // audit (503)
     "audit_unavailable",
+    // outbound DLP (403, 413, 415)
+    "dlp_blocked",
+    "dlp_uninspectable",
+    // TLS (400, 403, 421, 502, 503)
+    "sni_mismatch",
+    "malformed_client_hello",
+    "host_mismatch",
+    "intercept_unavailable",
+    "upstream_certificate_expired",
+    "upstream_certificate_not_yet_valid",
+    "upstream_certificate_untrusted",
+    "upstream_certificate_name_mismatch",
+    "upstream_certificate_pin_mismatch",
+    "upstream_certificate_invalid",
+    "upstream_tls_failed",
 ];

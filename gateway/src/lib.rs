@@ -25,6 +25,7 @@ pub mod control;
 pub mod decision;
 pub mod dns;
 pub mod identity;
+pub mod inspect;
 pub mod limits;
 pub mod metrics;
 pub mod proxy;
@@ -34,6 +35,7 @@ pub mod response;
 pub mod state;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -71,6 +73,10 @@ pub struct GatewayConfig {
     pub admin_tokens: Option<PathBuf>,
     /// Where the last-known-good control state is kept.
     pub state_dir: PathBuf,
+    /// The interception CA (`clawgress ca init`); needed by `tls: intercept` rules.
+    pub ca_dir: Option<PathBuf>,
+    /// PEM certificates trusted for upstreams besides the system roots.
+    pub upstream_ca_bundle: Option<PathBuf>,
 }
 
 /// Starts the gateway and serves until `shutdown` resolves; then stops
@@ -81,6 +87,24 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
     for warning in &bundle.warnings {
         tracing::warn!("{warning}");
     }
+    let tls = Arc::new(
+        tls::TlsKit::new(config.ca_dir.as_deref(), config.upstream_ca_bundle.as_deref())
+            .context("cannot set up TLS")?,
+    );
+    if tls.ca.is_none()
+        && let Some(rule) = state::first_intercept_rule(&bundle.document)
+    {
+        anyhow::bail!(
+            "{}:{}: the rule for {} says tls: intercept, but the gateway has no interception CA; \
+             create one with `clawgress ca init --dir DIR` and start the gateway with --ca-dir DIR",
+            bundle.source,
+            rule.domain.line,
+            rule.domain.value
+        );
+    }
+    // The token encodings take a few hundred milliseconds to load: not on
+    // the first AI request's path.
+    std::thread::spawn(clawgress_ai::warm_up);
     let snapshot = state::PolicySnapshot::build(&bundle, None)?;
     metrics.record_policy_reload_success(&snapshot.version);
     let identities = identity::IdentityResolver::load(&config.agents).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -127,6 +151,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
         control,
         admin_tokens,
         audit_path: config.audit.clone(),
+        tls,
     });
 
     let workers = proxy::server::spawn_workers(proxy_listeners, gateway.clone(), stopped.clone(), config.drain)

@@ -82,6 +82,11 @@ impl Finisher {
         self.pending.as_ref().map(|p| &p.ctx)
     }
 
+    /// For what is learned after the answer (a tunnel's ClientHello).
+    pub fn context_mut(&mut self) -> Option<&mut RequestContext> {
+        self.pending.as_mut().map(|p| &mut p.ctx)
+    }
+
     /// Records the exchange now.
     pub fn finish(mut self) {
         if let Some(pending) = self.pending.take() {
@@ -277,6 +282,7 @@ fn event(ctx: &RequestContext, verdict: Verdict, policy_id: String) -> EgressEve
         destination.and_then(|d| d.path.as_deref()),
     );
     request.size_bytes = (ctx.bytes_out > 0).then_some(ctx.bytes_out);
+    request.body_sha256 = ctx.body_sha256.clone();
     let mode = match ctx.enforcement {
         Enforcement::Enforce => EnforcementMode::Enforce,
         Enforcement::Report => EnforcementMode::Report,
@@ -295,5 +301,10 @@ fn event(ctx: &RequestContext, verdict: Verdict, policy_id: String) -> EgressEve
     event.bytes_out = ctx.bytes_out;
     event.bytes_in = ctx.bytes_in;
     event.latency_ms = ctx.started.elapsed().as_millis() as u64;
+    event.dlp_matches = ctx.dlp_matches.clone();
+    event.dlp_skipped = ctx.uninspected;
+    event.alert = ctx.alert;
+    event.tls = ctx.tls.clone();
+    event.ai = ctx.ai.clone();
     event
 }

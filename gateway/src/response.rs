@@ -44,6 +44,9 @@ struct Problem<'a> {
     /// Whole seconds, rounded up, as in `Retry-After`.
     #[serde(skip_serializing_if = "Option::is_none")]
     retry_after: Option<u64>,
+    /// The kinds of data DLP blocked, never the data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dlp_matches: Option<&'a [&'static str]>,
 }
 
 pub fn refusal_response(ctx: &RequestContext, refusal: &Refusal) -> Response<ProxyBody> {
@@ -65,6 +68,10 @@ pub fn refusal_response(ctx: &RequestContext, refusal: &Refusal) -> Response<Pro
         window: None,
         scope: None,
         retry_after: refusal.retry_after().map(|d| crate::limits::ceil_secs(d).max(1)),
+        dlp_matches: match refusal {
+            Refusal::Dlp(crate::inspect::DlpRefusal::Blocked { kinds, .. }) => Some(kinds),
+            _ => None,
+        },
     };
     let mut problem = problem;
     if let Refusal::RateLimited(limited) = refusal {

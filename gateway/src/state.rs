@@ -50,6 +50,8 @@ pub struct Gateway {
     pub admin_tokens: crate::admin::auth::AdminTokens,
     /// The audit trail, for exports.
     pub audit_path: std::path::PathBuf,
+    /// Trusted roots, upstream TLS and the interception CA.
+    pub tls: Arc<crate::tls::TlsKit>,
 }
 
 /// One loaded policy bundle, compiled, with the resolver its `dns` section
@@ -72,6 +74,12 @@ pub struct PolicySnapshot {
     pub rate_limits_enabled: bool,
     /// The bundle's allow rules as operators see them (`clawgress egress list`).
     pub rules_listing: Arc<Vec<serde_json::Value>>,
+    /// Outbound DLP, compiled once per load; `None` when `dlp.enabled` is off.
+    pub dlp: Option<Arc<clawgress_dlp::Engine>>,
+    /// `compliance_logging.hash_sensitive`: held bodies' SHA-256 go into the audit.
+    pub hash_bodies: bool,
+    /// `tls:` as the upstream connections of intercepted tunnels use it.
+    pub upstream_tls: crate::tls::UpstreamTlsPolicy,
 }
 
 impl PolicySnapshot {
@@ -116,6 +124,9 @@ impl PolicySnapshot {
         Ok(PolicySnapshot {
             rules_listing: Arc::new(rules_listing(doc)),
             rate_limits_enabled: doc.rate_limits.enabled,
+            dlp: crate::inspect::engine_for(&doc.dlp),
+            upstream_tls: crate::tls::UpstreamTlsPolicy::new(&doc.tls),
+            hash_bodies: doc.compliance_logging.enabled && doc.compliance_logging.hash_sensitive,
             compiled: CompiledPolicy::compile(bundle),
             resolver,
             version: Arc::from(bundle.version.as_str()),
@@ -186,6 +197,17 @@ fn rules_listing(doc: &clawgress_policies::model::PolicyDocument) -> Vec<serde_j
         }
     }
     listing
+}
+
+/// The first allow rule that intercepts TLS, if any: such a policy needs the
+/// interception CA.
+pub fn first_intercept_rule(doc: &model::PolicyDocument) -> Option<&model::AllowRule> {
+    doc.allowlist
+        .groups
+        .iter()
+        .flat_map(|group| group.rules.iter())
+        .chain(doc.project_allowlist.iter())
+        .find(|rule| rule.tls == model::TlsMode::Intercept)
 }
 
 /// The calling worker's upstream pool.

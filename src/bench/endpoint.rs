@@ -86,11 +86,14 @@ pub fn basic_credentials(agent_and_key: &str) -> anyhow::Result<HeaderValue> {
 }
 
 fn http_host_port(uri: &Uri, flag: &str) -> anyhow::Result<(String, u16)> {
-    match uri.scheme_str() {
-        Some("http") => {}
+    // https only for --target with --reqwest (checked by the plan); the
+    // hand-built clients speak plain HTTP.
+    let default_port = match uri.scheme_str() {
+        Some("http") => 80,
+        Some("https") if flag == "--target" => 443,
         Some(other) => bail!("{flag} must be an http:// URL, not {other}://"),
         None => bail!("{flag} must be an http:// URL"),
-    }
+    };
     let authority = uri.authority().with_context(|| format!("{flag} needs a host"))?;
     if authority.as_str().contains('@') {
         bail!("{flag} must not carry user information; use --proxy-user");
@@ -100,7 +103,7 @@ fn http_host_port(uri: &Uri, flag: &str) -> anyhow::Result<(String, u16)> {
     if host.is_empty() {
         bail!("{flag} needs a host");
     }
-    Ok((host.to_owned(), authority.port_u16().unwrap_or(80)))
+    Ok((host.to_owned(), authority.port_u16().unwrap_or(default_port)))
 }
 
 fn join_host_port(host: &str, port: u16) -> String {

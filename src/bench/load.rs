@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::{self, SendRequest};
@@ -131,6 +132,8 @@ pub async fn exchange(
 pub struct ReqwestPlan {
     pub client: reqwest::Client,
     pub url: reqwest::Url,
+    /// POSTed when not empty (a reference-count bump per request).
+    pub body: bytes::Bytes,
     pub window: MeasureWindow,
 }
 
@@ -139,13 +142,23 @@ impl ReqwestPlan {
         proxy: Option<&str>,
         credential: Option<&HeaderValue>,
         connections: usize,
+        ca_files: &[std::path::PathBuf],
     ) -> anyhow::Result<reqwest::Client> {
-        let builder = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .pool_max_idle_per_host(connections)
             .tcp_nodelay(true);
+        for file in ca_files {
+            let pem = std::fs::read(file).with_context(|| format!("--ca-file {}", file.display()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("--ca-file {}: not PEM certificates", file.display()))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
         let builder = match proxy {
             Some(url) => {
-                let mut proxy = reqwest::Proxy::http(url)?;
+                // `all`: https targets go through the proxy too (CONNECT).
+                let mut proxy = reqwest::Proxy::all(url)?;
                 if let Some(credential) = credential {
                     proxy = proxy.custom_http_auth(credential.clone());
                 }
@@ -163,7 +176,12 @@ pub async fn reqwest_worker(plan: &ReqwestPlan) -> Tally {
     until_window_end(&plan.window, async {
         loop {
             let started = Instant::now();
-            let outcome = match plan.client.get(plan.url.clone()).send().await {
+            let request = if plan.body.is_empty() {
+                plan.client.get(plan.url.clone())
+            } else {
+                plan.client.post(plan.url.clone()).body(plan.body.clone())
+            };
+            let outcome = match request.send().await {
                 Ok(response) if response.status().is_success() => match response.bytes().await {
                     Ok(_) => Exchange::Success,
                     Err(_) => Exchange::Broken,

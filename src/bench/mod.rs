@@ -53,6 +53,13 @@ pub struct BenchArgs {
     /// peer a scraper without Clawgress would be.
     #[arg(long, conflicts_with = "connect")]
     pub reqwest: bool,
+    /// With --reqwest: trust these PEM certificates too (an https target's
+    /// test CA, or the gateway's interception CA).
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Vec<std::path::PathBuf>,
+    /// With --reqwest: POST a body of this many bytes instead of a GET.
+    #[arg(long, default_value_t = 0, value_name = "BYTES")]
+    pub body: usize,
     /// Concurrent connections, each in a closed loop.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub connections: usize,
@@ -97,6 +104,12 @@ pub struct TargetArgs {
     /// about `--size` bytes instead of plain bytes: a site to scrape.
     #[arg(long)]
     pub html: bool,
+    /// Serve HTTPS with a certificate for these names (and 127.0.0.1).
+    #[arg(long, value_name = "NAME")]
+    pub tls_name: Vec<String>,
+    /// Where to write the certificate of the CA that signed it, for clients.
+    #[arg(long, value_name = "PEM")]
+    pub tls_ca_out: Option<std::path::PathBuf>,
 }
 
 /// Runs the benchmark and prints its report. Fails (after printing) when not a
@@ -138,7 +151,12 @@ pub async fn run_target(args: TargetArgs) -> anyhow::Result<()> {
     } else {
         target::CannedResponse::of_size(args.size)
     };
-    target::serve(listener, canned, shutdown).await;
+    let tls = match (&args.tls_ca_out, args.tls_name.is_empty()) {
+        (Some(ca_out), false) => Some(target::tls_acceptor(&args.tls_name, ca_out)?),
+        (None, true) => None,
+        _ => anyhow::bail!("--tls-name and --tls-ca-out go together"),
+    };
+    target::serve(listener, canned, tls, shutdown).await;
     Ok(())
 }
 

@@ -25,7 +25,7 @@ pub struct BenchPlan {
     warmup: Duration,
     duration: Duration,
     /// Built once for `--reqwest`: one pool shared by every loop.
-    reqwest: Option<(reqwest::Client, reqwest::Url)>,
+    reqwest: Option<(reqwest::Client, reqwest::Url, bytes::Bytes)>,
 }
 
 impl BenchPlan {
@@ -39,6 +39,12 @@ impl BenchPlan {
         }
         let warmup = seconds(args.warmup, "--warmup")?;
         let target = parse_target(&args.target)?;
+        if args.target.starts_with("https:") && !args.reqwest {
+            bail!("an https:// --target needs --reqwest (the other modes speak plain HTTP)");
+        }
+        if (!args.ca_file.is_empty() || args.body > 0) && !args.reqwest {
+            bail!("--ca-file and --body go with --reqwest");
+        }
         let proxy = args.proxy.as_deref().map(parse_proxy).transpose()?;
         if proxy.is_none() && args.proxy_user.is_some() {
             bail!("--proxy-user needs --proxy");
@@ -53,9 +59,14 @@ impl BenchPlan {
             None => resolve(&target.host, target.port, "--target").await?,
         };
         let reqwest = if args.reqwest {
-            let client = ReqwestPlan::client(args.proxy.as_deref(), proxy_authorization.as_ref(), args.connections)?;
+            let client = ReqwestPlan::client(
+                args.proxy.as_deref(),
+                proxy_authorization.as_ref(),
+                args.connections,
+                &args.ca_file,
+            )?;
             let url = reqwest::Url::parse(&args.target).with_context(|| format!("--target {:?}", args.target))?;
-            Some((client, url))
+            Some((client, url, bytes::Bytes::from(vec![b'x'; args.body])))
         } else {
             None
         };
@@ -91,8 +102,13 @@ impl BenchPlan {
             Mode::Reqwest => {
                 // Always built for this mode; without it no request runs
                 // and the report says so.
-                if let Some((client, url)) = self.reqwest.clone() {
-                    let plan = Arc::new(ReqwestPlan { client, url, window });
+                if let Some((client, url, body)) = self.reqwest.clone() {
+                    let plan = Arc::new(ReqwestPlan {
+                        client,
+                        url,
+                        body,
+                        window,
+                    });
                     for _ in 0..self.connections {
                         let plan = Arc::clone(&plan);
                         workers.spawn(async move { reqwest_worker(&plan).await });

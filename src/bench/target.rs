@@ -66,8 +66,49 @@ impl CannedResponse {
     }
 }
 
-/// Accepts and serves connections until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, canned: CannedResponse, shutdown: impl Future<Output = ()>) {
+/// A TLS acceptor for `names` (and 127.0.0.1) under a CA made on the spot,
+/// whose certificate is written to `ca_out` for the clients (and a gateway's
+/// `--upstream-ca-bundle`) to trust.
+pub fn tls_acceptor(names: &[String], ca_out: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use anyhow::Context as _;
+    use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "clawgress bench-target CA");
+    ca_params.distinguished_name = dn;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate()?;
+    let mut leaf = CertificateParams::new(names.to_vec())?;
+    leaf.subject_alt_names
+        .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, names.first().map_or("bench-target", String::as_str));
+    leaf.distinguished_name = dn;
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
+    std::fs::write(ca_out, ca_cert.pem()).with_context(|| format!("cannot write {}", ca_out.display()))?;
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf_cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
+}
+
+/// Accepts and serves connections until `shutdown` resolves; over TLS when
+/// `tls` is given.
+pub async fn serve(
+    listener: TcpListener,
+    canned: CannedResponse,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -81,15 +122,23 @@ pub async fn serve(listener: TcpListener, canned: CannedResponse, shutdown: impl
         // Latency is what we measure; Nagle would add delayed-ACK stalls.
         let _ = stream.set_nodelay(true);
         let canned = canned.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let service = service_fn(move |_request: Request<Incoming>| {
                 std::future::ready(Ok::<_, Infallible>(canned.respond()))
             });
             // A client hanging up mid-request is routine under load.
-            let _ = http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let builder = http1::Builder::new().keep_alive(true).to_owned();
+            match tls {
+                Some(acceptor) => {
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                    }
+                }
+                None => {
+                    let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                }
+            }
         });
     }
 }

@@ -29,6 +29,8 @@ fn args(target: String) -> BenchArgs {
         target,
         connect: false,
         reqwest: false,
+        ca_file: Vec::new(),
+        body: 0,
         connections: 2,
         duration: 0.3,
         warmup: 0.05,
@@ -42,6 +44,7 @@ async fn start_target(size: usize) -> SocketAddr {
     tokio::spawn(target::serve(
         listener,
         target::CannedResponse::of_size(size),
+        None,
         std::future::pending(),
     ));
     addr
@@ -358,6 +361,8 @@ async fn target_refuses_oversized_bodies() {
         listen: "127.0.0.1:0".parse().expect("addr"),
         size: MAX_BODY_SIZE + 1,
         html: false,
+        tls_name: Vec::new(),
+        tls_ca_out: None,
     })
     .await;
     assert!(result.is_err());

@@ -237,10 +237,16 @@ async fn request_bodies_past_the_agents_pending_bytes_are_refused() {
     assert_eq!(response.status, 413, "{}", String::from_utf8_lossy(&response.body));
     assert_eq!(response.reason(), "request_body_too_large");
     let _ = writing.await;
-    let line =
-        w.gw.wait_audit(|l| l["reason"] == "request_body_too_large" && l["bytes_out"].as_u64().unwrap_or(0) > 0)
-            .await;
+    // DLP holds a body for inspection before it leaves, so the cut comes
+    // while it is held: nothing reached the origin.
+    let before = w.origin.requests.load(std::sync::atomic::Ordering::SeqCst);
+    let too_large = |l: &serde_json::Value| l["reason"] == "request_body_too_large";
+    // The second such line: the first was the declared-length refusal.
+    wait_until(|| w.gw.audit_lines().iter().filter(|l| too_large(l)).count() == 2).await;
+    let line = w.gw.audit_lines().into_iter().rfind(too_large).unwrap();
     assert_eq!(line["agent_id"], SCRAPER.0);
+    assert_eq!(line["bytes_out"], 0);
+    assert_eq!(w.origin.requests.load(std::sync::atomic::Ordering::SeqCst), before);
 
     // The agent's share is whole again afterwards.
     let ok = raw::send(

@@ -7,6 +7,8 @@ mod support;
 mod browser;
 mod control;
 mod fetch;
+mod inspect;
+mod intercept;
 mod limits;
 mod operations;
 mod pipeline;

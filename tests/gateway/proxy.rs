@@ -146,8 +146,12 @@ async fn bodies_stream_both_ways_without_buffering() {
     }
     w.origin.release.notify_one();
 
-    // Upload: a chunked body is echoed back chunk by chunk.
-    let mut up = tokio::net::TcpStream::connect(w.gw.proxy).await.unwrap();
+    // Upload: with DLP off, a chunked body is echoed back chunk by chunk.
+    // (With DLP on, the default, a body is held until it is inspected.)
+    let policy =
+        policy_yaml(port, w.tls.addr.port(), w.echo.port(), w.dns.addr, "enforce") + "dlp:\n  enabled: false\n";
+    let gw = GatewayProc::start(&policy, &agents_yaml());
+    let mut up = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
     let head = format!(
         "POST http://site.test:{port}/echo HTTP/1.1\r\nHost: site.test\r\nProxy-Authorization: {}\r\nTransfer-Encoding: chunked\r\n\r\n",
         basic(SCRAPER.0, SCRAPER.1)
@@ -164,7 +168,7 @@ async fn bodies_stream_both_ways_without_buffering() {
         got.extend_from_slice(&buf[..n]);
     }
     up.write_all(b"6\r\n world\r\n0\r\n\r\n").await.unwrap();
-    let line = w.gw.wait_audit(|l| l["request"]["path"] == "/echo").await;
+    let line = gw.wait_audit(|l| l["request"]["path"] == "/echo").await;
     assert_eq!(line["bytes_out"], 11);
 }
 

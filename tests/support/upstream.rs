@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-type Body = BoxBody<Bytes, Infallible>;
+pub type Body = BoxBody<Bytes, Infallible>;
 
 pub struct Origin {
     pub addr: SocketAddr,
@@ -76,7 +76,7 @@ fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).map_err(|never| match never {}).boxed()
 }
 
-async fn route(req: Request<Incoming>, release: Arc<Notify>) -> Response<Body> {
+pub async fn route(req: Request<Incoming>, release: Arc<Notify>) -> Response<Body> {
     let path = req.uri().path().to_string();
     if let Some(host) = path.strip_prefix("/redirect/") {
         let port = req
@@ -134,6 +134,31 @@ async fn route(req: Request<Incoming>, release: Arc<Notify>) -> Response<Body> {
         return Response::builder()
             .header("content-type", "application/json")
             .body(full(answer.to_string()))
+            .unwrap();
+    }
+    if path == "/v1/messages" {
+        // A fake Anthropic stream: cumulative output usage in message_delta
+        // events, a tool call, split across several writes.
+        let events = [
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-sonnet-4-5\",\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\n",
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"t1\",\"name\":\"get_weather\",\"input\":{}}}\n\n",
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{},\"usage\":{\"output_tokens\":10}}\n\n",
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"},\"usage\":{\"output_tokens\":25}}\n\n",
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+        ];
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(8);
+        tokio::spawn(async move {
+            let all = events.concat();
+            // Uneven pieces: an event split mid-line must still be read.
+            for piece in all.as_bytes().chunks(37) {
+                if tx.send(Ok(Frame::data(Bytes::copy_from_slice(piece)))).await.is_err() {
+                    return;
+                }
+            }
+        });
+        return Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(BodyExt::boxed(ChannelBody(rx)))
             .unwrap();
     }
     if path == "/js" {

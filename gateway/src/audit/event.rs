@@ -149,6 +149,11 @@ pub struct RequestSummary {
     /// Request body size, when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub size_bytes: Option<u64>,
+    /// SHA-256 of the body as the client sent it, hex, when
+    /// `compliance_logging.hash_sensitive` is on and the body was held for
+    /// inspection: evidence of what left without keeping it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_sha256: Option<String>,
 }
 
 impl RequestSummary {
@@ -162,6 +167,7 @@ impl RequestSummary {
             port,
             path: target.map(|t| audit_path(t).to_owned()),
             size_bytes: None,
+            body_sha256: None,
         }
     }
 
@@ -218,8 +224,16 @@ pub struct EgressEvent {
     pub latency_ms: u64,
     /// Always written (`null` when unknown): it is part of the minimum event schema.
     pub token_estimate: Option<u64>,
-    /// Names of the DLP rules that matched, never the matched text.
-    pub dlp_matches: Vec<String>,
+    /// What outbound DLP found: kinds and actions, never the matched text.
+    pub dlp_matches: Vec<crate::inspect::DlpMatch>,
+    /// Why the body went out unscanned (`dlp.oversize: alert | pass`).
+    pub dlp_skipped: Option<&'static str>,
+    /// Raise an alert on a served request (a DLP `alert` finding).
+    pub alert: bool,
+    /// The TLS side of the exchange, where the gateway saw it.
+    pub tls: Option<crate::tls::TlsRecord>,
+    /// An AI provider exchange: model, limits, tools, reported usage.
+    pub ai: Option<crate::inspect::ai::AiRecord>,
     pub anomaly_score: f64,
     /// The dependency that was unavailable when `egress.fail_mode: open`
     /// let this request through (`control_store`, `audit_sink`).
@@ -256,6 +270,10 @@ impl EgressEvent {
             latency_ms: 0,
             token_estimate: None,
             dlp_matches: Vec::new(),
+            dlp_skipped: None,
+            alert: false,
+            tls: None,
+            ai: None,
             anomaly_score: 0.0,
             fail_open: None,
         }
@@ -373,11 +391,27 @@ struct EgressLine<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     protocol: Option<Protocol>,
     tunnel: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<&'a crate::tls::TlsRecord>,
     bytes_out: u64,
     bytes_in: u64,
     latency_ms: u64,
     token_estimate: Option<u64>,
-    dlp_matches: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    provider: Option<clawgress_ai::Provider>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tokens_in: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tokens_out: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ai: Option<&'a crate::inspect::ai::AiRecord>,
+    dlp_matches: &'a [crate::inspect::DlpMatch],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dlp_skipped: Option<&'static str>,
     anomaly_score: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     fail_open: Option<&'static str>,
@@ -419,6 +453,11 @@ impl<'a> From<&'a EgressEvent> for EgressLine<'a> {
                 Some(false),
             ),
         };
+        // A served request can raise an alert too (a DLP `alert` finding).
+        let alert = match alert {
+            Some(alert) => Some(alert || e.alert),
+            None => e.alert.then_some(true),
+        };
         let id = &e.identity;
         EgressLine {
             timestamp: Rfc3339Millis(&e.timestamp),
@@ -445,11 +484,21 @@ impl<'a> From<&'a EgressEvent> for EgressLine<'a> {
             destination_ip: e.destination_ip,
             protocol: e.protocol,
             tunnel: e.tunnel,
+            tls: e.tls.as_ref(),
             bytes_out: e.bytes_out,
             bytes_in: e.bytes_in,
             latency_ms: e.latency_ms,
-            token_estimate: e.token_estimate,
+            token_estimate: e
+                .token_estimate
+                .or_else(|| e.ai.as_ref().and_then(|ai| ai.token_estimate)),
+            provider: e.ai.as_ref().map(|ai| ai.provider),
+            model: e.ai.as_ref().and_then(|ai| ai.model.as_deref()),
+            tokens_in: e.ai.as_ref().and_then(|ai| ai.tokens_in),
+            tokens_out: e.ai.as_ref().and_then(|ai| ai.tokens_out),
+            tool_calls: e.ai.as_ref().map(|ai| ai.tool_calls.as_slice()),
+            ai: e.ai.as_ref(),
             dlp_matches: &e.dlp_matches,
+            dlp_skipped: e.dlp_skipped,
             anomaly_score: e.anomaly_score,
             fail_open: e.fail_open,
         }

@@ -106,7 +106,7 @@ fn operator_domains_are_checked_like_policy_domains() {
 
 #[test]
 fn fuzzed_control_values_never_panic_and_never_decode_as_allows_by_accident() {
-    let mut rng = crate::testing::Rng::new(0xC0_47_20_1);
+    let mut rng = crate::testing::Rng::new(0x0C04_7201);
     let valid = allow("tmp-f", "f.example", &[443], 1).to_json();
     for _ in 0..2000 {
         let mut bytes = valid.clone();

@@ -11,6 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+use crate::inspect::Outbound;
 use crate::record::Finisher;
 
 /// Byte counters shared between the request body (going out) and the
@@ -45,9 +46,11 @@ impl std::fmt::Display for OutboundError {
 
 impl std::error::Error for OutboundError {}
 
-/// The request body sent upstream: the client's body, streamed, counted.
+/// The request body sent upstream: the client's body, streamed or as the
+/// inspect phase held it, counted as it goes out.
 pub struct OutboundBody {
-    inner: Incoming,
+    held: Option<Bytes>,
+    rest: Option<Incoming>,
     transfer: Arc<Transfer>,
     /// Set when the body has no declared length: its bytes are charged to
     /// the agent's containment share as they arrive.
@@ -56,12 +59,18 @@ pub struct OutboundBody {
 
 impl OutboundBody {
     pub fn new(
-        inner: Incoming,
+        outbound: Outbound,
         transfer: Arc<Transfer>,
         streamed_charge: Option<Arc<crate::containment::Admission>>,
     ) -> Self {
+        let (held, rest) = match outbound {
+            Outbound::Streamed(body) => (None, Some(body)),
+            Outbound::Buffered(bytes) => (Some(bytes), None),
+            Outbound::Prefixed(bytes, body) => (Some(bytes), Some(body)),
+        };
         OutboundBody {
-            inner,
+            held: held.filter(|b| !b.is_empty()),
+            rest,
             transfer,
             streamed_charge,
         }
@@ -73,7 +82,15 @@ impl Body for OutboundBody {
     type Error = OutboundError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, OutboundError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Some(held) = self.held.take() {
+            // Already charged (or declared) while it was held.
+            self.transfer.bytes_out.fetch_add(held.len() as u64, Ordering::Relaxed);
+            return Poll::Ready(Some(Ok(Frame::data(held))));
+        }
+        let Some(rest) = self.rest.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(rest).poll_frame(cx);
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -100,11 +117,23 @@ impl Body for OutboundBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.held.is_none() && self.rest.as_ref().is_none_or(|rest| rest.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let held = self.held.as_ref().map_or(0, |b| b.len() as u64);
+        match &self.rest {
+            None => SizeHint::with_exact(held),
+            Some(rest) => {
+                let inner = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower() + held);
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper + held);
+                }
+                hint
+            }
+        }
     }
 }
 
@@ -159,19 +188,33 @@ pub struct UpstreamBody {
     inner: Incoming,
     transfer: Arc<Transfer>,
     finisher: Option<Finisher>,
+    /// Reads an AI provider's reported usage as the bytes pass, unchanged.
+    /// Boxed: most responses have none, and this body is in every response.
+    usage: Option<Box<clawgress_ai::UsageReader>>,
 }
 
 impl UpstreamBody {
-    pub fn new(inner: Incoming, transfer: Arc<Transfer>, finisher: Finisher) -> Self {
+    pub fn new(
+        inner: Incoming,
+        transfer: Arc<Transfer>,
+        finisher: Finisher,
+        usage: Option<clawgress_ai::UsageReader>,
+    ) -> Self {
         UpstreamBody {
             inner,
             transfer,
             finisher: Some(finisher),
+            usage: usage.map(Box::new),
         }
     }
 
     fn finish(&mut self) {
-        if let Some(finisher) = self.finisher.take() {
+        if let Some(mut finisher) = self.finisher.take() {
+            if let Some(reader) = self.usage.take()
+                && let Some(ai) = finisher.context_mut().and_then(|ctx| ctx.ai.as_mut())
+            {
+                ai.settle(reader.finish());
+            }
             finisher.finish();
         }
     }
@@ -187,6 +230,9 @@ impl Body for UpstreamBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     self.transfer.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    if let Some(reader) = self.usage.as_mut() {
+                        reader.feed(data);
+                    }
                 }
                 if self.inner.is_end_stream() {
                     self.finish();

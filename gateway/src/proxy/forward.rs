@@ -17,6 +17,7 @@ use crate::Gateway;
 use crate::audit::AuditSlot;
 use crate::context::RequestContext;
 use crate::decision::{Refusal, RequestProblem, UpstreamFailure};
+use crate::inspect::inspect_request;
 use crate::record::Finisher;
 use crate::state::PolicySnapshot;
 
@@ -27,14 +28,47 @@ pub(super) async fn forward(
     slot: AuditSlot,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    let mut ctx = ctx;
-    let ticket = ctx.breaker.take();
     let Some(addr) = ctx.destination.as_ref().and_then(|d| d.addr) else {
         return refuse(&gateway, ctx, slot, Refusal::Request(RequestProblem::MissingAuthority));
     };
+    exchange(gateway, policy, ctx, slot, req, Route::Pool(addr)).await
+}
+
+/// Where an admitted request goes.
+pub(super) enum Route {
+    /// The pooled plain-HTTP client, to exactly this checked address.
+    Pool(SocketAddr),
+    /// The upstream TLS connection of an intercepted tunnel.
+    Tunnel(Arc<super::intercept::UpstreamLink>),
+}
+
+/// Inspect, send, and stream the answer back: the phases after decide,
+/// shared by plain-HTTP requests and requests inside intercepted tunnels.
+pub(super) async fn exchange(
+    gateway: Arc<Gateway>,
+    policy: Arc<PolicySnapshot>,
+    ctx: RequestContext,
+    slot: AuditSlot,
+    req: Request<Incoming>,
+    route: Route,
+) -> Response<ProxyBody> {
+    let mut ctx = ctx;
+    let ticket = ctx.breaker.take();
     let (mut parts, body) = req.into_parts();
-    let Some(upstream_uri) = upstream_uri(addr, &parts.uri) else {
-        return refuse(&gateway, ctx, slot, Refusal::Request(RequestProblem::MissingAuthority));
+    // Inspect: DLP may refuse the request, rewrite its query or body, or
+    // only note what it found.
+    let inspected = inspect_request(
+        policy.dlp.as_deref(),
+        &mut ctx,
+        &mut parts,
+        body,
+        policy.hash_bodies,
+        policy.request_timeout,
+    )
+    .await;
+    let outbound = match inspected {
+        Ok(outbound) => outbound,
+        Err(refusal) => return refuse(&gateway, ctx, slot, refusal),
     };
     // The Host header names the origin as the client wrote it; the URI names
     // the checked address, which is all the connection pool ever dials.
@@ -42,7 +76,14 @@ pub(super) async fn forward(
         .uri
         .authority()
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
-    parts.uri = upstream_uri;
+    let target = match &route {
+        Route::Pool(addr) => upstream_uri(*addr, &parts.uri),
+        Route::Tunnel(_) => origin_form(&parts.uri),
+    };
+    let Some(target) = target else {
+        return refuse(&gateway, ctx, slot, Refusal::Request(RequestProblem::MissingAuthority));
+    };
+    parts.uri = target;
     strip_hop_by_hop(&mut parts.headers);
     if let Some(host) = host {
         parts.headers.insert(header::HOST, host);
@@ -59,11 +100,24 @@ pub(super) async fn forward(
     } else {
         ctx.admission.clone()
     };
-    let outbound = Request::from_parts(parts, OutboundBody::new(body, transfer.clone(), streamed_charge));
+    let outbound = Request::from_parts(parts, OutboundBody::new(outbound, transfer.clone(), streamed_charge));
     // From here on the finisher records the exchange whatever happens,
     // including the client going away while the upstream is still working.
     let mut finisher = Finisher::new(gateway.clone(), ctx, slot, transfer.clone());
-    let response = match await_response(outbound, &transfer, policy.request_timeout).await {
+    let sent = match &route {
+        Route::Pool(_) => {
+            let response = crate::state::upstream().request(outbound);
+            await_response(response, &transfer, policy.request_timeout, |error| {
+                SendFailure::Upstream(classify_client_error(&error))
+            })
+            .await
+        }
+        Route::Tunnel(link) => {
+            let response = link.send(outbound);
+            await_response(response, &transfer, policy.request_timeout, |failure| failure).await
+        }
+    };
+    let response = match sent {
         Ok(response) => response,
         Err(Waited::Timeout) => {
             if let Some(ticket) = ticket {
@@ -71,7 +125,7 @@ pub(super) async fn forward(
             }
             return finisher.refuse(Refusal::Upstream(UpstreamFailure::ResponseTimeout));
         }
-        Err(Waited::Failed(error)) => {
+        Err(Waited::Failed(failure)) => {
             if let Some(overflow) = transfer_contained(&transfer) {
                 return finisher.refuse(Refusal::Contained(overflow));
             }
@@ -82,12 +136,15 @@ pub(super) async fn forward(
             if let Some(ticket) = ticket {
                 ticket.failure();
             }
-            let failure = classify_client_error(&error);
-            if failure == UpstreamFailure::Reset {
-                gateway.metrics.record_upstream_reset();
-            }
-            tracing::debug!(error = %error, "upstream request failed");
-            return finisher.refuse(Refusal::Upstream(failure));
+            return finisher.refuse(match failure {
+                SendFailure::Upstream(failure) => {
+                    if failure == UpstreamFailure::Reset {
+                        gateway.metrics.record_upstream_reset();
+                    }
+                    Refusal::Upstream(failure)
+                }
+                SendFailure::Tls(failure) => Refusal::UpstreamTls(failure),
+            });
         }
     };
 
@@ -120,7 +177,14 @@ pub(super) async fn forward(
         }
     }
     finisher.served(parts.status.as_u16());
-    Response::from_parts(parts, ProxyBody::Upstream(UpstreamBody::new(body, transfer, finisher)))
+    let usage = finisher
+        .context()
+        .and_then(|ctx| ctx.ai.as_ref())
+        .and_then(|ai| ai.usage_reader(&parts.headers));
+    Response::from_parts(
+        parts,
+        ProxyBody::Upstream(UpstreamBody::new(body, transfer, finisher, usage)),
+    )
 }
 
 /// The overflow that cut the request body, if containment did.
@@ -130,23 +194,31 @@ fn transfer_contained(transfer: &Transfer) -> Option<crate::containment::Overflo
 
 enum Waited {
     Timeout,
-    Failed(hyper_util::client::legacy::Error),
+    Failed(SendFailure),
+}
+
+/// Why a request could not be sent or answered.
+pub(super) enum SendFailure {
+    Upstream(UpstreamFailure),
+    /// An intercepted tunnel had to reconnect and the upstream's
+    /// certificate no longer passed.
+    Tls(Box<crate::tls::TlsFailure>),
 }
 
 /// Waits for the response head. The timeout is for inactivity: it restarts
 /// while the request body is still flowing, so a long upload is not cut off,
 /// but an upstream that goes quiet is.
-async fn await_response(
-    outbound: Request<OutboundBody>,
+async fn await_response<E>(
+    response: impl Future<Output = Result<Response<Incoming>, E>>,
     transfer: &Transfer,
     timeout: Duration,
+    classify: impl FnOnce(E) -> SendFailure,
 ) -> Result<Response<Incoming>, Waited> {
-    let response = crate::state::upstream().request(outbound);
     tokio::pin!(response);
     let mut sent = transfer.bytes_out.load(Ordering::Relaxed);
     loop {
         tokio::select! {
-            result = &mut response => return result.map_err(Waited::Failed),
+            result = &mut response => return result.map_err(|error| Waited::Failed(classify(error))),
             () = tokio::time::sleep(timeout) => {
                 let now = transfer.bytes_out.load(Ordering::Relaxed);
                 if now == sent {
@@ -156,6 +228,12 @@ async fn await_response(
             }
         }
     }
+}
+
+/// The path and query alone, for a request on a connection already open
+/// to its origin.
+fn origin_form(original: &Uri) -> Option<Uri> {
+    Uri::try_from(original.path_and_query().map_or("/", |p| p.as_str())).ok()
 }
 
 fn upstream_uri(addr: SocketAddr, original: &Uri) -> Option<Uri> {
@@ -193,6 +271,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 fn classify_client_error(error: &hyper_util::client::legacy::Error) -> UpstreamFailure {
+    tracing::debug!(error = %error, "upstream request failed");
     if error.is_connect() {
         let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
         while let Some(cause) = source {

@@ -9,6 +9,7 @@
 
 pub mod body;
 mod forward;
+mod intercept;
 pub mod server;
 mod tunnel;
 
@@ -71,8 +72,8 @@ pub async fn handle(gateway: Arc<Gateway>, client: SocketAddr, req: Request<Inco
     let policy = gateway.policy.load_full();
     match admit(&gateway, &policy, &mut ctx, &req).await {
         Ok(()) => match kind {
-            RequestKind::Forward => forward::forward(gateway, policy, ctx, slot, req).await,
             RequestKind::Connect => tunnel::open(gateway, policy, ctx, slot, req).await,
+            RequestKind::Forward | RequestKind::Intercepted => forward::forward(gateway, policy, ctx, slot, req).await,
         },
         Err(refusal) => refuse(&gateway, ctx, slot, refusal),
     }
@@ -227,15 +228,31 @@ async fn admit(
         dest.addr = Some(SocketAddr::new(ip, port));
     }
 
-    // Containment: this agent's share of the gateway (seed §5.2). Before the
-    // limiters, so a request refused here spends no rate capacity, and a
-    // request waiting in a limiter's queue holds its slot.
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
+    admit_exchange(gateway, policy, ctx, declared).await
+}
+
+/// The per-exchange checks, for a request admitted here and for each
+/// request inside an intercepted tunnel: containment, rate limits, the
+/// emergency block and the destination's breaker.
+async fn admit_exchange(
+    gateway: &Gateway,
+    policy: &PolicySnapshot,
+    ctx: &mut RequestContext,
+    declared: u64,
+) -> Result<(), Refusal> {
+    let (Some(identity), Some(host_text)) = (ctx.identity.clone(), ctx.destination.as_ref().map(|d| d.host.clone()))
+    else {
+        return Err(Refusal::Request(RequestProblem::MissingAuthority));
+    };
+    // Containment: this agent's share of the gateway (seed §5.2). Before the
+    // limiters, so a request refused here spends no rate capacity, and a
+    // request waiting in a limiter's queue holds its slot.
     let admission = gateway
         .containment
         .admit(&identity.agent_id, declared)
@@ -337,7 +354,7 @@ fn request_target(
             // for a tunnel is https whatever the port.
             Ok((authority.host(), port, Protocol::Https, None))
         }
-        RequestKind::Forward => {
+        RequestKind::Forward | RequestKind::Intercepted => {
             let scheme = uri
                 .scheme_str()
                 .ok_or(Refusal::Request(RequestProblem::NotProxyRequest))?;

@@ -7,11 +7,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use clawgress_policies::model::TlsMode;
 use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::body::{ProxyBody, Transfer};
@@ -22,6 +23,8 @@ use crate::context::RequestContext;
 use crate::decision::{Refusal, RequestProblem, UpstreamFailure};
 use crate::record::Finisher;
 use crate::state::PolicySnapshot;
+use crate::tls::TlsRecord;
+use crate::tls::client_hello::{self, Peek};
 
 pub(super) async fn open(
     gateway: Arc<Gateway>,
@@ -56,6 +59,15 @@ pub(super) async fn open(
         }
     };
     let _ = upstream.set_nodelay(true);
+    if ctx.allowed_by.as_ref().is_some_and(|a| a.tls == TlsMode::Intercept) {
+        return super::intercept::open(gateway, policy, ctx, slot, req, upstream).await;
+    }
+    let mut upstream = upstream;
+    ctx.tls = Some(TlsRecord {
+        mode: "passthrough",
+        ..TlsRecord::default()
+    });
+    let hello_timeout = policy.request_timeout;
 
     let on_upgrade = hyper::upgrade::on(&mut req);
     let transfer = Arc::new(Transfer::default());
@@ -76,6 +88,26 @@ pub(super) async fn open(
         match on_upgrade.await {
             Ok(upgraded) => {
                 let mut client = TokioIo::new(upgraded);
+                // Stop domain fronting: the TLS inside must be for the host
+                // the tunnel was opened to.
+                match first_flight(&mut client, &upstream, hello_timeout).await {
+                    Ok(flight) => {
+                        if let Err(refusal) = check_flight(&mut finisher, &flight) {
+                            let _ = finisher.refuse(refusal);
+                            drop(open);
+                            return;
+                        }
+                        if !flight.bytes.is_empty() {
+                            if upstream.write_all(&flight.bytes).await.is_err() {
+                                finisher.upstream_reset();
+                            }
+                            transfer
+                                .bytes_out
+                                .fetch_add(flight.bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                    Err(error) => tracing::debug!(%error, "client went away before its first bytes"),
+                }
                 let mut upstream = CountingStream {
                     inner: upstream,
                     transfer: &transfer,
@@ -101,11 +133,74 @@ pub(super) async fn open(
     response
 }
 
+/// What the client sent first, and what it says.
+struct Flight {
+    bytes: Vec<u8>,
+    peek: Peek,
+}
+
+/// Reads the client's first flight: a whole ClientHello, or enough to see
+/// that it is not TLS. Stops early if the upstream speaks first (a protocol
+/// where the server talks first is not TLS) or the client goes quiet.
+async fn first_flight<S: AsyncRead + Unpin>(
+    client: &mut S,
+    upstream: &TcpStream,
+    timeout: std::time::Duration,
+) -> io::Result<Flight> {
+    let mut bytes = Vec::with_capacity(2048);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let peek = client_hello::peek(&bytes);
+        if peek != Peek::Incomplete || bytes.len() >= client_hello::MAX_HELLO_BYTES {
+            return Ok(Flight { bytes, peek });
+        }
+        let mut chunk = [0u8; 4096];
+        tokio::select! {
+            read = client.read(&mut chunk) => {
+                let n = read?;
+                if n == 0 {
+                    return Ok(Flight { bytes, peek });
+                }
+                bytes.extend_from_slice(&chunk[..n]);
+            }
+            _ = upstream.readable() => return Ok(Flight { bytes, peek }),
+            () = tokio::time::sleep_until(deadline) => return Ok(Flight { bytes, peek }),
+        }
+    }
+}
+
+/// The tunnel's verdict on its first flight; notes the SNI for the audit.
+fn check_flight(finisher: &mut Finisher, flight: &Flight) -> Result<(), Refusal> {
+    let host = finisher
+        .context()
+        .and_then(|c| c.destination_host())
+        .unwrap_or_default()
+        .to_string();
+    match &flight.peek {
+        Peek::ClientHello { sni } => {
+            if let Some(tls) = finisher.context_mut().and_then(|c| c.tls.as_mut()) {
+                tls.sni = sni.clone();
+            }
+            match sni {
+                Some(sni) if *sni != host => Err(Refusal::SniMismatch { sni: sni.clone() }),
+                _ => Ok(()),
+            }
+        }
+        Peek::Malformed => Err(Refusal::MalformedClientHello),
+        // Bytes that look like the start of TLS but never became a whole
+        // ClientHello could hide a server name: fail closed.
+        Peek::Incomplete if flight.bytes.first() == Some(&0x16) => Err(Refusal::MalformedClientHello),
+        // Not TLS at all (or nothing yet): there is no server name to
+        // front with; the bytes go to the allowed host:port as they are.
+        Peek::Incomplete | Peek::NotTls => Ok(()),
+    }
+}
+
 /// Keeps the gateway's count of open tunnels.
-struct TunnelGuard(Arc<Gateway>);
+pub(super) struct TunnelGuard(Arc<Gateway>);
 
 impl TunnelGuard {
-    fn new(gateway: &Arc<Gateway>) -> Self {
+    pub(super) fn new(gateway: &Arc<Gateway>) -> Self {
         gateway.open_tunnels.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         TunnelGuard(gateway.clone())
     }

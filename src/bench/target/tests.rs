@@ -9,7 +9,7 @@ async fn start(size: usize) -> (std::net::SocketAddr, oneshot::Sender<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     let addr = listener.local_addr().expect("local addr");
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(serve(listener, CannedResponse::of_size(size), async {
+    tokio::spawn(serve(listener, CannedResponse::of_size(size), None, async {
         let _ = stopped.await;
     }));
     (addr, stop)
@@ -60,7 +60,7 @@ async fn stops_accepting_after_shutdown() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     let addr = listener.local_addr().expect("local addr");
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, CannedResponse::of_size(1), async {
+    let server = tokio::spawn(serve(listener, CannedResponse::of_size(1), None, async {
         let _ = stopped.await;
     }));
     stop.send(()).expect("server alive");
