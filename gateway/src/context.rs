@@ -99,6 +99,8 @@ pub struct RequestContext {
     pub tls: Option<crate::tls::TlsRecord>,
     /// What an AI request asked for and what the provider reported.
     pub ai: Option<crate::inspect::ai::AiRecord>,
+    /// What this request reserved against budgets; settled when recorded.
+    pub budget: Option<crate::budgets::Reservation>,
 }
 
 impl RequestContext {
@@ -128,6 +130,7 @@ impl RequestContext {
             body_sha256: None,
             tls: None,
             ai: None,
+            budget: None,
         }
     }
 

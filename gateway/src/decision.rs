@@ -80,6 +80,10 @@ pub enum Refusal {
     UpstreamTls(Box<crate::tls::TlsFailure>),
     /// A rule says `tls: intercept` and this gateway has no CA.
     InterceptUnavailable,
+    /// An AI request would go past a token or cost budget.
+    BudgetExceeded(Box<crate::budgets::BudgetExceeded>),
+    /// The budget counters cannot be reached and `egress.fail_mode` is `closed`.
+    BudgetUnavailable(String),
 }
 
 /// Shapes of request the proxy refuses before looking at identity or policy.
@@ -142,6 +146,8 @@ impl Refusal {
             Refusal::HostMismatch => "host_mismatch",
             Refusal::UpstreamTls(failure) => failure.reason,
             Refusal::InterceptUnavailable => "intercept_unavailable",
+            Refusal::BudgetExceeded(_) => "budget_exceeded",
+            Refusal::BudgetUnavailable(_) => "budget_store_unavailable",
         }
     }
 
@@ -170,6 +176,8 @@ impl Refusal {
             Refusal::HostMismatch => StatusCode::MISDIRECTED_REQUEST,
             Refusal::UpstreamTls(_) => StatusCode::BAD_GATEWAY,
             Refusal::InterceptUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::BudgetExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::BudgetUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             // nginx's convention for "client closed request"; never sent.
             Refusal::ClientClosed => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
         }
@@ -207,6 +215,8 @@ impl Refusal {
                 Arc::from("tls.pins")
             }
             Refusal::UpstreamTls(_) => Arc::from("tls.verify_certificates"),
+            Refusal::BudgetExceeded(exceeded) => Arc::from(exceeded.policy_id.as_str()),
+            Refusal::BudgetUnavailable(_) => Arc::from("budgets.store"),
             Refusal::Contained(crate::containment::Overflow::Concurrency { .. }) => {
                 Arc::from("fault_containment.max_concurrent_requests")
             }
@@ -233,6 +243,8 @@ impl Refusal {
                 | Refusal::HostMismatch
                 | Refusal::UpstreamTls(_)
                 | Refusal::InterceptUnavailable
+                | Refusal::BudgetExceeded(_)
+                | Refusal::BudgetUnavailable(_)
         )
     }
 
@@ -253,6 +265,7 @@ impl Refusal {
         match self {
             Refusal::RateLimited(limited) => Some(limited.retry_after),
             Refusal::CircuitOpen(open) => Some(open.retry_after),
+            Refusal::BudgetExceeded(exceeded) => Some(std::time::Duration::from_secs(exceeded.retry_after_secs)),
             // Capacity comes back as the agent's own exchanges finish.
             Refusal::Contained(overflow) if overflow.is_retryable() => Some(std::time::Duration::from_secs(1)),
             _ => None,
@@ -363,6 +376,27 @@ impl Refusal {
                  an operator starts it with --ca-dir (created by `clawgress ca init`)"
                     .to_string()
             }
+            Refusal::BudgetExceeded(exceeded) => format!(
+                "the {} {} budget of {} '{}' is spent ({} tokens, ${:.4} so far, {} tokens in flight; this request needs {}); \
+                 it resets at {}",
+                exceeded.window,
+                match (exceeded.limit_tokens, exceeded.limit_cost_usd) {
+                    (Some(tokens), Some(cost)) => format!("{tokens} tokens / ${cost}"),
+                    (Some(tokens), None) => format!("{tokens} tokens"),
+                    (None, Some(cost)) => format!("${cost}"),
+                    (None, None) => "?".to_string(),
+                },
+                exceeded.scope,
+                exceeded.id,
+                exceeded.spent_tokens,
+                exceeded.spent_cost_usd,
+                exceeded.reserved_tokens,
+                exceeded.requested_tokens,
+                exceeded.resets_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            Refusal::BudgetUnavailable(why) => format!(
+                "{why}; the gateway cannot tell whether this AI request fits its budgets, so it fails closed (egress.fail_mode)"
+            ),
             Refusal::ControlUnavailable => {
                 "the gateway cannot reach its control store and has no last-known-good copy, \
                  so it cannot tell whether an emergency block is in force; it fails closed (egress.fail_mode)"
@@ -448,4 +482,7 @@ pub const ALL_REASONS: &[&str] = &[
     "upstream_certificate_pin_mismatch",
     "upstream_certificate_invalid",
     "upstream_tls_failed",
+    // budgets (429, 503)
+    "budget_exceeded",
+    "budget_store_unavailable",
 ];

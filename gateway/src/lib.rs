@@ -19,6 +19,7 @@
 pub mod admin;
 pub mod audit;
 pub mod breaker;
+pub mod budgets;
 pub mod containment;
 pub mod context;
 pub mod control;
@@ -152,6 +153,10 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
         admin_tokens,
         audit_path: config.audit.clone(),
         tls,
+        budget_store: Arc::new(match &config.nats_url {
+            Some(url) => budgets::BudgetStore::nats(url),
+            None => budgets::BudgetStore::memory(),
+        }),
     });
 
     let workers = proxy::server::spawn_workers(proxy_listeners, gateway.clone(), stopped.clone(), config.drain)

@@ -156,6 +156,36 @@ pub fn record(gateway: &Gateway, ctx: RequestContext, slot: AuditSlot, outcome: 
     }
 }
 
+/// Settles the request's budget reservation (in the background: it may be
+/// a NATS round trip): to the provider's usage when it reported one, in
+/// full when the request reached the provider but usage is unknown, and to
+/// nothing when nothing was sent.
+fn settle_budget(gateway: &Gateway, ctx: &RequestContext, reached: bool) {
+    let Some(reservation) = ctx.budget.clone() else {
+        return;
+    };
+    let usage = ctx
+        .ai
+        .as_ref()
+        .and_then(|ai| ai.tokens_in.zip(ai.tokens_out).or(ai.tokens_in.map(|i| (i, 0))));
+    let store = gateway.budget_store.clone();
+    let settle = async move {
+        match (usage, reached) {
+            (Some((tokens_in, tokens_out)), _) => {
+                crate::budgets::settle_usage(&store, &reservation, tokens_in, tokens_out).await
+            }
+            (None, true) => crate::budgets::settle(&store, &reservation, None).await,
+            (None, false) => crate::budgets::settle(&store, &reservation, Some((0, Some(0)))).await,
+        }
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => {
+            handle.spawn(settle);
+        }
+        Err(_) => tracing::warn!("no runtime to settle a budget reservation; it stays reserved until its window ends"),
+    }
+}
+
 fn record_served(
     gateway: &Gateway,
     ctx: RequestContext,
@@ -166,6 +196,7 @@ fn record_served(
     cut: Option<&'static str>,
 ) {
     let elapsed = ctx.started.elapsed();
+    settle_budget(gateway, &ctx, true);
     let (label, reason, verdict, policy_id) = match &ctx.would_deny {
         Some((reason, policy_id)) => (
             DecisionLabel::WouldDeny,
@@ -200,6 +231,7 @@ fn record_served(
 
 fn record_refused(gateway: &Gateway, ctx: RequestContext, slot: AuditSlot, refusal: &Refusal) {
     let elapsed = ctx.started.elapsed();
+    settle_budget(gateway, &ctx, ctx.bytes_out > 0);
     let status = refusal.status().as_u16();
     let reason = refusal.reason();
     gateway.metrics.record_bytes(ctx.bytes_out, ctx.bytes_in);
@@ -306,5 +338,6 @@ fn event(ctx: &RequestContext, verdict: Verdict, policy_id: String) -> EgressEve
     event.alert = ctx.alert;
     event.tls = ctx.tls.clone();
     event.ai = ctx.ai.clone();
+    event.budget = ctx.budget.clone();
     event
 }

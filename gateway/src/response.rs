@@ -47,6 +47,9 @@ struct Problem<'a> {
     /// The kinds of data DLP blocked, never the data.
     #[serde(skip_serializing_if = "Option::is_none")]
     dlp_matches: Option<&'a [&'static str]>,
+    /// The budget, what is spent and when it resets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    budget: Option<&'a crate::budgets::BudgetExceeded>,
 }
 
 pub fn refusal_response(ctx: &RequestContext, refusal: &Refusal) -> Response<ProxyBody> {
@@ -70,6 +73,10 @@ pub fn refusal_response(ctx: &RequestContext, refusal: &Refusal) -> Response<Pro
         retry_after: refusal.retry_after().map(|d| crate::limits::ceil_secs(d).max(1)),
         dlp_matches: match refusal {
             Refusal::Dlp(crate::inspect::DlpRefusal::Blocked { kinds, .. }) => Some(kinds),
+            _ => None,
+        },
+        budget: match refusal {
+            Refusal::BudgetExceeded(exceeded) => Some(exceeded),
             _ => None,
         },
     };

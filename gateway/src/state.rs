@@ -52,6 +52,8 @@ pub struct Gateway {
     pub audit_path: std::path::PathBuf,
     /// Trusted roots, upstream TLS and the interception CA.
     pub tls: Arc<crate::tls::TlsKit>,
+    /// Budget counters: in memory standalone, in NATS KV when replicas share.
+    pub budget_store: Arc<crate::budgets::BudgetStore>,
 }
 
 /// One loaded policy bundle, compiled, with the resolver its `dns` section
@@ -80,6 +82,8 @@ pub struct PolicySnapshot {
     pub hash_bodies: bool,
     /// `tls:` as the upstream connections of intercepted tunnels use it.
     pub upstream_tls: crate::tls::UpstreamTlsPolicy,
+    /// Token and cost budgets; `None` when the policy sets none.
+    pub budgets: Option<Arc<crate::budgets::BudgetPlan>>,
 }
 
 impl PolicySnapshot {
@@ -126,6 +130,7 @@ impl PolicySnapshot {
             rate_limits_enabled: doc.rate_limits.enabled,
             dlp: crate::inspect::engine_for(&doc.dlp),
             upstream_tls: crate::tls::UpstreamTlsPolicy::new(&doc.tls),
+            budgets: crate::budgets::BudgetPlan::new(&doc.budgets),
             hash_bodies: doc.compliance_logging.enabled && doc.compliance_logging.hash_sensitive,
             compiled: CompiledPolicy::compile(bundle),
             resolver,

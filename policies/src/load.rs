@@ -52,7 +52,42 @@ pub fn load_file_at(path: &Path, now: DateTime<Utc>) -> Result<PolicyBundle, Pol
     file.take(MAX_POLICY_BYTES + 1)
         .read_to_end(&mut bytes)
         .map_err(read_error)?;
-    load_bytes(&bytes, &origin, now)
+    let mut bundle = load_bytes(&bytes, &origin, now)?;
+    if let Some(file) = bundle.document.budgets.pricing_file.clone() {
+        let pricing_path = path.parent().unwrap_or(Path::new(".")).join(&file.value);
+        let prices = load_pricing(&pricing_path).map_err(|mut error| {
+            if let PolicyError::Read { .. } = error {
+                error = PolicyError::Invalid(vec![
+                    Diagnostic::new(
+                        &origin,
+                        file.line,
+                        file.column,
+                        format!("cannot read the pricing file {}", pricing_path.display()),
+                    )
+                    .with_hint("the path is relative to the policy file; policies/pricing.yaml ships list prices"),
+                ]);
+            }
+            error
+        })?;
+        for (model, price) in prices {
+            bundle.document.budgets.pricing.entry(model).or_insert(price);
+        }
+    }
+    Ok(bundle)
+}
+
+/// Reads a `pricing:` file (`budgets.pricing_file`).
+pub fn load_pricing(path: &Path) -> Result<std::collections::BTreeMap<String, crate::model::ModelPrice>, PolicyError> {
+    let origin = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|source| PolicyError::Read {
+        path: origin.clone(),
+        source,
+    })?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| PolicyError::Invalid(vec![Diagnostic::new(&origin, 1, 1, "the file is not valid UTF-8 text")]))?;
+    let parsed: crate::model::PricingFile = serde_saphyr::from_str_with_options(text, parser_options())
+        .map_err(|e| PolicyError::Invalid(vec![yaml_error::to_diagnostic(&e, &origin)]))?;
+    Ok(parsed.pricing)
 }
 
 /// Loads policy text; `origin` names it in messages (e.g. the file name).

@@ -10,6 +10,7 @@
 //! format.
 
 mod allowlist;
+mod budgets;
 mod containment;
 mod dlp;
 mod dns;
@@ -20,6 +21,7 @@ mod tls;
 use serde::{Deserialize, Deserializer};
 
 pub use allowlist::{AllowGroup, AllowRule, Allowlist, BlockEntry, Ports, Protocol, Protocols, Roles, TlsMode};
+pub use budgets::{BudgetMode, BudgetRule, BudgetScope, BudgetWindow, BudgetsPolicy, ModelPrice, PricingFile};
 pub use containment::{
     AutoTerminate, BreakerRecovery, BreakerStates, BreakerThresholds, CircuitBreaker, FaultContainment, Sandbox,
     SandboxNetwork,
@@ -73,6 +75,9 @@ pub struct PolicyDocument {
     /// Outbound data-loss prevention on request bodies (our addition).
     #[serde(deserialize_with = "or_default")]
     pub dlp: DlpPolicy,
+    /// Token and cost budgets for AI requests (our addition).
+    #[serde(deserialize_with = "or_default")]
+    pub budgets: BudgetsPolicy,
 }
 
 /// Reads a section or list whose key may be written with nothing under it

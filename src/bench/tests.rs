@@ -293,6 +293,9 @@ async fn invalid_arguments_are_refused_before_any_connection() {
     negative.warmup = -1.0;
     let mut zero = args(target.clone());
     zero.duration = 0.0;
+    let mut body_without_reqwest = args(target.clone());
+    body_without_reqwest.body = 1024;
+    let https_without_reqwest = args("https://127.0.0.1:9/".to_owned());
     let mut endless = args(target);
     endless.duration = f64::INFINITY;
     for (name, bad) in [
@@ -302,6 +305,8 @@ async fn invalid_arguments_are_refused_before_any_connection() {
         ("negative warmup", negative),
         ("zero duration", zero),
         ("infinite duration", endless),
+        ("a body without --reqwest", body_without_reqwest),
+        ("https without --reqwest", https_without_reqwest),
     ] {
         assert!(BenchPlan::from_args(&bad).await.is_err(), "{name} accepted");
     }

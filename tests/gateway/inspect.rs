@@ -337,3 +337,98 @@ async fn ai_requests_are_read_and_their_usage_recorded() {
     let line = w.gw.audit_for(served.header("x-request-id").unwrap()).await;
     assert!(line["ai"]["unparsed"].as_str().unwrap().contains("JSON"), "{line}");
 }
+
+#[tokio::test]
+async fn two_replicas_sharing_nats_never_overspend_a_token_budget() {
+    let Some(nats) = support::nats::NatsServer::start() else {
+        return;
+    };
+    let origin = upstream::origin().await;
+    let dns = TestDns::start(&[]).await;
+    let port = origin.addr.port();
+    const BUDGET: u64 = 2000;
+    // Containment would refuse part of the burst first; this test is about budgets.
+    let policy = policy_yaml(port, 1, 1, dns.addr, "enforce")
+        .replace("max_concurrent_requests: 10", "max_concurrent_requests: 500")
+        + &format!(
+            "budgets:\n  rules:\n    - scope: agent\n      window: day\n      tokens: {BUDGET}\n      mode: hard-stop\n"
+        );
+    let replicas = [
+        GatewayProc::start_with(&policy, &agents_yaml(), &["--nats", &nats.url]),
+        GatewayProc::start_with(&policy, &agents_yaml(), &["--nats", &nats.url]),
+    ];
+    let body = serde_json::json!({
+        "model": "gpt-4o",
+        "max_tokens": 50,
+        "messages": [{"role": "user", "content": "Say hello."}],
+    })
+    .to_string();
+    let url = format!("http://ai.test:{port}/v1/chat/completions");
+
+    // 80 at once, alternating replicas; each reserves its estimate plus 50
+    // and really uses 42 (the fake provider's usage).
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..80 {
+        let (proxy, head, body) = (replicas[i % 2].proxy, ai_post(&url, body.as_bytes()), body.clone());
+        tasks.spawn(async move { raw::send(proxy, &head, body.as_bytes()).await });
+    }
+    let (mut served, mut refused) = (0u64, Vec::new());
+    while let Some(response) = tasks.join_next().await {
+        let response = response.unwrap();
+        match response.status {
+            200 => served += 1,
+            429 => refused.push(response),
+            other => panic!("unexpected {other}: {}", String::from_utf8_lossy(&response.body)),
+        }
+    }
+    assert!(
+        served > 0 && !refused.is_empty(),
+        "served {served}, refused {}",
+        refused.len()
+    );
+
+    // In-flight reservations refuse part of a burst; one at a time, the
+    // rest of the budget is usable until what is left is less than one
+    // request's reservation.
+    for i in 0..100 {
+        let response = raw::send(replicas[i % 2].proxy, &ai_post(&url, body.as_bytes()), body.as_bytes()).await;
+        if response.status == 429 {
+            refused.push(response);
+            break;
+        }
+        assert_eq!(response.status, 200);
+        served += 1;
+        // Settling is asynchronous; give it a moment as an agent's pace would.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // What the provider reports as used, from both replicas' audit lines.
+    let mut used = 0;
+    let mut reservation = 0;
+    for gw in &replicas {
+        for line in gw.audit_lines() {
+            if line["decision"] == "allow" && line["request"]["path"] == "/v1/chat/completions" {
+                used += line["tokens_in"].as_u64().unwrap() + line["tokens_out"].as_u64().unwrap();
+                reservation = line["budget"]["tokens"].as_u64().unwrap();
+            }
+        }
+    }
+    assert_eq!(used, served * 42);
+    assert!(
+        used <= BUDGET + reservation,
+        "{used} tokens used across replicas, budget {BUDGET} + one reservation {reservation}"
+    );
+    // Nearly all of it is usable: reservations are settled to usage.
+    assert!(used + 2 * reservation > BUDGET, "only {used} of {BUDGET} used");
+
+    // The refusal says which budget, what is spent, and when it resets.
+    assert!(refused.iter().all(|r| r.reason() == "budget_exceeded"));
+    let refusal = refused[0].json();
+    assert_eq!(refusal["reason"], "budget_exceeded");
+    assert_eq!(refusal["budget"]["scope"], "agent");
+    assert_eq!(refusal["budget"]["id"], AI_AGENT.0);
+    assert_eq!(refusal["budget"]["window"], "day");
+    assert_eq!(refusal["budget"]["limit_tokens"], BUDGET);
+    assert!(refusal["budget"]["resets_at"].as_str().unwrap().ends_with("T00:00:00Z"));
+    assert!(refused[0].header("retry-after").unwrap().parse::<u64>().unwrap() > 0);
+}

@@ -234,6 +234,8 @@ pub struct EgressEvent {
     pub tls: Option<crate::tls::TlsRecord>,
     /// An AI provider exchange: model, limits, tools, reported usage.
     pub ai: Option<crate::inspect::ai::AiRecord>,
+    /// What the request reserved against token and cost budgets.
+    pub budget: Option<crate::budgets::Reservation>,
     pub anomaly_score: f64,
     /// The dependency that was unavailable when `egress.fail_mode: open`
     /// let this request through (`control_store`, `audit_sink`).
@@ -274,6 +276,7 @@ impl EgressEvent {
             alert: false,
             tls: None,
             ai: None,
+            budget: None,
             anomaly_score: 0.0,
             fail_open: None,
         }
@@ -409,6 +412,8 @@ struct EgressLine<'a> {
     tool_calls: Option<&'a [String]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ai: Option<&'a crate::inspect::ai::AiRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    budget: Option<&'a crate::budgets::Reservation>,
     dlp_matches: &'a [crate::inspect::DlpMatch],
     #[serde(skip_serializing_if = "Option::is_none")]
     dlp_skipped: Option<&'static str>,
@@ -497,6 +502,7 @@ impl<'a> From<&'a EgressEvent> for EgressLine<'a> {
             tokens_out: e.ai.as_ref().and_then(|ai| ai.tokens_out),
             tool_calls: e.ai.as_ref().map(|ai| ai.tool_calls.as_slice()),
             ai: e.ai.as_ref(),
+            budget: e.budget.as_ref(),
             dlp_matches: &e.dlp_matches,
             dlp_skipped: e.dlp_skipped,
             anomaly_score: e.anomaly_score,

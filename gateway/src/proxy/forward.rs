@@ -70,6 +70,10 @@ pub(super) async fn exchange(
         Ok(outbound) => outbound,
         Err(refusal) => return refuse(&gateway, ctx, slot, refusal),
     };
+    // Budgets: an AI request reserves what it may spend before it leaves.
+    if let Err(refusal) = reserve_budget(&gateway, &policy, &mut ctx).await {
+        return refuse(&gateway, ctx, slot, refusal);
+    }
     // The Host header names the origin as the client wrote it; the URI names
     // the checked address, which is all the connection pool ever dials.
     let host = parts
@@ -175,6 +179,16 @@ pub(super) async fn exchange(
         if let Ok(value) = HeaderValue::from_str(&ctx.request_id.to_string()) {
             parts.headers.insert(crate::response::REQUEST_ID_HEADER, value);
         }
+        // soft-stop: the agent is told it is past a budget.
+        if let Some(charged) = ctx.budget.as_ref().and_then(|r| {
+            r.budgets
+                .iter()
+                .find(|b| b.over && b.mode == clawgress_policies::model::BudgetMode::SoftStop)
+        }) && let Ok(value) =
+            HeaderValue::from_str(&format!("exceeded; mode=soft-stop; policy_id={}", charged.policy_id))
+        {
+            parts.headers.insert(BUDGET_HEADER, value);
+        }
     }
     finisher.served(parts.status.as_u16());
     let usage = finisher
@@ -185,6 +199,39 @@ pub(super) async fn exchange(
         parts,
         ProxyBody::Upstream(UpstreamBody::new(body, transfer, finisher, usage)),
     )
+}
+
+/// Tells an agent that a soft-stop budget is spent.
+const BUDGET_HEADER: http::header::HeaderName = http::header::HeaderName::from_static("x-clawgress-budget");
+
+/// Reserves an AI request's estimate and output limit against its budgets.
+async fn reserve_budget(gateway: &Gateway, policy: &PolicySnapshot, ctx: &mut RequestContext) -> Result<(), Refusal> {
+    let (Some(plan), Some(ai), Some(identity)) = (policy.budgets.as_deref(), ctx.ai.as_ref(), ctx.identity.clone())
+    else {
+        return Ok(());
+    };
+    match plan
+        .reserve(&gateway.budget_store, &identity, ai, chrono::Utc::now())
+        .await
+    {
+        Ok(reservation) => {
+            if reservation.as_ref().is_some_and(|r| r.budgets.iter().any(|b| b.over)) {
+                ctx.alert = true;
+            }
+            ctx.budget = reservation;
+            Ok(())
+        }
+        Err(crate::budgets::BudgetRefusal::Exceeded(exceeded)) => Err(Refusal::BudgetExceeded(exceeded)),
+        Err(crate::budgets::BudgetRefusal::Unavailable(error)) => {
+            if policy.fail_mode_for(&identity.environment) == clawgress_policies::model::FailMode::Open {
+                ctx.fail_open.get_or_insert("budget_store");
+                gateway.metrics.record_fail_open("budget_store");
+                Ok(())
+            } else {
+                Err(Refusal::BudgetUnavailable(error.to_string()))
+            }
+        }
+    }
 }
 
 /// The overflow that cut the request body, if containment did.

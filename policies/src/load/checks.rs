@@ -63,9 +63,48 @@ pub(crate) fn check(doc: &PolicyDocument, origin: &str, now: DateTime<Utc>) -> F
     }
     check_tls(doc, &mut checker);
     check_timeouts(doc, &mut checker);
+    check_budgets(doc, &mut checker);
     checker.findings.errors.sort_by_key(|d| (d.line, d.column));
     checker.findings.warnings.sort_by_key(|d| (d.line, d.column));
     checker.findings
+}
+
+fn check_budgets(doc: &PolicyDocument, checker: &mut Checker<'_>) {
+    let budgets = &doc.budgets;
+    for rule in &budgets.rules {
+        if rule.tokens.is_none() && rule.cost_usd.is_none() {
+            checker.error(
+                &rule.window,
+                "this budget sets neither `tokens` nor `cost_usd`, so it limits nothing".to_string(),
+                "add `tokens: 1000000` or `cost_usd: 50`",
+            );
+        }
+        if let Some(cost) = &rule.cost_usd {
+            if !(cost.value.is_finite() && cost.value > 0.0) {
+                checker.error(
+                    cost,
+                    format!("`cost_usd: {}` is not a positive amount", cost.value),
+                    "write dollars, e.g. `cost_usd: 50`",
+                );
+            }
+            if budgets.pricing.is_empty() && budgets.pricing_file.is_none() {
+                checker.error(
+                    cost,
+                    "a `cost_usd` budget needs prices, and there is no pricing table".to_string(),
+                    "add `pricing_file: pricing.yaml` (shipped in policies/) or a `pricing:` table under `budgets:`",
+                );
+            }
+        }
+        if let Some(tokens) = &rule.tokens
+            && tokens.value == 0
+        {
+            checker.error(
+                tokens,
+                "`tokens: 0` allows nothing".to_string(),
+                "write a positive number of tokens, or remove the rule",
+            );
+        }
+    }
 }
 
 fn check_groups(doc: &PolicyDocument, checker: &mut Checker<'_>) {

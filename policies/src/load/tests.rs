@@ -442,3 +442,51 @@ fn the_dlp_section_is_typed_and_located() {
     assert!(error("dlp:\n  actions:\n    secrets: shred\n").starts_with("p.yaml:3:14:"));
     assert!(error("dlp:\n  max_inspect: 1MB\n").starts_with("p.yaml:2:3:"));
 }
+
+#[test]
+fn budgets_need_a_limit_and_cost_budgets_need_prices() {
+    let no_limit = error("budgets:\n  rules:\n    - scope: agent\n      window: day\n");
+    assert!(
+        no_limit.starts_with("p.yaml:4:15: this budget sets neither `tokens` nor `cost_usd`"),
+        "{no_limit}"
+    );
+    let unpriced = error("budgets:\n  rules:\n    - scope: team\n      window: month\n      cost_usd: 50\n");
+    assert!(
+        unpriced.starts_with("p.yaml:5:17: a `cost_usd` budget needs prices"),
+        "{unpriced}"
+    );
+    let negative = error("budgets:\n  pricing:\n    m: {input_per_mtok: -1, output_per_mtok: 1}\n");
+    assert!(negative.contains("is not a price"), "{negative}");
+    let unknown = error("budgets:\n  rules:\n    - scope: agent\n      window: fortnight\n      tokens: 5\n");
+    assert!(unknown.starts_with("p.yaml:4:15:"), "{unknown}");
+}
+
+#[test]
+fn the_shipped_pricing_file_loads_beside_a_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/pricing.yaml"),
+        dir.path().join("pricing.yaml"),
+    )
+    .unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "budgets:\n  pricing_file: pricing.yaml\n  pricing:\n    gpt-4o: {input_per_mtok: 9, output_per_mtok: 9}\n  rules:\n    - {scope: project, window: month, cost_usd: 100}\n",
+    )
+    .unwrap();
+    let bundle = crate::load_file(&policy).expect("loads");
+    let pricing = &bundle.document.budgets.pricing;
+    assert!(pricing.len() > 10);
+    assert_eq!(pricing["gpt-4o"].input_per_mtok, 9.0, "the policy's own entry wins");
+    assert_eq!(pricing["claude-sonnet-4"].output_per_mtok, 15.0);
+    std::fs::write(&policy, "budgets:\n  pricing_file: missing.yaml\n").unwrap();
+    let Err(crate::PolicyError::Invalid(errors)) = crate::load_file(&policy) else {
+        panic!("a missing pricing file must not load")
+    };
+    assert!(
+        errors[0].to_string().contains(":2:17: cannot read the pricing file"),
+        "{}",
+        errors[0]
+    );
+}

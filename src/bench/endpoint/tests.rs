@@ -31,7 +31,13 @@ fn ipv6_target_is_dialled_without_brackets() {
 
 #[test]
 fn target_rejects_other_schemes_and_relative_urls() {
-    assert!(parse_target("https://bench.local/").is_err());
+    // https is a target for --reqwest (the plan checks the mode), on 443 by default.
+    assert_eq!(parse_target("https://bench.local/").expect("https target").port, 443);
+    assert!(parse_target("ftp://bench.local/").is_err());
+    assert!(
+        parse_proxy("https://127.0.0.1:3128").is_err(),
+        "the proxy itself is plain HTTP"
+    );
     assert!(parse_target("/only/a/path").is_err());
     assert!(parse_target("not a url").is_err());
     assert!(parse_target("http://user:pw@bench.local/").is_err());
