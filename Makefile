@@ -1,5 +1,5 @@
 # The two commands the README opens with. Each installs what it needs.
-.PHONY: up test bench-proxy bench-limits bench-pipeline
+.PHONY: up test bench-proxy bench-limits bench-pipeline bench-inspection
 
 # The gateway with the shipped policy and the example agents, on
 # 127.0.0.1:3128 (proxy) and 127.0.0.1:9128 (admin). Ctrl-C stops it.
@@ -12,7 +12,7 @@ up:
 test:
 	./deploy/local/prereqs.sh build nats chromium
 	cargo fmt --all -- --check
-	cargo clippy --locked --all-targets -- -D warnings
+	cargo clippy --locked --workspace --all-targets -- -D warnings
 	cargo test --locked --workspace
 
 # Direct vs Clawgress vs Squid 5.7, side by side (see BENCHMARKS.md).
@@ -34,3 +34,10 @@ bench-pipeline:
 	./deploy/local/prereqs.sh build nats chromium
 	cargo build --release --locked
 	./gateway/bench/pipeline.sh
+
+# Issue 4: DLP scan throughput, the AI analyzer's cost, and TLS interception
+# vs passthrough vs direct over kept-alive HTTPS (see BENCHMARKS.md).
+bench-inspection:
+	./deploy/local/prereqs.sh build
+	cargo build --release --locked
+	./gateway/bench/inspection.sh

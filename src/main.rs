@@ -69,6 +69,8 @@ enum Command {
     BenchTarget(bench::TargetArgs),
     /// DLP scan throughput on one core over a chat-completion body.
     BenchDlp(bench::dlp::DlpBenchArgs),
+    /// What the AI analyzer costs: a prompt's token estimate, a whole request read.
+    BenchTokens(bench::tokens::TokensBenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -249,6 +251,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::BenchDlp(args) => {
             bench::dlp::run(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::BenchTokens(args) => {
+            bench::tokens::run(args)?;
             Ok(ExitCode::SUCCESS)
         }
     }

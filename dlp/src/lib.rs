@@ -8,15 +8,18 @@
 
 mod checks;
 mod detectors;
+mod keywords;
+mod numbers;
 mod redact;
 mod text;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 use clawgress_policies::model::{DlpAction, DlpPolicy, OversizeAction};
 use sha2::{Digest, Sha256};
 
 pub use detectors::Class;
-use detectors::{Detector, NumberMatch, Shape};
+use detectors::{Detector, Shape};
+use keywords::{Hit, Keywords};
+use numbers::NumberMatch;
 pub use text::{Format, Unreadable};
 
 /// One thing found: what it is, never what it says.
@@ -63,9 +66,7 @@ impl Report {
 pub struct Engine {
     policy: DlpPolicy,
     detectors: Vec<Detector>,
-    keywords: AhoCorasick,
-    /// Keyword pattern index → detector index.
-    keyword_owner: Vec<usize>,
+    keywords: Keywords,
 }
 
 impl std::fmt::Debug for Engine {
@@ -74,6 +75,21 @@ impl std::fmt::Debug for Engine {
             .field("policy", &self.policy)
             .finish_non_exhaustive()
     }
+}
+
+/// A SHA-256 digest in lowercase hex. `hex::encode` collects a `char`
+/// iterator, which cost a tenth of a scan with many findings; a table
+/// lookup per digit into a fixed buffer does not.
+fn sha256_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let digest = Sha256::digest(bytes);
+    let mut out = [0u8; 64];
+    for (pair, byte) in out.chunks_exact_mut(2).zip(digest) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0x0f)];
+    }
+    // Hex digits are ASCII, so this is always valid UTF-8.
+    String::from_utf8(out.to_vec()).unwrap_or_default()
 }
 
 /// Strictest first.
@@ -89,27 +105,11 @@ fn severity(action: DlpAction) -> u8 {
 impl Engine {
     pub fn new(policy: &DlpPolicy) -> Engine {
         let detectors = detectors::keyword_detectors();
-        let mut patterns = Vec::new();
-        let mut keyword_owner = Vec::new();
-        for (index, detector) in detectors.iter().enumerate() {
-            for keyword in detector.keywords {
-                patterns.push(*keyword);
-                keyword_owner.push(index);
-            }
-        }
-        let keywords = AhoCorasickBuilder::new()
-            .ascii_case_insensitive(true)
-            // Longest keyword at a place: `sk-ant-` over `sk-`. A DFA: the
-            // keyword set is small, and this pass reads every byte.
-            .match_kind(MatchKind::LeftmostLongest)
-            .kind(Some(AhoCorasickKind::DFA))
-            .build(&patterns)
-            .expect("the keyword set is small and valid");
+        let keywords = Keywords::new(&detectors);
         Engine {
             policy: policy.clone(),
             detectors,
             keywords,
-            keyword_owner,
         }
     }
 
@@ -134,21 +134,13 @@ impl Engine {
     /// more confident (then longer) match.
     pub(crate) fn spans(&self, text: &[u8]) -> Vec<Span> {
         let mut spans = Vec::new();
-        for hit in self.keywords.find_iter(text) {
-            let detector = &self.detectors[self.keyword_owner[hit.pattern().as_usize()]];
-            // Case-insensitive keywords are for words like `Password`;
-            // token prefixes must match exactly.
-            let matched = &text[hit.start()..hit.end()];
-            if !matches!(detector.shape, Shape::Named) && !detector.keywords.iter().any(|k| k.as_bytes() == matched) {
-                continue;
-            }
-            if let Some(span) = self.confirm(detector, text, hit.start(), hit.end()) {
+        self.keywords.find(text, |Hit { detector, start, end }| {
+            if let Some(span) = self.confirm(&self.detectors[detector], text, start, end) {
                 spans.push(span);
             }
-        }
+        });
         let mut numbers = Vec::new();
-        detectors::numbers(text, &mut numbers);
-        detectors::ibans(text, &mut numbers);
+        numbers::numbers(text, &mut numbers);
         spans.extend(numbers.into_iter().map(
             |NumberMatch {
                  kind,
@@ -193,14 +185,16 @@ impl Engine {
                     return None;
                 }
                 let window = &text[at..text.len().min(at + detector.max_len + 1)];
-                let caps = detector.regex.captures(window)?;
-                let (start, end) = match caps.get(1) {
-                    Some(value) => (at + value.start(), at + value.end()),
-                    None => {
-                        let whole = caps.get(0)?;
-                        (at + whole.start(), at + whole.end())
-                    }
+                // Most hits are no match (`token` in prose): a plain search
+                // says so without allocating, and the groups (the value a
+                // keyword names) are asked for only once there is a match.
+                let whole = detector.regex.find(window)?;
+                let found = if detector.regex.captures_len() > 1 {
+                    detector.regex.captures(window).and_then(|c| c.get(1)).unwrap_or(whole)
+                } else {
+                    whole
                 };
+                let (start, end) = (at + found.start(), at + found.end());
                 // A token also ends a word.
                 if matches!(detector.shape, Shape::Prefix) && text.get(end).is_some_and(|b| detectors::word(*b)) {
                     return None;
@@ -210,15 +204,35 @@ impl Engine {
                 }
                 Some(span(start, end))
             }
-            Shape::Around { before } => {
+            Shape::Around { before, lead } => {
                 let from = at.saturating_sub(before);
                 let to = text.len().min(keyword_end + detector.max_len);
-                let window = &text[from..to];
-                let found = detector
-                    .regex
-                    .find_iter(window)
-                    .find(|m| from + m.start() <= at && at < from + m.end())?;
-                let (start, end) = (from + found.start(), from + found.end());
+                // The leftmost match covering the keyword can only start
+                // where the lead bytes before it do, so one anchored search
+                // there finds it (searching the window for every match
+                // cost twice as much). Unless another keyword sits right
+                // before those bytes: its match may reach into them, and
+                // the match after it is the one that counts.
+                let mut lead_start = at;
+                while lead_start > from && lead(text[lead_start - 1]) {
+                    lead_start -= 1;
+                }
+                let (start, end) = match &detector.anchored {
+                    Some(anchored) if !text[from..lead_start].ends_with(&text[at..keyword_end]) => {
+                        let found = anchored.find(&text[lead_start..to])?;
+                        (lead_start + found.start(), lead_start + found.end())
+                    }
+                    _ => {
+                        let found = detector
+                            .regex
+                            .find_iter(&text[from..to])
+                            .find(|m| from + m.start() <= at && at < from + m.end())?;
+                        (from + found.start(), from + found.end())
+                    }
+                };
+                if end <= at {
+                    return None;
+                }
                 if start > 0 && detectors::word(text[start - 1]) {
                     return None;
                 }
@@ -240,7 +254,7 @@ impl Engine {
                 kind: s.kind,
                 class: s.class,
                 confidence: s.confidence,
-                sha256: hex::encode(Sha256::digest(&text[s.start..s.end])),
+                sha256: sha256_hex(&text[s.start..s.end]),
             })
             .collect();
         let action = findings

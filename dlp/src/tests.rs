@@ -174,6 +174,28 @@ fn generic_secrets_need_a_keyword_and_randomness() {
 }
 
 #[test]
+fn words_match_in_any_case_and_token_prefixes_only_as_written() {
+    finds(
+        "generic_secret",
+        &[
+            format!("pAsSwOrD = {}", fake("", 20)),
+            format!("Client_SECRET: {}", fake("", 24)),
+        ],
+    );
+    ignores(
+        "aws_access_key",
+        &[s("akiaIOSFODNN7EXAMPLE"), s("AkiaIOSFODNN7EXAMPLE")],
+    );
+    ignores("github_token", &[fake("GHP_", 36)]);
+    // Long bodies are searched in blocks: a word across a block's end, and
+    // a token after it, are still found.
+    for pad in 4080..4100 {
+        let body = format!("{}PASSWORD: {} AKIAIOSFODNN7EXAMPLE", " ".repeat(pad), fake("", 20));
+        assert_eq!(kinds(&body), vec!["aws_access_key", "generic_secret"], "pad {pad}");
+    }
+}
+
+#[test]
 fn emails_and_phones() {
     finds(
         "email",

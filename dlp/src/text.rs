@@ -102,15 +102,13 @@ pub fn json_text(body: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     }
     let mut out = Vec::with_capacity(body.len());
     let mut i = 0;
-    // Jump between quotes and backslashes; everything between is copied
-    // as it is (JSON outside strings has no backslashes to undo).
-    while let Some(found) = memchr::memchr2(b'"', b'\\', &body[i..]) {
+    // Jump from backslash to backslash; everything between is copied as it
+    // is (JSON outside strings has no backslashes to undo, and quotes need
+    // nothing done).
+    while let Some(found) = memchr::memchr(b'\\', &body[i..]) {
         let at = i + found;
         out.extend_from_slice(&body[i..at]);
-        if body[at] == b'"' {
-            out.push(b'"');
-            i = at + 1;
-        } else if at + 1 < body.len() {
+        if at + 1 < body.len() {
             i = at + unescape(&body[at..], &mut out);
         } else {
             out.push(b'\\');

@@ -22,7 +22,7 @@ pub struct DlpBenchArgs {
 /// Prose an agent might send: words that trip the keyword prefilter
 /// (`token`, `password`, `@`, digits), code, dates, versions and a few real
 /// findings, so every detector does its work.
-const PHRASES: &[&str] = &[
+pub(super) const PHRASES: &[&str] = &[
     "Summarise the attached incident report and list the follow-up actions.",
     "The auth token expired at 2026-11-23T10:15:00Z; the retry used version v1.2.3.",
     "Reset the password policy so that users rotate every 90 days (ticket 48213).",

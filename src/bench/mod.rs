@@ -10,6 +10,7 @@ mod plan;
 mod report;
 mod stats;
 mod target;
+pub mod tokens;
 mod tunnel;
 
 use std::fmt;

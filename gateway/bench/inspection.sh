@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Issue 4's TLS figure, side by side in one run: 1 KB POSTs over kept-alive
+# Issue 4's figures in one run:
+#  - DLP scan throughput on one core (`clawgress bench-dlp`, 256 KB chat body);
+#  - the AI analyzer's cost (`clawgress bench-tokens`, 100 KB prompt);
+#  - TLS interception's added latency, side by side: 1 KB POSTs over kept-alive
 # HTTPS (reqwest, one connection, closed loop) to an HTTPS bench target,
 #  1. direct (the physical limit),
 #  2. through the gateway with `tls: passthrough` (CONNECT, end-to-end TLS,
@@ -12,7 +15,7 @@
 #
 # Environment: BENCH_DURATION (default 5), BENCH_PASSES (3), BENCH_WARMUP (1),
 # BENCH_SIZE (response bytes, 1024), BENCH_BODY (request bytes, 1024),
-# CLAWGRESS_BIN, BENCH_KEEP_TMP=1, OUT (default target/bench/intercept.json).
+# CLAWGRESS_BIN, BENCH_KEEP_TMP=1, OUT (default target/bench/inspection.json).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -23,7 +26,7 @@ PASSES=${BENCH_PASSES:-3}
 WARMUP=${BENCH_WARMUP:-1}
 SIZE=${BENCH_SIZE:-1024}
 BODY=${BENCH_BODY:-1024}
-OUT=${OUT:-target/bench/intercept.json}
+OUT=${OUT:-target/bench/inspection.json}
 PORT=18443
 TARGET_LISTEN=127.0.0.1:$PORT
 
@@ -31,6 +34,9 @@ TARGET_LISTEN=127.0.0.1:$PORT
 . "$ROOT/gateway/bench/lib.sh"
 
 clawgress_bin
+
+"$BIN" bench-dlp --seconds "$DURATION"
+"$BIN" bench-tokens --seconds "$DURATION"
 
 "$BIN" bench-target --listen "$TARGET_LISTEN" --size "$SIZE" \
     --tls-name bench.local --tls-name ibench.local --tls-ca-out "$TMP/target-ca.pem" 2>"$TMP/target.log" &
@@ -53,6 +59,9 @@ rate_limits:
   per_agent: {default: 10000000/min, burst: 1000000}
   per_project: {default: 10000000/min, burst: 1000000}
   per_domain: {default: 10000000/min, max: 10000000/min}
+  # The seed's global 10,000/min would pace one connection to 167 req/s:
+  # intercepted requests are limited one by one, a passthrough tunnel once.
+  global: {default: 1000000/s, burst: 1000000}
 dns:
   resolver: internal
   nameservers: ["127.0.0.1:9"]
