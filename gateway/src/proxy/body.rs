@@ -235,12 +235,6 @@ impl Body for UpstreamBody {
                     }
                 }
                 if self.inner.is_end_stream() {
-                    // The server will not poll a body that says it ended, but
-                    // hyper's client only lets its connection go idle (and
-                    // take the next request) once the body is polled past its
-                    // end: without this poll, a kept-alive connection waits
-                    // for some unrelated socket event, milliseconds later.
-                    let _ = Pin::new(&mut self.inner).poll_frame(cx);
                     self.finish();
                 }
             }
