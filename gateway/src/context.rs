@@ -101,6 +101,9 @@ pub struct RequestContext {
     pub ai: Option<crate::inspect::ai::AiRecord>,
     /// What this request reserved against budgets; settled when recorded.
     pub budget: Option<crate::budgets::Reservation>,
+    /// A plain-HTTP request the gateway sends over its own TLS
+    /// (`tls_origination`).
+    pub originate: bool,
 }
 
 impl RequestContext {
@@ -131,6 +134,7 @@ impl RequestContext {
             tls: None,
             ai: None,
             budget: None,
+            originate: false,
         }
     }
 

@@ -47,6 +47,8 @@ pub struct AllowedBy {
     /// `allow_private: true` or names `localhost`.
     pub private_ok: bool,
     pub tls: TlsMode,
+    /// The gateway may upgrade a plain-HTTP request to this rule's HTTPS.
+    pub tls_origination: bool,
     /// The rule's own rate, capped at `rate_limits.per_domain.max`. `None`
     /// when the rule sets none (or rules may not): use
     /// `rate_limits.per_domain.default`.
@@ -258,6 +260,7 @@ impl CompiledPolicy {
                     group: group.clone(),
                     private_ok: rule.allow_private || rule.is_localhost(),
                     tls: rule.tls,
+                    tls_origination: rule.tls_origination,
                     rate_limit: rate_for(rule),
                 },
                 ports: rule.ports.0.iter().map(|p| p.get()).collect(),

@@ -20,6 +20,7 @@ struct Tls {
     expired: HttpsOrigin,
     self_signed: HttpsOrigin,
     passthrough: HttpsOrigin,
+    originated: HttpsOrigin,
     _dns: TestDns,
     _dir: tempfile::TempDir,
 }
@@ -30,6 +31,7 @@ async fn tls_world() -> Tls {
     let expired = https_origin("old.test", Cert::Expired).await;
     let self_signed = https_origin("self.test", Cert::SelfSigned).await;
     let passthrough = https_origin("pass.test", Cert::Valid).await;
+    let originated = https_origin("orig.test", Cert::Valid).await;
     let dns = TestDns::start(&[]).await;
     let dir = tempfile::tempdir().unwrap();
 
@@ -68,7 +70,7 @@ async fn tls_world() -> Tls {
     // The upstreams' test CAs are trusted through the bundle, as an
     // operator trusts a private CA.
     let bundle = dir.path().join("upstream-cas.pem");
-    let pems: Vec<&str> = [&intercepted, &pinned, &expired, &self_signed, &passthrough]
+    let pems: Vec<&str> = [&intercepted, &pinned, &expired, &self_signed, &passthrough, &originated]
         .iter()
         .map(|o| o.ca_pem.as_str())
         .collect();
@@ -80,12 +82,16 @@ async fn tls_world() -> Tls {
             origin.addr.port()
         )
     };
+    let origination = format!(
+        "    - domain: \"orig.test\"\n      ports: [{}]\n      protocols: [https]\n      tls_origination: true\n",
+        originated.addr.port()
+    );
     let policy = format!(
         "egress:\n  default_action: deny\n  logging: all_requests\n  monitoring: enabled\n\
-         allowlist:\n  tls_sites:\n{}{}{}{}{}\
+         allowlist:\n  tls_sites:\n{origination}{}{}{}{}{}\
          tls:\n  pins:\n    - domain: itls.test\n      pins: [\"{}\"]\n    - domain: pinned.test\n      pins: [\"sha256/{}\"]\n\
          rate_limits:\n  per_agent: {{default: 100000/min, burst: 10000}}\n  per_project: {{default: 100000/min, burst: 10000}}\n\
-         dns:\n  resolver: internal\n  nameservers: [\"{}\"]\n  static_hosts:\n    itls.test: 127.0.0.1\n    pinned.test: 127.0.0.1\n    old.test: 127.0.0.1\n    self.test: 127.0.0.1\n    pass.test: 127.0.0.1\n",
+         dns:\n  resolver: internal\n  nameservers: [\"{}\"]\n  static_hosts:\n    itls.test: 127.0.0.1\n    pinned.test: 127.0.0.1\n    old.test: 127.0.0.1\n    self.test: 127.0.0.1\n    pass.test: 127.0.0.1\n    orig.test: 127.0.0.1\n",
         rule("itls.test", &intercepted, "intercept"),
         rule("pinned.test", &pinned, "intercept"),
         rule("old.test", &expired, "intercept"),
@@ -113,6 +119,7 @@ async fn tls_world() -> Tls {
         expired,
         self_signed,
         passthrough,
+        originated,
         _dns: dns,
         _dir: dir,
     }
@@ -351,4 +358,38 @@ async fn an_intercept_rule_without_a_ca_stops_the_gateway_at_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("p.yaml:7"), "{err}");
     assert!(err.contains("clawgress ca init"), "{err}");
+}
+
+#[tokio::test]
+async fn plain_http_is_sent_over_verified_tls_where_the_rule_originates_it() {
+    let t = tls_world().await;
+    let port = t.originated.addr.port();
+    // The agent speaks plain HTTP; the rule allows only https, with
+    // tls_origination: the gateway opens verified TLS itself.
+    let served = raw::send(
+        t.gw.proxy,
+        &get(&format!("http://orig.test:{port}/hello"), Some(SCRAPER)),
+        b"",
+    )
+    .await;
+    assert_eq!(served.status, 200, "{}", String::from_utf8_lossy(&served.body));
+    assert_eq!(served.body, b"hello from upstream");
+    assert_eq!(t.originated.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let line = t.gw.audit_for(served.header("x-request-id").unwrap()).await;
+    assert_eq!(line["protocol"], "https");
+    assert_eq!(line["tls"]["mode"], "originate");
+    assert_eq!(line["tls"]["upstream_certificate"]["spki_sha256"], t.originated.pin);
+
+    // A rule without tls_origination still refuses plain HTTP.
+    let refused = raw::send(
+        t.gw.proxy,
+        &get(
+            &format!("http://pass.test:{}/hello", t.passthrough.addr.port()),
+            Some(SCRAPER),
+        ),
+        b"",
+    )
+    .await;
+    assert_eq!(refused.status, 403);
+    assert_eq!(refused.reason(), "protocol_not_allowed");
 }

@@ -28,10 +28,16 @@ pub(super) async fn forward(
     slot: AuditSlot,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    let Some(addr) = ctx.destination.as_ref().and_then(|d| d.addr) else {
+    let Some((addr, host)) = ctx.destination.as_ref().and_then(|d| Some((d.addr?, d.host.clone()))) else {
         return refuse(&gateway, ctx, slot, Refusal::Request(RequestProblem::MissingAuthority));
     };
-    exchange(gateway, policy, ctx, slot, req, Route::Pool(addr)).await
+    let route = if ctx.originate {
+        let link = super::intercept::UpstreamLink::originate(gateway.clone(), &policy, host, addr);
+        Route::Tunnel(Arc::new(link))
+    } else {
+        Route::Pool(addr)
+    };
+    exchange(gateway, policy, ctx, slot, req, route).await
 }
 
 /// Where an admitted request goes.
@@ -121,6 +127,13 @@ pub(super) async fn exchange(
             await_response(response, &transfer, policy.request_timeout, |failure| failure).await
         }
     };
+    // Origination connected on first use: its TLS side goes on the record.
+    if let Route::Tunnel(link) = &route
+        && let Some(ctx) = finisher.context_mut()
+        && ctx.tls.is_none()
+    {
+        ctx.tls = link.record();
+    }
     let response = match sent {
         Ok(response) => response,
         Err(Waited::Timeout) => {
@@ -140,15 +153,21 @@ pub(super) async fn exchange(
             if let Some(ticket) = ticket {
                 ticket.failure();
             }
-            return finisher.refuse(match failure {
+            let refusal = match failure {
                 SendFailure::Upstream(failure) => {
                     if failure == UpstreamFailure::Reset {
                         gateway.metrics.record_upstream_reset();
                     }
                     Refusal::Upstream(failure)
                 }
-                SendFailure::Tls(failure) => Refusal::UpstreamTls(failure),
-            });
+                SendFailure::Tls(failure) => {
+                    if let Some(ctx) = finisher.context_mut() {
+                        ctx.tls = Some(failure.record.clone());
+                    }
+                    Refusal::UpstreamTls(failure)
+                }
+            };
+            return finisher.refuse(refusal);
         }
     };
 

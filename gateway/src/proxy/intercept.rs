@@ -44,9 +44,36 @@ pub(super) struct UpstreamLink {
     addr: SocketAddr,
     connect_timeout: Duration,
     sender: tokio::sync::Mutex<Option<SendRequest<OutboundBody>>>,
+    /// `intercept` or `originate`, for the audit.
+    mode: &'static str,
+    /// The TLS side of the latest connection, for requests that had none
+    /// before they were sent (origination connects on first use).
+    record: std::sync::Mutex<Option<TlsRecord>>,
 }
 
 impl UpstreamLink {
+    /// A link for one plain-HTTP request upgraded to TLS (`tls_origination`);
+    /// it connects when the request is sent.
+    pub(super) fn originate(gateway: Arc<Gateway>, policy: &PolicySnapshot, host: Arc<str>, addr: SocketAddr) -> Self {
+        UpstreamLink {
+            gateway,
+            policy: policy.upstream_tls.clone(),
+            host,
+            addr,
+            connect_timeout: policy.connect_timeout,
+            sender: tokio::sync::Mutex::new(None),
+            mode: "originate",
+            record: std::sync::Mutex::new(None),
+        }
+    }
+
+    pub(super) fn record(&self) -> Option<TlsRecord> {
+        self.record
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// Sends one request, reconnecting first if the connection is gone.
     pub(super) async fn send(&self, req: Request<OutboundBody>) -> Result<Response<Incoming>, SendFailure> {
         let mut held = self.sender.lock().await;
@@ -81,9 +108,12 @@ impl UpstreamLink {
             },
         };
         let _ = tcp.set_nodelay(true);
-        let handshake = self.gateway.tls.connect(&self.policy, &self.host, tcp);
+        let handshake = self.gateway.tls.connect(&self.policy, &self.host, tcp, self.mode);
         let (tls, record) = match tokio::time::timeout(self.connect_timeout, handshake).await {
-            Ok(Ok(done)) => done,
+            Ok(Ok(done)) => {
+                *self.record.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(done.1.clone());
+                done
+            }
             Ok(Err(failure)) => return Err(SendFailure::Tls(Box::new(failure))),
             Err(_) => return Err(SendFailure::Upstream(UpstreamFailure::ConnectTimeout)),
         };
@@ -143,6 +173,8 @@ pub(super) async fn open(
         addr,
         connect_timeout: policy.connect_timeout,
         sender: tokio::sync::Mutex::new(None),
+        mode: "intercept",
+        record: std::sync::Mutex::new(None),
     });
     match link.connect(Some(upstream)).await {
         Ok((sender, record)) => {

@@ -16,7 +16,7 @@ mod tunnel;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use clawgress_policies::matcher::{MatchOutcome, MatchRequest, Protocol};
+use clawgress_policies::matcher::{DenyReason, MatchOutcome, MatchRequest, Protocol};
 use http::{Method, Request, Response, header};
 use hyper::body::Incoming;
 
@@ -86,6 +86,7 @@ fn temporary_allow(entry: &crate::control::TempAllow) -> clawgress_policies::All
         group: Arc::from("temporary"),
         private_ok: false,
         tls: Default::default(),
+        tls_origination: false,
         rate_limit: None,
     }
 }
@@ -174,6 +175,42 @@ async fn admit(
         },
         now,
     );
+    // TLS origination: a plain-HTTP request for a destination whose rule
+    // allows only HTTPS, and says `tls_origination: true`, goes out over the
+    // gateway's own verified TLS. Without an explicit port, 80 becomes 443.
+    let (matched, port) = match matched {
+        MatchOutcome::Deny(denial)
+            if protocol == Protocol::Http
+                && matches!(
+                    denial.reason,
+                    DenyReason::ProtocolNotAllowed | DenyReason::PortNotAllowed
+                ) =>
+        {
+            let explicit = req.uri().authority().and_then(|a| a.port_u16()).is_some();
+            let tls_port = if explicit { port } else { 443 };
+            let upgraded = policy.compiled.evaluate(
+                &MatchRequest {
+                    host: &host_text,
+                    port: tls_port,
+                    protocol: Protocol::Https,
+                    role: &identity.role,
+                },
+                now,
+            );
+            match upgraded {
+                MatchOutcome::Allow(allowed) if allowed.tls_origination => {
+                    ctx.originate = true;
+                    if let Some(dest) = ctx.destination.as_mut() {
+                        dest.port = tls_port;
+                        dest.protocol = Protocol::Https;
+                    }
+                    (MatchOutcome::Allow(allowed), tls_port)
+                }
+                _ => (MatchOutcome::Deny(denial), port),
+            }
+        }
+        other => (other, port),
+    };
     // A live temporary entry (`clawgress egress allow-temp`, or an approved
     // request) opens what the allowlist does not; blocklists still win.
     let matched = match matched {

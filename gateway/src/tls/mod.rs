@@ -162,11 +162,13 @@ impl TlsKit {
     }
 
     /// Opens verified TLS to `host` over `stream`.
+    /// `mode` names the path in the audit: `intercept` or `originate`.
     pub async fn connect(
         &self,
         policy: &UpstreamTlsPolicy,
         host: &str,
         stream: TcpStream,
+        mode: &'static str,
     ) -> Result<(TlsStream<TcpStream>, TlsRecord), TlsFailure> {
         let verifier = Arc::new(verify::ConnectionVerifier {
             webpki: self.webpki.clone(),
@@ -180,7 +182,7 @@ impl TlsKit {
         let mut config = (*self.bases[usize::from(policy.tls13_only)]).clone();
         config.dangerous().set_certificate_verifier(verifier.clone());
         let mut record = TlsRecord {
-            mode: "intercept",
+            mode,
             ..TlsRecord::default()
         };
         let failed = |record: TlsRecord, reason, error: String| TlsFailure {
