@@ -189,6 +189,19 @@ impl Reader {
         }
     }
 
+    /// A `tools` list whose entries name themselves at the top level: each is
+    /// named by the first of `keys` present, and counted.
+    fn flat_tools(&mut self, obj: &Object, keys: &[&str]) -> Result<(), AnalyzeError> {
+        for (i, tool) in opt_array(obj, "", "tools")?.iter().enumerate() {
+            let tool = as_object(tool, &format!("tools[{i}]"))?;
+            if let Some(name) = keys.iter().find_map(|key| tool.get(*key).and_then(Value::as_str)) {
+                self.tool(name);
+            }
+            self.tally.json(tool);
+        }
+        Ok(())
+    }
+
     /// OpenAI chat completions. Returns the output limit and streaming flag.
     fn chat(&mut self, obj: &Object) -> Result<(Option<u64>, bool), AnalyzeError> {
         // Newer field first: o-series models reject `max_tokens`.
@@ -299,16 +312,7 @@ impl Reader {
             }
             Some(other) => return Err(wrong("", "input", "a string or an array of input items", other)),
         }
-        for (i, tool) in opt_array(obj, "", "tools")?.iter().enumerate() {
-            let tool = as_object(tool, &format!("tools[{i}]"))?;
-            let name = [tool.get("name"), tool.get("server_label"), tool.get("type")]
-                .into_iter()
-                .find_map(|v| v.and_then(Value::as_str));
-            if let Some(name) = name {
-                self.tool(name);
-            }
-            self.tally.json(tool);
-        }
+        self.flat_tools(obj, &["name", "server_label", "type"])?;
         Ok((max_tokens, stream))
     }
 
@@ -337,16 +341,7 @@ impl Reader {
         if !messages.is_empty() {
             self.tally.tokens += REPLY_PRIMING;
         }
-        for (i, tool) in opt_array(obj, "", "tools")?.iter().enumerate() {
-            let tool = as_object(tool, &format!("tools[{i}]"))?;
-            let name = [tool.get("name"), tool.get("type")]
-                .into_iter()
-                .find_map(|v| v.and_then(Value::as_str));
-            if let Some(name) = name {
-                self.tool(name);
-            }
-            self.tally.json(tool);
-        }
+        self.flat_tools(obj, &["name", "type"])?;
         Ok((max_tokens, stream))
     }
 

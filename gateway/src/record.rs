@@ -188,7 +188,7 @@ fn settle_budget(gateway: &Gateway, ctx: &RequestContext, reached: bool) {
 
 fn record_served(
     gateway: &Gateway,
-    ctx: RequestContext,
+    mut ctx: RequestContext,
     slot: AuditSlot,
     status: u16,
     head_latency: Duration,
@@ -214,7 +214,7 @@ fn record_served(
     gateway.metrics.record_request(label, reason, Some(status), elapsed);
     gateway.metrics.record_bytes(ctx.bytes_out, ctx.bytes_in);
 
-    let mut event = event(&ctx, verdict, policy_id);
+    let mut event = event(&mut ctx, verdict, policy_id);
     event.response = Some(ResponseSummary {
         status,
         latency_ms: head_latency.as_millis() as u64,
@@ -229,7 +229,7 @@ fn record_served(
     slot.record(event);
 }
 
-fn record_refused(gateway: &Gateway, ctx: RequestContext, slot: AuditSlot, refusal: &Refusal) {
+fn record_refused(gateway: &Gateway, mut ctx: RequestContext, slot: AuditSlot, refusal: &Refusal) {
     let elapsed = ctx.started.elapsed();
     settle_budget(gateway, &ctx, ctx.bytes_out > 0);
     let status = refusal.status().as_u16();
@@ -241,7 +241,8 @@ fn record_refused(gateway: &Gateway, ctx: RequestContext, slot: AuditSlot, refus
         gateway
             .metrics
             .record_request(DecisionLabel::Error, reason, Some(status), elapsed);
-        let mut event = event(&ctx, allowed(&ctx), allowed_policy_id(&ctx));
+        let (verdict, policy_id) = (allowed(&ctx), allowed_policy_id(&ctx));
+        let mut event = event(&mut ctx, verdict, policy_id);
         event.upstream_error = Some(reason);
         event.response = Some(ResponseSummary {
             status,
@@ -256,13 +257,17 @@ fn record_refused(gateway: &Gateway, ctx: RequestContext, slot: AuditSlot, refus
         gateway
             .metrics
             .record_request(DecisionLabel::RateLimited, reason, Some(status), elapsed);
-        event(&ctx, Verdict::RateLimited { reason }, refusal.policy_id().to_string())
+        event(
+            &mut ctx,
+            Verdict::RateLimited { reason },
+            refusal.policy_id().to_string(),
+        )
     } else {
         gateway
             .metrics
             .record_request(DecisionLabel::Deny, reason, Some(status), elapsed);
         event(
-            &ctx,
+            &mut ctx,
             Verdict::Deny {
                 reason,
                 alert: refusal.alert(),
@@ -293,7 +298,9 @@ fn allowed_policy_id(ctx: &RequestContext) -> String {
     }
 }
 
-fn event(ctx: &RequestContext, verdict: Verdict, policy_id: String) -> EgressEvent {
+/// The audit event of a finished request; the inspection results move
+/// into it rather than being copied.
+fn event(ctx: &mut RequestContext, verdict: Verdict, policy_id: String) -> EgressEvent {
     let identity = ctx
         .identity
         .as_ref()
@@ -333,11 +340,11 @@ fn event(ctx: &RequestContext, verdict: Verdict, policy_id: String) -> EgressEve
     event.bytes_out = ctx.bytes_out;
     event.bytes_in = ctx.bytes_in;
     event.latency_ms = ctx.started.elapsed().as_millis() as u64;
-    event.dlp_matches = ctx.dlp_matches.clone();
+    event.dlp_matches = std::mem::take(&mut ctx.dlp_matches);
     event.dlp_skipped = ctx.uninspected;
     event.alert = ctx.alert;
-    event.tls = ctx.tls.clone();
-    event.ai = ctx.ai.clone();
-    event.budget = ctx.budget.clone();
+    event.tls = ctx.tls.take();
+    event.ai = ctx.ai.take();
+    event.budget = ctx.budget.take();
     event
 }

@@ -432,3 +432,32 @@ async fn two_replicas_sharing_nats_never_overspend_a_token_budget() {
     assert!(refusal["budget"]["resets_at"].as_str().unwrap().ends_with("T00:00:00Z"));
     assert!(refused[0].header("retry-after").unwrap().parse::<u64>().unwrap() > 0);
 }
+
+#[tokio::test]
+async fn a_soft_stop_budget_lets_the_request_through_and_says_so() {
+    let w = world("enforce").await;
+    let gw = GatewayProc::start(
+        &dlp_policy(
+            &w,
+            "budgets:\n  rules:\n    - {scope: team, window: hour, tokens: 10, mode: soft-stop}\n",
+        ),
+        &agents_yaml(),
+    );
+    let body = serde_json::json!({
+        "model": "gpt-4o",
+        "max_tokens": 50,
+        "messages": [{"role": "user", "content": "Say hello."}],
+    })
+    .to_string();
+    let url = format!("http://ai.test:{}/v1/chat/completions", w.origin.addr.port());
+    let served = raw::send(gw.proxy, &ai_post(&url, body.as_bytes()), body.as_bytes()).await;
+    assert_eq!(served.status, 200);
+    assert_eq!(
+        served.header("x-clawgress-budget"),
+        Some("exceeded; mode=soft-stop; policy_id=budgets.rules[0]")
+    );
+    let line = gw.audit_for(served.header("x-request-id").unwrap()).await;
+    assert_eq!(line["alert"], true);
+    assert_eq!(line["budget"]["budgets"][0]["over"], true);
+    assert_eq!(line["budget"]["budgets"][0]["mode"], "soft-stop");
+}

@@ -18,6 +18,20 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// A TLS acceptor presenting `leaf`.
+fn acceptor_for(leaf: &rcgen::Certificate, key: &KeyPair) -> TlsAcceptor {
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .expect("server config");
+    TlsAcceptor::from(Arc::new(config))
+}
+
 /// Serves `HTTP/1.1 200` with body `hello over tls` for host `name`.
 pub async fn origin(name: &str) -> TlsOrigin {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
@@ -28,16 +42,7 @@ pub async fn origin(name: &str) -> TlsOrigin {
         .expect("leaf params")
         .signed_by(&leaf_key, &ca)
         .expect("leaf");
-    let config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
-        )
-        .expect("server config");
-    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let acceptor = acceptor_for(&leaf, &leaf_key);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind tls origin");
     let addr = listener.local_addr().expect("tls addr");
     tokio::spawn(async move {
@@ -144,16 +149,7 @@ pub async fn https_origin(name: &str, cert: Cert) -> HttpsOrigin {
             rcgen::PublicKeyData::subject_public_key_info(&leaf_key)
         ))
     );
-    let config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
-        )
-        .expect("server config");
-    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let acceptor = acceptor_for(&leaf, &leaf_key);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind https origin");
     let addr = listener.local_addr().expect("https addr");
     let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));

@@ -314,14 +314,7 @@ fn blocked(engine: &Engine, report: &Report) -> Refusal {
 }
 
 fn declared_length(parts: &Parts) -> Option<u64> {
-    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
-        return None;
-    }
-    parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
+    crate::proxy::body::declared_length(&parts.headers)
 }
 
 fn header_str(parts: &Parts, name: header::HeaderName) -> Option<&str> {

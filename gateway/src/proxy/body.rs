@@ -14,6 +14,18 @@ use hyper::body::Incoming;
 use crate::inspect::Outbound;
 use crate::record::Finisher;
 
+/// The body length a request declares: its Content-Length, unless
+/// Transfer-Encoding makes that meaningless (RFC 9112 §6.3).
+pub fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    if headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return None;
+    }
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Byte counters shared between the request body (going out) and the
 /// response body (coming in) of one exchange.
 #[derive(Debug, Default)]

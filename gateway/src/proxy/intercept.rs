@@ -300,12 +300,7 @@ async fn inner(scope: Arc<Scope>, req: Request<Incoming>) -> Result<Response<Pro
     if !for_tunnel_host(&req, &scope.destination.host) {
         return Ok(refuse(gateway, ctx, slot, Refusal::HostMismatch));
     }
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
+    let declared = super::body::declared_length(req.headers()).unwrap_or(0);
     if let Err(refusal) = admit_exchange(gateway, &policy, &mut ctx, declared).await {
         return Ok(refuse(gateway, ctx, slot, refusal));
     }

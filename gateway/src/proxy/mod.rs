@@ -265,12 +265,7 @@ async fn admit(
         dest.addr = Some(SocketAddr::new(ip, port));
     }
 
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
+    let declared = body::declared_length(req.headers()).unwrap_or(0);
     admit_exchange(gateway, policy, ctx, declared).await
 }
 
