@@ -12,7 +12,8 @@
 //! | [`record`] | audit line and metrics for each finished request |
 //! | [`audit`] | audit events, the hash-chained writer, `verify` |
 //! | [`metrics`] | Prometheus metrics |
-//! | [`admin`] | `/metrics`, `/healthz`, `/readyz` |
+//! | [`admin`] | `/metrics`, `/healthz`, `/readyz`, `/dashboard`, the control API |
+//! | [`dashboard`] | the built-in dashboard page and its SLO window |
 //! | [`reload`] | SIGHUP and file-change reload |
 //! | [`state`] | the shared state and the policy snapshot |
 
@@ -23,6 +24,7 @@ pub mod budgets;
 pub mod containment;
 pub mod context;
 pub mod control;
+pub mod dashboard;
 pub mod decision;
 pub mod dns;
 pub mod identity;
@@ -157,6 +159,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
             Some(url) => budgets::BudgetStore::nats(url),
             None => budgets::BudgetStore::memory(),
         }),
+        dashboard: dashboard::Dashboard::default(),
     });
 
     let workers = proxy::server::spawn_workers(proxy_listeners, gateway.clone(), stopped.clone(), config.drain)
@@ -180,6 +183,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_secs(10)) => {
                         gateway.policy.load().limits.retain_recent();
+                        gateway.dashboard.sample(&gateway);
                         expire_temporary(&gateway).await;
                     }
                     _ = stopped.changed() => return,
@@ -200,7 +204,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
     };
     announce(&[
         format!("proxy listening on {proxy_addr} ({} workers)", config.workers.max(1)),
-        format!("admin listening on {admin_addr} (/metrics /healthz /readyz /v1/)"),
+        format!("admin listening on {admin_addr} (/metrics /dashboard /healthz /readyz /v1/)"),
         control_line,
         format!("audit trail {}", config.audit.display()),
     ]);

@@ -16,6 +16,9 @@ use prometheus::{
 };
 
 use crate::audit::AuditMetrics;
+use bounded::BoundedCounters;
+
+pub mod bounded;
 
 /// The `reason` of a request that has none (most allowed requests).
 pub const NO_REASON: &str = "none";
@@ -29,9 +32,18 @@ pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
 
 /// Whole-request latency buckets, seconds: from a cached local answer to a slow
 /// model completion.
-const DURATION_BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+/// 2 s is a bucket edge because it is the external-call P95 SLO: a quantile
+/// interpolated across a wider bucket would misplace the threshold.
+const DURATION_BUCKETS: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 5.0, 10.0,
 ];
+
+/// Distinct agents with their own `egress_agent_requests_total` series.
+const MAX_AGENT_SERIES: usize = 256;
+/// Distinct hosts with their own `egress_denied_domain_total` series.
+const MAX_DENIED_DOMAIN_SERIES: usize = 100;
+/// The agent label of a request with no (valid) credential.
+pub const ANONYMOUS_AGENT: &str = "anonymous";
 
 /// Longest policy version kept as a label; versions are digests.
 const MAX_VERSION_LABEL: usize = 64;
@@ -49,7 +61,7 @@ pub enum DecisionLabel {
 }
 
 impl DecisionLabel {
-    const ALL: [DecisionLabel; 5] = [Self::Allow, Self::Deny, Self::WouldDeny, Self::Error, Self::RateLimited];
+    pub const ALL: [DecisionLabel; 5] = [Self::Allow, Self::Deny, Self::WouldDeny, Self::Error, Self::RateLimited];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -155,6 +167,12 @@ pub struct GatewayMetrics {
     egress_bytes: [IntCounter; 2],
     /// `egress_requests_blocked_total`, indexed by reason.
     blocked: LazyCounters,
+    /// `egress_requests_rate_limited_total`, indexed by reason.
+    rate_limited: LazyCounters,
+    /// `egress_agent_requests_total{agent, decision}`.
+    agents: BoundedCounters,
+    /// `egress_denied_domain_total{domain}`.
+    denied_domains: BoundedCounters,
     /// `[success, failure]`.
     policy_reloads: [IntCounter; 2],
     policy_last_reload_success: IntGauge,
@@ -231,6 +249,39 @@ impl GatewayMetrics {
                 &["reason"],
             )?,
         )?;
+        let rate_limited = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "egress_requests_rate_limited_total",
+                    "Requests throttled by a rate limit or a containment limit",
+                ),
+                &["reason"],
+            )?,
+        )?;
+        let agents = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "egress_agent_requests_total",
+                    "Requests per agent (\"anonymous\" without a credential, \"other\" past 256 agents)",
+                ),
+                &["agent", "decision"],
+            )?,
+        )?;
+        let decisions = DecisionLabel::ALL.map(DecisionLabel::as_str);
+        let agents = BoundedCounters::new(agents, MAX_AGENT_SERIES, &decisions);
+        let denied_domains = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "egress_denied_domain_total",
+                    "Policy denials per destination host (\"other\" past 100 hosts)",
+                ),
+                &["domain"],
+            )?,
+        )?;
+        let denied_domains = BoundedCounters::new(denied_domains, MAX_DENIED_DOMAIN_SERIES, &[]);
         let reloads_vec = register(
             &registry,
             IntCounterVec::new(Opts::new("policy_reloads_total", "Policy reload attempts"), &["result"])?,
@@ -325,6 +376,9 @@ impl GatewayMetrics {
             upstream_resets,
             egress_bytes,
             blocked: LazyCounters::new(blocked, reason_count),
+            rate_limited: LazyCounters::new(rate_limited, reason_count),
+            agents,
+            denied_domains,
             policy_reloads,
             policy_last_reload_success,
             policy_version,
@@ -356,9 +410,44 @@ impl GatewayMetrics {
             })
             .inc();
         self.durations[decision as usize].observe(elapsed.as_secs_f64());
-        if decision == DecisionLabel::Deny {
-            self.blocked.get(reason_index, || [self.reasons[reason_index]]).inc();
+        match decision {
+            DecisionLabel::Deny => self.blocked.get(reason_index, || [self.reasons[reason_index]]).inc(),
+            DecisionLabel::RateLimited => self
+                .rate_limited
+                .get(reason_index, || [self.reasons[reason_index]])
+                .inc(),
+            _ => {}
         }
+    }
+
+    /// Who asked and, for a denial, where to: the per-agent and per-denied-host
+    /// counters, bounded (see [`bounded`]).
+    pub fn record_parties(&self, decision: DecisionLabel, agent: Option<&str>, host: Option<&str>) {
+        self.agents
+            .inc(agent.unwrap_or(ANONYMOUS_AGENT), decision as usize);
+        if decision == DecisionLabel::Deny
+            && let Some(host) = host
+        {
+            self.denied_domains.inc(host, 0);
+        }
+    }
+
+    /// The agents with the most requests: (agent, total, per decision in
+    /// [`DecisionLabel::ALL`] order).
+    pub fn top_agents(&self, n: usize) -> Vec<(String, u64, Vec<u64>)> {
+        self.agents
+            .top(n)
+            .into_iter()
+            .map(|(agent, total)| {
+                let split = self.agents.by_tail(&agent);
+                (agent, total, split)
+            })
+            .collect()
+    }
+
+    /// The hosts denied most often.
+    pub fn top_denied_domains(&self, n: usize) -> Vec<(String, u64)> {
+        self.denied_domains.top(n)
     }
 
     /// A request passed by `fail_mode: open`; `dependency` is one of

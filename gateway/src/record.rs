@@ -213,6 +213,7 @@ fn record_served(
     };
     gateway.metrics.record_request(label, reason, Some(status), elapsed);
     gateway.metrics.record_bytes(ctx.bytes_out, ctx.bytes_in);
+    tally(gateway, &ctx, label, reason);
 
     let mut event = event(&mut ctx, verdict, policy_id);
     event.response = Some(ResponseSummary {
@@ -241,6 +242,7 @@ fn record_refused(gateway: &Gateway, mut ctx: RequestContext, slot: AuditSlot, r
         gateway
             .metrics
             .record_request(DecisionLabel::Error, reason, Some(status), elapsed);
+        tally(gateway, &ctx, DecisionLabel::Error, reason);
         let (verdict, policy_id) = (allowed(&ctx), allowed_policy_id(&ctx));
         let mut event = event(&mut ctx, verdict, policy_id);
         event.upstream_error = Some(reason);
@@ -257,6 +259,7 @@ fn record_refused(gateway: &Gateway, mut ctx: RequestContext, slot: AuditSlot, r
         gateway
             .metrics
             .record_request(DecisionLabel::RateLimited, reason, Some(status), elapsed);
+        tally(gateway, &ctx, DecisionLabel::RateLimited, reason);
         event(
             &mut ctx,
             Verdict::RateLimited { reason },
@@ -266,6 +269,7 @@ fn record_refused(gateway: &Gateway, mut ctx: RequestContext, slot: AuditSlot, r
         gateway
             .metrics
             .record_request(DecisionLabel::Deny, reason, Some(status), elapsed);
+        tally(gateway, &ctx, DecisionLabel::Deny, reason);
         event(
             &mut ctx,
             Verdict::Deny {
@@ -276,6 +280,23 @@ fn record_refused(gateway: &Gateway, mut ctx: RequestContext, slot: AuditSlot, r
         )
     };
     slot.record(event);
+}
+
+/// The per-agent and per-host counts, and the dashboard's latest denials.
+fn tally(gateway: &Gateway, ctx: &RequestContext, label: DecisionLabel, reason: &'static str) {
+    let agent = ctx.identity.as_ref().map(|i| &*i.agent_id);
+    let host = ctx.destination.as_ref().map(|d| &*d.host);
+    gateway.metrics.record_parties(label, agent, host);
+    if label == DecisionLabel::Deny {
+        gateway.dashboard.note_denial(crate::dashboard::Denial {
+            at: ctx.timestamp,
+            agent: agent.map(str::to_string),
+            host: host.map(str::to_string),
+            port: ctx.destination.as_ref().map(|d| d.port),
+            reason,
+            request_id: ctx.request_id.to_string(),
+        });
+    }
 }
 
 fn allowed(ctx: &RequestContext) -> Verdict {

@@ -54,6 +54,8 @@ pub struct Gateway {
     pub tls: Arc<crate::tls::TlsKit>,
     /// Budget counters: in memory standalone, in NATS KV when replicas share.
     pub budget_store: Arc<crate::budgets::BudgetStore>,
+    /// The `/dashboard` page's latest denials and counter snapshots.
+    pub dashboard: crate::dashboard::Dashboard,
 }
 
 /// One loaded policy bundle, compiled, with the resolver its `dns` section

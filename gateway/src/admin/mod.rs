@@ -1,4 +1,5 @@
-//! The admin port: Prometheus metrics, liveness and readiness, and the
+//! The admin port: Prometheus metrics, liveness and readiness, the
+//! built-in dashboard ([`crate::dashboard`]), and the
 //! operator control API under `/v1/` ([`api`]), which needs a bearer token
 //! with a role ([`auth`]).
 
@@ -83,6 +84,28 @@ async fn route(gateway: &Arc<Gateway>, peer: SocketAddr, req: Request<Incoming>)
             );
             response
         }
+        "/dashboard" | "/dashboard/" => {
+            let mut response = Response::new(Full::new(Bytes::from_static(crate::dashboard::PAGE.as_bytes())));
+            let headers = response.headers_mut();
+            headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/html; charset=utf-8"));
+            // The page is one file: nothing may load from anywhere else.
+            headers.insert(
+                header::CONTENT_SECURITY_POLICY,
+                header::HeaderValue::from_static(
+                    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
+                ),
+            );
+            headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+            response
+        }
+        "/dashboard/data.json" => {
+            let body = gateway.dashboard.data(gateway).to_string();
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            let headers = response.headers_mut();
+            headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+            headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+            response
+        }
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
             if gateway.audit.is_alive() {
@@ -97,7 +120,7 @@ async fn route(gateway: &Arc<Gateway>, peer: SocketAddr, req: Request<Incoming>)
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /metrics, /healthz, /readyz or the control API under /v1/\n",
+            "not found; try /dashboard, /metrics, /healthz, /readyz or the control API under /v1/\n",
         ),
     }
 }

@@ -67,3 +67,48 @@ fn connection_guards_track_open_connections() {
     drop(b);
     assert!(m.render().contains(r#"connections_active{listener="proxy"} 0"#));
 }
+
+#[test]
+fn agents_and_denied_hosts_are_counted_under_a_cap() {
+    let m = metrics();
+    m.record_parties(DecisionLabel::Allow, Some("scraper-001"), Some("ok.example"));
+    m.record_parties(DecisionLabel::Deny, Some("scraper-001"), Some("evil.example"));
+    m.record_parties(DecisionLabel::Deny, None, Some("evil.example"));
+    // Label values from traffic with odd bytes are never labels.
+    m.record_parties(DecisionLabel::Deny, Some("x\"} 1\n"), Some("a b"));
+    for i in 0..300 {
+        m.record_parties(DecisionLabel::Deny, Some(&format!("agent-{i}")), Some(&format!("h{i}.example")));
+    }
+    let text = m.render();
+    assert!(
+        text.contains(r#"egress_agent_requests_total{agent="scraper-001",decision="allow"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"egress_agent_requests_total{agent="anonymous",decision="deny"} 1"#));
+    assert!(text.contains(r#"egress_denied_domain_total{domain="evil.example"} 2"#));
+    // Allowed hosts are not denial series.
+    assert!(!text.contains(r#"domain="ok.example""#));
+    let agents: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("egress_agent_requests_total{agent=\""))
+        .filter_map(|l| l.split('"').next())
+        .collect();
+    let agents = agents.len();
+    let hosts = text.lines().filter(|l| l.starts_with("egress_denied_domain_total{")).count();
+    assert!(agents <= 256 + 1, "{agents} agent series");
+    assert!(hosts <= 100 + 1, "{hosts} host series");
+    assert!(text.contains(r#"egress_denied_domain_total{domain="other"}"#));
+    let top = m.top_denied_domains(3);
+    assert_eq!(top[0].0, "other");
+    assert_eq!(top[1], ("evil.example".to_string(), 2));
+}
+
+#[test]
+fn throttled_requests_are_counted_by_reason() {
+    let m = metrics();
+    m.record_request(DecisionLabel::RateLimited, "rate_limit_exceeded", Some(429), Duration::ZERO);
+    assert!(
+        m.render()
+            .contains(r#"egress_requests_rate_limited_total{reason="other"} 1"#)
+    );
+}
