@@ -110,6 +110,12 @@ enum EgressCommand {
     },
     /// The control store's state on this replica.
     Status,
+    /// Print the built-in dashboard's URL and its SLO tiles now (seed §8.3);
+    /// `--open` opens it in a browser.
+    Dashboard {
+        #[arg(long)]
+        open: bool,
+    },
 }
 
 pub fn run(args: EgressArgs) -> anyhow::Result<ExitCode> {
@@ -119,6 +125,9 @@ pub fn run(args: EgressArgs) -> anyhow::Result<ExitCode> {
 
 async fn run_async(args: EgressArgs) -> anyhow::Result<ExitCode> {
     let api = Api::new(&args.admin, args.token.clone());
+    if let EgressCommand::Dashboard { open } = args.command {
+        return dashboard(&api, &args.admin, open, args.json).await;
+    }
     let (method, path, body) = match &args.command {
         EgressCommand::AllowTemp {
             domain,
@@ -183,6 +192,7 @@ async fn run_async(args: EgressArgs) -> anyhow::Result<ExitCode> {
             (Method::GET, format!("/v1/audit?{}", query.join("&")), None)
         }
         EgressCommand::Status => (Method::GET, "/v1/status".to_string(), None),
+        EgressCommand::Dashboard { .. } => unreachable!("answered above"),
     };
     let (status, text) = api.call(method, &path, body).await?;
     if !status.is_success() {
@@ -259,6 +269,7 @@ fn summarize(command: &EgressCommand, value: &Value) -> String {
             s(&value["incident_id"])
         ),
         EgressCommand::Restore { incident_id } => format!("emergency block {incident_id} lifted\n"),
+        EgressCommand::Dashboard { .. } => String::new(),
         EgressCommand::Status => format!(
             "control store: {}\nrevision: {}\npolicy version: {}\nemergency block: {}\n",
             s(&value["control_store"]),
@@ -406,4 +417,62 @@ impl Api {
         let bytes = response.into_body().collect().await?.to_bytes();
         Ok((status, bytes))
     }
+}
+
+/// `clawgress egress dashboard`: the page's URL, checked to answer, and the
+/// SLO tiles as they stand, so a terminal user needs no browser.
+async fn dashboard(api: &Api, admin: &str, open: bool, json_out: bool) -> anyhow::Result<ExitCode> {
+    let url = format!("{}/dashboard", admin.trim_end_matches('/'));
+    let (status, body) = api
+        .call(Method::GET, "/dashboard/data.json", None)
+        .await
+        .with_context(|| format!("the dashboard at {url} does not answer"))?;
+    if !status.is_success() {
+        bail!("{url} answered {status}: is {admin} a Clawgress admin port?");
+    }
+    let data: Value = serde_json::from_slice(&body).context("the dashboard data is not JSON")?;
+    if json_out {
+        println!("{data}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{url}");
+    println!(
+        "  last {} s, {} requests ({:.2}/s), policy {}",
+        data["window_seconds"],
+        data["window"]["requests"],
+        data["window"]["requests_per_second"].as_f64().unwrap_or(0.0),
+        data["policy_version"].as_str().unwrap_or("-")
+    );
+    for (key, title, unit) in [
+        ("success_ratio", "egress success rate", "%"),
+        ("latency_p95_seconds", "external call P95", "s"),
+        ("proxy_error_ratio", "proxy error rate", "%"),
+        ("projected_month_bytes", "egress volume (month)", "B"),
+    ] {
+        let tile = &data["slo"][key];
+        let show = |v: &Value| match (v.as_f64(), unit) {
+            (None, _) => "no data".to_string(),
+            (Some(v), "%") => format!("{:.2}%", v * 100.0),
+            (Some(v), "s") => format!("{v:.3} s"),
+            (Some(v), _) => format!("{:.3} TB", v / 1e12),
+        };
+        let op = if tile["objective"] == "above" { ">" } else { "<" };
+        println!(
+            "  {title:<22} {:>10}   target {op} {:<9} {}",
+            show(&tile["value"]),
+            show(&tile["target"]),
+            tile["status"].as_str().unwrap_or("-")
+        );
+    }
+    if open {
+        let opened = std::process::Command::new("xdg-open")
+            .arg(&url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        if !opened.is_ok_and(|s| s.success()) {
+            eprintln!("could not open a browser (xdg-open); open {url} yourself");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

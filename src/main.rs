@@ -61,6 +61,12 @@ enum Command {
         #[command(subcommand)]
         command: pipeline::DlqCommand,
     },
+    /// Synthetic checks: scrape targets through the pipeline, an illegal
+    /// destination, a rate-limit burst (human summary, JUnit, exit code).
+    Synthetic {
+        #[command(subcommand)]
+        command: SyntheticCommand,
+    },
     /// Load-test a proxy (or a direct target): p50/p99 latency and requests/s.
     Bench(bench::BenchArgs),
     /// Time an emergency block from one replica's API to the first denial on another.
@@ -71,6 +77,24 @@ enum Command {
     BenchDlp(bench::dlp::DlpBenchArgs),
     /// What the AI analyzer costs: a prompt's token estimate, a whole request read.
     BenchTokens(bench::tokens::TokensBenchArgs),
+}
+
+#[derive(clap::Subcommand)]
+enum SyntheticCommand {
+    /// Run the checks in FILE (e.g. synthetic/checks.yaml). Exit code 0 when
+    /// all pass, 1 when one fails or cannot run, 2 when FILE is wrong.
+    Run {
+        file: PathBuf,
+        /// Also write JUnit XML here.
+        #[arg(long)]
+        junit: Option<PathBuf>,
+        /// Serve the file's fixture sites (`fixtures.listen`) during the run.
+        #[arg(long)]
+        serve_fixtures: bool,
+        /// Only these checks: scrape, illegal_destination, rate_limit.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -154,7 +178,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CLAWGRESS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // The NATS client's connect/close events are noise at info.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -200,6 +225,22 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Egress(args) => egress::run(args),
+        Command::Synthetic {
+            command:
+                SyntheticCommand::Run {
+                    file,
+                    junit,
+                    serve_fixtures,
+                    only,
+                },
+        } => synthetic(
+            clawgress_synthetic::Options {
+                file,
+                serve_fixtures,
+                only,
+            },
+            junit,
+        ),
         Command::Ca { command } => ca(command),
         Command::Up(args) => up::up(args),
         Command::Scheduler(args) => pipeline::scheduler(args),
@@ -258,6 +299,28 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn synthetic(options: clawgress_synthetic::Options, junit: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    println!("synthetic checks from {}", options.file.display());
+    let outcome = match runtime()?.block_on(clawgress_synthetic::run(&options)) {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    print!("{}", outcome.summary());
+    if let Some(path) = junit {
+        std::fs::write(&path, outcome.junit())
+            .map_err(|e| anyhow::anyhow!("cannot write the JUnit report {}: {e}", path.display()))?;
+        println!("JUnit report: {}", path.display());
+    }
+    Ok(if outcome.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

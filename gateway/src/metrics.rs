@@ -423,8 +423,7 @@ impl GatewayMetrics {
     /// Who asked and, for a denial, where to: the per-agent and per-denied-host
     /// counters, bounded (see [`bounded`]).
     pub fn record_parties(&self, decision: DecisionLabel, agent: Option<&str>, host: Option<&str>) {
-        self.agents
-            .inc(agent.unwrap_or(ANONYMOUS_AGENT), decision as usize);
+        self.agents.inc(agent.unwrap_or(ANONYMOUS_AGENT), decision as usize);
         if decision == DecisionLabel::Deny
             && let Some(host) = host
         {

@@ -6,6 +6,7 @@ mod support;
 
 mod browser;
 mod control;
+mod dashboard;
 mod fetch;
 mod inspect;
 mod intercept;

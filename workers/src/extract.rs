@@ -18,20 +18,48 @@ pub struct Extracted {
 /// Runs every spec against `html`. Selectors were checked at validation;
 /// one that still fails to parse counts as missing.
 pub fn extract(html: &str, specs: &BTreeMap<String, ExtractSpec>) -> Extracted {
-    extract_from(&Html::parse_document(html), specs)
+    examine(html, specs, false).0
 }
 
 /// [`extract`], and (when `check_shell`) [`looks_like_js_shell`], from one
 /// parse of the page.
 pub fn examine(html: &str, specs: &BTreeMap<String, ExtractSpec>, check_shell: bool) -> (Extracted, bool) {
     let document = Html::parse_document(html);
-    let found = extract_from(&document, specs);
+    // Parsed only when a pointer asks for it; a body that is not JSON
+    // leaves every pointer unmatched.
+    let json = specs
+        .values()
+        .any(|s| is_json_pointer(&s.selector))
+        .then(|| serde_json::from_str::<Value>(html).ok())
+        .flatten();
+    let found = extract_from(&document, json.as_ref(), specs);
     (found, check_shell && is_js_shell(&document))
 }
 
-fn extract_from(document: &Html, specs: &BTreeMap<String, ExtractSpec>) -> Extracted {
+/// A selector that starts with `/` is a JSON Pointer (RFC 6901) into a
+/// JSON response; no CSS selector can start with `/`, so the two never mix up.
+pub fn is_json_pointer(selector: &str) -> bool {
+    selector.starts_with('/')
+}
+
+fn extract_from(document: &Html, json: Option<&Value>, specs: &BTreeMap<String, ExtractSpec>) -> Extracted {
     let mut found = Extracted::default();
     for (name, spec) in specs {
+        if is_json_pointer(&spec.selector) {
+            let value = json
+                .and_then(|json| json.pointer(&spec.selector))
+                .map_or(Value::Null, |v| match (&spec.take, v) {
+                    // Text of a string is the string; of anything else, its JSON.
+                    (Take::Text, Value::String(s)) => Value::String(s.clone()),
+                    (Take::Text, other) if !spec.list => Value::String(other.to_string()),
+                    (_, other) => other.clone(),
+                });
+            if spec.required && value.is_null() {
+                found.missing_required.push(name.clone());
+            }
+            found.values.insert(name.clone(), value);
+            continue;
+        }
         let value = Selector::parse(&spec.selector)
             .ok()
             .map(|selector| {
@@ -122,6 +150,30 @@ mod tests {
            <i>world</i>! </h1>
         <ul><li><a href="/a">A</a></li><li><a href="/b">B</a></li><li><a>no link</a></li></ul>
         <div id="main"><p>para</p></div></body></html>"#;
+
+    #[test]
+    fn json_pointers_read_json_responses() {
+        let body = r#"{"status":"ok","items":[{"name":"alpha","price":3}],"count":1}"#;
+        let specs = BTreeMap::from([
+            ("status".to_string(), spec("/status", Take::Text, false, true)),
+            ("first".to_string(), spec("/items/0/name", Take::Text, false, true)),
+            ("count".to_string(), spec("/count", Take::Text, false, false)),
+            ("items".to_string(), spec("/items", Take::Text, true, false)),
+            ("missing".to_string(), spec("/nope", Take::Text, false, true)),
+        ]);
+        let found = extract(body, &specs);
+        assert_eq!(found.values["status"], "ok");
+        assert_eq!(found.values["first"], "alpha");
+        assert_eq!(found.values["count"], "1");
+        assert_eq!(
+            found.values["items"],
+            serde_json::json!([{"name": "alpha", "price": 3}])
+        );
+        assert_eq!(found.missing_required, vec!["missing".to_string()]);
+        // HTML is not JSON: a pointer finds nothing there.
+        let found = extract("<p>hi</p>", &specs);
+        assert!(found.values["status"].is_null());
+    }
 
     #[test]
     fn text_attributes_html_and_lists() {

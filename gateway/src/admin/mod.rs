@@ -87,7 +87,10 @@ async fn route(gateway: &Arc<Gateway>, peer: SocketAddr, req: Request<Incoming>)
         "/dashboard" | "/dashboard/" => {
             let mut response = Response::new(Full::new(Bytes::from_static(crate::dashboard::PAGE.as_bytes())));
             let headers = response.headers_mut();
-            headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/html; charset=utf-8"));
+            headers.insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/html; charset=utf-8"),
+            );
             // The page is one file: nothing may load from anywhere else.
             headers.insert(
                 header::CONTENT_SECURITY_POLICY,
@@ -102,7 +105,10 @@ async fn route(gateway: &Arc<Gateway>, peer: SocketAddr, req: Request<Incoming>)
             let body = gateway.dashboard.data(gateway).to_string();
             let mut response = Response::new(Full::new(Bytes::from(body)));
             let headers = response.headers_mut();
-            headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+            headers.insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
             headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
             response
         }

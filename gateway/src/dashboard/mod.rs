@@ -80,7 +80,10 @@ impl Dashboard {
         let now = Instant::now();
         let totals = Totals::from_families(&gateway.metrics.registry().gather());
         let mut samples = self.samples.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if samples.back().is_none_or(|last| now.duration_since(last.at) >= SAMPLE_EVERY) {
+        if samples
+            .back()
+            .is_none_or(|last| now.duration_since(last.at) >= SAMPLE_EVERY)
+        {
             samples.push_back(Sample {
                 at: now,
                 totals: totals.clone(),
@@ -97,7 +100,9 @@ impl Dashboard {
         let now = self.sample(gateway);
         let (window, seconds) = {
             let samples = self.samples.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let base = samples.front().map(|s| (s.totals.clone(), s.at.elapsed().as_secs_f64()));
+            let base = samples
+                .front()
+                .map(|s| (s.totals.clone(), s.at.elapsed().as_secs_f64()));
             base.map_or((now.clone(), 0.0), |(totals, seconds)| (now.since(&totals), seconds))
         };
         let per_second = |count: u64| if seconds > 0.0 { count as f64 / seconds } else { 0.0 };

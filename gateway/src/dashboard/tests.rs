@@ -27,7 +27,12 @@ fn the_window_is_the_difference_of_two_snapshots() {
         metrics.record_request(DecisionLabel::Allow, "none", Some(200), ms(30));
     }
     metrics.record_request(DecisionLabel::Allow, "none", Some(503), ms(30));
-    metrics.record_request(DecisionLabel::Error, "upstream_timeout", Some(504), Duration::from_secs(3));
+    metrics.record_request(
+        DecisionLabel::Error,
+        "upstream_timeout",
+        Some(504),
+        Duration::from_secs(3),
+    );
     metrics.record_request(DecisionLabel::Deny, "domain_not_in_allowlist", Some(403), ms(1));
     metrics.record_request(DecisionLabel::RateLimited, "rate_limit_exceeded", Some(429), ms(1));
     metrics.record_bytes(1000, 4000);

@@ -103,11 +103,7 @@ impl Totals {
                 .latency
                 .iter()
                 .map(|&(bound, count)| {
-                    let before = earlier
-                        .latency
-                        .iter()
-                        .find(|(b, _)| *b == bound)
-                        .map_or(0, |(_, c)| *c);
+                    let before = earlier.latency.iter().find(|(b, _)| *b == bound).map_or(0, |(_, c)| *c);
                     (bound, count.saturating_sub(before))
                 })
                 .collect(),

@@ -77,7 +77,12 @@ impl BoundedCounters {
         let seen = self.seen.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut all: Vec<(String, u64)> = seen
             .iter()
-            .map(|(value, children)| (value.to_string(), children.iter().filter_map(OnceLock::get).map(IntCounter::get).sum()))
+            .map(|(value, children)| {
+                (
+                    value.to_string(),
+                    children.iter().filter_map(OnceLock::get).map(IntCounter::get).sum(),
+                )
+            })
             .collect();
         all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         all.truncate(n);

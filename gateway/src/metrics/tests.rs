@@ -77,7 +77,11 @@ fn agents_and_denied_hosts_are_counted_under_a_cap() {
     // Label values from traffic with odd bytes are never labels.
     m.record_parties(DecisionLabel::Deny, Some("x\"} 1\n"), Some("a b"));
     for i in 0..300 {
-        m.record_parties(DecisionLabel::Deny, Some(&format!("agent-{i}")), Some(&format!("h{i}.example")));
+        m.record_parties(
+            DecisionLabel::Deny,
+            Some(&format!("agent-{i}")),
+            Some(&format!("h{i}.example")),
+        );
     }
     let text = m.render();
     assert!(
@@ -94,7 +98,10 @@ fn agents_and_denied_hosts_are_counted_under_a_cap() {
         .filter_map(|l| l.split('"').next())
         .collect();
     let agents = agents.len();
-    let hosts = text.lines().filter(|l| l.starts_with("egress_denied_domain_total{")).count();
+    let hosts = text
+        .lines()
+        .filter(|l| l.starts_with("egress_denied_domain_total{"))
+        .count();
     assert!(agents <= 256 + 1, "{agents} agent series");
     assert!(hosts <= 100 + 1, "{hosts} host series");
     assert!(text.contains(r#"egress_denied_domain_total{domain="other"}"#));
@@ -106,7 +113,12 @@ fn agents_and_denied_hosts_are_counted_under_a_cap() {
 #[test]
 fn throttled_requests_are_counted_by_reason() {
     let m = metrics();
-    m.record_request(DecisionLabel::RateLimited, "rate_limit_exceeded", Some(429), Duration::ZERO);
+    m.record_request(
+        DecisionLabel::RateLimited,
+        "rate_limit_exceeded",
+        Some(429),
+        Duration::ZERO,
+    );
     assert!(
         m.render()
             .contains(r#"egress_requests_rate_limited_total{reason="other"} 1"#)

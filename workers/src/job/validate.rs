@@ -205,11 +205,26 @@ fn check_url(field: &str, text: &str) -> Result<(), JobError> {
 }
 
 fn check_selector(field: &str, selector: &str) -> Result<(), JobError> {
+    if crate::extract::is_json_pointer(selector) {
+        // RFC 6901: `~` only as `~0` or `~1`.
+        let bad_escape = selector
+            .split('~')
+            .skip(1)
+            .any(|rest| !rest.starts_with('0') && !rest.starts_with('1'));
+        if bad_escape {
+            return Err(JobError::new(
+                field,
+                format!("'{selector}' is not a JSON Pointer: `~` must be written ~0, and `/` inside a key ~1"),
+                "e.g. \"/items/0/name\"",
+            ));
+        }
+        return Ok(());
+    }
     scraper::Selector::parse(selector).map(|_| ()).map_err(|e| {
         JobError::new(
             field,
             format!("'{selector}' is not a CSS selector: {e}"),
-            "e.g. \"h1\", \"#main .price\", \"a[href]\"",
+            "e.g. \"h1\", \"#main .price\", \"a[href]\", or a JSON Pointer such as \"/items/0/name\"",
         )
     })
 }

@@ -1,0 +1,196 @@
+//! Illegal Destination: with the scraper's identity, ask the gateway for an
+//! unlisted domain and an unlisted IP that both lead to the runner's own
+//! listener. Passes only if the gateway refuses, the audit trail has an
+//! `egress_denied` line with `alert: true` for each request, and the
+//! listener saw no connection at all.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::Run;
+use crate::config::IllegalCheck;
+use crate::fixtures::Tripwire;
+use crate::report::{Case, Outcome};
+
+const CHECK: &str = "illegal_destination";
+/// Time for a connection that got through to reach the listener before it
+/// is counted.
+const GRACE: Duration = Duration::from_millis(500);
+
+pub async fn run(env: &Run<'_>, check: &IllegalCheck) -> Vec<Case> {
+    let started = Instant::now();
+    let tripwire = match Tripwire::bind(check.listen).await {
+        Ok(tripwire) => tripwire,
+        Err(error) => {
+            return check
+                .urls
+                .iter()
+                .map(|url| Case {
+                    check: CHECK,
+                    name: url.value.clone(),
+                    duration: started.elapsed(),
+                    outcome: Outcome::Error(format!(
+                        "cannot listen on {} for the illegal destination: {error}; pick a free illegal_destination.listen",
+                        check.listen
+                    )),
+                    details: Vec::new(),
+                })
+                .collect();
+        }
+    };
+    // The audit query starts a little before the requests: clocks of the
+    // runner and the gateway may differ by a second.
+    let since = chrono::Utc::now() - chrono::Duration::seconds(5);
+    let mut cases = Vec::new();
+    for url in &check.urls {
+        cases.push(one(env, check, &url.value, since).await);
+    }
+    tokio::time::sleep(GRACE).await;
+    let connections = tripwire.connections();
+    for case in &mut cases {
+        case.details.push(format!(
+            "the runner's listener on {} saw {connections} connection(s)",
+            tripwire.addr
+        ));
+        if connections > 0 && !matches!(case.outcome, Outcome::Error(_)) {
+            case.outcome = Outcome::Failed(format!(
+                "traffic reached the illegal destination: {connections} connection(s) from {:?}",
+                tripwire.peers()
+            ));
+        }
+    }
+    cases
+}
+
+async fn one(env: &Run<'_>, check: &IllegalCheck, url: &str, since: chrono::DateTime<chrono::Utc>) -> Case {
+    let started = Instant::now();
+    let mut details = Vec::new();
+    let outcome = attempt(env, check, url, since, &mut details).await;
+    Case {
+        check: CHECK,
+        name: url.to_string(),
+        duration: started.elapsed(),
+        outcome,
+        details,
+    }
+}
+
+async fn attempt(
+    env: &Run<'_>,
+    check: &IllegalCheck,
+    url: &str,
+    since: chrono::DateTime<chrono::Utc>,
+    details: &mut Vec<String>,
+) -> Outcome {
+    let response = match env.proxied.get(url).timeout(Duration::from_secs(15)).send().await {
+        Ok(response) => response,
+        Err(error) if error.is_connect() => {
+            return Outcome::Error(format!(
+                "cannot reach the gateway at {}: {error}",
+                env.checks.gateway.proxy
+            ));
+        }
+        Err(error) => return Outcome::Failed(format!("no answer from the gateway: {error}")),
+    };
+    let status = response.status();
+    let request_id = response
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    let reason = body["reason"].as_str().unwrap_or("-").to_string();
+    details.push(format!(
+        "gateway answered {} reason {reason}, request {}",
+        status.as_u16(),
+        request_id.as_deref().unwrap_or("-")
+    ));
+    if status == reqwest::StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+        return Outcome::Error(format!(
+            "the gateway did not accept agent {}'s key (407); check agent.key_env",
+            env.checks.agent.id
+        ));
+    }
+    if status != reqwest::StatusCode::FORBIDDEN {
+        return Outcome::Failed(format!("the gateway did not refuse: it answered {status}"));
+    }
+    let Some(request_id) = request_id else {
+        return Outcome::Failed("the refusal carries no X-Request-Id to find in the audit trail".into());
+    };
+    match audit_line(env, &request_id, since, check.audit_timeout).await {
+        Ok(line) => {
+            let kind = line["type"].as_str().unwrap_or("-");
+            let alert = line["alert"].as_bool().unwrap_or(false);
+            details.push(format!(
+                "audit: type {kind}, alert {alert}, reason {}",
+                line["reason"].as_str().unwrap_or("-")
+            ));
+            if kind == "egress_denied" && alert {
+                Outcome::Passed
+            } else {
+                Outcome::Failed(format!(
+                    "the audit line for {request_id} says type {kind}, alert {alert}; expected egress_denied with alert true"
+                ))
+            }
+        }
+        Err(outcome) => outcome,
+    }
+}
+
+/// The audit line of one request, read back through the control API.
+async fn audit_line(
+    env: &Run<'_>,
+    request_id: &str,
+    since: chrono::DateTime<chrono::Utc>,
+    timeout: Duration,
+) -> Result<Value, Outcome> {
+    let token_env = &env.checks.gateway.admin_token_env;
+    let Some(token) = std::env::var(token_env).ok().filter(|t| !t.is_empty()) else {
+        return Err(Outcome::Error(format!(
+            "{token_env} is not set: the audit trail is read with a control-API token (role viewer)"
+        )));
+    };
+    let mut url = url::Url::parse(&format!("{}/v1/audit", env.checks.gateway.admin.trim_end_matches('/')))
+        .map_err(|e| Outcome::Error(format!("gateway.admin: {e}")))?;
+    url.query_pairs_mut()
+        .append_pair("from", &since.to_rfc3339())
+        .append_pair("limit", "100000");
+    let deadline = Instant::now() + timeout;
+    loop {
+        let response = env
+            .direct
+            .get(url.clone())
+            .bearer_auth(&token)
+            .send()
+            .await
+            .map_err(|e| Outcome::Error(format!("cannot read the audit trail at {url}: {e}")))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+            return Err(Outcome::Error(format!(
+                "the control API refused {token_env} ({status}): it needs a token with the viewer role"
+            )));
+        }
+        if !status.is_success() {
+            return Err(Outcome::Error(format!("the audit export answered {status}")));
+        }
+        let text = response
+            .text()
+            .await
+            .map_err(|e| Outcome::Error(format!("cannot read the audit export: {e}")))?;
+        let found = text
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .find(|line| line["request_id"].as_str() == Some(request_id));
+        if let Some(line) = found {
+            return Ok(line);
+        }
+        if Instant::now() >= deadline {
+            return Err(Outcome::Failed(format!(
+                "no audit line for request {request_id} after {} s: the denial was not recorded",
+                timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
