@@ -175,21 +175,25 @@ enum AuditCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CLAWGRESS_LOG")
-                // The NATS client's connect/close events are noise at info.
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // Held to the end of main: dropping it flushes queued spans.
+    let _telemetry = clawgress_telemetry::init(service_name(&cli.command));
     match run(cli.command) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The OTLP `service.name` of this process.
+fn service_name(command: &Command) -> &'static str {
+    match command {
+        Command::Gateway(_) => "clawgress-gateway",
+        Command::Scheduler(_) => "clawgress-scheduler",
+        Command::Submit(_) => "clawgress-submit",
+        Command::Synthetic { .. } => "clawgress-synthetic",
+        _ => "clawgress",
     }
 }
 

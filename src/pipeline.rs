@@ -307,6 +307,17 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("Nats-Msg-Id", job.id());
             let subject = streams::job_subject(job.kind(), job.priority());
+            // The job's trace starts here; the worker continues it.
+            let span = tracing::debug_span!(
+                target: "clawgress::submit",
+                "publish",
+                otel.kind = "producer",
+                job.id = %job.id(),
+                messaging.destination = %subject,
+            );
+            if let Some(traceparent) = clawgress_telemetry::traceparent(&span) {
+                headers.insert(clawgress_telemetry::TRACEPARENT, traceparent.as_str());
+            }
             acks.push_back((job, js.publish_with_headers(subject, headers, job.to_json().into()).await?));
             let last = index + 1 == jobs.len();
             while acks.len() >= WINDOW || (last && !acks.is_empty()) {

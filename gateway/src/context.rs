@@ -104,6 +104,9 @@ pub struct RequestContext {
     /// A plain-HTTP request the gateway sends over its own TLS
     /// (`tls_origination`).
     pub originate: bool,
+    /// The `decision` span (exported over OTLP when configured); it ends
+    /// when the request is recorded and the context dropped.
+    pub span: tracing::Span,
 }
 
 impl RequestContext {
@@ -135,6 +138,7 @@ impl RequestContext {
             ai: None,
             budget: None,
             originate: false,
+            span: tracing::Span::none(),
         }
     }
 
@@ -157,6 +161,25 @@ pub fn audit_path(path: &str) -> String {
         end -= 1;
     }
     path[..end].to_string()
+}
+
+/// The request's `decision` span, a child of the agent's span when the
+/// request carried a `traceparent`, and the trace id for its audit line:
+/// the agent's, or, when only the gateway traces, the span's own.
+pub fn decision_span(traceparent: Option<&http::HeaderValue>) -> (tracing::Span, Option<String>) {
+    use tracing::field::Empty;
+    let span = tracing::debug_span!(
+        target: "clawgress_gateway::decision",
+        "decision",
+        otel.kind = "server",
+        agent = Empty,
+        destination = Empty,
+        decision = Empty,
+        reason = Empty,
+    );
+    clawgress_telemetry::adopt(&span, traceparent.and_then(|v| v.to_str().ok()));
+    let trace_id = trace_id_from(traceparent).or_else(|| clawgress_telemetry::trace_id(&span));
+    (span, trace_id)
 }
 
 /// The trace id of a W3C `traceparent` header (`00-<trace>-<span>-<flags>`),

@@ -287,6 +287,13 @@ fn tally(gateway: &Gateway, ctx: &RequestContext, label: DecisionLabel, reason: 
     let agent = ctx.identity.as_ref().map(|i| &*i.agent_id);
     let host = ctx.destination.as_ref().map(|d| &*d.host);
     gateway.metrics.record_parties(label, agent, host);
+    if !ctx.span.is_disabled() {
+        ctx.span
+            .record("agent", agent.unwrap_or(crate::metrics::ANONYMOUS_AGENT));
+        ctx.span.record("destination", host.unwrap_or("-"));
+        ctx.span.record("decision", label.as_str());
+        ctx.span.record("reason", reason);
+    }
     if label == DecisionLabel::Deny {
         gateway.dashboard.note_denial(crate::dashboard::Denial {
             at: ctx.timestamp,

@@ -18,6 +18,7 @@ use clawgress_workers::{JobError, parse_job};
 use futures_util::StreamExt;
 use tokio::sync::{Mutex, Semaphore, watch};
 use tokio::task::JoinSet;
+use tracing::Instrument as _;
 
 use crate::result::{DeadLetter, FetchSummary, JobResult, ResultError, ResultStatus};
 use crate::streams;
@@ -251,7 +252,7 @@ fn kind_of(subject: &str) -> JobKind {
     }
 }
 
-async fn handle(shared: &Shared, message: Message, mut cancel: watch::Receiver<bool>) {
+async fn handle(shared: &Shared, message: Message, cancel: watch::Receiver<bool>) {
     let started = Instant::now();
     let (delivered, sequence) = message
         .info()
@@ -274,6 +275,38 @@ async fn handle(shared: &Shared, message: Message, mut cancel: watch::Receiver<b
             return;
         }
     };
+    // The job's span continues the publisher's trace (its `traceparent`
+    // travels in the message headers); fetches and the gateway's decisions
+    // become its children.
+    let span = tracing::debug_span!(
+        target: "clawgress_scheduler::job",
+        "job",
+        otel.kind = "consumer",
+        job.id = %job.id(),
+        job.kind = ?kind,
+        job.attempt = delivered,
+    );
+    clawgress_telemetry::adopt(
+        &span,
+        message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(clawgress_telemetry::TRACEPARENT))
+            .map(|v| v.as_str()),
+    );
+    run_job(shared, &message, job, delivered, started, cancel)
+        .instrument(span)
+        .await;
+}
+
+async fn run_job(
+    shared: &Shared,
+    message: &Message,
+    job: Job,
+    delivered: u32,
+    started: Instant,
+    mut cancel: watch::Receiver<bool>,
+) {
     // Long jobs tell JetStream they are alive, so it does not redeliver
     // them; the ticks run in this task, so nothing outlives the job.
     let every = shared.config.ack_wait / 3;
@@ -297,7 +330,7 @@ async fn handle(shared: &Shared, message: Message, mut cancel: watch::Receiver<b
         let _ = message.ack_with(AckKind::Nak(None)).await;
         return;
     };
-    decide(shared, &message, &job, outcome, delivered, started).await;
+    decide(shared, message, &job, outcome, delivered, started).await;
 }
 
 /// Refuses jobs this worker cannot run, with the field that asks for it.
@@ -454,14 +487,24 @@ async fn fetch_with(
     scrape: &clawgress_workers::job::ScrapeJob,
     tier: Tier,
 ) -> Result<(Done, Extracted, bool), FetchError> {
-    let (mut page, screenshot, name) = match (tier, &shared.backends.chromium, &shared.backends.steel) {
-        (Tier::Chromium, Some(chromium), _) => {
-            let (page, extras) = chromium.fetch(scrape).await?;
-            (page, extras.screenshot, "chromium")
-        }
-        (Tier::Steel, _, Some(steel)) => (steel.fetch(scrape).await?, None, "steel"),
-        _ => (shared.backends.http.fetch(scrape).await?, None, "http"),
+    let span = tracing::debug_span!(
+        target: "clawgress_scheduler::fetch",
+        "fetch",
+        otel.kind = "client",
+        tier = ?tier,
+        url.full = %scrape.url,
+    );
+    let fetched = async {
+        Ok::<_, FetchError>(match (tier, &shared.backends.chromium, &shared.backends.steel) {
+            (Tier::Chromium, Some(chromium), _) => {
+                let (page, extras) = chromium.fetch(scrape).await?;
+                (page, extras.screenshot, "chromium")
+            }
+            (Tier::Steel, _, Some(steel)) => (steel.fetch(scrape).await?, None, "steel"),
+            _ => (shared.backends.http.fetch(scrape).await?, None, "http"),
+        })
     };
+    let (mut page, screenshot, name) = fetched.instrument(span).await?;
     let check_shell = tier == Tier::Http && scrape.fetch == FetchMode::Auto;
     let body = std::mem::take(&mut page.body);
     // Small pages are parsed in place: handing them to the blocking pool

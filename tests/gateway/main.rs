@@ -15,6 +15,8 @@ mod operations;
 mod pipeline;
 mod policy;
 mod proxy;
+mod synthetic;
+mod traces;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;

@@ -26,6 +26,11 @@ impl GatewayProc {
     }
 
     pub fn start_with(policy_yaml: &str, agents_yaml: &str, extra: &[&str]) -> GatewayProc {
+        Self::start_with_env(policy_yaml, agents_yaml, extra, &[])
+    }
+
+    /// With extra environment variables (e.g. an OTLP endpoint).
+    pub fn start_with_env(policy_yaml: &str, agents_yaml: &str, extra: &[&str], env: &[(&str, &str)]) -> GatewayProc {
         let dir = tempfile::tempdir().expect("tempdir");
         let policy = dir.path().join("policy.yaml");
         let agents = dir.path().join("agents.yaml");
@@ -57,6 +62,7 @@ impl GatewayProc {
                 vec!["--state-dir".into(), dir.path().join("state").into_os_string()]
             })
             .env("CLAWGRESS_LOG", "info")
+            .envs(env.iter().copied())
             .env(
                 "CLAWGRESS_TEST_JWT_SECRET",
                 "jwt-test-secret-that-is-long-enough-0123456789",

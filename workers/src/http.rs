@@ -90,6 +90,9 @@ impl HttpFetcher {
     ) -> Result<serde_json::Value, FetchError> {
         let client = self.client(agent)?;
         let mut request = client.post(url).json(body).timeout(timeout);
+        if let Some(traceparent) = clawgress_telemetry::traceparent(&tracing::Span::current()) {
+            request = request.header(clawgress_telemetry::TRACEPARENT, traceparent);
+        }
         for (name, value) in headers {
             request = request.header(*name, value);
         }
@@ -125,7 +128,14 @@ impl HttpFetcher {
         let mut body = job.body.clone();
         let mut url = reqwest::Url::parse(&job.url).map_err(|e| FetchError::Transport(e.to_string()))?;
         let mut hops = Vec::new();
-        let headers = job_headers(job);
+        let mut headers = job_headers(job);
+        // The gateway records this trace id in its audit line and makes its
+        // decision a child of the fetch.
+        if let Some(traceparent) = clawgress_telemetry::traceparent(&tracing::Span::current())
+            && let Ok(value) = reqwest::header::HeaderValue::from_str(&traceparent)
+        {
+            headers.insert(clawgress_telemetry::TRACEPARENT, value);
+        }
         loop {
             hops.push(url.to_string());
             let mut request = client.request(method.clone(), url.clone()).headers(headers.clone());

@@ -18,12 +18,15 @@ pub const OVERFLOW: &str = "other";
 /// Longest label value kept; longer ones count as `"other"`.
 const MAX_VALUE_LEN: usize = 253;
 
+/// A value's series, one per second label, each made on first use.
+type Series = Box<[OnceLock<IntCounter>]>;
+
 pub struct BoundedCounters {
     vec: IntCounterVec,
     cap: usize,
     /// Reads are the common case (a known agent, a known host), so they take
     /// only the read side of the lock.
-    seen: RwLock<HashMap<Box<str>, Box<[OnceLock<IntCounter>]>>>,
+    seen: RwLock<HashMap<Box<str>, Series>>,
     /// The label values that follow the bounded one, in order (e.g. decisions).
     tails: Vec<&'static str>,
 }

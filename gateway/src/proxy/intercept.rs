@@ -26,7 +26,7 @@ use super::forward::{Route, SendFailure, exchange};
 use super::{admit_exchange, refuse};
 use crate::Gateway;
 use crate::audit::AuditSlot;
-use crate::context::{Destination, RequestContext, RequestKind, audit_path, trace_id_from};
+use crate::context::{Destination, RequestContext, RequestKind, audit_path, decision_span};
 use crate::decision::{Enforcement, Refusal, UpstreamFailure};
 use crate::identity::Identity;
 use crate::metrics::DecisionLabel;
@@ -274,8 +274,10 @@ pub(super) async fn open(
 /// One request inside an intercepted tunnel.
 async fn inner(scope: Arc<Scope>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
     let gateway = &scope.gateway;
-    let trace_id = trace_id_from(req.headers().get("traceparent")).or_else(|| scope.trace_id.clone());
+    let (span, own_trace) = decision_span(req.headers().get("traceparent"));
+    let trace_id = own_trace.or_else(|| scope.trace_id.clone());
     let mut ctx = RequestContext::new(scope.client, req.method().clone(), RequestKind::Intercepted, trace_id);
+    ctx.span = span;
     ctx.identity = scope.identity.clone();
     ctx.enforcement = scope.enforcement;
     ctx.would_deny = scope.would_deny.clone();

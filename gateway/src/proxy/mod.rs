@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 
 use crate::Gateway;
 use crate::audit::AuditSlot;
-use crate::context::{Destination, Outcome, RequestContext, RequestKind, audit_path, trace_id_from};
+use crate::context::{Destination, Outcome, RequestContext, RequestKind, audit_path, decision_span};
 use crate::control::ControlVerdict;
 use crate::decision::{Enforcement, Refusal, RequestProblem};
 use crate::dns::{AddressClass, Host, ResolveError, ResolveSource, Resolved, RestrictedKind, classify, parse_host};
@@ -42,8 +42,9 @@ pub async fn handle(gateway: Arc<Gateway>, client: SocketAddr, req: Request<Inco
     } else {
         RequestKind::Forward
     };
-    let trace_id = trace_id_from(req.headers().get("traceparent"));
+    let (span, trace_id) = decision_span(req.headers().get("traceparent"));
     let mut ctx = RequestContext::new(client, req.method().clone(), kind, trace_id);
+    ctx.span = span;
 
     // Reserve the audit record first: a request we could not record is a
     // request we must not serve (fail closed).

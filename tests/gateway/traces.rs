@@ -1,0 +1,259 @@
+//! OTLP traces across the pipeline: `clawgress submit` publishes a job with
+//! a `traceparent` in its NATS headers, the scheduler's job and fetch spans
+//! continue that trace, the worker's request carries it to the gateway,
+//! whose decision span joins it and whose audit line names it. A local
+//! OTLP/HTTP receiver on 127.0.0.1 collects what every process exports.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message as _;
+use support::nats::NatsServer;
+
+use super::*;
+
+#[derive(Debug, Clone)]
+struct Span {
+    service: String,
+    name: String,
+    trace_id: String,
+    span_id: String,
+    parent: String,
+}
+
+/// An OTLP/HTTP (protobuf) trace receiver.
+async fn receiver() -> (SocketAddr, Arc<Mutex<Vec<Span>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let spans = Arc::new(Mutex::new(Vec::new()));
+    let store = spans.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                    let store = store.clone();
+                    async move {
+                        let path = req.uri().path().to_string();
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let status = match (path.as_str(), ExportTraceServiceRequest::decode(body)) {
+                            ("/v1/traces", Ok(export)) => {
+                                store.lock().unwrap().extend(flatten(&export));
+                                200
+                            }
+                            _ => 400,
+                        };
+                        let mut response = hyper::Response::new(Full::new(Bytes::new()));
+                        *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                        response
+                            .headers_mut()
+                            .insert("content-type", "application/x-protobuf".parse().unwrap());
+                        Ok::<_, Infallible>(response)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, spans)
+}
+
+fn flatten(export: &ExportTraceServiceRequest) -> Vec<Span> {
+    let mut out = Vec::new();
+    for resource in &export.resource_spans {
+        let service = resource
+            .resource
+            .as_ref()
+            .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
+            .and_then(|a| a.value.as_ref())
+            .and_then(|v| match &v.value {
+                Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s)) => Some(s.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        for scope in &resource.scope_spans {
+            for span in &scope.spans {
+                out.push(Span {
+                    service: service.clone(),
+                    name: span.name.clone(),
+                    trace_id: hex::encode(&span.trace_id),
+                    span_id: hex::encode(&span.span_id),
+                    parent: hex::encode(&span.parent_span_id),
+                });
+            }
+        }
+    }
+    out
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_jobs_trace_runs_from_the_publisher_through_the_worker_to_the_gateway() {
+    let Some(nats) = NatsServer::start() else { return };
+    let (otlp, spans) = receiver().await;
+    let endpoint = format!("http://{otlp}");
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        // Export within a fraction of a second, not the default 5 s.
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let origin = upstream::origin().await;
+    let tls = support::tls::origin("tls.test").await;
+    let echo = upstream::half_close_echo().await;
+    let dns = TestDns::start(&[]).await;
+    let policy = policy_yaml(origin.addr.port(), tls.addr.port(), echo.port(), dns.addr, "enforce");
+    let gw = GatewayProc::start_with_env(&policy, &agents_yaml(), &[], &env);
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = dir.path().join("credentials.yaml");
+    std::fs::write(&credentials, format!("agents:\n  {}: {}\n", SCRAPER.0, SCRAPER.1)).unwrap();
+    let _scheduler = Killed(
+        Command::new(support::clawgress_bin())
+            .args([
+                "scheduler",
+                "--nats",
+                &nats.url,
+                "--gateway",
+                &gw.proxy_url(),
+                "--chromium",
+                "none",
+            ])
+            .arg("--credentials")
+            .arg(&credentials)
+            .envs(env)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("scheduler.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("http://site.test:{}/page", origin.addr.port());
+    let submit = tokio::process::Command::new(support::clawgress_bin())
+        .args([
+            "submit", "--nats", &nats.url, "--url", &url, "--agent", SCRAPER.0, "--select", "title=h1", "--wait",
+        ])
+        .args(["--wait-secs", "60"])
+        .envs(env)
+        .output()
+        .await
+        .unwrap();
+    let printed = String::from_utf8_lossy(&submit.stdout).to_string();
+    assert!(
+        submit.status.success() && printed.contains("\"status\":\"ok\""),
+        "{printed}\n{}\nscheduler:\n{}",
+        String::from_utf8_lossy(&submit.stderr),
+        std::fs::read_to_string(dir.path().join("scheduler.log")).unwrap_or_default()
+    );
+
+    // Every process exports on its own schedule; wait for all four spans.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let by_name = loop {
+        let seen = spans.lock().unwrap().clone();
+        let by_name: HashMap<&str, Span> = ["publish", "job", "fetch", "decision"]
+            .into_iter()
+            .filter_map(|name| seen.iter().find(|s| s.name == name).map(|s| (name, s.clone())))
+            .collect();
+        if by_name.len() == 4 {
+            break by_name;
+        }
+        assert!(Instant::now() < deadline, "spans missing; received: {seen:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (publish, job, fetch, decision) = (
+        &by_name["publish"],
+        &by_name["job"],
+        &by_name["fetch"],
+        &by_name["decision"],
+    );
+    assert_eq!(publish.service, "clawgress-submit");
+    assert_eq!(job.service, "clawgress-scheduler");
+    assert_eq!(fetch.service, "clawgress-scheduler");
+    assert_eq!(decision.service, "clawgress-gateway");
+    for span in [job, fetch, decision] {
+        assert_eq!(span.trace_id, publish.trace_id, "one trace: {by_name:#?}");
+    }
+    // publish → job (through NATS headers) → fetch → decision (through the
+    // worker's request to the gateway).
+    assert_eq!(job.parent, publish.span_id, "{by_name:#?}");
+    assert_eq!(fetch.parent, job.span_id, "{by_name:#?}");
+    assert_eq!(decision.parent, fetch.span_id, "{by_name:#?}");
+
+    let line = gw
+        .wait_audit(|l| l["request"]["domain"] == "site.test" && l["type"] == "egress_request")
+        .await;
+    assert_eq!(
+        line["trace_id"], publish.trace_id,
+        "the audit line names the job's trace"
+    );
+}
+
+#[tokio::test]
+async fn a_request_without_a_traceparent_gets_the_gateways_own_trace() {
+    let (otlp, spans) = receiver().await;
+    let endpoint = format!("http://{otlp}");
+    let origin = upstream::origin().await;
+    let tls = support::tls::origin("tls.test").await;
+    let echo = upstream::half_close_echo().await;
+    let dns = TestDns::start(&[]).await;
+    let policy = policy_yaml(origin.addr.port(), tls.addr.port(), echo.port(), dns.addr, "enforce");
+    let gw = GatewayProc::start_with_env(
+        &policy,
+        &agents_yaml(),
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    let denied = raw::send(gw.proxy, &get("http://nowhere.example/x", Some(SCRAPER)), b"").await;
+    assert_eq!(denied.status, 403);
+    let request_id = denied.header("x-request-id").unwrap().to_string();
+    let line = gw.audit_for(&request_id).await;
+    let trace_id = line["trace_id"]
+        .as_str()
+        .expect("a trace id without a traceparent")
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen = spans.lock().unwrap().clone();
+        if let Some(span) = seen.iter().find(|s| s.name == "decision" && s.trace_id == trace_id) {
+            assert!(span.parent.is_empty(), "a root span: {span:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no decision span for {trace_id}: {seen:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A malformed traceparent is ignored, never copied into the audit.
+    let head = format!(
+        "{}\r\ntraceparent: 00-zzzz-not-a-trace-01",
+        get("http://nowhere.example/y", Some(SCRAPER))
+    );
+    let denied = raw::send(gw.proxy, &head, b"").await;
+    let line = gw.audit_for(denied.header("x-request-id").unwrap()).await;
+    assert!(
+        line["trace_id"]
+            .as_str()
+            .is_some_and(|t| t.len() == 32 && !t.contains('z')),
+        "{line}"
+    );
+}
