@@ -1,5 +1,5 @@
 # The two commands the README opens with. Each installs what it needs.
-.PHONY: up test bench-proxy bench-limits bench-pipeline bench-inspection
+.PHONY: up test bench-proxy bench-limits bench-pipeline bench-inspection bench-observability
 
 # The gateway with the shipped policy and the example agents, on
 # 127.0.0.1:3128 (proxy) and 127.0.0.1:9128 (admin). Ctrl-C stops it.
@@ -41,3 +41,10 @@ bench-inspection:
 	./deploy/local/prereqs.sh build
 	cargo build --release --locked
 	./gateway/bench/inspection.sh
+
+# Issue 6: the gateway with and without OTLP span export vs direct, side by
+# side (see BENCHMARKS.md).
+bench-observability:
+	./deploy/local/prereqs.sh build
+	cargo build --release --locked
+	./gateway/bench/observability.sh

@@ -287,3 +287,43 @@ fn junit_is_escaped_and_counts_failures() {
         "{text}"
     );
 }
+
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+/// Broken check files (characters dropped, doubled, replaced) are refused
+/// with a message that names the file; none makes the parser panic.
+#[test]
+fn mutated_check_files_are_refused_cleanly() {
+    let pieces: [&str; 10] = [":", "-", " ", "\n", "{", "[", "'", "${", "\t", "&a"];
+    let mut state = 0x2545_f491_4f6c_dd1d;
+    let mut refused = 0;
+    for _ in 0..2_000 {
+        let mut text = SHIPPED.to_string();
+        for _ in 0..(xorshift(&mut state) % 3 + 1) {
+            let mut at = (xorshift(&mut state) as usize) % text.len();
+            while !text.is_char_boundary(at) {
+                at -= 1;
+            }
+            let piece = pieces[(xorshift(&mut state) as usize) % pieces.len()];
+            if xorshift(&mut state) % 2 == 0 {
+                text.insert_str(at, piece);
+            } else {
+                let mut end = (at + (xorshift(&mut state) as usize % 8)).min(text.len());
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                text.replace_range(at..end, "");
+            }
+        }
+        if let Err(error) = Checks::parse(&text, "checks.yaml") {
+            refused += 1;
+            assert!(error.to_string().starts_with("checks.yaml"), "{error}");
+        }
+    }
+    assert!(refused > 500, "only {refused} of 2000 broken files were refused");
+}

@@ -37,3 +37,44 @@ fn untraced_spans_have_no_traceparent() {
     assert_eq!(traceparent(&span), None);
     assert_eq!(trace_id(&span), None);
 }
+
+/// A small deterministic generator, so a failure reproduces.
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+#[test]
+fn mutated_traceparents_never_panic_and_what_parses_round_trips() {
+    let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let alphabet = b"0123456789abcdefABCDEF-xz \t\0\xff";
+    let mut state = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..100_000 {
+        let mut bytes = valid.as_bytes().to_vec();
+        for _ in 0..(xorshift(&mut state) % 4 + 1) {
+            let at = (xorshift(&mut state) as usize) % (bytes.len() + 1);
+            let pick = alphabet[(xorshift(&mut state) as usize) % alphabet.len()];
+            match xorshift(&mut state) % 3 {
+                0 if at < bytes.len() => bytes[at] = pick,
+                1 if at < bytes.len() => {
+                    bytes.remove(at);
+                }
+                _ => bytes.insert(at, pick),
+            }
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        if let Some(context) = parse(&text) {
+            let again = format!(
+                "00-{}-{}-{:02x}",
+                context.trace_id(),
+                context.span_id(),
+                context.trace_flags().to_u8()
+            );
+            let reparsed = parse(&again).expect("what parsed once parses again");
+            assert_eq!(reparsed.trace_id(), context.trace_id(), "{text:?}");
+            assert!(text.trim().contains(&context.trace_id().to_string()), "{text:?}");
+        }
+    }
+}

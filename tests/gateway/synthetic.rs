@@ -503,3 +503,38 @@ fn metric_names_are_told_apart_from_functions_labels_and_rules() {
         ["audit_queue_depth", "upstream_reset_events"]
     );
 }
+
+/// `promtool check rules` and the rules' unit tests (one or more per
+/// alert), as `deploy/prometheus/check.sh` runs them.
+#[test]
+fn the_slo_rules_pass_promtool_and_their_unit_tests() {
+    if which("promtool").is_none() {
+        eprintln!("SKIPPED: promtool not found (./deploy/local/prereqs.sh prometheus; `make test` does)");
+        return;
+    }
+    let out = Command::new("bash").arg(repo("deploy/prometheus/check.sh")).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("SUCCESS"), "{text}");
+    // Every alert has a unit test that names it.
+    let tests: String = std::fs::read_dir(repo("deploy/prometheus/tests"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    for entry in std::fs::read_dir(repo("deploy/prometheus/rules")).unwrap() {
+        let doc: serde_json::Value =
+            serde_saphyr::from_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap()).unwrap();
+        for group in doc["groups"].as_array().unwrap() {
+            for rule in group["rules"].as_array().unwrap() {
+                if let Some(alert) = rule["alert"].as_str() {
+                    assert!(tests.contains(&format!("alertname: {alert}")), "no unit test for {alert}");
+                    assert!(rule["labels"]["severity"].is_string(), "{alert} has no severity");
+                }
+            }
+        }
+    }
+}
