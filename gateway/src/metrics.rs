@@ -40,7 +40,8 @@ const DURATION_BUCKETS: [f64; 15] = [
 
 /// Distinct agents with their own `egress_agent_requests_total` series.
 const MAX_AGENT_SERIES: usize = 256;
-/// Distinct hosts with their own `egress_denied_domain_total` series.
+/// Distinct denied domains (registrable part) with their own
+/// `egress_denied_domain_total` series.
 const MAX_DENIED_DOMAIN_SERIES: usize = 100;
 /// The agent label of a request with no (valid) credential.
 pub const ANONYMOUS_AGENT: &str = "anonymous";
@@ -427,7 +428,7 @@ impl GatewayMetrics {
         if decision == DecisionLabel::Deny
             && let Some(host) = host
         {
-            self.denied_domains.inc(host, 0);
+            self.denied_domains.inc(registrable_part(host), 0);
         }
     }
 
@@ -557,6 +558,22 @@ fn try_array<L: Copy, T, const N: usize>(
     children
         .try_into()
         .map_err(|_| prometheus::Error::Msg("label array length mismatch".into()))
+}
+
+/// The last two labels of a host name (`a.b.evil.example` → `evil.example`),
+/// an IP literal as it is. Denied names are chosen by whoever makes the
+/// request, and data smuggled in a name's leading labels (the DNS-exfil
+/// pattern) must not travel on into Prometheus; the audit line keeps the
+/// whole name.
+pub fn registrable_part(host: &str) -> &str {
+    if host.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[') {
+        return host;
+    }
+    let trimmed = host.trim_end_matches('.');
+    match trimmed.rmatch_indices('.').nth(1) {
+        Some((dot, _)) => &trimmed[dot + 1..],
+        None => trimmed,
+    }
 }
 
 fn version_label(version: &str) -> &str {

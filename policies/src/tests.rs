@@ -107,7 +107,8 @@ fn default_bundle_keeps_the_seed_values() {
     assert_eq!(doc.sandbox.cpu_limit.millicores(), 100);
     assert_eq!(doc.circuit_breaker.thresholds.failure_rate.fraction(), 0.5);
     assert_eq!(doc.dns.cache_ttl.duration().as_secs(), 300);
-    assert_eq!(doc.allowlist.groups.len(), 3);
+    // The seed's three groups, and the synthetic checks' fixture sites.
+    assert_eq!(doc.allowlist.groups.len(), 4);
     assert_eq!(doc.project_allowlist.len(), 2);
 }
 

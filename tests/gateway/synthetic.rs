@@ -512,7 +512,10 @@ fn the_slo_rules_pass_promtool_and_their_unit_tests() {
         eprintln!("SKIPPED: promtool not found (./deploy/local/prereqs.sh prometheus; `make test` does)");
         return;
     }
-    let out = Command::new("bash").arg(repo("deploy/prometheus/check.sh")).output().unwrap();
+    let out = Command::new("bash")
+        .arg(repo("deploy/prometheus/check.sh"))
+        .output()
+        .unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -531,7 +534,10 @@ fn the_slo_rules_pass_promtool_and_their_unit_tests() {
         for group in doc["groups"].as_array().unwrap() {
             for rule in group["rules"].as_array().unwrap() {
                 if let Some(alert) = rule["alert"].as_str() {
-                    assert!(tests.contains(&format!("alertname: {alert}")), "no unit test for {alert}");
+                    assert!(
+                        tests.contains(&format!("alertname: {alert}")),
+                        "no unit test for {alert}"
+                    );
                     assert!(rule["labels"]["severity"].is_string(), "{alert} has no severity");
                 }
             }

@@ -73,7 +73,7 @@ fn agents_and_denied_hosts_are_counted_under_a_cap() {
     let m = metrics();
     m.record_parties(DecisionLabel::Allow, Some("scraper-001"), Some("ok.example"));
     m.record_parties(DecisionLabel::Deny, Some("scraper-001"), Some("evil.example"));
-    m.record_parties(DecisionLabel::Deny, None, Some("evil.example"));
+    m.record_parties(DecisionLabel::Deny, None, Some("c2VjcmV0.evil.example"));
     // Label values from traffic with odd bytes are never labels.
     m.record_parties(DecisionLabel::Deny, Some("x\"} 1\n"), Some("a b"));
     for i in 0..300 {
@@ -90,6 +90,7 @@ fn agents_and_denied_hosts_are_counted_under_a_cap() {
     );
     assert!(text.contains(r#"egress_agent_requests_total{agent="anonymous",decision="deny"} 1"#));
     assert!(text.contains(r#"egress_denied_domain_total{domain="evil.example"} 2"#));
+    assert!(!text.contains("c2VjcmV0"), "smuggled data in a label: {text}");
     // Allowed hosts are not denial series.
     assert!(!text.contains(r#"domain="ok.example""#));
     let agents: std::collections::HashSet<&str> = text
@@ -108,6 +109,15 @@ fn agents_and_denied_hosts_are_counted_under_a_cap() {
     let top = m.top_denied_domains(3);
     assert_eq!(top[0].0, "other");
     assert_eq!(top[1], ("evil.example".to_string(), 2));
+}
+
+#[test]
+fn only_the_registrable_part_of_a_denied_name_is_a_label() {
+    assert_eq!(registrable_part("a.b.evil.example"), "evil.example");
+    assert_eq!(registrable_part("evil.example."), "evil.example");
+    assert_eq!(registrable_part("localhost"), "localhost");
+    assert_eq!(registrable_part("10.1.2.3"), "10.1.2.3");
+    assert_eq!(registrable_part("::1"), "::1");
 }
 
 #[test]

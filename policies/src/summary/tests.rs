@@ -16,10 +16,11 @@ fn summary_counts_groups_rules_and_blocks() {
             ("ai_providers", 3, 0),
             ("dev_services", 2, 0),
             ("storage", 1, 0),
+            ("synthetic_checks", 1, 0),
             ("project_allowlist", 2, 2)
         ]
     );
-    assert_eq!((s.active_rules, s.expired_rules), (6, 2));
+    assert_eq!((s.active_rules, s.expired_rules), (7, 2));
     assert_eq!((s.blocklist_entries, s.block_patterns, s.static_hosts), (1, 3, 0));
     assert_eq!(s.warnings.len(), 4);
 
@@ -33,15 +34,16 @@ fn summary_counts_groups_rules_and_blocks() {
         lines[1],
         "  default action: deny; enforcement: enforce; fail mode: closed"
     );
-    assert_eq!(lines[2], "  allowlist: 4 groups with 8 rules (6 active, 2 expired)");
+    assert_eq!(lines[2], "  allowlist: 5 groups with 9 rules (7 active, 2 expired)");
     assert_eq!(lines[3], "    ai_providers       3 rules");
-    assert_eq!(lines[6], "    project_allowlist  2 rules (2 expired)");
+    assert_eq!(lines[6], "    synthetic_checks   1 rule  roles: scraper");
+    assert_eq!(lines[7], "    project_allowlist  2 rules (2 expired)");
     assert_eq!(
-        lines[7],
+        lines[8],
         "  blocked: 1 entry in project_blocklist, 3 patterns in dns.block_patterns"
     );
-    assert!(lines[9].starts_with("warning: default.yaml:"), "{shown}");
-    assert_eq!(lines.len(), 9 + 4 * 2, "{shown}");
+    assert!(lines[10].starts_with("warning: default.yaml:"), "{shown}");
+    assert_eq!(lines.len(), 10 + 4 * 2, "{shown}");
 }
 
 #[test]
