@@ -368,7 +368,7 @@ impl GatewayMetrics {
         })?;
 
         let reason_count = reason_table.len();
-        Ok(GatewayMetrics {
+        let metrics = GatewayMetrics {
             fail_open,
             registry,
             reasons: reason_table.into_boxed_slice(),
@@ -387,7 +387,16 @@ impl GatewayMetrics {
             audit,
             connections,
             dns_lookups,
-        })
+        };
+        // Blocked and throttled counts exist at 0 from the start: a series
+        // born at 1 hides its first event from `increase()`, and the alert
+        // for a first blocked request would never fire.
+        for index in OTHER_INDEX..reason_count {
+            let reason = [metrics.reasons[index]];
+            metrics.blocked.get(index, || reason);
+            metrics.rate_limited.get(index, || reason);
+        }
+        Ok(metrics)
     }
 
     /// Records one finished request. A `Deny` also counts as blocked.
