@@ -210,8 +210,9 @@ async fn run_platform(args: &UpArgs, state_dir: &std::path::Path) -> anyhow::Res
         stop.clone(),
     ));
     eprintln!(
-        "\nClawgress is up.\n  proxy     http://{}\n  metrics   http://{}/metrics\n  control   http://{}/v1/  (clawgress egress list --token viewer-demo-token)\n  NATS      {}\n  audit     {}\nSubmit:    clawgress submit --url http://localhost:3002/ --select title=h1 --wait\nCtrl-C stops everything.\n",
+        "\nClawgress is up.\n  proxy     http://{}\n  dashboard http://{}/dashboard\n  metrics   http://{}/metrics\n  control   http://{}/v1/  (clawgress egress list --token viewer-demo-token)\n  NATS      {}\n  audit     {}\nSubmit:    clawgress submit --url http://localhost:3002/ --select title=h1 --wait\nChecks:    CLAWGRESS_SYNTHETIC_KEY=scraper-001-demo-key CLAWGRESS_ADMIN_TOKEN=viewer-demo-token clawgress synthetic run synthetic/checks.yaml --serve-fixtures\nCtrl-C stops everything.\n",
         args.listen,
+        args.admin,
         args.admin,
         args.admin,
         args.nats_url,

@@ -310,7 +310,7 @@ fn mutated_check_files_are_refused_cleanly() {
                 at -= 1;
             }
             let piece = pieces[(xorshift(&mut state) as usize) % pieces.len()];
-            if xorshift(&mut state) % 2 == 0 {
+            if xorshift(&mut state).is_multiple_of(2) {
                 text.insert_str(at, piece);
             } else {
                 let mut end = (at + (xorshift(&mut state) as usize % 8)).min(text.len());

@@ -180,6 +180,11 @@ async fn the_shipped_synthetic_suite_passes_and_prometheus_sees_the_slos() {
         &["--admin-tokens", tokens.to_str().unwrap(), "--nats", &nats.url],
     );
     let prometheus = Prometheus::start(&prometheus_bin, gw.admin).await;
+    // Scraped once before the run, so the run's first events are increases
+    // from the zeros the gateway starts with, as in production.
+    prometheus
+        .wait_for(r#"up{job="clawgress-gateway"}"#, |v| v == 1.0)
+        .await;
     let scheduler_log = gw.dir.path().join("scheduler.log");
     let _scheduler = Killed(
         Command::new(support::clawgress_bin())
