@@ -49,7 +49,7 @@ pub struct AgentConfig {
     /// The environment variable holding its API key.
     #[serde(default)]
     pub key_env: Option<String>,
-    /// Or a file holding it.
+    /// Or a file holding it (relative to this file's directory).
     #[serde(default)]
     pub key_file: Option<String>,
 }

@@ -82,7 +82,8 @@ pub async fn run(options: &Options) -> Result<Outcome, ConfigError> {
         }
     }
     let checks = Checks::load(&options.file)?;
-    let key = agent_key(&checks)?;
+    let base = options.file.parent().unwrap_or(std::path::Path::new("."));
+    let key = agent_key(&checks, base)?;
     let proxy = reqwest::Proxy::all(&checks.gateway.proxy)
         .map_err(|e| ConfigError(format!("gateway.proxy {}: {e}", checks.gateway.proxy)))?
         .basic_auth(&checks.agent.id, &key);
@@ -154,7 +155,9 @@ pub async fn run(options: &Options) -> Result<Outcome, ConfigError> {
     })
 }
 
-fn agent_key(checks: &Checks) -> Result<String, ConfigError> {
+/// The agent's key, from the environment or a file (relative to the check
+/// file's directory). Never printed.
+fn agent_key(checks: &Checks, base: &std::path::Path) -> Result<String, ConfigError> {
     let agent = &checks.agent;
     let key = match (&agent.key_env, &agent.key_file) {
         (Some(name), _) => std::env::var(name).map_err(|_| {
@@ -163,8 +166,8 @@ fn agent_key(checks: &Checks) -> Result<String, ConfigError> {
                 agent.id
             ))
         })?,
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("agent.key_file {path}: {e}")))?
+        (None, Some(path)) => std::fs::read_to_string(base.join(path))
+            .map_err(|e| ConfigError(format!("agent.key_file {}: {e}", base.join(path).display())))?
             .trim()
             .to_string(),
         (None, None) => return Err(ConfigError("agent: give key_env or key_file".into())),

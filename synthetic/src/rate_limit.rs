@@ -120,7 +120,18 @@ pub async fn run(env: &Run<'_>, check: &RateLimitCheck) -> Vec<Case> {
             peak.count, peak.seconds, check.expect.limit, check.expect.window, check.expect.burst, peak.allowed
         ));
     }
-    let outcome = if failures.is_empty() {
+    let unreachable = completed.is_empty()
+        && refusals.is_empty()
+        && requests
+            .iter()
+            .all(|r| r.abandoned.as_deref().is_some_and(|a| a.starts_with("no answer")));
+    let outcome = if unreachable {
+        Outcome::Error(format!(
+            "cannot reach the gateway at {}: {}",
+            env.checks.gateway.proxy,
+            requests.iter().find_map(|r| r.abandoned.clone()).unwrap_or_default()
+        ))
+    } else if failures.is_empty() {
         Outcome::Passed
     } else {
         Outcome::Failed(failures.join("; "))

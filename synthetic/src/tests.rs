@@ -327,3 +327,46 @@ fn mutated_check_files_are_refused_cleanly() {
     }
     assert!(refused > 500, "only {refused} of 2000 broken files were refused");
 }
+
+/// A gateway that is not there makes the checks "could not run", with the
+/// address, not a pass and not a crash.
+#[tokio::test]
+async fn a_dead_gateway_is_reported_as_could_not_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("checks.yaml");
+    std::fs::write(
+        &file,
+        "gateway:\n  proxy: http://127.0.0.1:9\n  admin: http://127.0.0.1:9\nagent:\n  id: scraper-001\n  key_file: key\n\
+         illegal_destination:\n  listen: 127.0.0.1:0\n  urls: [http://127.0.0.1:9/x]\n\
+         rate_limit:\n  url: http://127.0.0.1:9/limited\n  requests: 3\n  expect: {limit: 60, window: 1m, burst: 1}\n  \
+         backoff: {initial: 10ms, max: 20ms}\n",
+    )
+    .unwrap();
+    // key_file is relative to the check file.
+    std::fs::write(dir.path().join("key"), "k\n").unwrap();
+    let outcome = crate::run(&crate::Options {
+        file: file.clone(),
+        serve_fixtures: false,
+        only: Vec::new(),
+    })
+    .await
+    .unwrap();
+    assert!(!outcome.passed());
+    assert_eq!(outcome.cases.len(), 2);
+    for case in &outcome.cases {
+        assert!(
+            matches!(&case.outcome, Outcome::Error(why) if why.contains("127.0.0.1:9")),
+            "{case:?}"
+        );
+    }
+    assert!(outcome.summary().contains("0 passed, 0 failed, 2 could not run"));
+
+    // A check name that does not exist is a usage error.
+    let wrong = crate::run(&crate::Options {
+        file,
+        serve_fixtures: false,
+        only: vec!["scrap".into()],
+    })
+    .await;
+    assert!(wrong.is_err_and(|e| e.to_string().contains("--only scrap")));
+}
