@@ -16,6 +16,7 @@ use base64::Engine;
 use chromiumoxide::auth::Credentials as ProxyCredentials;
 use chromiumoxide::browser::{Browser, BrowserConfig};
 use chromiumoxide::cdp::browser_protocol::browser::BrowserContextId;
+use chromiumoxide::cdp::browser_protocol::network::{Headers, SetExtraHttpHeadersParams};
 use chromiumoxide::cdp::browser_protocol::page::CaptureScreenshotFormat;
 use chromiumoxide::cdp::browser_protocol::target::{CreateBrowserContextParams, CreateTargetParams};
 use chromiumoxide::page::ScreenshotParams;
@@ -319,6 +320,14 @@ impl ChromiumPool {
 }
 
 async fn load(session: &Session<'_>, job: &ScrapeJob) -> Result<(Fetched, BrowserExtras), FetchError> {
+    // Every request of the page carries the fetch's trace to the gateway
+    // (readable there for plain HTTP and intercepted TLS).
+    if let Some(traceparent) = clawgress_telemetry::traceparent(&tracing::Span::current()) {
+        let headers = SetExtraHttpHeadersParams::new(Headers::new(serde_json::json!({
+            clawgress_telemetry::TRACEPARENT: traceparent
+        })));
+        cdp(session.page.execute(headers)).await?;
+    }
     let navigation = session.goto(&job.url).await?;
     if let Some(selector) = &job.wait_for {
         session.wait_for(selector).await;
