@@ -8,6 +8,8 @@
 #                        ${XDG_DATA_HOME:-~/.local/share}/clawgress/venv
 #   prereqs.sh prometheus - Debian's Prometheus and promtool (the SLO rules'
 #                        checks and unit tests, and the end-to-end scrape)
+#   prereqs.sh k8s-schemas - kubernetes-validate from PyPI (Kubernetes' own
+#                        OpenAPI schemas, offline) into the same virtualenv
 set -euo pipefail
 
 need_apt=()
@@ -63,6 +65,13 @@ for what in "$@"; do
       # workers prefer (old headless mode, several times the pages per second).
       [ -x /usr/bin/chromium ] || need_apt+=(chromium)
       [ -x /usr/bin/chromium-headless-shell ] || need_apt+=(chromium-headless-shell)
+      ;;
+    k8s-schemas)
+      if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+        [ -x "$venv/bin/pip" ] || install_nats
+        echo "installing kubernetes-validate from PyPI into $venv" >&2
+        "$venv/bin/pip" install -q --disable-pip-version-check "kubernetes-validate>=1.31"
+      fi
       ;;
     prometheus)
       { command -v promtool >/dev/null && command -v prometheus >/dev/null; } || need_apt+=(prometheus)

@@ -549,3 +549,43 @@ fn the_slo_rules_pass_promtool_and_their_unit_tests() {
         }
     }
 }
+
+/// The Kubernetes manifests under `deploy/k8s/` against Kubernetes' own
+/// schemas (strict: an unknown field is an error), offline.
+#[test]
+fn the_kubernetes_manifests_match_the_kubernetes_schemas() {
+    let venv = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .map(|d| d.join("clawgress/venv/bin/kubernetes-validate"));
+    let Some(validator) = which("kubernetes-validate").or(venv.filter(|p| p.is_file())) else {
+        eprintln!("SKIPPED: kubernetes-validate not found (./deploy/local/prereqs.sh k8s-schemas; `make test` does)");
+        return;
+    };
+    let manifests: Vec<PathBuf> = std::fs::read_dir(repo("deploy/k8s"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    assert!(!manifests.is_empty());
+    let out = Command::new(validator)
+        .args(["--strict", "--kubernetes-version", "1.31.0"])
+        .args(&manifests)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("cronjob/clawgress-synthetic"), "{text}");
+    // The CronJob runs a command this binary has, with the shipped file's name.
+    let cronjob = std::fs::read_to_string(repo("deploy/k8s/synthetic-cronjob.yaml")).unwrap();
+    assert!(cronjob.contains(r#"["clawgress", "synthetic", "run", "/etc/clawgress/synthetic/checks.yaml", "--junit""#));
+    let help = Command::new(support::clawgress_bin())
+        .args(["synthetic", "run", "--help"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--junit"));
+}
