@@ -1,5 +1,5 @@
 # The two commands the README opens with. Each installs what it needs.
-.PHONY: up test bench-proxy bench-limits bench-pipeline bench-inspection bench-observability
+.PHONY: up test bench-proxy bench-limits bench-pipeline bench-inspection bench-observability bench-synthetic
 
 # The gateway with the shipped policy and the example agents, on
 # 127.0.0.1:3128 (proxy) and 127.0.0.1:9128 (admin). Ctrl-C stops it.
@@ -48,3 +48,10 @@ bench-observability:
 	./deploy/local/prereqs.sh build
 	cargo build --release --locked
 	./gateway/bench/observability.sh
+
+# Issue 6: the synthetic rate-limit check's 100-request burst against the
+# limiter's own schedule, the fastest any compliant client could finish.
+bench-synthetic:
+	./deploy/local/prereqs.sh build nats
+	cargo build --release --locked
+	./gateway/bench/synthetic.sh

@@ -20,6 +20,15 @@ use bounded::BoundedCounters;
 
 pub mod bounded;
 
+/// The reasons a request is throttled (429, retry later) rather than
+/// denied; their `egress_requests_rate_limited_total` series exist from the
+/// start.
+pub const THROTTLE_REASONS: [&str; 3] = [
+    "rate_limit_exceeded",
+    "max_concurrent_requests_exceeded",
+    "max_pending_bytes_exceeded",
+];
+
 /// The `reason` of a request that has none (most allowed requests).
 pub const NO_REASON: &str = "none";
 /// The `reason` recorded for a code that was not registered with
@@ -392,9 +401,11 @@ impl GatewayMetrics {
         // born at 1 hides its first event from `increase()`, and the alert
         // for a first blocked request would never fire.
         for index in OTHER_INDEX..reason_count {
-            let reason = [metrics.reasons[index]];
-            metrics.blocked.get(index, || reason);
-            metrics.rate_limited.get(index, || reason);
+            let reason = metrics.reasons[index];
+            metrics.blocked.get(index, || [reason]);
+            if THROTTLE_REASONS.contains(&reason) {
+                metrics.rate_limited.get(index, || [reason]);
+            }
         }
         Ok(metrics)
     }

@@ -151,12 +151,13 @@ fn label<'a>(metric: &'a prometheus::proto::Metric, name: &str) -> &'a str {
         .map_or("", |l| l.value())
 }
 
+/// Non-zero counts only: the reasons' series exist at 0 from the start.
 fn by_reason(family: &MetricFamily, into: &mut BTreeMap<String, u64>) {
     for metric in family.get_metric() {
-        into.insert(
-            label(metric, "reason").to_string(),
-            metric.get_counter().get_value() as u64,
-        );
+        let count = metric.get_counter().get_value() as u64;
+        if count > 0 {
+            into.insert(label(metric, "reason").to_string(), count);
+        }
     }
 }
 

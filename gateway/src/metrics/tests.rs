@@ -134,3 +134,23 @@ fn throttled_requests_are_counted_by_reason() {
             .contains(r#"egress_requests_rate_limited_total{reason="other"} 1"#)
     );
 }
+
+/// A series born at 1 hides its first event from `increase()`: the alert
+/// for the first blocked request would never fire.
+#[test]
+fn blocked_and_throttled_series_start_at_zero() {
+    let m = GatewayMetrics::new(&["domain_not_in_allowlist", "rate_limit_exceeded"]).expect("metrics");
+    let text = m.render();
+    assert!(
+        text.contains(r#"egress_requests_blocked_total{reason="domain_not_in_allowlist"} 0"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"egress_requests_rate_limited_total{reason="rate_limit_exceeded"} 0"#),
+        "{text}"
+    );
+    assert!(
+        !text.contains(r#"egress_requests_rate_limited_total{reason="domain_not_in_allowlist"}"#),
+        "{text}"
+    );
+}
