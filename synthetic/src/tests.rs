@@ -370,3 +370,34 @@ async fn a_dead_gateway_is_reported_as_could_not_run() {
     .await;
     assert!(wrong.is_err_and(|e| e.to_string().contains("--only scrap")));
 }
+
+/// The fixture sites are what the shipped file says they are: the rendered
+/// page has nothing to find without a browser, the others have everything.
+#[test]
+fn the_rendered_fixture_needs_javascript_and_the_others_do_not() {
+    use crate::fixtures::{API_BODY, RENDERED_PAGE, STATIC_PAGE};
+    let checks = shipped();
+    let targets = &checks.scrape.as_ref().unwrap().targets;
+    let extract_for = |index: usize, body: &str| {
+        let clawgress_workers::job::Job::Scrape(job) = crate::scrape::job_for(
+            &targets[index].value,
+            "scraper-001",
+            format!("f{index}"),
+            Duration::from_secs(5),
+        ) else {
+            panic!()
+        };
+        clawgress_workers::extract::extract(body, &job.extract)
+    };
+    let found = extract_for(1, RENDERED_PAGE);
+    assert!(
+        found.values["expect_0"].is_null(),
+        "plain HTML already has it: {found:?}"
+    );
+    for (index, body) in [(0, STATIC_PAGE), (2, API_BODY)] {
+        let mut result = result(ResultStatus::Ok, json!({}));
+        result.data = extract_for(index, body).values;
+        let (outcome, details) = crate::scrape::judge(&targets[index].value, &result);
+        assert_eq!(outcome, Outcome::Passed, "{details:?}");
+    }
+}
