@@ -60,8 +60,11 @@ pub fn init(service: &str) -> Telemetry {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_filter(
-            // The NATS client's connect/close events are noise at info.
-            EnvFilter::try_from_env("CLAWGRESS_LOG").unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn")),
+            // The NATS client's connect/close events are noise at info; the
+            // trace SDK's own warnings (an unreachable collector, dropped
+            // spans) are what an operator needs from it.
+            EnvFilter::try_from_env("CLAWGRESS_LOG")
+                .unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn,opentelemetry=warn,opentelemetry_sdk=warn")),
         );
     let (provider, problem) = if otlp_configured() {
         match provider(service) {
@@ -80,6 +83,14 @@ pub fn init(service: &str) -> Telemetry {
             }))
     });
     let _ = tracing_subscriber::registry().with(logs).with(spans).try_init();
+    if provider.is_some() {
+        let endpoint = ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"]
+            .iter()
+            .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+            .unwrap_or_default();
+        // Where spans go, once: an export error later names no address.
+        tracing::info!(endpoint = %endpoint, service, "exporting traces over OTLP/HTTP");
+    }
     if let Some(error) = problem {
         // Traces are diagnostics: a bad endpoint must not stop the service.
         tracing::warn!(%error, "OTLP traces are off: the exporter could not be built (check OTEL_EXPORTER_OTLP_ENDPOINT)");

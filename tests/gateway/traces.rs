@@ -265,3 +265,36 @@ async fn a_request_without_a_traceparent_gets_the_gateways_own_trace() {
         "{line}"
     );
 }
+
+/// An unreachable collector costs the gateway nothing but a warning in its
+/// log: requests are served, spans are dropped, the reason is logged.
+#[tokio::test]
+async fn an_unreachable_collector_is_a_warning_not_an_outage() {
+    let dead = support::nats::free_port();
+    let endpoint = format!("http://127.0.0.1:{dead}");
+    let origin = upstream::origin().await;
+    let tls = support::tls::origin("tls.test").await;
+    let echo = upstream::half_close_echo().await;
+    let dns = TestDns::start(&[]).await;
+    let policy = policy_yaml(origin.addr.port(), tls.addr.port(), echo.port(), dns.addr, "enforce");
+    let gw = GatewayProc::start_with_env(
+        &policy,
+        &agents_yaml(),
+        &[],
+        // The gateway harness logs at info; the SDK's warnings show there too.
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    let url = format!("http://site.test:{}/page", origin.addr.port());
+    for _ in 0..5 {
+        let served = raw::send(gw.proxy, &get(&url, Some(SCRAPER)), b"").await;
+        assert_eq!(served.status, 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !gw.log().contains("ExportError") {
+        assert!(Instant::now() < deadline, "no export warning in the log:\n{}", gw.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
