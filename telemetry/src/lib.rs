@@ -89,7 +89,7 @@ pub fn init(service: &str) -> Telemetry {
             .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
             .unwrap_or_default();
         // Where spans go, once: an export error later names no address.
-        tracing::info!(endpoint = %endpoint, service, "exporting traces over OTLP/HTTP");
+        tracing::info!(endpoint = %without_userinfo(&endpoint), service, "exporting traces over OTLP/HTTP");
     }
     if let Some(error) = problem {
         // Traces are diagnostics: a bad endpoint must not stop the service.
@@ -115,6 +115,19 @@ fn provider(service: &str) -> Result<opentelemetry_sdk::trace::SdkTracerProvider
         .with_batch_exporter(exporter)
         .with_resource(resource)
         .build())
+}
+
+/// The endpoint with any `user:password@` removed: it is logged.
+pub fn without_userinfo(endpoint: &str) -> String {
+    let (scheme, rest) = endpoint.split_once("://").unwrap_or(("", endpoint));
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    if scheme.is_empty() {
+        format!("{host}{path}")
+    } else {
+        format!("{scheme}://{host}{path}")
+    }
 }
 
 /// A W3C `traceparent` (`00-<32 hex trace>-<16 hex span>-<2 hex flags>`),

@@ -78,3 +78,14 @@ fn mutated_traceparents_never_panic_and_what_parses_round_trips() {
         }
     }
 }
+
+#[test]
+fn endpoints_are_logged_without_credentials() {
+    assert_eq!(
+        without_userinfo("https://user:s3cret@otel.example:4318/v1"),
+        "https://otel.example:4318/v1"
+    );
+    assert_eq!(without_userinfo("http://127.0.0.1:4318"), "http://127.0.0.1:4318");
+    assert_eq!(without_userinfo("otel:4318"), "otel:4318");
+    assert!(!without_userinfo("http://a:b@c@d/x").contains('b'));
+}
