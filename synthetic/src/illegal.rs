@@ -118,7 +118,7 @@ async fn attempt(
     let Some(request_id) = request_id else {
         return Outcome::Failed("the refusal carries no X-Request-Id to find in the audit trail".into());
     };
-    match audit_line(env, &request_id, since, check.audit_timeout).await {
+    match crate::audit::line(env, &request_id, since, check.audit_timeout).await {
         Ok(line) => {
             let kind = line["type"].as_str().unwrap_or("-");
             let alert = line["alert"].as_bool().unwrap_or(false);
@@ -135,62 +135,5 @@ async fn attempt(
             }
         }
         Err(outcome) => outcome,
-    }
-}
-
-/// The audit line of one request, read back through the control API.
-async fn audit_line(
-    env: &Run<'_>,
-    request_id: &str,
-    since: chrono::DateTime<chrono::Utc>,
-    timeout: Duration,
-) -> Result<Value, Outcome> {
-    let token_env = &env.checks.gateway.admin_token_env;
-    let Some(token) = std::env::var(token_env).ok().filter(|t| !t.is_empty()) else {
-        return Err(Outcome::Error(format!(
-            "{token_env} is not set: the audit trail is read with a control-API token (role viewer)"
-        )));
-    };
-    let mut url = url::Url::parse(&format!("{}/v1/audit", env.checks.gateway.admin.trim_end_matches('/')))
-        .map_err(|e| Outcome::Error(format!("gateway.admin: {e}")))?;
-    url.query_pairs_mut()
-        .append_pair("from", &since.to_rfc3339())
-        .append_pair("limit", "100000");
-    let deadline = Instant::now() + timeout;
-    loop {
-        let response = env
-            .direct
-            .get(url.clone())
-            .bearer_auth(&token)
-            .send()
-            .await
-            .map_err(|e| Outcome::Error(format!("cannot read the audit trail at {url}: {e}")))?;
-        let status = response.status();
-        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
-            return Err(Outcome::Error(format!(
-                "the control API refused {token_env} ({status}): it needs a token with the viewer role"
-            )));
-        }
-        if !status.is_success() {
-            return Err(Outcome::Error(format!("the audit export answered {status}")));
-        }
-        let text = response
-            .text()
-            .await
-            .map_err(|e| Outcome::Error(format!("cannot read the audit export: {e}")))?;
-        let found = text
-            .lines()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .find(|line| line["request_id"].as_str() == Some(request_id));
-        if let Some(line) = found {
-            return Ok(line);
-        }
-        if Instant::now() >= deadline {
-            return Err(Outcome::Failed(format!(
-                "no audit line for request {request_id} after {} s: the denial was not recorded",
-                timeout.as_secs()
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

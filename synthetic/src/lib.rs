@@ -9,7 +9,9 @@
 //! | [`fixtures`] | the local sites `--serve-fixtures` serves, and the tripwire listener |
 //! | [`report`] | the human summary and JUnit XML |
 //! | [`config`] | `checks.yaml` |
+//! | [`audit`] | the gateway's audit lines, read back as evidence |
 
+pub mod audit;
 pub mod config;
 pub mod fixtures;
 pub mod illegal;

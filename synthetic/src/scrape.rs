@@ -174,8 +174,46 @@ async fn one(
             );
         }
     };
-    let (outcome, details) = judge(target, &result);
+    let (mut outcome, mut details) = judge(target, &result);
+    if outcome == Outcome::Passed
+        && let Some(request_id) = result.fetch.as_ref().and_then(|f| f.request_id.as_deref())
+    {
+        outcome = audited(env, request_id, &mut details).await;
+    }
     case(outcome, details)
+}
+
+/// The page came through the gateway, under the checks' agent: its audit
+/// line says so. Without a control-API token this is noted, not failed.
+async fn audited(env: &Run<'_>, request_id: &str, details: &mut Vec<String>) -> Outcome {
+    if std::env::var(&env.checks.gateway.admin_token_env).is_err() {
+        details.push(format!(
+            "audit not checked: {} is not set",
+            env.checks.gateway.admin_token_env
+        ));
+        return Outcome::Passed;
+    }
+    let since = chrono::Utc::now() - chrono::Duration::seconds(600);
+    match crate::audit::line(env, request_id, since, Duration::from_secs(10)).await {
+        Ok(line) => {
+            let (kind, agent) = (
+                line["type"].as_str().unwrap_or("-"),
+                line["agent_id"].as_str().unwrap_or("-"),
+            );
+            details.push(format!(
+                "audited by the gateway: {kind}, agent {agent}, allowed by {}",
+                line["allowed_by"].as_str().unwrap_or("-")
+            ));
+            if kind != "egress_request" || agent != env.checks.agent.id {
+                Outcome::Failed(format!(
+                    "the gateway recorded request {request_id} as {kind} for agent {agent}"
+                ))
+            } else {
+                Outcome::Passed
+            }
+        }
+        Err(outcome) => outcome,
+    }
 }
 
 /// Whether a result holds what the target expects, and the evidence.

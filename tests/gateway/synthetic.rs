@@ -235,6 +235,7 @@ async fn the_shipped_synthetic_suite_passes_and_prometheus_sees_the_slos() {
         "PASS  illegal_destination / http://127.0.0.1:3019/exfiltrate",
         "PASS  rate_limit / 100-request burst",
         "fetched by chromium",
+        "audited by the gateway: egress_request, agent scraper-001, allowed by synthetic_checks",
         "saw 0 connection(s)",
         "100/100 completed",
     ] {
