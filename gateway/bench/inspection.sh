@@ -55,13 +55,7 @@ allowlist:
       ports: [$PORT]
       protocols: [https]
       tls: intercept
-rate_limits:
-  per_agent: {default: 10000000/min, burst: 1000000}
-  per_project: {default: 10000000/min, burst: 1000000}
-  per_domain: {default: 10000000/min, max: 10000000/min}
-  # The seed's global 10,000/min would pace one connection to 167 req/s:
-  # intercepted requests are limited one by one, a passthrough tunnel once.
-  global: {default: 1000000/s, burst: 1000000}
+$(unlimited_rates)
 dns:
   resolver: internal
   nameservers: ["127.0.0.1:9"]

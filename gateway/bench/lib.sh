@@ -75,6 +75,19 @@ start_target() {
     wait_listening bench-target "$TARGET_LISTEN" $!
 }
 
+# The rate_limits section of a benchmark policy: every limiter far above
+# what one machine can send. The seed's global 10,000/min would pace one
+# connection to 167 req/s (intercepted requests are limited one by one).
+unlimited_rates() {
+    cat <<'YAML'
+rate_limits:
+  per_agent: {default: 10000000/min, burst: 1000000}
+  per_project: {default: 10000000/min, burst: 1000000}
+  per_domain: {default: 10000000/min, max: 10000000/min}
+  global: {default: 1000000/s, burst: 1000000}
+YAML
+}
+
 BENCH_USER=${BENCH_USER:-bench-agent:bench-key}
 TARGET_URL=${TARGET_URL:-http://bench.local:18080/}
 

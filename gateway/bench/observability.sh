@@ -43,11 +43,7 @@ allowlist:
     - domain: "bench.local"
       ports: [18080]
       protocols: [http]
-rate_limits:
-  per_agent: {default: 10000000/min, burst: 1000000}
-  per_project: {default: 10000000/min, burst: 1000000}
-  per_domain: {default: 10000000/min, max: 10000000/min}
-  global: {default: 1000000/s, burst: 1000000}
+$(unlimited_rates)
 dns:
   resolver: internal
   nameservers: ["127.0.0.1:9"]

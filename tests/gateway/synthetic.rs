@@ -8,24 +8,15 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use support::Killed;
 use support::nats::{NatsServer, free_port};
 
 use super::*;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
-
-/// Kills the process when the test ends, however it ends.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn repo(path: &str) -> PathBuf {
     Path::new(REPO).join(path)

@@ -5,7 +5,7 @@
 //! OTLP/HTTP receiver on 127.0.0.1 collects what every process exports.
 
 use std::convert::Infallible;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -14,6 +14,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message as _;
+use support::Killed;
 use support::nats::NatsServer;
 
 use super::*;
@@ -99,12 +100,35 @@ fn flatten(export: &ExportTraceServiceRequest) -> Vec<Span> {
     out
 }
 
-struct Killed(Child);
+/// The test world's gateway (origin, TLS origin, echo, DNS), exporting
+/// spans to `endpoint` a tenth of a second after they end.
+struct Traced {
+    gw: GatewayProc,
+    origin: upstream::Origin,
+    _tls: support::tls::TlsOrigin,
+    _dns: TestDns,
+}
 
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+async fn traced_gateway(endpoint: &str) -> Traced {
+    let origin = upstream::origin().await;
+    let tls = support::tls::origin("tls.test").await;
+    let echo = upstream::half_close_echo().await;
+    let dns = TestDns::start(&[]).await;
+    let policy = policy_yaml(origin.addr.port(), tls.addr.port(), echo.port(), dns.addr, "enforce");
+    let gw = GatewayProc::start_with_env(
+        &policy,
+        &agents_yaml(),
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    Traced {
+        gw,
+        origin,
+        _tls: tls,
+        _dns: dns,
     }
 }
 
@@ -118,12 +142,7 @@ async fn a_jobs_trace_runs_from_the_publisher_through_the_worker_to_the_gateway(
         // Export within a fraction of a second, not the default 5 s.
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
     ];
-    let origin = upstream::origin().await;
-    let tls = support::tls::origin("tls.test").await;
-    let echo = upstream::half_close_echo().await;
-    let dns = TestDns::start(&[]).await;
-    let policy = policy_yaml(origin.addr.port(), tls.addr.port(), echo.port(), dns.addr, "enforce");
-    let gw = GatewayProc::start_with_env(&policy, &agents_yaml(), &[], &env);
+    let Traced { gw, origin, _tls, _dns } = traced_gateway(&endpoint).await;
     let dir = tempfile::tempdir().unwrap();
     let credentials = dir.path().join("credentials.yaml");
     std::fs::write(&credentials, format!("agents:\n  {}: {}\n", SCRAPER.0, SCRAPER.1)).unwrap();
@@ -219,20 +238,7 @@ async fn a_jobs_trace_runs_from_the_publisher_through_the_worker_to_the_gateway(
 async fn a_request_without_a_traceparent_gets_the_gateways_own_trace() {
     let (otlp, spans) = receiver().await;
     let endpoint = format!("http://{otlp}");
-    let origin = upstream::origin().await;
-    let tls = support::tls::origin("tls.test").await;
-    let echo = upstream::half_close_echo().await;
-    let dns = TestDns::start(&[]).await;
-    let policy = policy_yaml(origin.addr.port(), tls.addr.port(), echo.port(), dns.addr, "enforce");
-    let gw = GatewayProc::start_with_env(
-        &policy,
-        &agents_yaml(),
-        &[],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ],
-    );
+    let Traced { gw, _tls, _dns, .. } = traced_gateway(&endpoint).await;
     let denied = raw::send(gw.proxy, &get("http://nowhere.example/x", Some(SCRAPER)), b"").await;
     assert_eq!(denied.status, 403);
     let request_id = denied.header("x-request-id").unwrap().to_string();
@@ -272,21 +278,8 @@ async fn a_request_without_a_traceparent_gets_the_gateways_own_trace() {
 async fn an_unreachable_collector_is_a_warning_not_an_outage() {
     let dead = support::nats::free_port();
     let endpoint = format!("http://127.0.0.1:{dead}");
-    let origin = upstream::origin().await;
-    let tls = support::tls::origin("tls.test").await;
-    let echo = upstream::half_close_echo().await;
-    let dns = TestDns::start(&[]).await;
-    let policy = policy_yaml(origin.addr.port(), tls.addr.port(), echo.port(), dns.addr, "enforce");
-    let gw = GatewayProc::start_with_env(
-        &policy,
-        &agents_yaml(),
-        &[],
-        // The gateway harness logs at info; the SDK's warnings show there too.
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ],
-    );
+    // The gateway harness logs at info; the SDK's warnings show there too.
+    let Traced { gw, origin, _tls, _dns } = traced_gateway(&endpoint).await;
     let url = format!("http://site.test:{}/page", origin.addr.port());
     for _ in 0..5 {
         let served = raw::send(gw.proxy, &get(&url, Some(SCRAPER)), b"").await;

@@ -12,6 +12,16 @@ pub mod upstream;
 
 use std::path::PathBuf;
 
+/// A child process killed (and reaped) when the test ends, however it ends.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub fn clawgress_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_clawgress"))
 }
