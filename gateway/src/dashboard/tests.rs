@@ -19,7 +19,13 @@ fn quantiles_interpolate_inside_the_bucket_like_prometheus() {
 
 #[test]
 fn the_window_is_the_difference_of_two_snapshots() {
-    let metrics = GatewayMetrics::new(&["domain_not_in_allowlist", "rate_limit_exceeded", "upstream_timeout"]).unwrap();
+    let metrics = GatewayMetrics::new(&[
+        "domain_not_in_allowlist",
+        "rate_limit_exceeded",
+        "upstream_timeout",
+        "client_closed",
+    ])
+    .unwrap();
     let ms = Duration::from_millis;
     metrics.record_request(DecisionLabel::Allow, "none", Some(200), ms(10));
     let before = Totals::from_families(&metrics.registry().gather());
@@ -34,6 +40,8 @@ fn the_window_is_the_difference_of_two_snapshots() {
         Duration::from_secs(3),
     );
     metrics.record_request(DecisionLabel::Deny, "domain_not_in_allowlist", Some(403), ms(1));
+    // An agent that hung up is not the egress path failing.
+    metrics.record_request(DecisionLabel::Error, "client_closed", Some(499), ms(5));
     metrics.record_request(DecisionLabel::RateLimited, "rate_limit_exceeded", Some(429), ms(1));
     metrics.record_bytes(1000, 4000);
     let window = Totals::from_families(&metrics.registry().gather()).since(&before);

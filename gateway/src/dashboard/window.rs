@@ -14,6 +14,8 @@ pub const P95_TARGET_SECONDS: f64 = 2.0;
 pub const ERROR_TARGET: f64 = 0.05;
 /// 1 TB a month.
 pub const VOLUME_TARGET_BYTES: f64 = 1e12;
+/// Reasons for an `error` the agent caused.
+pub const CLIENT_REASONS: [&str; 2] = ["client_closed", "client_body_error"];
 /// Prometheus' 30-day month in the projected-volume rule.
 pub const MONTH_SECONDS: f64 = 30.0 * 86_400.0;
 
@@ -24,6 +26,9 @@ pub struct Totals {
     pub by_decision: BTreeMap<String, u64>,
     /// Allowed requests whose upstream did not answer 5xx.
     pub succeeded: u64,
+    /// Failures the agent caused (it hung up, its body broke): not the
+    /// egress path's, so outside the SLOs, as in the recording rules.
+    pub client_aborted: u64,
     pub upstream_resets: u64,
     pub bytes_out: u64,
     pub bytes_in: u64,
@@ -47,6 +52,9 @@ impl Totals {
                         *totals.by_decision.entry(decision.to_string()).or_default() += count;
                         if decision == "allow" && label(metric, "status_class") != "5xx" {
                             totals.succeeded += count;
+                        }
+                        if decision == "error" && CLIENT_REASONS.contains(&label(metric, "reason")) {
+                            totals.client_aborted += count;
                         }
                     }
                 }
@@ -94,6 +102,7 @@ impl Totals {
         Totals {
             by_decision: minus(&self.by_decision, &earlier.by_decision),
             succeeded: self.succeeded.saturating_sub(earlier.succeeded),
+            client_aborted: self.client_aborted.saturating_sub(earlier.client_aborted),
             upstream_resets: self.upstream_resets.saturating_sub(earlier.upstream_resets),
             bytes_out: self.bytes_out.saturating_sub(earlier.bytes_out),
             bytes_in: self.bytes_in.saturating_sub(earlier.bytes_in),
@@ -117,7 +126,7 @@ impl Totals {
     /// Requests the policy let through: the SLOs' denominator. Denials and
     /// rate limits are the policy working, not the egress path failing.
     pub fn attempted(&self) -> u64 {
-        self.decision("allow") + self.decision("error")
+        (self.decision("allow") + self.decision("error")).saturating_sub(self.client_aborted)
     }
 
     /// Egress success rate; `None` with no traffic.
@@ -128,7 +137,10 @@ impl Totals {
     /// Proxy error rate: allowed requests that failed in the gateway or
     /// upstream (connect, TLS, reset, timeout).
     pub fn error_ratio(&self) -> Option<f64> {
-        ratio(self.decision("error"), self.attempted())
+        ratio(
+            self.decision("error").saturating_sub(self.client_aborted),
+            self.attempted(),
+        )
     }
 
     /// The latency quantile, interpolated inside its bucket the way
