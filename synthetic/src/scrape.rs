@@ -143,6 +143,20 @@ async fn one(
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", id.as_str());
     let subject = streams::job_subject(job.kind(), job.priority());
+    // With an OTLP endpoint, the check's job is a trace of its own, named
+    // in the case's evidence: a failing check leads straight to its spans.
+    let span = tracing::debug_span!(
+        target: "clawgress_synthetic::scrape",
+        "publish",
+        otel.kind = "producer",
+        job.id = %id,
+        messaging.destination = %subject,
+    );
+    let trace = clawgress_telemetry::trace_id(&span);
+    if let Some(traceparent) = clawgress_telemetry::traceparent(&span) {
+        headers.insert(clawgress_telemetry::TRACEPARENT, traceparent.as_str());
+    }
+    drop(span);
     let published = async {
         js.publish_with_headers(subject, headers, job.to_json().into())
             .await?
@@ -175,6 +189,9 @@ async fn one(
         }
     };
     let (mut outcome, mut details) = judge(target, &result);
+    if let Some(trace) = trace {
+        details.push(format!("trace {trace}"));
+    }
     if outcome == Outcome::Passed
         && let Some(request_id) = result.fetch.as_ref().and_then(|f| f.request_id.as_deref())
     {

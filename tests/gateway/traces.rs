@@ -232,6 +232,56 @@ async fn a_jobs_trace_runs_from_the_publisher_through_the_worker_to_the_gateway(
     if let [first, second] = chains.as_slice() {
         assert_ne!(first[0].trace_id, second[0].trace_id, "each job is a trace of its own");
     }
+
+    // A synthetic check's job is traced the same way, and its evidence
+    // names the trace.
+    let checks = dir.path().join("checks.yaml");
+    std::fs::write(
+        &checks,
+        format!(
+            "gateway: {{proxy: '{}', admin: 'http://{}'}}\nnats: '{}'\nagent: {{id: {}, key_env: TRACE_TEST_KEY}}\n\
+             scrape:\n  targets:\n    - name: fixture page\n      url: '{url}'\n      fetch: http\n      \
+             expect: [{{selector: h1, text: Clawgress fixture}}]\n",
+            gw.proxy_url(),
+            gw.admin,
+            nats.url,
+            SCRAPER.0
+        ),
+    )
+    .unwrap();
+    let run = tokio::process::Command::new(support::clawgress_bin())
+        .args(["synthetic", "run"])
+        .arg(&checks)
+        .env("TRACE_TEST_KEY", SCRAPER.1)
+        .env_remove("CLAWGRESS_ADMIN_TOKEN")
+        .envs(env)
+        .output()
+        .await
+        .unwrap();
+    let summary = String::from_utf8_lossy(&run.stdout).to_string();
+    assert!(
+        run.status.success(),
+        "{summary}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let trace = summary
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("· trace "))
+        .unwrap_or_else(|| panic!("no trace in the evidence:\n{summary}"))
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen = spans.lock().unwrap().clone();
+        let in_trace = |name: &str, service: &str| {
+            seen.iter()
+                .any(|s| s.trace_id == trace && s.name == name && s.service == service)
+        };
+        if in_trace("publish", "clawgress-synthetic") && in_trace("decision", "clawgress-gateway") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "trace {trace} incomplete: {seen:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]
