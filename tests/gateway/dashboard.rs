@@ -119,6 +119,14 @@ async fn the_dashboard_page_shows_what_the_gateway_reports() {
     let (status, _, text) = tile("projected_month_bytes");
     assert_eq!(status, "ok");
     assert!(text.ends_with('B'), "{text}");
+    // The last five minutes as sparklines, drawn from the data's history.
+    let sparkline = scraper::Selector::parse("#spark-rate polyline").unwrap();
+    let points = document
+        .select(&sparkline)
+        .next()
+        .and_then(|p| p.value().attr("points"))
+        .unwrap_or_else(|| panic!("no request-rate sparkline:\n{html}"));
+    assert!(!points.is_empty());
     let cells: Vec<String> = document
         .select(&scraper::Selector::parse("#domains td, #denials td, #blocked td, #agents td").unwrap())
         .map(|td| td.text().collect())

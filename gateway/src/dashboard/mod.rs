@@ -120,6 +120,7 @@ impl Dashboard {
             denials.iter().rev().take(20).cloned().collect()
         };
         let decisions: Vec<&str> = DecisionLabel::ALL.iter().map(|d| d.as_str()).collect();
+        let history = self.history(&now);
         json!({
             "generated_at": Utc::now(),
             "uptime_seconds": self.started.elapsed().as_secs(),
@@ -168,7 +169,34 @@ impl Dashboard {
                 .map(|(domain, denials)| json!({"domain": domain, "denials": denials}))
                 .collect::<Vec<_>>(),
             "latest_denials": denials,
+            "history": history,
         })
+    }
+
+    /// The window's shape, for the page's sparklines: between consecutive
+    /// snapshots (and the last one and now), requests per second and the
+    /// success rate (`null` where nothing was attempted).
+    fn history(&self, now: &Totals) -> Vec<Value> {
+        let samples = self.samples.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut points: Vec<(Instant, &Totals)> = samples.iter().map(|s| (s.at, &s.totals)).collect();
+        let at_now = Instant::now();
+        points.push((at_now, now));
+        points
+            .windows(2)
+            .filter_map(|pair| {
+                let ((from, earlier), (to, later)) = (pair[0], pair[1]);
+                let seconds = to.duration_since(from).as_secs_f64();
+                // Shorter steps would be noise, not a rate.
+                (seconds >= 0.2).then(|| {
+                    let step = later.since(earlier);
+                    json!({
+                        "seconds_ago": at_now.duration_since(to).as_secs(),
+                        "requests_per_second": step.by_decision.values().sum::<u64>() as f64 / seconds,
+                        "success_ratio": step.success_ratio(),
+                    })
+                })
+            })
+            .collect()
     }
 }
 

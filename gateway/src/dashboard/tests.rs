@@ -89,8 +89,10 @@ fn denials_keep_only_the_latest() {
 
 #[test]
 fn the_page_loads_nothing_from_elsewhere() {
+    // The SVG namespace is a name, not an address anything is fetched from.
+    let page = PAGE.replace("\"http://www.w3.org/2000/svg\"", "");
     for external in ["http://", "https://", "//cdn", "<link", "src="] {
-        assert!(!PAGE.contains(external), "the page references {external}");
+        assert!(!page.contains(external), "the page references {external}");
     }
     // Values from traffic are written as text, never as markup.
     assert!(!PAGE.contains("innerHTML"));
