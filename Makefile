@@ -13,7 +13,7 @@ test:
 	./deploy/local/prereqs.sh build nats chromium prometheus k8s-schemas
 	cargo fmt --all -- --check
 	cargo clippy --locked --workspace --all-targets -- -D warnings
-	cargo test --locked --workspace
+	./deploy/local/run-tests.sh
 
 # Direct vs Clawgress vs Squid 5.7, side by side (see BENCHMARKS.md).
 bench-proxy:

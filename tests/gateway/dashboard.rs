@@ -12,7 +12,7 @@ fn chromium() -> Option<PathBuf> {
     if path.exists() {
         Some(path)
     } else {
-        eprintln!("SKIPPED: /usr/bin/chromium not found (./deploy/local/prereqs.sh chromium; `make test` does)");
+        support::skip("/usr/bin/chromium not found (./deploy/local/prereqs.sh chromium; `make test` does)");
         None
     }
 }

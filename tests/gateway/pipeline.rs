@@ -322,7 +322,7 @@ async fn no_job_is_lost_when_the_scheduler_is_killed_mid_run() {
 #[tokio::test]
 async fn auto_jobs_escalate_to_chromium_for_javascript_pages_and_remember_it() {
     if clawgress_workers::chromium::find_browser().is_none() {
-        eprintln!("SKIPPED: no Chromium found (./deploy/local/prereqs.sh chromium; `make test` installs it)");
+        support::skip("no Chromium found (./deploy/local/prereqs.sh chromium; `make test` installs it)");
         return;
     }
     let Some(mut p) = Pipeline::start().await else { return };
@@ -431,7 +431,7 @@ async fn sigterm_drains_in_flight_jobs_and_loses_none() {
 #[tokio::test]
 async fn agent_jobs_drive_the_browser_and_call_llms_through_the_gateway() {
     if clawgress_workers::chromium::find_browser().is_none() {
-        eprintln!("SKIPPED: no Chromium found (./deploy/local/prereqs.sh chromium; `make test` installs it)");
+        support::skip("no Chromium found (./deploy/local/prereqs.sh chromium; `make test` installs it)");
         return;
     }
     let Some(mut p) = Pipeline::start().await else { return };
@@ -531,12 +531,12 @@ async fn a_dry_run_answers_thousands_of_jobs_without_fetching_anything() {
 async fn clawgress_up_runs_the_demo_job_and_stops_everything_on_ctrl_c() {
     use tokio::io::AsyncBufReadExt;
     let Some(nats) = support::nats::binary() else {
-        eprintln!("SKIPPED: nats-server not found (./deploy/local/prereqs.sh nats; `make test` installs it)");
+        support::skip("nats-server not found (./deploy/local/prereqs.sh nats; `make test` installs it)");
         return;
     };
     // The demo site has a fixed port, as the shipped policy allows it.
     if std::net::TcpListener::bind("127.0.0.1:3002").is_err() {
-        eprintln!("SKIPPED: 127.0.0.1:3002 is taken; the demo site needs it");
+        support::skip("127.0.0.1:3002 is taken; the demo site needs it");
         return;
     }
     let dir = tempfile::tempdir().unwrap();

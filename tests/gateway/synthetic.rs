@@ -156,11 +156,11 @@ impl Prometheus {
 async fn the_shipped_synthetic_suite_passes_and_prometheus_sees_the_slos() {
     let Some(nats) = NatsServer::start() else { return };
     if !Path::new("/usr/bin/chromium-headless-shell").exists() && !Path::new("/usr/bin/chromium").exists() {
-        eprintln!("SKIPPED: no Chromium (./deploy/local/prereqs.sh chromium; `make test` does)");
+        support::skip("no Chromium (./deploy/local/prereqs.sh chromium; `make test` does)");
         return;
     }
     let Some(prometheus_bin) = which("prometheus") else {
-        eprintln!("SKIPPED: prometheus not found (./deploy/local/prereqs.sh prometheus; `make test` does)");
+        support::skip("prometheus not found (./deploy/local/prereqs.sh prometheus; `make test` does)");
         return;
     };
     let agents = std::fs::read_to_string(repo("policies/agents.example.yaml")).unwrap();
@@ -506,7 +506,7 @@ fn metric_names_are_told_apart_from_functions_labels_and_rules() {
 #[test]
 fn the_slo_rules_pass_promtool_and_their_unit_tests() {
     if which("promtool").is_none() {
-        eprintln!("SKIPPED: promtool not found (./deploy/local/prereqs.sh prometheus; `make test` does)");
+        support::skip("promtool not found (./deploy/local/prereqs.sh prometheus; `make test` does)");
         return;
     }
     let out = Command::new("bash")
@@ -551,7 +551,7 @@ fn the_kubernetes_manifests_match_the_kubernetes_schemas() {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
         .map(|d| d.join("clawgress/venv/bin/kubernetes-validate"));
     let Some(validator) = which("kubernetes-validate").or(venv.filter(|p| p.is_file())) else {
-        eprintln!("SKIPPED: kubernetes-validate not found (./deploy/local/prereqs.sh k8s-schemas; `make test` does)");
+        support::skip("kubernetes-validate not found (./deploy/local/prereqs.sh k8s-schemas; `make test` does)");
         return;
     };
     let manifests: Vec<PathBuf> = std::fs::read_dir(repo("deploy/k8s"))

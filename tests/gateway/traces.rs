@@ -171,7 +171,7 @@ async fn a_jobs_trace_runs_from_the_publisher_through_the_worker_to_the_gateway(
             "url": url, "fetch": "chromium", "extract": {"title": "h1"}}),
         );
     } else {
-        eprintln!("SKIPPED (the Chromium half): no Chromium (./deploy/local/prereqs.sh chromium)");
+        support::skip("the Chromium half: no Chromium (./deploy/local/prereqs.sh chromium)");
     }
     let file = dir.path().join("jobs.jsonl");
     std::fs::write(&file, jobs.iter().map(|j| j.to_string()).collect::<Vec<_>>().join("\n")).unwrap();

@@ -22,6 +22,24 @@ impl Drop for Killed {
     }
 }
 
+/// Where skips are recorded, for `make test`'s summary (see [`skip`]).
+pub const SKIP_LOG_ENV: &str = "CLAWGRESS_SKIP_LOG";
+
+/// Marks (part of) the running test as SKIPPED with the reason: printed,
+/// and appended to `$CLAWGRESS_SKIP_LOG`, from which `make test` lists
+/// every skip after the results. A skip is not a pass, and says so.
+pub fn skip(reason: &str) {
+    let test = std::thread::current().name().unwrap_or("unnamed test").to_string();
+    eprintln!("SKIPPED: {test}: {reason}");
+    if let Some(path) = std::env::var_os(SKIP_LOG_ENV) {
+        use std::io::Write;
+        // One short append per line: lines of concurrent tests do not mix.
+        if let Ok(mut log) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            let _ = log.write_all(format!("{test}\t{}\n", reason.replace('\n', " ")).as_bytes());
+        }
+    }
+}
+
 pub fn clawgress_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_clawgress"))
 }

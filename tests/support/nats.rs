@@ -44,9 +44,9 @@ impl NatsServer {
     /// test is skipped.
     pub fn start() -> Option<NatsServer> {
         let Some(binary) = binary() else {
-            eprintln!(
-                "SKIPPED: nats-server not found (install it with `./deploy/local/prereqs.sh nats`, \
-                 or set CLAWGRESS_NATS_SERVER); `make test` installs it"
+            super::skip(
+                "nats-server not found (install it with `./deploy/local/prereqs.sh nats`, \
+                 or set CLAWGRESS_NATS_SERVER); `make test` installs it",
             );
             return None;
         };
