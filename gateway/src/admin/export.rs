@@ -1,7 +1,14 @@
-//! `GET /v1/audit?from=...&to=...&limit=...&format=json`: audit records for
-//! analysis (`clawgress egress export`), as JSON lines.
+//! `GET /v1/audit?from=...&to=...&agent=...&domain=...&decision=...&limit=...`:
+//! audit records for analysis (`clawgress egress export`) and for workers
+//! that check the gateway saw their page (the Steel backend), as JSON lines.
+//!
+//! A query with `from` does not read the trail from its start: lines are
+//! written when requests finish, so their finish times (`timestamp` +
+//! `latency_ms`) rise through the file, and a binary search over the file
+//! finds where `from` begins. Per-job checks stay cheap on a large trail.
 
-use std::io::BufRead;
+use std::borrow::Cow;
+use std::io::{BufRead, Read, Seek, SeekFrom};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -12,6 +19,10 @@ use super::problem::Problem;
 use crate::Gateway;
 
 const DEFAULT_LIMIT: usize = 10_000;
+const DECISIONS: [&str; 4] = ["allow", "deny", "rate_limited", "would_deny"];
+/// How far out of finish order a line may be written (the audit queue,
+/// clocks stepping): the search starts this much before `from`.
+const ORDER_SLACK: chrono::Duration = chrono::Duration::minutes(1);
 const MAX_LIMIT: usize = 100_000;
 
 /// The query of an export.
@@ -20,6 +31,13 @@ pub struct ExportQuery {
     pub from: Option<DateTime<Utc>>,
     pub to: Option<DateTime<Utc>>,
     pub limit: usize,
+    /// Only this agent's records.
+    pub agent: Option<String>,
+    /// Only records for this destination host (any case).
+    pub domain: Option<String>,
+    /// Only records with this decision (`allow`, `deny`, `rate_limited`,
+    /// `would_deny`).
+    pub decision: Option<String>,
 }
 
 pub(super) async fn export(gateway: &Gateway, query: &str) -> Response<Full<Bytes>> {
@@ -65,6 +83,9 @@ pub(super) fn parse_query(query: &str, now: DateTime<Utc>) -> Result<ExportQuery
         from: None,
         to: None,
         limit: DEFAULT_LIMIT,
+        agent: None,
+        domain: None,
+        decision: None,
     };
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -84,6 +105,17 @@ pub(super) fn parse_query(query: &str, now: DateTime<Utc>) -> Result<ExportQuery
                         )
                     })?;
             }
+            "agent" => parsed.agent = Some(value),
+            "domain" => parsed.domain = Some(value.to_ascii_lowercase()),
+            "decision" => {
+                if !DECISIONS.contains(&value.as_str()) {
+                    return Err(Problem::bad(
+                        format!("decision '{value}' is not one of {}", DECISIONS.join(", ")),
+                        "e.g. decision=deny",
+                    ));
+                }
+                parsed.decision = Some(value);
+            }
             "format" if value == "json" => {}
             "format" => {
                 return Err(Problem::bad(
@@ -94,7 +126,7 @@ pub(super) fn parse_query(query: &str, now: DateTime<Utc>) -> Result<ExportQuery
             other => {
                 return Err(Problem::bad(
                     format!("unknown query parameter '{other}'"),
-                    "use from, to, limit and format",
+                    "use from, to, agent, domain, decision, limit and format",
                 ));
             }
         }
@@ -160,18 +192,22 @@ fn percent_decode(text: &str) -> String {
 }
 
 /// The matching lines, in file order, and whether the limit cut them.
-fn scan(path: &std::path::Path, query: &ExportQuery) -> std::io::Result<(Vec<u8>, bool)> {
-    let file = match std::fs::File::open(path) {
+pub(super) fn scan(path: &std::path::Path, query: &ExportQuery) -> std::io::Result<(Vec<u8>, bool)> {
+    let mut file = match std::fs::File::open(path) {
         Ok(file) => file,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), false)),
         Err(error) => return Err(error),
     };
+    if let Some(from) = query.from {
+        let start = seek_finished_at(&mut file, from - ORDER_SLACK)?;
+        file.seek(SeekFrom::Start(start))?;
+    }
     let mut out = Vec::new();
     let mut count = 0;
     for line in std::io::BufReader::new(file).lines() {
         let line = line?;
-        let Some(at) = line_time(&line) else { continue };
-        if query.from.is_some_and(|from| at < from) || query.to.is_some_and(|to| at >= to) {
+        let Some(head) = Head::read(&line) else { continue };
+        if !head.matches(query) {
             continue;
         }
         if count == query.limit {
@@ -184,14 +220,97 @@ fn scan(path: &std::path::Path, query: &ExportQuery) -> std::io::Result<(Vec<u8>
     Ok((out, false))
 }
 
-fn line_time(line: &str) -> Option<DateTime<Utc>> {
-    #[derive(serde::Deserialize)]
-    struct Stamp<'a> {
-        #[serde(borrow)]
-        timestamp: &'a str,
+/// The first fields of an audit line, enough to filter on.
+#[derive(serde::Deserialize)]
+struct Head<'a> {
+    #[serde(borrow)]
+    timestamp: Cow<'a, str>,
+    #[serde(default)]
+    latency_ms: u64,
+    #[serde(default, borrow)]
+    agent_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    decision: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    request: Option<HeadRequest<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct HeadRequest<'a> {
+    #[serde(default, borrow)]
+    domain: Option<Cow<'a, str>>,
+}
+
+impl Head<'_> {
+    fn read(line: &str) -> Option<Head<'_>> {
+        serde_json::from_str(line).ok()
     }
-    let stamp: Stamp<'_> = serde_json::from_str(line).ok()?;
-    DateTime::parse_from_rfc3339(stamp.timestamp)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
+
+    fn at(&self) -> Option<DateTime<Utc>> {
+        DateTime::parse_from_rfc3339(&self.timestamp)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    }
+
+    /// When the request finished: when its line was written, give or take
+    /// the audit queue.
+    fn finished(&self) -> Option<DateTime<Utc>> {
+        let latency = chrono::Duration::milliseconds(i64::try_from(self.latency_ms).unwrap_or(i64::MAX / 2));
+        self.at().and_then(|at| at.checked_add_signed(latency))
+    }
+
+    fn matches(&self, query: &ExportQuery) -> bool {
+        let Some(at) = self.at() else { return false };
+        let text = |field: &Option<Cow<'_, str>>| field.as_deref().map(str::to_string);
+        !(query.from.is_some_and(|from| at < from)
+            || query.to.is_some_and(|to| at >= to)
+            || query.agent.is_some() && text(&self.agent_id) != query.agent
+            || query.decision.is_some() && text(&self.decision) != query.decision
+            || query.domain.as_deref().is_some_and(|want| {
+                !self
+                    .request
+                    .as_ref()
+                    .and_then(|r| r.domain.as_deref())
+                    .is_some_and(|domain| domain.eq_ignore_ascii_case(want))
+            }))
+    }
+}
+
+/// A line start at or before the first line that finished at `at` or later
+/// (0 when unsure): a binary search over byte offsets, reading one line at
+/// each probe.
+pub(super) fn seek_finished_at(file: &mut std::fs::File, at: DateTime<Utc>) -> std::io::Result<u64> {
+    /// Below this span a linear read is cheaper than more probes.
+    const CLOSE_ENOUGH: u64 = 64 * 1024;
+    let (mut low, mut high) = (0u64, file.metadata()?.len());
+    while high - low > CLOSE_ENOUGH {
+        let middle = low + (high - low) / 2;
+        let Some((start, line)) = line_after(file, middle)? else {
+            high = middle;
+            continue;
+        };
+        match Head::read(&line).and_then(|head| head.finished()) {
+            Some(finished) if finished < at => low = start,
+            Some(_) => high = middle,
+            // An unreadable line says nothing: keep the wider span.
+            None => break,
+        }
+    }
+    Ok(low)
+}
+
+/// The first whole line starting after `offset`, with where it starts.
+fn line_after(file: &mut std::fs::File, offset: u64) -> std::io::Result<Option<(u64, String)>> {
+    file.seek(SeekFrom::Start(offset))?;
+    let mut reader = std::io::BufReader::new(file.take(1 << 20));
+    let mut skipped = Vec::new();
+    let skip = reader.read_until(b'\n', &mut skipped)? as u64;
+    if skipped.last() != Some(&b'\n') {
+        return Ok(None);
+    }
+    let mut line = String::new();
+    match reader.read_line(&mut line) {
+        Ok(0) | Err(_) => Ok(None),
+        Ok(_) => Ok(Some((offset + skip, line))),
+    }
 }
