@@ -70,12 +70,125 @@ pub struct SchedulerArgs {
     /// plumbing and measuring dispatch.
     #[arg(long)]
     pub dry_run: bool,
-    /// A Steel Browser server for `steel` jobs, e.g. http://127.0.0.1:3000.
-    #[arg(long, env = "STEEL_URL")]
-    pub steel: Option<String>,
-    /// The gateway as the Steel server reaches it [default: --gateway].
-    #[arg(long)]
+    #[command(flatten)]
+    pub steel: SteelArgs,
+    /// Serve the scheduler's Prometheus metrics here (`GET /metrics`), e.g.
+    /// 127.0.0.1:9129.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
+/// Steel Browser servers for `steel` jobs (`scheduler` and `up`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct SteelArgs {
+    /// Steel Browser servers for `steel` jobs, comma-separated, e.g.
+    /// http://127.0.0.1:3000. Each serves one session at a time.
+    #[arg(
+        long = "steel",
+        env = "STEEL_URL",
+        value_delimiter = ',',
+        value_name = "URL[,URL...]"
+    )]
+    pub servers: Vec<String>,
+    /// The gateway as the Steel servers reach it [default: the workers' gateway].
+    #[arg(long, value_name = "URL")]
     pub steel_gateway: Option<String>,
+    /// Jobs that may wait for a Steel server, per server; more go back to
+    /// the queue for another scheduler.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub steel_queue: usize,
+    /// How each Steel page is checked: `audit` (the gateway's audit trail
+    /// must show the navigation, read with CLAWGRESS_ADMIN_TOKEN, role
+    /// viewer) or `off`.
+    #[arg(long, default_value = "audit", value_parser = ["audit", "off"])]
+    pub steel_verify: String,
+    /// The gateways' admin addresses read for that check, comma-separated
+    /// [default: the gateway's host, port 9128].
+    #[arg(long, value_delimiter = ',', value_name = "URL[,URL...]")]
+    pub gateway_admin: Vec<String>,
+}
+
+/// Where the token for the Steel check comes from.
+pub const ADMIN_TOKEN_ENV: &str = "CLAWGRESS_ADMIN_TOKEN";
+
+/// The Steel pool the flags describe, or none without `--steel`.
+/// `fallback_token` is a viewer token the caller knows (`up` with the demo
+/// tokens), used when CLAWGRESS_ADMIN_TOKEN is not set.
+pub async fn steel_pool(
+    args: &SteelArgs,
+    gateway: &str,
+    credentials: &Credentials,
+    fallback_token: Option<&str>,
+) -> anyhow::Result<Option<Arc<clawgress_workers::steel::SteelPool>>> {
+    use clawgress_workers::steel::{SteelConfig, SteelPool, Witness};
+    let servers: Vec<String> = args
+        .servers
+        .iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if servers.is_empty() {
+        return Ok(None);
+    }
+    let witness = match args.steel_verify.as_str() {
+        "off" => {
+            tracing::warn!("--steel-verify off: Steel pages are not checked against the gateway's audit trail");
+            None
+        }
+        _ => {
+            let admins = if args.gateway_admin.is_empty() {
+                vec![default_admin(gateway)?]
+            } else {
+                args.gateway_admin.clone()
+            };
+            let token = std::env::var(ADMIN_TOKEN_ENV)
+                .ok()
+                .filter(|t| !t.trim().is_empty())
+                .or(fallback_token.map(str::to_string))
+                .with_context(|| {
+                    format!(
+                        "--steel checks every page against the gateway's audit trail, which needs a control-API \
+                         token with the viewer role: set {ADMIN_TOKEN_ENV} (or --steel-verify off to skip the check)"
+                    )
+                })?;
+            Some(Witness::new(&admins, token).map_err(anyhow::Error::msg)?)
+        }
+    };
+    let pool = SteelPool::new(
+        SteelConfig {
+            servers,
+            gateway: args.steel_gateway.clone().unwrap_or_else(|| gateway.to_string()),
+            queue_per_server: args.steel_queue,
+            witness,
+        },
+        credentials.clone(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    for server in pool.servers() {
+        if server.reachable().await {
+            tracing::info!(server = server.url(), "steel jobs run on this Steel Browser server");
+        } else {
+            tracing::warn!(
+                server = server.url(),
+                "no Steel Browser server answers there (yet); its jobs fail steel_unavailable until one does"
+            );
+        }
+    }
+    Ok(Some(Arc::new(pool)))
+}
+
+/// The admin address beside a gateway: its host, port 9128.
+fn default_admin(gateway: &str) -> anyhow::Result<String> {
+    let url = reqwest::Url::parse(gateway).with_context(|| format!("the gateway URL {gateway}"))?;
+    let host = url
+        .host_str()
+        .with_context(|| format!("the gateway URL {gateway} has no host"))?;
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    Ok(format!("http://{host}:9128"))
 }
 
 /// The Chromium the workers use.
@@ -86,12 +199,14 @@ pub struct Browsers<'a> {
     pub jobs_per_browser: u64,
 }
 
-/// The workers' backends: http always, Chromium when it is installed.
+/// The workers' backends: http always, Chromium when it is installed,
+/// Steel when servers are given.
 pub fn backends(
     gateway: &str,
     credentials: Credentials,
     max_body: usize,
     browsers: Browsers<'_>,
+    steel: Option<Arc<clawgress_workers::steel::SteelPool>>,
 ) -> clawgress_scheduler::Backends {
     let path = match browsers.path {
         "auto" => clawgress_workers::chromium::find_browser().unwrap_or_default(),
@@ -121,7 +236,7 @@ pub fn backends(
     clawgress_scheduler::Backends {
         http: Arc::new(HttpFetcher::new(gateway.to_string(), credentials, max_body)),
         chromium,
-        steel: None,
+        steel,
     }
 }
 
@@ -141,6 +256,12 @@ pub struct SubmitArgs {
     pub agent: String,
     #[arg(long, default_value = "normal")]
     pub priority: String,
+    /// With --url: how to fetch it: http, chromium, steel or auto.
+    #[arg(long, default_value = "http", value_parser = ["http", "chromium", "steel", "auto"], requires = "url")]
+    pub fetch: String,
+    /// With --url: wait for this CSS selector before taking the page (a browser fetch).
+    #[arg(long, value_name = "CSS", requires = "url")]
+    pub wait_for: Option<String>,
     /// Wait for every job's result and print them.
     #[arg(long)]
     pub wait: bool,
@@ -194,6 +315,7 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
             tracing::warn!("no agent credentials: every job will be answered invalid (give --credentials FILE)");
         }
         let (client, js) = connect(&args.nats).await?;
+        let steel = steel_pool(&args.steel, &args.gateway, &credentials, None).await?;
         let backends = backends(
             &args.gateway,
             credentials,
@@ -203,6 +325,7 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
                 pages: args.browser_pages,
                 jobs_per_browser: args.browser_jobs,
             },
+            steel,
         );
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
@@ -215,6 +338,7 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
             politeness: Duration::from_millis(args.politeness_ms),
             ack_wait: Duration::from_secs(args.ack_wait_secs.max(3)),
             dry_run: args.dry_run,
+            metrics: args.metrics,
             ..Default::default()
         };
         clawgress_scheduler::run(js, backends, config, stop).await?;
@@ -256,9 +380,14 @@ fn jobs_to_submit(args: &SubmitArgs) -> anyhow::Result<Vec<Job>> {
             method: "GET".to_string(),
             headers: Default::default(),
             body: None,
-            fetch: FetchMode::Http,
+            fetch: match args.fetch.as_str() {
+                "chromium" => FetchMode::Chromium,
+                "steel" => FetchMode::Steel,
+                "auto" => FetchMode::Auto,
+                _ => FetchMode::Http,
+            },
             extract,
-            wait_for: None,
+            wait_for: args.wait_for.clone(),
             screenshot: false,
             timeout: Duration::from_secs(30),
             priority,

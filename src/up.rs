@@ -39,7 +39,16 @@ pub struct UpArgs {
     /// Serve a demo site on 127.0.0.1:3002 and scrape it once.
     #[arg(long)]
     pub demo: bool,
+    #[command(flatten)]
+    pub steel: crate::pipeline::SteelArgs,
+    /// The scheduler's Prometheus metrics (`GET /metrics`).
+    #[arg(long, default_value = "127.0.0.1:9129")]
+    pub scheduler_metrics: SocketAddr,
 }
+
+/// The shipped example tokens file, whose viewer token is documented in it.
+const EXAMPLE_ADMIN_TOKENS: &str = "policies/admin-tokens.example.yaml";
+const EXAMPLE_VIEWER_TOKEN: &str = "viewer-demo-token";
 
 /// The nats-server binary: on PATH or where `prereqs.sh nats` installs it.
 fn nats_binary() -> Option<PathBuf> {
@@ -188,8 +197,23 @@ async fn run_platform(args: &UpArgs, state_dir: &std::path::Path) -> anyhow::Res
     }
     let credentials =
         clawgress_workers::credentials::Credentials::load(Some(&args.credentials)).map_err(anyhow::Error::msg)?;
+    let gateway_url = format!("http://{}", args.listen);
+    let mut steel_args = args.steel.clone();
+    if steel_args.gateway_admin.is_empty() {
+        steel_args.gateway_admin = vec![format!("http://{}", args.admin)];
+    }
+    // With the example tokens the viewer token is known (and documented).
+    let demo_token = (args.admin_tokens == std::path::Path::new(EXAMPLE_ADMIN_TOKENS)).then_some(EXAMPLE_VIEWER_TOKEN);
+    let steel = match crate::pipeline::steel_pool(&steel_args, &gateway_url, &credentials, demo_token).await {
+        Ok(steel) => steel,
+        Err(error) => {
+            let _ = gateway_stop_tx.send(true);
+            let _ = gateway.await;
+            return Err(error);
+        }
+    };
     let backends = crate::pipeline::backends(
-        &format!("http://{}", args.listen),
+        &gateway_url,
         credentials,
         10 << 20,
         crate::pipeline::Browsers {
@@ -197,6 +221,7 @@ async fn run_platform(args: &UpArgs, state_dir: &std::path::Path) -> anyhow::Res
             pages: 8,
             jobs_per_browser: 0,
         },
+        steel,
     );
     let (client, js) = clawgress_scheduler::streams::connect(&args.nats_url).await?;
     clawgress_scheduler::streams::ensure_streams(&js).await?;
@@ -205,15 +230,22 @@ async fn run_platform(args: &UpArgs, state_dir: &std::path::Path) -> anyhow::Res
         backends,
         clawgress_scheduler::SchedulerConfig {
             concurrency: args.concurrency,
+            metrics: Some(args.scheduler_metrics),
             ..Default::default()
         },
         stop.clone(),
     ));
+    let steel_line = if steel_args.servers.iter().any(|s| !s.trim().is_empty()) {
+        format!("  steel     {} (submit --fetch steel)\n", steel_args.servers.join(", "))
+    } else {
+        String::new()
+    };
     eprintln!(
-        "\nClawgress is up.\n  proxy     http://{}\n  dashboard http://{}/dashboard\n  metrics   http://{}/metrics\n  control   http://{}/v1/  (clawgress egress list --token viewer-demo-token)\n  NATS      {}\n  audit     {}\nSubmit:    clawgress submit --url http://localhost:3002/ --select title=h1 --wait\nChecks:    CLAWGRESS_SYNTHETIC_KEY=scraper-001-demo-key CLAWGRESS_ADMIN_TOKEN=viewer-demo-token clawgress synthetic run synthetic/checks.yaml --serve-fixtures\nCtrl-C stops everything.\n",
+        "\nClawgress is up.\n  proxy     http://{}\n  dashboard http://{}/dashboard\n  metrics   http://{}/metrics (scheduler: http://{}/metrics)\n{steel_line}  control   http://{}/v1/  (clawgress egress list --token viewer-demo-token)\n  NATS      {}\n  audit     {}\nSubmit:    clawgress submit --url http://localhost:3002/ --select title=h1 --wait\nChecks:    CLAWGRESS_SYNTHETIC_KEY=scraper-001-demo-key CLAWGRESS_ADMIN_TOKEN=viewer-demo-token clawgress synthetic run synthetic/checks.yaml --serve-fixtures\nCtrl-C stops everything.\n",
         args.listen,
         args.admin,
         args.admin,
+        args.scheduler_metrics,
         args.admin,
         args.nats_url,
         state_dir.join("audit.jsonl").display()

@@ -1,7 +1,9 @@
 //! The job pipeline on NATS JetStream: streams and consumers (`streams`),
 //! the dispatch loop with retries and dead letters (`run`), backoff
-//! (`retry`), and the shapes of results and dead letters (`result`).
+//! (`retry`), the shapes of results and dead letters (`result`), and the
+//! scheduler's Prometheus metrics (`metrics`).
 
+pub mod metrics;
 pub mod result;
 pub mod retry;
 pub mod run;

@@ -22,6 +22,17 @@ pub enum ResultStatus {
     Invalid,
 }
 
+impl ResultStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResultStatus::Ok => "ok",
+            ResultStatus::Denied => "denied",
+            ResultStatus::Failed => "failed",
+            ResultStatus::Invalid => "invalid",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobResult {
     pub version: u32,

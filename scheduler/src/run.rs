@@ -13,12 +13,14 @@ use clawgress_workers::chromium::ChromiumPool;
 use clawgress_workers::http::HttpFetcher;
 use clawgress_workers::job::{FetchMode, Job, JobKind};
 use clawgress_workers::outcome::{Disposition, FetchError};
+use clawgress_workers::steel::SteelPool;
 use clawgress_workers::{JobError, parse_job};
 use futures_util::StreamExt;
-use tokio::sync::{Mutex, Semaphore, watch};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
 
+use crate::metrics::SchedulerMetrics;
 use crate::result::{DeadLetter, JobResult, ResultError, ResultStatus};
 use crate::streams;
 
@@ -43,6 +45,8 @@ pub struct SchedulerConfig {
     pub ack_wait: Duration,
     /// Fetch nothing: valid jobs are answered `ok` with tier `dry-run`.
     pub dry_run: bool,
+    /// Serve Prometheus metrics here (`GET /metrics`).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Default for SchedulerConfig {
@@ -54,6 +58,7 @@ impl Default for SchedulerConfig {
             drain: Duration::from_secs(30),
             ack_wait: streams::ACK_WAIT,
             dry_run: false,
+            metrics: None,
         }
     }
 }
@@ -106,6 +111,7 @@ struct Shared {
     /// attempts. Kept in memory; another scheduler's count is not known, so
     /// after a hand-over attempts are counted conservatively.
     waits: std::sync::Mutex<HashMap<u64, (u32, Instant)>>,
+    metrics: Arc<SchedulerMetrics>,
 }
 
 /// How long a job may keep waiting for the gateway's rate limits or breakers
@@ -117,7 +123,24 @@ const MAX_GATEWAY_WAIT: Duration = Duration::from_secs(3600);
 pub struct Backends {
     pub http: Arc<HttpFetcher>,
     pub chromium: Option<Arc<ChromiumPool>>,
-    pub steel: Option<Arc<clawgress_workers::steel::SteelClient>>,
+    pub steel: Option<Arc<SteelPool>>,
+}
+
+/// A job's place in the scheduler's global pool. A job that waits for
+/// something other than this scheduler's capacity (a Steel server) gives it
+/// back, so jobs for other backends keep running.
+pub(super) struct Slot(std::sync::Mutex<Option<OwnedSemaphorePermit>>);
+
+impl Slot {
+    fn new(permit: OwnedSemaphorePermit) -> Slot {
+        Slot(std::sync::Mutex::new(Some(permit)))
+    }
+
+    pub(super) fn release(&self) {
+        if let Ok(mut permit) = self.0.lock() {
+            permit.take();
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +157,13 @@ pub async fn run(
     config: SchedulerConfig,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), streams::SetupError> {
+    let metrics = Arc::new(SchedulerMetrics::new(backends.steel.clone()));
+    let (metrics_stop, metrics_stopped) = watch::channel(false);
+    if let Some(addr) = config.metrics {
+        let listener = crate::metrics::bind(addr).await.map_err(streams::SetupError::Listen)?;
+        tracing::info!(%addr, "scheduler metrics on /metrics");
+        tokio::spawn(crate::metrics::serve(listener, metrics.clone(), metrics_stopped));
+    }
     streams::ensure_streams(&js).await?;
     let consumers = streams::consumers(&js, config.ack_wait).await?;
     let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
@@ -145,6 +175,7 @@ pub async fn run(
         hosts: Hosts::default(),
         tiers: Default::default(),
         waits: Default::default(),
+        metrics,
     });
     let mut running = JoinSet::new();
     tracing::info!(concurrency = shared.config.concurrency, "scheduler pulling jobs");
@@ -176,8 +207,7 @@ pub async fn run(
                 pulled = true;
                 let (shared, cancel) = (shared.clone(), cancel.clone());
                 running.spawn(async move {
-                    handle(&shared, message, cancel).await;
-                    drop(permit);
+                    handle(&shared, message, cancel, Slot::new(permit)).await;
                 });
             }
             // Something of this priority ran: look at the higher ones again
@@ -212,6 +242,7 @@ pub async fn run(
     if let Some(chromium) = &shared.backends.chromium {
         chromium.shutdown().await;
     }
+    let _ = metrics_stop.send(true);
     tracing::info!("scheduler stopped");
     Ok(())
 }
@@ -255,7 +286,7 @@ fn kind_of(subject: &str) -> JobKind {
     }
 }
 
-async fn handle(shared: &Shared, message: Message, cancel: watch::Receiver<bool>) {
+async fn handle(shared: &Shared, message: Message, cancel: watch::Receiver<bool>, slot: Slot) {
     let started = Instant::now();
     let (delivered, sequence) = message
         .info()
@@ -297,7 +328,7 @@ async fn handle(shared: &Shared, message: Message, cancel: watch::Receiver<bool>
             .and_then(|h| h.get(clawgress_telemetry::TRACEPARENT))
             .map(|v| v.as_str()),
     );
-    run_job(shared, &message, job, delivered, started, cancel)
+    run_job(shared, &message, job, delivered, started, cancel, &slot)
         .instrument(span)
         .await;
 }
@@ -309,12 +340,13 @@ async fn run_job(
     delivered: u32,
     started: Instant,
     mut cancel: watch::Receiver<bool>,
+    slot: &Slot,
 ) {
     // Long jobs tell JetStream they are alive, so it does not redeliver
     // them; the ticks run in this task, so nothing outlives the job.
     let every = shared.config.ack_wait / 3;
     let mut alive = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    let work = execute(shared, &job);
+    let work = execute(shared, &job, slot);
     let cancelled = async {
         let _ = cancel.wait_for(|c| *c).await;
     };
@@ -346,28 +378,24 @@ fn supported(job: Job, backends: &Backends) -> Result<Job, JobError> {
     };
     let no_browser =
         "start the workers with Chromium installed (./deploy/local/prereqs.sh chromium), or use \"fetch\": \"http\"";
+    let any_browser = backends.chromium.is_some() || backends.steel.is_some();
     match &job {
         Job::Scrape(scrape) if scrape.fetch == FetchMode::Steel && backends.steel.is_none() => Err(refuse(
             "fetch",
             "this worker has no Steel Browser server configured",
-            "start the scheduler with --steel URL, or use \"chromium\" or \"auto\"",
-        )),
-        Job::Scrape(scrape) if scrape.fetch == FetchMode::Steel && scrape.screenshot => Err(refuse(
-            "screenshot",
-            "the steel backend does not take screenshots",
-            "use \"chromium\" for screenshots",
+            "start the scheduler with --steel URL[,URL...] (or STEEL_URL), or use \"chromium\" or \"auto\"",
         )),
         Job::Scrape(scrape) if scrape.fetch == FetchMode::Chromium && backends.chromium.is_none() => {
             Err(refuse("fetch", "this worker has no Chromium", no_browser))
         }
-        Job::Scrape(scrape) if scrape.wait_for.is_some() && backends.chromium.is_none() => Err(refuse(
+        Job::Scrape(scrape) if scrape.wait_for.is_some() && !any_browser => Err(refuse(
             "wait_for",
-            "waiting for a selector needs Chromium, which this worker lacks",
+            "waiting for a selector needs a browser (Chromium or Steel), which this worker lacks",
             no_browser,
         )),
-        Job::Scrape(scrape) if scrape.screenshot && backends.chromium.is_none() => Err(refuse(
+        Job::Scrape(scrape) if scrape.screenshot && !any_browser => Err(refuse(
             "screenshot",
-            "a screenshot needs Chromium, which this worker lacks",
+            "a screenshot needs a browser (Chromium or Steel), which this worker lacks",
             no_browser,
         )),
         Job::Agent(agent) if backends.chromium.is_none() && clawgress_workers::agent::needs_browser(agent) => {
@@ -411,12 +439,15 @@ async fn decide(
             result.error = Some(described);
             finish(shared, message, &result, None).await;
         }
-        // The gateway said when: waiting is not a failed attempt.
+        // The gateway (or a busy Steel pool) said when: waiting is not a
+        // failed attempt.
         Disposition::Retry { after: Some(delay) }
-            if matches!(error, FetchError::RateLimited { .. } | FetchError::BreakerOpen { .. })
-                && note_wait(shared, sequence) < MAX_GATEWAY_WAIT =>
+            if matches!(
+                error,
+                FetchError::RateLimited { .. } | FetchError::BreakerOpen { .. } | FetchError::SteelBusy
+            ) && note_wait(shared, sequence) < MAX_GATEWAY_WAIT =>
         {
-            tracing::info!(job = job.id(), ?delay, error = %error, "waiting as the gateway asked");
+            tracing::info!(job = job.id(), ?delay, error = %error, "waiting, not failing");
             let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
         }
         Disposition::Retry { after } if attempts < job.retry().max_attempts => {
@@ -520,6 +551,9 @@ async fn finish(shared: &Shared, message: &Message, result: &JobResult, dead: Op
     if let Ok(mut waits) = shared.waits.lock() {
         waits.remove(&sequence);
     }
+    shared
+        .metrics
+        .job_finished(result.kind.as_str(), result.status.as_str());
     if let Err(error) = message.double_ack().await {
         // The result is stored; a redelivery republishes the same result.
         tracing::warn!(job = %result.job_id, %error, "ack not confirmed");

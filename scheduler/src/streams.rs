@@ -49,6 +49,9 @@ pub enum SetupError {
     JetStream { url: String, reason: String },
     #[error("cannot create stream or consumer {name}: {reason}")]
     Create { name: String, reason: String },
+    /// The scheduler's own listener (metrics) could not start.
+    #[error("{0}")]
+    Listen(String),
 }
 
 /// Whether `version` (e.g. `2.10.4`, `v2.11.0-beta`) is at least 2.10.

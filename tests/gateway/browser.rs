@@ -18,10 +18,10 @@ fn pool(w: &World) -> Option<ChromiumPool> {
 
 fn pool_with(w: &World, config: ChromiumConfig) -> Option<ChromiumPool> {
     if !config.executable.exists() {
-        eprintln!(
-            "SKIPPED: {} not found (install it with ./deploy/local/prereqs.sh chromium; `make test` does)",
+        support::skip(&format!(
+            "{} not found (install it with ./deploy/local/prereqs.sh chromium; `make test` does)",
             config.executable.display()
-        );
+        ));
         return None;
     }
     let credentials = Credentials::from_pairs([(SCRAPER.0.to_string(), SCRAPER.1.to_string())]);
@@ -168,32 +168,20 @@ async fn a_denied_page_is_a_denial_and_a_crashed_browser_is_replaced() {
 }
 
 #[tokio::test]
-async fn the_steel_backend_fetches_through_the_gateway_when_a_steel_server_runs() {
-    let base = std::env::var("STEEL_URL").unwrap_or_else(|_| "http://127.0.0.1:3000".to_string());
-    // Tests talk to loopback only.
-    if !(base.starts_with("http://127.") || base.starts_with("http://localhost")) {
-        eprintln!("SKIPPED: STEEL_URL {base} is not a loopback address");
-        return;
-    }
+async fn a_page_whose_certificate_the_browser_cannot_trust_is_not_returned() {
+    // With TLS passthrough the gateway lets the tunnel through (tls.test is
+    // allowed) and only the browser sees the certificate: an untrusted one
+    // must end the job, not be clicked through.
     let w = world("enforce").await;
-    let credentials = Credentials::from_pairs([(SCRAPER.0.to_string(), SCRAPER.1.to_string())]);
-    let steel = clawgress_workers::steel::SteelClient::new(base.clone(), format!("http://{}", w.gw.proxy), credentials);
-    if !steel.reachable().await {
-        eprintln!("SKIPPED: no Steel Browser server at {base} (start one and set STEEL_URL to run this test)");
-        return;
-    }
-    let port = w.origin.addr.port();
-    let mut page_job = job(format!("http://site.test:{port}/js"), Some(".rendered"));
-    page_job.fetch = FetchMode::Steel;
-    page_job.screenshot = false;
-    let page = steel.fetch(&page_job).await.unwrap();
-    assert!(page.body.contains("Rendered by JavaScript"), "{}", page.body);
-    let line =
-        w.gw.wait_audit(|l| l["request"]["path"] == "/js" && l["decision"] == "allow")
+    let Some(pool) = pool(&w) else { return };
+    let port = w.tls.addr.port();
+    let mut untrusted = job(format!("https://tls.test:{port}/hello"), None);
+    untrusted.screenshot = false;
+    let error = pool.fetch(&untrusted).await.unwrap_err();
+    assert!(error.to_string().contains("ERR_CERT"), "{error:?}");
+    let tunnel =
+        w.gw.wait_audit(|l| l["request"]["method"] == "CONNECT" && l["decision"] == "allow")
             .await;
-    assert_eq!(line["agent_id"], SCRAPER.0);
-    let mut denied_job = job(format!("http://unlisted.test:{port}/hello"), None);
-    denied_job.fetch = FetchMode::Steel;
-    denied_job.screenshot = false;
-    assert!(matches!(steel.fetch(&denied_job).await, Err(FetchError::Denied { .. })));
+    assert_eq!(tunnel["request"]["domain"], "tls.test");
+    pool.shutdown().await;
 }

@@ -15,6 +15,7 @@ mod operations;
 mod pipeline;
 mod policy;
 mod proxy;
+mod steel;
 mod synthetic;
 mod traces;
 

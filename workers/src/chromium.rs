@@ -12,29 +12,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
 use chromiumoxide::auth::Credentials as ProxyCredentials;
 use chromiumoxide::browser::{Browser, BrowserConfig};
 use chromiumoxide::cdp::browser_protocol::browser::BrowserContextId;
-use chromiumoxide::cdp::browser_protocol::network::{Headers, SetExtraHttpHeadersParams};
-use chromiumoxide::cdp::browser_protocol::page::CaptureScreenshotFormat;
 use chromiumoxide::cdp::browser_protocol::target::{CreateBrowserContextParams, CreateTargetParams};
-use chromiumoxide::page::ScreenshotParams;
 use futures_util::StreamExt;
 use tokio::sync::{Mutex, Semaphore};
 
 use crate::credentials::Credentials;
 use crate::job::ScrapeJob;
 use crate::outcome::{FetchError, Fetched};
-
-/// Any single CDP call; a browser that does not answer in this time is
-/// treated as broken.
-const CDP_TIMEOUT: Duration = Duration::from_secs(15);
-const WAIT_POLL: Duration = Duration::from_millis(100);
-/// How long required values may take to render when no wait_for is given.
-const RENDER_GRACE: Duration = Duration::from_secs(5);
-/// Screenshots larger than this are not put into results.
-pub const MAX_SCREENSHOT: usize = 512 * 1024;
+pub use crate::page::{BrowserExtras, MAX_SCREENSHOT, Navigation};
+use crate::page::{BrowserPage, CDP_TIMEOUT, cdp};
 
 #[derive(Debug, Clone)]
 pub struct ChromiumConfig {
@@ -86,13 +75,6 @@ struct Running {
     sessions: u64,
     // Kept so the profile directory lives as long as the browser.
     _profile: tempfile::TempDir,
-}
-
-/// What a browser fetch produced, beyond the page.
-#[derive(Debug, Clone, Default)]
-pub struct BrowserExtras {
-    /// Base64 PNG, when asked for and small enough.
-    pub screenshot: Option<String>,
 }
 
 pub struct ChromiumPool {
@@ -174,6 +156,10 @@ impl ChromiumPool {
             builder = builder.new_headless_mode();
         }
         let config = builder
+            // chromiumoxide tells every page to ignore certificate errors
+            // unless asked not to; with TLS passthrough the browser's check
+            // is the only one there is.
+            .respect_https_errors()
             .no_sandbox()
             .user_data_dir(profile.path())
             .request_timeout(CDP_TIMEOUT)
@@ -289,10 +275,10 @@ impl ChromiumPool {
             pool: self,
             browser,
             context,
-            page,
+            page: BrowserPage(page),
             _slot: slot,
         };
-        let auth = cdp(session.page.authenticate(ProxyCredentials {
+        let auth = cdp(session.page.0.authenticate(ProxyCredentials {
             username: agent.to_string(),
             password: key,
         }))
@@ -320,60 +306,14 @@ impl ChromiumPool {
 }
 
 async fn load(session: &Session<'_>, job: &ScrapeJob) -> Result<(Fetched, BrowserExtras), FetchError> {
-    // Every request of the page carries the fetch's trace to the gateway
-    // (readable there for plain HTTP and intercepted TLS).
-    if let Some(traceparent) = clawgress_telemetry::traceparent(&tracing::Span::current()) {
-        let headers = SetExtraHttpHeadersParams::new(Headers::new(serde_json::json!({
-            clawgress_telemetry::TRACEPARENT: traceparent
-        })));
-        cdp(session.page.execute(headers)).await?;
-    }
-    let navigation = session.goto(&job.url).await?;
-    if let Some(selector) = &job.wait_for {
-        session.wait_for(selector).await;
-    } else {
-        // Without wait_for, required values are given a moment to render
-        // (scripts run after the load event), then whatever is there is taken.
-        let until = tokio::time::Instant::now() + RENDER_GRACE;
-        for spec in job.extract.values().filter(|spec| spec.required) {
-            while session.page.find_element(spec.selector.as_str()).await.is_err()
-                && tokio::time::Instant::now() < until
-            {
-                tokio::time::sleep(WAIT_POLL).await;
-            }
-        }
-    }
-    let body = session.content().await?;
-    let final_url = cdp(session.page.url()).await?.unwrap_or_else(|| job.url.clone());
-    let screenshot = if job.screenshot {
-        session.screenshot().await?
-    } else {
-        None
-    };
-    let hops = if navigation.hops.is_empty() {
-        vec![job.url.clone()]
-    } else {
-        navigation.hops
-    };
+    let traceparent = clawgress_telemetry::traceparent(&tracing::Span::current());
+    let loaded = session.page.load(job, traceparent).await?;
     Ok((
-        Fetched {
-            status: navigation.status,
-            final_url,
-            hops,
-            content_type: Some("text/html".to_string()),
-            body,
-            request_id: None,
+        loaded.page,
+        BrowserExtras {
+            screenshot: loaded.screenshot,
         },
-        BrowserExtras { screenshot },
     ))
-}
-
-/// A finished navigation: the main response's status and the URLs asked
-/// for, redirects included.
-#[derive(Debug, Clone)]
-pub struct Navigation {
-    pub status: u16,
-    pub hops: Vec<String>,
 }
 
 /// Closes a browser and reaps its process; kills what does not close.
@@ -398,108 +338,24 @@ fn process_alive(pid: u32) -> bool {
     }
 }
 
-/// One CDP call under [`CDP_TIMEOUT`].
-async fn cdp<T>(call: impl std::future::Future<Output = chromiumoxide::Result<T>>) -> Result<T, FetchError> {
-    match tokio::time::timeout(CDP_TIMEOUT, call).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(error)) => Err(FetchError::Transport(format!("browser: {error}"))),
-        Err(_) => Err(FetchError::Transport("the browser did not answer in time".to_string())),
-    }
-}
-
-/// The gateway's refusal, read from the problem JSON the browser shows.
-fn gateway_refusal(status: u16, text: &str) -> FetchError {
-    let body: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_default();
-    FetchError::from_gateway(status, &body, None)
-}
-
 /// One job's browser context and page.
 pub struct Session<'a> {
     pool: &'a ChromiumPool,
     browser: Arc<Browser>,
     context: BrowserContextId,
-    pub page: chromiumoxide::Page,
+    pub page: BrowserPage,
     _slot: tokio::sync::SemaphorePermit<'a>,
 }
 
+impl std::ops::Deref for Session<'_> {
+    type Target = BrowserPage;
+
+    fn deref(&self) -> &BrowserPage {
+        &self.page
+    }
+}
+
 impl Session<'_> {
-    /// Navigates; a gateway refusal of the page is returned as such.
-    pub async fn goto(&self, url: &str) -> Result<Navigation, FetchError> {
-        let navigation = async {
-            self.page.goto(url).await?;
-            self.page.wait_for_navigation_response().await
-        };
-        let request = navigation.await.map_err(|e| FetchError::Transport(e.to_string()))?;
-        let response = request.as_ref().and_then(|r| r.response.clone());
-        let status = response.as_ref().map_or(0, |r| r.status as u16);
-        let ours = response.as_ref().is_some_and(|r| {
-            r.headers
-                .inner()
-                .as_object()
-                .is_some_and(|h| h.keys().any(|k| k.eq_ignore_ascii_case("x-clawgress-decision")))
-        });
-        if (ours && status >= 400) || status == 407 {
-            let text: String = self
-                .page
-                .evaluate("document.body ? document.body.innerText : ''")
-                .await
-                .ok()
-                .and_then(|v| v.into_value().ok())
-                .unwrap_or_default();
-            return Err(gateway_refusal(status, &text));
-        }
-        let hops = request
-            .as_ref()
-            .map(|r| {
-                r.redirect_chain
-                    .iter()
-                    .filter_map(|hop| hop.url.clone())
-                    .chain(r.url.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
-        Ok(Navigation { status, hops })
-    }
-
-    /// Polls for `selector` until it is there.
-    pub async fn wait_for(&self, selector: &str) {
-        while self.page.find_element(selector).await.is_err() {
-            tokio::time::sleep(WAIT_POLL).await;
-        }
-    }
-
-    pub async fn click(&self, selector: &str) -> Result<(), FetchError> {
-        let element = cdp(self.page.find_element(selector)).await?;
-        cdp(element.click()).await.map(|_| ())
-    }
-
-    pub async fn fill(&self, selector: &str, value: &str) -> Result<(), FetchError> {
-        let element = cdp(self.page.find_element(selector)).await?;
-        cdp(element.click()).await?;
-        cdp(element.type_str(value)).await.map(|_| ())
-    }
-
-    pub async fn content(&self) -> Result<String, FetchError> {
-        cdp(self.page.content()).await
-    }
-
-    pub async fn evaluate(&self, expression: &str) -> Result<serde_json::Value, FetchError> {
-        let result = cdp(self.page.evaluate(expression)).await?;
-        Ok(result.into_value().unwrap_or(serde_json::Value::Null))
-    }
-
-    /// A PNG, base64, if it is small enough for a result.
-    pub async fn screenshot(&self) -> Result<Option<String>, FetchError> {
-        let png = cdp(self.page.screenshot(
-            ScreenshotParams::builder()
-                .format(CaptureScreenshotFormat::Png)
-                .full_page(true)
-                .build(),
-        ))
-        .await?;
-        Ok((png.len() <= MAX_SCREENSHOT).then(|| base64::engine::general_purpose::STANDARD.encode(png)))
-    }
-
     /// Closes the page and disposes of the context.
     pub async fn close(self) {
         let Session {
@@ -509,7 +365,7 @@ impl Session<'_> {
             page,
             _slot,
         } = self;
-        let _ = tokio::time::timeout(CDP_TIMEOUT, page.close()).await;
+        let _ = tokio::time::timeout(CDP_TIMEOUT, page.0.close()).await;
         let _ = tokio::time::timeout(CDP_TIMEOUT, browser.dispose_browser_context(context)).await;
         drop(browser);
         pool.close_retired().await;

@@ -1,6 +1,8 @@
 //! The job model (`job`), extraction (`extract`), the workers' credentials
 //! (`credentials`) and the fetch backends: `http` (reqwest through the
-//! gateway) and `chromium` (headless Chromium through the gateway).
+//! gateway), `chromium` (headless Chromium through the gateway) and `steel`
+//! (Steel Browser servers, one session each, checked against the gateway's
+//! audit trail); `page` drives a browser page for both browser backends.
 
 pub mod agent;
 pub mod chromium;
@@ -9,6 +11,7 @@ pub mod extract;
 pub mod http;
 pub mod job;
 pub mod outcome;
+pub mod page;
 pub mod steel;
 
 pub use job::{Job, JobError, JobKind, Priority, parse_job};

@@ -60,6 +60,17 @@ pub enum FetchError {
     /// Required values were not on the page.
     #[error("required values missing: {}", .0.join(", "))]
     MissingRequired(Vec<String>),
+    /// A Steel Browser server failed or died: its fault, not the gateway's.
+    #[error("the Steel Browser server at {server} failed: {detail}")]
+    SteelUnavailable { server: String, detail: String },
+    /// Every Steel server is busy and enough jobs already wait for one:
+    /// back to the queue for a moment (not a failed attempt).
+    #[error("every Steel Browser server is busy and the queue for them is full")]
+    SteelBusy,
+    /// The page was loaded, but the gateway never saw it (the browser went
+    /// direct, or served it from a cache): the page is not returned.
+    #[error("the page did not go through the gateway: {0}")]
+    BypassedGateway(String),
 }
 
 impl FetchError {
@@ -132,7 +143,15 @@ impl FetchError {
             FetchError::Gateway { retry_after, .. } | FetchError::Origin { retry_after, .. } => {
                 Disposition::Retry { after: *retry_after }
             }
-            FetchError::Timeout | FetchError::Transport(_) => Disposition::Retry { after: None },
+            FetchError::Timeout | FetchError::Transport(_) | FetchError::SteelUnavailable { .. } => {
+                Disposition::Retry { after: None }
+            }
+            // The browser's set-up lets it around the gateway; another try
+            // would go around it again.
+            FetchError::BypassedGateway(_) => Disposition::Fail,
+            FetchError::SteelBusy => Disposition::Retry {
+                after: Some(Duration::from_secs(1)),
+            },
             FetchError::TooLarge { .. }
             | FetchError::TooManyRedirects(_)
             | FetchError::MissingRequired(_)
@@ -154,6 +173,9 @@ impl FetchError {
             FetchError::Transport(_) => "gateway_unreachable",
             FetchError::MissingRequired(_) => "missing_required",
             FetchError::BudgetExceeded { .. } => "budget_exceeded",
+            FetchError::SteelUnavailable { .. } => "steel_unavailable",
+            FetchError::BypassedGateway(_) => "bypassed_gateway",
+            FetchError::SteelBusy => "steel_busy",
         }
     }
 }

@@ -7,7 +7,9 @@ use clawgress_workers::job::{FetchMode, Job};
 use clawgress_workers::outcome::FetchError;
 use tracing::Instrument as _;
 
-use super::{Shared, Tier};
+use clawgress_workers::steel::Lease;
+
+use super::{Shared, Slot, Tier};
 use crate::result::FetchSummary;
 
 pub(super) struct Done {
@@ -16,7 +18,7 @@ pub(super) struct Done {
     pub(super) screenshot: Option<String>,
 }
 
-pub(super) async fn execute(shared: &Shared, job: &Job) -> Result<Done, FetchError> {
+pub(super) async fn execute(shared: &Shared, job: &Job, slot: &Slot) -> Result<Done, FetchError> {
     let scrape = match job {
         Job::Scrape(scrape) => scrape,
         Job::Agent(_) if shared.config.dry_run => {
@@ -44,8 +46,44 @@ pub(super) async fn execute(shared: &Shared, job: &Job) -> Result<Done, FetchErr
         .ok()
         .and_then(|u| u.host_str().map(str::to_string))
         .unwrap_or_default();
-    let slot = shared.hosts.semaphore(&host, shared.config.per_domain);
-    let _turn = slot.acquire_owned().await;
+    let needs_browser = scrape.wait_for.is_some() || scrape.screenshot;
+    let chromium = shared.backends.chromium.is_some();
+    let steel = shared.backends.steel.as_deref();
+    let mut first = match scrape.fetch {
+        FetchMode::Chromium => Tier::Chromium,
+        FetchMode::Steel => Tier::Steel,
+        FetchMode::Http => Tier::Http,
+        FetchMode::Auto if needs_browser && chromium => Tier::Chromium,
+        // `supported` let it in, so there is a browser: Steel.
+        FetchMode::Auto if needs_browser => Tier::Steel,
+        FetchMode::Auto => shared
+            .tiers
+            .lock()
+            .map(|t| t.get(&host).copied().unwrap_or(Tier::Http))
+            .unwrap_or(Tier::Http),
+    };
+    if first == Tier::Chromium && !chromium {
+        first = Tier::Http;
+    }
+    // A Steel server is leased before the host's slot is taken, so a job
+    // waiting for Steel holds neither the host's slot nor the scheduler's.
+    let mut lease = None;
+    if first == Tier::Steel {
+        let steel = steel.ok_or(FetchError::SteelBusy)?;
+        match steel.try_lease() {
+            Some(free) => lease = Some(free),
+            // `auto` found Steel best for this host before, but does not
+            // queue for it.
+            None if scrape.fetch == FetchMode::Auto && !needs_browser => first = Tier::Http,
+            None if !steel.has_room() => return Err(FetchError::SteelBusy),
+            None => {
+                slot.release();
+                lease = Some(steel.lease(&[]).await?);
+            }
+        }
+    }
+    let turn = shared.hosts.semaphore(&host, shared.config.per_domain);
+    let _turn = turn.acquire_owned().await;
     shared.hosts.polite(&host, shared.config.politeness).await;
     if shared.config.dry_run {
         return Ok(Done {
@@ -60,35 +98,23 @@ pub(super) async fn execute(shared: &Shared, job: &Job) -> Result<Done, FetchErr
             screenshot: None,
         });
     }
-    let needs_browser = scrape.wait_for.is_some() || scrape.screenshot;
-    let first = match scrape.fetch {
-        FetchMode::Chromium => Tier::Chromium,
-        FetchMode::Steel => Tier::Steel,
-        FetchMode::Http => Tier::Http,
-        FetchMode::Auto if needs_browser => Tier::Chromium,
-        FetchMode::Auto => shared
-            .tiers
-            .lock()
-            .map(|t| t.get(&host).copied().unwrap_or(Tier::Http))
-            .unwrap_or(Tier::Http),
+    let done = fetch_with(shared, scrape, first, lease).await?;
+    // `auto` escalates when http got a page a browser would do better on:
+    // to Chromium, or to a Steel server that is free now (never a busy one).
+    let escalate =
+        scrape.fetch == FetchMode::Auto && first == Tier::Http && (!done.1.missing_required.is_empty() || done.2);
+    let escalation = match (escalate, chromium, steel) {
+        (false, _, _) => None,
+        (true, true, _) => Some((Tier::Chromium, None)),
+        (true, false, Some(steel)) => steel.try_lease().map(|free| (Tier::Steel, Some(free))),
+        (true, false, None) => None,
     };
-    let chromium = shared.backends.chromium.clone();
-    let first = if first == Tier::Chromium && chromium.is_none() {
-        Tier::Http
-    } else {
-        first
-    };
-    let done = fetch_with(shared, scrape, first).await?;
-    // `auto` escalates when http got a page a browser would do better on.
-    let escalate = scrape.fetch == FetchMode::Auto
-        && first == Tier::Http
-        && chromium.is_some()
-        && (!done.1.missing_required.is_empty() || done.2);
-    let (done, found, tier) = if escalate {
-        let again = fetch_with(shared, scrape, Tier::Chromium).await?;
-        (again.0, again.1, Tier::Chromium)
-    } else {
-        (done.0, done.1, first)
+    let (done, found, tier) = match escalation {
+        Some((tier, lease)) => {
+            let again = fetch_with(shared, scrape, tier, lease).await?;
+            (again.0, again.1, tier)
+        }
+        None => (done.0, done.1, first),
     };
     if scrape.fetch == FetchMode::Auto
         && let Ok(mut tiers) = shared.tiers.lock()
@@ -117,6 +143,7 @@ async fn fetch_with(
     shared: &Shared,
     scrape: &clawgress_workers::job::ScrapeJob,
     tier: Tier,
+    lease: Option<Lease<'_>>,
 ) -> Result<(Done, Extracted, bool), FetchError> {
     let span = tracing::debug_span!(
         target: "clawgress_scheduler::fetch",
@@ -126,16 +153,21 @@ async fn fetch_with(
         url.full = %scrape.url,
     );
     let fetched = async {
-        Ok::<_, FetchError>(match (tier, &shared.backends.chromium, &shared.backends.steel) {
-            (Tier::Chromium, Some(chromium), _) => {
+        Ok::<_, FetchError>(match (tier, &shared.backends.chromium, &shared.backends.steel, lease) {
+            (Tier::Chromium, Some(chromium), _, _) => {
                 let (page, extras) = chromium.fetch(scrape).await?;
                 (page, extras.screenshot, "chromium")
             }
-            (Tier::Steel, _, Some(steel)) => (steel.fetch(scrape).await?, None, "steel"),
+            (Tier::Steel, _, Some(steel), Some(lease)) => {
+                let (page, extras) = steel.fetch_leased(lease, scrape).await?;
+                (page, extras.screenshot, "steel")
+            }
             _ => (shared.backends.http.fetch(scrape).await?, None, "http"),
         })
     };
+    let began = std::time::Instant::now();
     let (mut page, screenshot, name) = fetched.instrument(span).await?;
+    shared.metrics.fetched(name, began.elapsed().as_secs_f64());
     let check_shell = tier == Tier::Http && scrape.fetch == FetchMode::Auto;
     let body = std::mem::take(&mut page.body);
     // Small pages are parsed in place: handing them to the blocking pool
