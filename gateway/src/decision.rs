@@ -153,6 +153,7 @@ impl Refusal {
 
     pub fn status(&self) -> StatusCode {
         match self {
+            Refusal::Identity(e) if e.is_forbidden() => StatusCode::FORBIDDEN,
             Refusal::Identity(_) => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             Refusal::Request(RequestProblem::ProxyLoop) => StatusCode::LOOP_DETECTED,
             Refusal::Request(_) | Refusal::MalformedHost(_) => StatusCode::BAD_REQUEST,
@@ -284,6 +285,9 @@ impl Refusal {
     /// or anything from the request body.
     pub fn detail(&self) -> String {
         match self {
+            Refusal::Identity(e) if e.is_forbidden() => {
+                format!("{e}. The agents file maps source addresses to agents (`sources:`).")
+            }
             Refusal::Identity(e) => {
                 format!("{e}. Send Proxy-Authorization: Basic base64(agent_id:api_key) or Bearer <JWT>.")
             }

@@ -13,6 +13,7 @@ use super::jwt::{ClaimNames, JwtKey, JwtSettings, JwtVerifier};
 use super::jwt_keys::{self, KeyProblem};
 use super::registry::{AgentRegistry, KeyDigest, RegisteredAgent};
 use super::schema::{AgentDoc, AgentsFileDoc, ClaimsDoc, JwtDoc, KeyDoc};
+use super::sources::{self, SourceEntry, SourceMap};
 use super::{AuthMethod, Identity};
 
 const DEFAULT_LEEWAY_SECONDS: u64 = 30;
@@ -26,6 +27,7 @@ const ALGORITHMS: &str = "HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384
 pub(super) struct Compiled {
     pub registry: AgentRegistry,
     pub jwt: Option<JwtVerifier>,
+    pub sources: SourceMap,
 }
 
 pub(super) fn compile(text: &str, origin: &str, base_dir: &Path) -> Result<Compiled, AgentsFileError> {
@@ -33,7 +35,7 @@ pub(super) fn compile(text: &str, origin: &str, base_dir: &Path) -> Result<Compi
     let options = serde_saphyr::options! { with_snippet: false };
     let doc: AgentsFileDoc = serde_saphyr::from_str_with_options(text, options).map_err(|e| at.yaml(&e))?;
 
-    let registry = compile_agents(&at, doc.agents)?;
+    let (registry, sources) = compile_agents(&at, doc.agents)?;
     let jwt = match doc.jwt {
         Some(jwt) => Some(compile_jwt(&at, base_dir, jwt.value)?),
         None => None,
@@ -45,7 +47,7 @@ pub(super) fn compile(text: &str, origin: &str, base_dir: &Path) -> Result<Compi
         )
         .with_hint("list agents under `agents:` or configure `jwt:`; ".to_owned() + LAYOUT_HINT));
     }
-    Ok(Compiled { registry, jwt })
+    Ok(Compiled { registry, jwt, sources })
 }
 
 /// Attaches the origin to located messages.
@@ -102,8 +104,13 @@ impl Reporter<'_> {
     }
 }
 
-fn compile_agents(at: &Reporter<'_>, agents: Vec<Spanned<AgentDoc>>) -> Result<AgentRegistry, AgentsFileError> {
+fn compile_agents(
+    at: &Reporter<'_>,
+    agents: Vec<Spanned<AgentDoc>>,
+) -> Result<(AgentRegistry, SourceMap), AgentsFileError> {
     let mut registry = AgentRegistry::default();
+    let mut source_entries = Vec::new();
+    let located = |(location, message, hint): sources::SourceProblem| at.error(location, message).with_hint(hint);
     let mut first_seen: HashMap<String, Location> = HashMap::new();
     let mut digest_owner: HashMap<KeyDigest, String> = HashMap::new();
     for agent in agents {
@@ -150,6 +157,19 @@ fn compile_agents(at: &Reporter<'_>, agents: Vec<Spanned<AgentDoc>>) -> Result<A
             }
             None => None,
         };
+        let agent_sources = agent
+            .sources
+            .iter()
+            .map(|value| sources::parse(value).map_err(located))
+            .collect::<Result<Vec<_>, _>>()?;
+        let agent_id: Arc<str> = Arc::from(agent.id.value.as_str());
+        for (net, value) in agent_sources.iter().zip(&agent.sources) {
+            source_entries.push(SourceEntry {
+                net: *net,
+                agent: agent_id.clone(),
+                at: value.referenced,
+            });
+        }
         registry.insert(RegisteredAgent {
             identity: Arc::new(Identity {
                 agent_id: Arc::from(agent.id.value),
@@ -162,9 +182,11 @@ fn compile_agents(at: &Reporter<'_>, agents: Vec<Spanned<AgentDoc>>) -> Result<A
             }),
             key_digest,
             disabled: agent.disabled,
+            sources: agent_sources,
         });
     }
-    Ok(registry)
+    let sources = SourceMap::build(source_entries).map_err(located)?;
+    Ok((registry, sources))
 }
 
 fn check_agent_id(at: &Reporter<'_>, id: &Spanned<String>) -> Result<(), AgentsFileError> {

@@ -1,6 +1,7 @@
 use std::sync::Arc;
 
-/// Why a request could not be tied to an agent. The gateway answers every variant with `407`.
+/// Why a request could not be tied to an agent. The gateway answers `407`, except for the
+/// source checks ([`is_forbidden`](IdentityError::is_forbidden)), which are `403`.
 ///
 /// No variant carries anything taken from the presented key or token (only fixed text and
 /// claim *names* from the agents file), so `Display` and `Debug` are safe to log and to send
@@ -41,6 +42,14 @@ pub enum IdentityError {
     /// A registered agent's team/project/environment/role are authoritative.
     #[error("the token's claim `{0}` disagrees with the agent registry")]
     ClaimConflict(Arc<str>),
+    /// A redirected (transparent) connection from an address no agent's
+    /// `sources` holds.
+    #[error("no agent's sources hold this address")]
+    UnknownSource,
+    /// The credential is good, but the agent's `sources` do not hold the
+    /// address it came from.
+    #[error("this agent may not connect from this address (its `sources` in the agents file)")]
+    SourceMismatch,
 }
 
 impl IdentityError {
@@ -63,6 +72,14 @@ impl IdentityError {
             IdentityError::MissingClaim(_) => "missing_claim",
             IdentityError::InvalidClaim(_) => "invalid_claim",
             IdentityError::ClaimConflict(_) => "claim_conflict",
+            IdentityError::UnknownSource => "unknown_source",
+            IdentityError::SourceMismatch => "source_mismatch",
         }
+    }
+
+    /// The agent is known (or the address is), and not allowed: `403`,
+    /// not a request for credentials.
+    pub fn is_forbidden(&self) -> bool {
+        matches!(self, IdentityError::UnknownSource | IdentityError::SourceMismatch)
     }
 }

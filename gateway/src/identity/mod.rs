@@ -20,6 +20,7 @@ mod jwt_cache;
 mod jwt_keys;
 mod registry;
 mod schema;
+mod sources;
 
 #[cfg(test)]
 mod tests;
@@ -80,6 +81,7 @@ impl fmt::Display for AuthMethod {
 pub struct IdentityResolver {
     registry: AgentRegistry,
     jwt: Option<JwtVerifier>,
+    sources: sources::SourceMap,
 }
 
 impl IdentityResolver {
@@ -109,7 +111,36 @@ impl IdentityResolver {
         Ok(Self {
             registry: compiled.registry,
             jwt: compiled.jwt,
+            sources: compiled.sources,
         })
+    }
+
+    /// The agent whose `sources` hold `ip`: the identity of a redirected
+    /// (transparent) connection, or a DNS query, which carry no credential.
+    pub fn by_source(&self, ip: std::net::IpAddr) -> Result<Arc<Identity>, IdentityError> {
+        let agent_id = self.sources.agent_for(ip).ok_or(IdentityError::UnknownSource)?;
+        let agent = self.registry.get(agent_id).ok_or(IdentityError::UnknownSource)?;
+        if agent.disabled {
+            return Err(IdentityError::Disabled);
+        }
+        Ok(agent.identity.clone())
+    }
+
+    /// An agent with `sources` may only be used from them: a credential
+    /// presented from elsewhere is refused (`source_mismatch`).
+    pub fn check_source(&self, identity: &Identity, ip: std::net::IpAddr) -> Result<(), IdentityError> {
+        let ip = ip.to_canonical();
+        match self.registry.get(&identity.agent_id) {
+            Some(agent) if !agent.sources.is_empty() && !agent.sources.iter().any(|net| net.contains(&ip)) => {
+                Err(IdentityError::SourceMismatch)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether any agent has `sources` (the transparent listener needs them).
+    pub fn has_sources(&self) -> bool {
+        self.sources.len() > 0
     }
 
     /// Identifies the sender of one request. On the API-key path this returns the prebuilt

@@ -16,6 +16,8 @@ pub(super) struct RegisteredAgent {
     /// `None`: the agent can only authenticate with a JWT.
     pub key_digest: Option<KeyDigest>,
     pub disabled: bool,
+    /// Where the agent may connect from; empty: anywhere.
+    pub sources: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Default)]

@@ -32,6 +32,11 @@ pub(super) struct AgentDoc {
     pub api_key_sha256: Option<Spanned<String>>,
     #[serde(default)]
     pub disabled: bool,
+    /// The agent's source addresses (CIDRs): who it is on the transparent
+    /// listener, and where its credential may come from on the proxy port.
+    /// CIDRs of different agents must not overlap.
+    #[serde(default)]
+    pub sources: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,4 +5,5 @@ mod basic;
 mod cache;
 mod fuzz;
 mod jwt;
+mod sources;
 mod support;

@@ -125,11 +125,14 @@ async fn admit(
     // so a client that mistook us for the origin gets a clear 400.
     let (host, port, protocol, path) = request_target(ctx.kind, req)?;
 
-    // Identify.
-    let identity = gateway
-        .identities
-        .load()
+    // Identify: the credential, from where its agent may use it.
+    let identities = gateway.identities.load();
+    let identity = identities
         .identify(req.headers().get(header::PROXY_AUTHORIZATION))
+        .map_err(Refusal::Identity)?;
+    ctx.identity = Some(identity.clone());
+    identities
+        .check_source(&identity, ctx.client.ip())
         .map_err(Refusal::Identity)?;
     ctx.enforcement = policy.enforcement_for(&identity.environment);
     ctx.identity = Some(identity.clone());
