@@ -2,8 +2,10 @@
 //! crates; behaviour lives in `gateway/`, `policies/` and friends.
 
 mod bench;
+mod dns;
 mod egress;
 mod pipeline;
+mod policy_compile;
 mod up;
 
 use std::net::SocketAddr;
@@ -28,6 +30,9 @@ struct Cli {
 enum Command {
     /// Run the egress gateway (explicit HTTP forward proxy).
     Gateway(GatewayArgs),
+    /// The DNS control server: allowlisted names resolve, every other name
+    /// is NXDOMAIN, every query is audited.
+    Dns(dns::DnsArgs),
     /// Work with policy bundles.
     Policy {
         #[command(subcommand)]
@@ -165,6 +170,8 @@ enum CaCommand {
 enum PolicyCommand {
     /// Validate a policy bundle and print a summary; exits non-zero if invalid.
     Check { file: PathBuf },
+    /// Render the policy for a network layer (`--target nftables`).
+    Compile(policy_compile::CompileArgs),
 }
 
 #[derive(Subcommand)]
@@ -193,6 +200,7 @@ fn service_name(command: &Command) -> &'static str {
         Command::Scheduler(_) => "clawgress-scheduler",
         Command::Submit(_) => "clawgress-submit",
         Command::Synthetic { .. } => "clawgress-synthetic",
+        Command::Dns(_) => "clawgress-dns",
         _ => "clawgress",
     }
 }
@@ -251,6 +259,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Submit(args) => pipeline::submit(args),
         Command::Results(args) => pipeline::results(args),
         Command::Dlq { command } => pipeline::dlq(command),
+        Command::Dns(args) => dns::run(args),
+        Command::Policy {
+            command: PolicyCommand::Compile(args),
+        } => policy_compile::run(args),
         Command::Policy {
             command: PolicyCommand::Check { file },
         } => match clawgress_policies::load_file(&file) {
