@@ -10,7 +10,7 @@ up:
 
 # Formatting, lints and the whole test suite (unit and end to end).
 test:
-	./deploy/local/prereqs.sh build nats chromium prometheus k8s-schemas
+	./deploy/local/prereqs.sh build nats chromium prometheus k8s-schemas nftables
 	cargo fmt --all -- --check
 	cargo clippy --locked --workspace --all-targets -- -D warnings
 	./deploy/local/run-tests.sh

@@ -10,6 +10,8 @@
 #                        checks and unit tests, and the end-to-end scrape)
 #   prereqs.sh k8s-schemas - kubernetes-validate from PyPI (Kubernetes' own
 #                        OpenAPI schemas, offline) into the same virtualenv
+#   prereqs.sh nftables - Debian's nftables (`nft -c` checks the compiled host
+#                        edge ruleset)
 set -euo pipefail
 
 need_apt=()
@@ -72,6 +74,9 @@ for what in "$@"; do
         echo "installing kubernetes-validate from PyPI into $venv" >&2
         "$venv/bin/pip" install -q --disable-pip-version-check "kubernetes-validate>=1.31"
       fi
+      ;;
+    nftables)
+      command -v nft >/dev/null || [ -x /usr/sbin/nft ] || need_apt+=(nftables)
       ;;
     prometheus)
       { command -v promtool >/dev/null && command -v prometheus >/dev/null; } || need_apt+=(prometheus)

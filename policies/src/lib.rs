@@ -1,11 +1,13 @@
 //! Policy bundles for the Clawgress egress gateway: the model, loading with
-//! precise errors, and domain matching.
+//! precise errors, domain matching, and compilation for the network layers.
 //!
 //! ```text
 //! load_file / load_str  ->  PolicyBundle { document, warnings, version }
 //! CompiledPolicy::compile(&bundle).evaluate(&request, now)  ->  Allow | Deny
+//! compile::nftables::render(&bundle, &settings)  ->  the host edge's ruleset
 //! ```
 
+pub mod compile;
 pub mod diagnostic;
 pub mod domain;
 pub mod load;

@@ -48,6 +48,20 @@ impl fmt::Display for Port {
 
 const PORT_HINT: &str = "ports are 1-65535";
 
+/// For command-line flags (`--dns-port 5353`); the message is the flag's
+/// whole explanation.
+impl std::str::FromStr for Port {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        text.trim()
+            .parse::<u16>()
+            .ok()
+            .and_then(Port::new)
+            .ok_or_else(|| format!("'{text}' is not a port: {PORT_HINT}"))
+    }
+}
+
 impl<'de> Deserialize<'de> for Port {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = match scalar(deserializer, "a port number (1-65535)")? {
