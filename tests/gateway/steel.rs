@@ -135,6 +135,10 @@ dns:
     SteelWorld { gw, site, dir }
 }
 
+/// The Steel tests take turns: a Steel server runs one session at a time,
+/// and a second one (from another test's pool) would kill the first's browser.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The Steel server to test against, or None after saying why not.
 async fn steel_server() -> Option<String> {
     let base = std::env::var("STEEL_URL").unwrap_or_else(|_| "http://127.0.0.1:3000".to_string());
@@ -172,6 +176,7 @@ fn steel_job(id: &str, url: String) -> ScrapeJob {
 
 #[tokio::test]
 async fn steel_pages_go_through_the_gateway_and_are_checked_against_its_audit_trail() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let Some(base) = steel_server().await else { return };
     let w = steel_world().await;
     let witness = Witness::new(&[format!("http://{}", w.gw.admin)], VIEWER_TOKEN.to_string()).unwrap();
@@ -328,6 +333,7 @@ async fn wait_listening(port: u16, scheduler: &Scheduler) {
 
 #[tokio::test]
 async fn five_steel_jobs_at_once_share_one_server_one_at_a_time_and_all_succeed() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let Some(base) = steel_server().await else { return };
     let Some(nats) = NatsServer::start() else { return };
     let w = steel_world().await;

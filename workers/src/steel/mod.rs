@@ -179,9 +179,13 @@ impl SteelPool {
     /// A free server now, if one is healthy; never waits. For `auto`, which
     /// must not queue behind busy Steel servers.
     pub fn try_lease(&self) -> Option<Lease<'_>> {
+        self.try_lease_excluding(&[])
+    }
+
+    fn try_lease_excluding(&self, exclude: &[usize]) -> Option<Lease<'_>> {
         let now = Instant::now();
         let mut state = self.lock();
-        let index = state.iter().position(|s| !s.busy && !s.down(now))?;
+        let index = (0..state.len()).find(|i| !exclude.contains(i) && !state[*i].busy && !state[*i].down(now))?;
         state[index].busy = true;
         Some(Lease { pool: self, index })
     }
@@ -246,6 +250,16 @@ impl SteelPool {
         let mut tried = Vec::new();
         loop {
             match self.fetch_on(&lease, job).await {
+                // In use by another client: another free server, or back to
+                // the queue for a moment.
+                Err(FetchError::SteelBusy) => {
+                    tried.push(lease.index);
+                    drop(lease);
+                    match self.try_lease_excluding(&tried) {
+                        Some(next) => lease = next,
+                        None => return Err(FetchError::SteelBusy),
+                    }
+                }
                 Err(error @ FetchError::SteelUnavailable { .. }) => {
                     tracing::warn!(job = %job.id, %error, "the Steel server failed; trying another");
                     self.session_failures.fetch_add(1, Ordering::Relaxed);

@@ -80,12 +80,36 @@ impl SteelServer {
         proxy_url: &str,
         traceparent: String,
     ) -> Result<Loaded, FetchError> {
+        // Leases are this scheduler's; another client of the same server
+        // (a second scheduler, a person) would have its browser killed by a
+        // second session, so a live session there means busy.
+        if self.in_use().await? {
+            return Err(FetchError::SteelBusy);
+        }
         let session = self.open(proxy_url, job.timeout).await?;
         let loaded = tokio::time::timeout(job.timeout, self.drive(&session.websocket, job, traceparent))
             .await
             .unwrap_or(Err(FetchError::Timeout));
         self.release(&session.id).await;
         loaded
+    }
+
+    /// Whether a session is live on the server (Steel lists its sessions
+    /// with a `status`; anything but `live` is free to replace).
+    async fn in_use(&self) -> Result<bool, FetchError> {
+        let response = self
+            .http
+            .get(format!("{}/v1/sessions", self.base))
+            .send()
+            .await
+            .map_err(|e| self.unavailable(format!("/v1/sessions: {e}")))?;
+        let listed: Value = response
+            .json()
+            .await
+            .map_err(|e| self.unavailable(format!("/v1/sessions answered something that is not JSON: {e}")))?;
+        Ok(listed["sessions"]
+            .as_array()
+            .is_some_and(|sessions| sessions.iter().any(|s| s["status"] == "live")))
     }
 
     async fn open(&self, proxy_url: &str, timeout: Duration) -> Result<Session, FetchError> {
