@@ -22,7 +22,25 @@ pub struct Watched {
     pub interval: Duration,
 }
 
-pub async fn watch_files(gateway: Arc<Gateway>, watched: Watched, mut shutdown: watch::Receiver<bool>) {
+/// Whatever holds a policy and an agent registry that can be swapped while
+/// it serves: the gateway, the DNS control server. Each returns whether
+/// the new file is now in force.
+pub trait Reload: Send + Sync + 'static {
+    fn reload_policy(&self, path: &Path) -> bool;
+    fn reload_agents(&self, path: &Path) -> bool;
+}
+
+impl Reload for Gateway {
+    fn reload_policy(&self, path: &Path) -> bool {
+        reload_policy(self, path)
+    }
+
+    fn reload_agents(&self, path: &Path) -> bool {
+        reload_agents(self, path)
+    }
+}
+
+pub async fn watch_files<T: Reload>(target: Arc<T>, watched: Watched, mut shutdown: watch::Receiver<bool>) {
     let mut hangup = match signal(SignalKind::hangup()) {
         Ok(stream) => Some(stream),
         Err(error) => {
@@ -41,12 +59,12 @@ pub async fn watch_files(gateway: Arc<Gateway>, watched: Watched, mut shutdown: 
         let policy_now = digest(&watched.policy);
         if forced || policy_now != policy_seen {
             policy_seen = policy_now;
-            reload_policy(&gateway, &watched.policy);
+            target.reload_policy(&watched.policy);
         }
         let agents_now = digest(&watched.agents);
         if forced || agents_now != agents_seen {
             agents_seen = agents_now;
-            reload_agents(&gateway, &watched.agents);
+            target.reload_agents(&watched.agents);
         }
     }
 }
@@ -85,19 +103,29 @@ pub fn reload_policy(gateway: &Gateway, path: &Path) -> bool {
 }
 
 pub fn reload_agents(gateway: &Gateway, path: &Path) -> bool {
+    match load_agents(path) {
+        Some(resolver) => {
+            gateway.identities.store(Arc::new(resolver));
+            true
+        }
+        None => false,
+    }
+}
+
+/// The agent registry at `path` for a reload, with the log line either way;
+/// `None`: it is broken, and the caller keeps the registry it has.
+pub fn load_agents(path: &Path) -> Option<IdentityResolver> {
     match IdentityResolver::load(path) {
         Ok(resolver) => {
-            let count = resolver.agent_count();
-            gateway.identities.store(Arc::new(resolver));
-            tracing::info!(agents = count, "agent registry reloaded");
-            true
+            tracing::info!(agents = resolver.agent_count(), "agent registry reloaded");
+            Some(resolver)
         }
         Err(error) => {
             tracing::error!(
                 "agent registry reload refused; the previous registry stays in force. {}",
                 error.to_string().replace('\n', " | ")
             );
-            false
+            None
         }
     }
 }

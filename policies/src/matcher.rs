@@ -326,6 +326,37 @@ impl CompiledPolicy {
         }
     }
 
+    /// The verdict for a bare name, as the DNS control server needs it: a
+    /// DNS question carries no port, protocol or role, so any active rule
+    /// covering `host` allows it (the gateway checks the rest when the agent
+    /// connects). Block patterns and the blocklist win first, as in
+    /// [`evaluate`](Self::evaluate). Among covering rules, one that allows
+    /// private targets is preferred, so the name may resolve wherever some
+    /// rule lets the agent go.
+    pub fn evaluate_name(&self, host: &str, now: DateTime<Utc>) -> MatchOutcome {
+        if self.block_patterns.covering(host).next().is_some() {
+            return deny(DenyReason::BlockedPattern, &self.block_patterns_id);
+        }
+        if let Some(policy_id) = self.blocklist.covering(host).next() {
+            return deny(DenyReason::Blocklisted, policy_id);
+        }
+        let mut active = self
+            .allow
+            .covering(host)
+            .flatten()
+            .map(|&i| &self.rules[i])
+            .filter(|rule| rule.is_active(now));
+        let Some(first) = active.next() else {
+            return deny(DenyReason::DomainNotInAllowlist, &self.default_deny_id);
+        };
+        let chosen = if first.allowed.private_ok {
+            first
+        } else {
+            active.find(|rule| rule.allowed.private_ok).unwrap_or(first)
+        };
+        MatchOutcome::Allow(chosen.allowed.clone())
+    }
+
     /// The address `dns.static_hosts` maps `host` (normalized) to.
     pub fn static_host(&self, host: &str) -> Option<IpAddr> {
         self.static_hosts.get(host).copied()

@@ -68,6 +68,8 @@ pub enum AuditEvent {
     /// queue should not reserve that much for every slot.
     Egress(Box<EgressEvent>),
     Admin(AdminEvent),
+    /// One query to the DNS control server ([`super::dns_event`]).
+    Dns(Box<super::DnsEvent>),
 }
 
 impl From<EgressEvent> for AuditEvent {
@@ -87,6 +89,7 @@ impl Serialize for AuditEvent {
         match self {
             AuditEvent::Egress(event) => EgressLine::from(event.as_ref()).serialize(serializer),
             AuditEvent::Admin(event) => AdminLine::from(event).serialize(serializer),
+            AuditEvent::Dns(event) => super::dns_event::serialize_line(event, serializer),
         }
     }
 }
@@ -240,6 +243,14 @@ pub struct EgressEvent {
     /// The dependency that was unavailable when `egress.fail_mode: open`
     /// let this request through (`control_store`, `audit_sink`).
     pub fail_open: Option<&'static str>,
+    /// `transparent` for connections nftables redirected to the gateway
+    /// (absent: the explicit proxy).
+    pub mode: Option<&'static str>,
+    /// A transparent connection's destination before the redirect.
+    pub original_destination: Option<std::net::SocketAddr>,
+    /// The client's address, where it identifies the agent (transparent) or
+    /// was refused as not the agent's (`source_mismatch`).
+    pub client_ip: Option<IpAddr>,
 }
 
 impl EgressEvent {
@@ -279,6 +290,9 @@ impl EgressEvent {
             budget: None,
             anomaly_score: 0.0,
             fail_open: None,
+            mode: None,
+            original_destination: None,
+            client_ip: None,
         }
     }
 }
@@ -316,6 +330,7 @@ pub(crate) enum EventType {
     EgressDenied,
     EgressRateLimited,
     AdminAction,
+    DnsQuery,
     /// Written by the writer itself after it found a torn tail on start.
     AuditChainResumed,
 }
@@ -420,6 +435,12 @@ struct EgressLine<'a> {
     anomaly_score: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     fail_open: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mode: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    original_destination: Option<std::net::SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_ip: Option<IpAddr>,
 }
 
 impl<'a> From<&'a EgressEvent> for EgressLine<'a> {
@@ -507,6 +528,9 @@ impl<'a> From<&'a EgressEvent> for EgressLine<'a> {
             dlp_skipped: e.dlp_skipped,
             anomaly_score: e.anomaly_score,
             fail_open: e.fail_open,
+            mode: e.mode,
+            original_destination: e.original_destination,
+            client_ip: e.client_ip,
         }
     }
 }

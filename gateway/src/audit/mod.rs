@@ -1,5 +1,5 @@
-//! The audit trail: one hash-chained JSON line per request, written off the
-//! request path.
+//! The audit trail: one hash-chained JSON line per request (and per query
+//! to the DNS control server, [`dns_event`]), written off the request path.
 //!
 //! # Using it
 //!
@@ -74,11 +74,13 @@
 
 mod chain;
 mod chain_file;
+pub mod dns_event;
 pub mod event;
 pub mod verify;
 pub mod writer;
 
 pub use chain::{ChainHash, GENESIS_HASH};
+pub use dns_event::{DnsDecision, DnsEvent, DnsTransport};
 pub use event::{
     AdminEvent, AuditEvent, AuditIdentity, EgressEvent, EnforcementMode, MAX_PATH_BYTES, Protocol, RequestId,
     RequestSummary, ResponseSummary, Verdict, new_request_id,

@@ -425,5 +425,6 @@ fn event_label(event: &AuditEvent) -> String {
     match event {
         AuditEvent::Egress(e) => format!("egress request {}", e.request_id),
         AuditEvent::Admin(e) => format!("admin action {}", e.action),
+        AuditEvent::Dns(e) => format!("dns query {}", e.request_id),
     }
 }

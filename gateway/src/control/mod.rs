@@ -291,6 +291,15 @@ impl ControlSnapshot {
             .find(|a| a.entry.expires_at > now && a.entry.ports.contains(&port) && a.pattern.matches(host))
             .map_or(ControlVerdict::NoOpinion, |a| ControlVerdict::TempAllowed(&a.entry))
     }
+
+    /// A live temporary entry covering the bare name `host`, whatever its
+    /// ports: the DNS control server's question, which names no port.
+    pub fn allows_name(&self, host: &str, now: DateTime<Utc>) -> Option<&TempAllow> {
+        self.allows
+            .iter()
+            .find(|a| a.entry.expires_at > now && a.pattern.matches(host))
+            .map(|a| &a.entry)
+    }
 }
 
 /// A fresh id such as `req-3f9a1c02b7e4`: short enough to type; 48 random

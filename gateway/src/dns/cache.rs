@@ -1,6 +1,6 @@
-//! The resolver's answer cache: per name, with its own expiry, bounded in
-//! size so a flood of unique names (random subdomains) cannot grow memory
-//! without limit.
+//! The answer caches of the resolver and of the DNS control server: per
+//! key, with its own expiry, bounded in size so a flood of unique names
+//! (random subdomains) cannot grow memory without limit.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -16,8 +16,8 @@ pub(super) enum CachedAnswer {
 }
 
 #[derive(Debug)]
-struct Slot {
-    answer: CachedAnswer,
+struct Slot<T> {
+    answer: T,
     expires_at: Instant,
     /// Which push into `order` belongs to this slot; older pushes for the same
     /// name are stale and skipped when evicting.
@@ -28,14 +28,14 @@ struct Slot {
 /// expiry order (TTLs are capped), and it costs O(1) per insert, where
 /// finding the soonest expiry would need a heap or a scan.
 #[derive(Debug)]
-pub(super) struct AnswerCache {
+pub(super) struct AnswerCache<T = CachedAnswer> {
     max_entries: usize,
-    slots: HashMap<String, Slot>,
+    slots: HashMap<String, Slot<T>>,
     order: VecDeque<(String, u64)>,
     next_generation: u64,
 }
 
-impl AnswerCache {
+impl<T: Clone> AnswerCache<T> {
     pub(super) fn new(max_entries: usize) -> Self {
         AnswerCache {
             max_entries,
@@ -46,7 +46,7 @@ impl AnswerCache {
     }
 
     /// The live answer for `name`, dropping it if it has expired.
-    pub(super) fn get(&mut self, name: &str, now: Instant) -> Option<CachedAnswer> {
+    pub(super) fn get(&mut self, name: &str, now: Instant) -> Option<T> {
         let slot = self.slots.get(name)?;
         if slot.expires_at > now {
             return Some(slot.answer.clone());
@@ -57,7 +57,7 @@ impl AnswerCache {
 
     /// Remembers `answer` for `ttl`. A zero TTL (or a cache sized zero) means
     /// "do not cache", as DNS itself defines TTL 0.
-    pub(super) fn insert(&mut self, name: &str, answer: CachedAnswer, ttl: Duration, now: Instant) {
+    pub(super) fn insert(&mut self, name: &str, answer: T, ttl: Duration, now: Instant) {
         if ttl.is_zero() || self.max_entries == 0 {
             return;
         }

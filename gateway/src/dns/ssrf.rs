@@ -100,6 +100,20 @@ pub fn classify(ip: IpAddr) -> AddressClass {
     }
 }
 
+/// Whether `ip` may be handed to an agent for a destination its rule
+/// allows: `None` when it may, else why not. `private_ok` (a `localhost`
+/// rule or `allow_private: true`) opens restricted ranges but never cloud
+/// metadata: a spoofed or careless DNS answer must not turn an
+/// internal-service rule into a credential leak. The proxy's address check
+/// and the DNS control server's rebinding check apply this same rule.
+pub fn refused_target(ip: IpAddr, private_ok: bool) -> Option<RestrictedKind> {
+    match classify(ip) {
+        AddressClass::Public => None,
+        AddressClass::Restricted(kind) if private_ok && kind != RestrictedKind::CloudMetadata => None,
+        AddressClass::Restricted(kind) => Some(kind),
+    }
+}
+
 /// Metadata endpoints that are reachable from inside a cloud instance and
 /// hand out credentials. Some sit in public or CGNAT space, which is why they
 /// are listed by address rather than by range.

@@ -339,3 +339,32 @@ fn many_rules_compile_into_lookups() {
         denied("domain_not_in_allowlist", "default_deny")
     );
 }
+
+#[test]
+fn a_bare_name_is_allowed_by_any_live_rule_whatever_its_ports_protocols_and_roles() {
+    let policy = compile(&format!(
+        "allowlist:\n  g:\n    - domain: api.x.com\n      ports: [8443]\n      protocols: [http]\n      roles: [ai-agent]\n\
+         \x20   - domain: \"*.corp.test\"\n      {WEB}\n\
+         \x20   - domain: \"*.corp.test\"\n      {WEB}\n      allow_private: true\n\
+         \x20   - domain: old.com\n      {WEB}\n      expires: \"2025-03-01\"\n\
+         \x20   - domain: \"*.onion\"\n      {WEB}\n\
+         project_blocklist:\n  - domain: bad.corp.test\n"
+    ));
+    let name = |host| match policy.evaluate_name(host, now()) {
+        MatchOutcome::Allow(by) => Ok((by.policy_id.to_string(), by.private_ok)),
+        MatchOutcome::Deny(d) => Err((d.reason.as_str(), d.policy_id.to_string())),
+    };
+    assert_eq!(name("api.x.com"), Ok(("allowlist.g[0]".into(), false)));
+    // The rule that allows private targets is preferred.
+    assert_eq!(name("db.corp.test"), Ok(("allowlist.g[2]".into(), true)));
+    assert_eq!(name("old.com"), Err(("domain_not_in_allowlist", "default_deny".into())));
+    assert_eq!(name("x.onion"), Err(("blocked_pattern", "dns.block_patterns".into())));
+    assert_eq!(
+        name("bad.corp.test"),
+        Err(("blocklisted", "project_blocklist[0]".into()))
+    );
+    assert_eq!(
+        name("other.com"),
+        Err(("domain_not_in_allowlist", "default_deny".into()))
+    );
+}

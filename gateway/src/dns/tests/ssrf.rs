@@ -237,3 +237,16 @@ fn kind_codes_are_stable_and_distinct() {
     assert_eq!(K::CloudMetadata.as_str(), "cloud_metadata");
     assert_eq!(K::Loopback.as_str(), "loopback");
 }
+
+#[test]
+fn refused_target_opens_private_ranges_on_request_but_never_metadata() {
+    use crate::dns::refused_target;
+    let ip = |text: &str| text.parse::<IpAddr>().unwrap_or_else(|e| panic!("{text}: {e}"));
+    assert_eq!(refused_target(ip("93.184.216.34"), false), None);
+    assert_eq!(refused_target(ip("127.0.0.1"), false), Some(K::Loopback));
+    assert_eq!(refused_target(ip("::ffff:10.0.0.1"), false), Some(K::Private));
+    assert_eq!(refused_target(ip("127.0.0.1"), true), None);
+    assert_eq!(refused_target(ip("10.1.2.3"), true), None);
+    assert_eq!(refused_target(ip("169.254.169.254"), true), Some(K::CloudMetadata));
+    assert_eq!(refused_target(ip("fd00:ec2::254"), true), Some(K::CloudMetadata));
+}
