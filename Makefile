@@ -1,5 +1,5 @@
 # The two commands the README opens with. Each installs what it needs.
-.PHONY: up test bench-proxy bench-limits bench-pipeline bench-inspection bench-observability bench-synthetic
+.PHONY: up test lab bench-proxy bench-limits bench-pipeline bench-inspection bench-observability bench-synthetic bench-edge bench-steel
 
 # The gateway with the shipped policy and the example agents, on
 # 127.0.0.1:3128 (proxy) and 127.0.0.1:9128 (admin). Ctrl-C stops it.
@@ -14,6 +14,13 @@ test:
 	cargo fmt --all -- --check
 	cargo clippy --locked --workspace --all-targets -- -D warnings
 	./deploy/local/run-tests.sh
+
+# The host edge by hand (as root): worker, edge and internet network
+# namespaces with the transparent gateway and the DNS control server.
+lab:
+	./deploy/local/prereqs.sh build nftables dnsmasq
+	cargo build --release --locked
+	./deploy/lab/lab.sh
 
 # Direct vs Clawgress vs Squid 5.7, side by side (see BENCHMARKS.md).
 bench-proxy:
@@ -55,3 +62,10 @@ bench-synthetic:
 	./deploy/local/prereqs.sh build nats
 	cargo build --release --locked
 	./gateway/bench/synthetic.sh
+
+# Issue 13: the transparent path vs the explicit proxy vs direct inside the
+# lab's namespaces, and the DNS control server vs dnsmasq with dnsperf (as root).
+bench-edge:
+	./deploy/local/prereqs.sh build nftables dnsmasq dnsperf
+	cargo build --release --locked
+	./gateway/bench/edge.sh

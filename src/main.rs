@@ -145,6 +145,16 @@ struct GatewayArgs {
     /// PEM certificates to trust for upstreams, besides the system roots.
     #[arg(long, env = "CLAWGRESS_UPSTREAM_CA_BUNDLE")]
     upstream_ca_bundle: Option<PathBuf>,
+    /// Also accept connections nftables redirected here (the host edge):
+    /// the agent is the source address (`sources` in the agents file), the
+    /// destination the connection's original one. See `policy compile
+    /// --target nftables`.
+    #[arg(long, value_name = "ADDR")]
+    transparent: Option<SocketAddr>,
+    /// Seconds a client may take to send its request head (or, on the
+    /// transparent listener, its first bytes) before it is refused.
+    #[arg(long, default_value_t = 30)]
+    header_timeout_secs: u64,
 }
 
 #[derive(Subcommand)]
@@ -232,6 +242,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 nats_url: args.nats,
                 admin_tokens: args.admin_tokens,
                 state_dir,
+                transparent: args.transparent,
+                header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
             };
             runtime()?.block_on(clawgress_gateway::run(config, shutdown_signal()))?;
             Ok(ExitCode::SUCCESS)

@@ -33,7 +33,9 @@ pub struct NatsArgs {
 pub struct SchedulerArgs {
     #[command(flatten)]
     pub nats: NatsArgs,
-    /// The gateway every fetch goes through.
+    /// The gateway every fetch goes through, or `none` for workers behind
+    /// the host edge (nftables sends their traffic to the transparent
+    /// gateway, which knows the agent by the worker's address).
     #[arg(long, env = "CLAWGRESS_GATEWAY", default_value = "http://127.0.0.1:3128")]
     pub gateway: String,
     /// Agent credentials (YAML `agents: {id: key}`); also CLAWGRESS_AGENT_KEY_<ID>.
@@ -108,6 +110,9 @@ pub struct SteelArgs {
     pub gateway_admin: Vec<String>,
 }
 
+/// `--gateway none`: workers behind the host edge.
+pub const NO_GATEWAY: &str = "none";
+
 /// Where the token for the Steel check comes from.
 pub const ADMIN_TOKEN_ENV: &str = "CLAWGRESS_ADMIN_TOKEN";
 
@@ -137,7 +142,7 @@ pub async fn steel_pool(
         }
         _ => {
             let admins = if args.gateway_admin.is_empty() {
-                vec![default_admin(gateway)?]
+                vec![default_admin(args.steel_gateway.as_deref().unwrap_or(gateway))?]
             } else {
                 args.gateway_admin.clone()
             };
@@ -212,17 +217,19 @@ pub fn backends(
         "auto" => clawgress_workers::chromium::find_browser().unwrap_or_default(),
         path => std::path::PathBuf::from(path),
     };
+    let edge = gateway == NO_GATEWAY;
     let chromium = if browsers.path != "none" && path.exists() {
         tracing::info!(browser = %path.display(), "chromium jobs run in this browser");
-        Some(Arc::new(clawgress_workers::chromium::ChromiumPool::new(
-            gateway.to_string(),
-            credentials.clone(),
-            clawgress_workers::chromium::ChromiumConfig {
-                executable: path,
-                max_pages: browsers.pages,
-                jobs_per_browser: browsers.jobs_per_browser,
-            },
-        )))
+        let config = clawgress_workers::chromium::ChromiumConfig {
+            executable: path,
+            max_pages: browsers.pages,
+            jobs_per_browser: browsers.jobs_per_browser,
+        };
+        Some(Arc::new(if edge {
+            clawgress_workers::chromium::ChromiumPool::behind_edge(credentials.clone(), config)
+        } else {
+            clawgress_workers::chromium::ChromiumPool::new(gateway.to_string(), credentials.clone(), config)
+        }))
     } else {
         let chromium = browsers.path;
         if chromium != "none" {
@@ -233,8 +240,15 @@ pub fn backends(
         }
         None
     };
+    if edge {
+        tracing::info!("--gateway none: fetches go out directly; the host edge's transparent gateway names the agent");
+    }
     clawgress_scheduler::Backends {
-        http: Arc::new(HttpFetcher::new(gateway.to_string(), credentials, max_body)),
+        http: Arc::new(if edge {
+            HttpFetcher::behind_edge(credentials, max_body)
+        } else {
+            HttpFetcher::new(gateway.to_string(), credentials, max_body)
+        }),
         chromium,
         steel,
     }
@@ -311,7 +325,7 @@ async fn connect(nats: &NatsArgs) -> anyhow::Result<(async_nats::Client, Context
 pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async move {
         let credentials = Credentials::load(args.credentials.as_deref()).map_err(anyhow::Error::msg)?;
-        if credentials.agents().next().is_none() {
+        if credentials.agents().next().is_none() && args.gateway != NO_GATEWAY {
             tracing::warn!("no agent credentials: every job will be answered invalid (give --credentials FILE)");
         }
         let (client, js) = connect(&args.nats).await?;

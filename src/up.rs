@@ -180,6 +180,8 @@ async fn run_platform(args: &UpArgs, state_dir: &std::path::Path) -> anyhow::Res
         state_dir: state_dir.to_path_buf(),
         ca_dir: Some(state_dir.join("ca")).filter(|dir| dir.join(clawgress_gateway::tls::ca::CA_CERT_FILE).exists()),
         upstream_ca_bundle: None,
+        transparent: None,
+        header_timeout: Duration::from_secs(30),
     };
     // The gateway stops after the scheduler has drained: in-flight jobs
     // still need it.

@@ -10,8 +10,12 @@
 #                        checks and unit tests, and the end-to-end scrape)
 #   prereqs.sh k8s-schemas - kubernetes-validate from PyPI (Kubernetes' own
 #                        OpenAPI schemas, offline) into the same virtualenv
-#   prereqs.sh nftables - Debian's nftables (`nft -c` checks the compiled host
-#                        edge ruleset)
+#   prereqs.sh nftables - Debian's nftables and iproute2 (the compiled host
+#                        edge ruleset, and the network namespaces of the
+#                        transparent-gateway test and `make lab`)
+#   prereqs.sh dnsmasq - Debian's dnsmasq (the lab's resolver; the DNS
+#                        benchmark's peer)
+#   prereqs.sh dnsperf - Debian's dnsperf (the DNS benchmark's load)
 set -euo pipefail
 
 need_apt=()
@@ -77,6 +81,13 @@ for what in "$@"; do
       ;;
     nftables)
       command -v nft >/dev/null || [ -x /usr/sbin/nft ] || need_apt+=(nftables)
+      command -v ip >/dev/null || [ -x /usr/sbin/ip ] || need_apt+=(iproute2)
+      ;;
+    dnsmasq)
+      command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need_apt+=(dnsmasq-base)
+      ;;
+    dnsperf)
+      command -v dnsperf >/dev/null || need_apt+=(dnsperf)
       ;;
     prometheus)
       { command -v promtool >/dev/null && command -v prometheus >/dev/null; } || need_apt+=(prometheus)

@@ -104,6 +104,12 @@ pub struct RequestContext {
     /// A plain-HTTP request the gateway sends over its own TLS
     /// (`tls_origination`).
     pub originate: bool,
+    /// The transparent listener's connection: where the client was going
+    /// before nftables redirected it. The only address it may be sent to.
+    pub original_destination: Option<SocketAddr>,
+    /// Record the client's address in the audit line: the transparent
+    /// listener (the address is the identity) and refused source checks.
+    pub record_client: bool,
     /// The `decision` span (exported over OTLP when configured); it ends
     /// when the request is recorded and the context dropped.
     pub span: tracing::Span,
@@ -138,6 +144,8 @@ impl RequestContext {
             ai: None,
             budget: None,
             originate: false,
+            original_destination: None,
+            record_client: false,
             span: tracing::Span::none(),
         }
     }

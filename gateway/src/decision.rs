@@ -84,6 +84,15 @@ pub enum Refusal {
     BudgetExceeded(Box<crate::budgets::BudgetExceeded>),
     /// The budget counters cannot be reached and `egress.fail_mode` is `closed`.
     BudgetUnavailable(String),
+    /// A transparent connection's name (SNI or Host) does not resolve, by
+    /// the gateway's own resolver, to the address the client connected to:
+    /// domain fronting, or a client that resolved a name itself.
+    DestinationMismatch { original: std::net::SocketAddr },
+    /// A transparent connection that is neither TLS nor HTTP.
+    UnsupportedProtocol,
+    /// A transparent TLS connection without a server name: nothing to
+    /// decide on.
+    MissingSni,
 }
 
 /// Shapes of request the proxy refuses before looking at identity or policy.
@@ -100,6 +109,11 @@ pub enum RequestProblem {
     ProxyLoop,
     /// The client's request body broke off or was malformed mid-stream.
     ClientBody,
+    /// A transparent HTTP request without a `Host` header.
+    MissingHost,
+    /// The client opened a connection and sent nothing (or not enough to
+    /// decide) before the header timeout.
+    HeaderTimeout,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +135,11 @@ impl Refusal {
             Refusal::Request(RequestProblem::MissingAuthority) => "malformed_host",
             Refusal::Request(RequestProblem::ProxyLoop) => "proxy_loop",
             Refusal::Request(RequestProblem::ClientBody) => "client_body_error",
+            Refusal::Request(RequestProblem::MissingHost) => "missing_host",
+            Refusal::Request(RequestProblem::HeaderTimeout) => "header_timeout",
+            Refusal::DestinationMismatch { .. } => "destination_mismatch",
+            Refusal::UnsupportedProtocol => "protocol_not_allowed",
+            Refusal::MissingSni => "missing_sni",
             Refusal::ClientClosed => "client_closed",
             Refusal::RateLimited(_) => "rate_limit_exceeded",
             Refusal::Contained(crate::containment::Overflow::Concurrency { .. }) => "max_concurrent_requests_exceeded",
@@ -156,6 +175,9 @@ impl Refusal {
             Refusal::Identity(e) if e.is_forbidden() => StatusCode::FORBIDDEN,
             Refusal::Identity(_) => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             Refusal::Request(RequestProblem::ProxyLoop) => StatusCode::LOOP_DETECTED,
+            Refusal::Request(RequestProblem::HeaderTimeout) => StatusCode::REQUEST_TIMEOUT,
+            Refusal::DestinationMismatch { .. } => StatusCode::FORBIDDEN,
+            Refusal::UnsupportedProtocol | Refusal::MissingSni => StatusCode::BAD_REQUEST,
             Refusal::Request(_) | Refusal::MalformedHost(_) => StatusCode::BAD_REQUEST,
             Refusal::Policy { .. } | Refusal::PrivateAddress(_) => StatusCode::FORBIDDEN,
             Refusal::Dns(_) => StatusCode::BAD_GATEWAY,
@@ -210,7 +232,10 @@ impl Refusal {
             }) => Arc::from("dlp.actions.secrets"),
             Refusal::Dlp(DlpRefusal::Blocked { class: Class::Pii, .. }) => Arc::from("dlp.actions.pii"),
             Refusal::Dlp(DlpRefusal::Uninspectable(_)) => Arc::from("dlp.oversize"),
-            Refusal::SniMismatch { .. } | Refusal::MalformedClientHello => Arc::from("tls.client_hello"),
+            Refusal::SniMismatch { .. } | Refusal::MalformedClientHello | Refusal::MissingSni => {
+                Arc::from("tls.client_hello")
+            }
+            Refusal::DestinationMismatch { .. } | Refusal::UnsupportedProtocol => Arc::from("transparent"),
             Refusal::HostMismatch | Refusal::InterceptUnavailable => Arc::from("tls.intercept"),
             Refusal::UpstreamTls(failure) if failure.reason == "upstream_certificate_pin_mismatch" => {
                 Arc::from("tls.pins")
@@ -246,6 +271,10 @@ impl Refusal {
                 | Refusal::InterceptUnavailable
                 | Refusal::BudgetExceeded(_)
                 | Refusal::BudgetUnavailable(_)
+                | Refusal::DestinationMismatch { .. }
+                | Refusal::UnsupportedProtocol
+                | Refusal::MissingSni
+                | Refusal::Identity(IdentityError::UnknownSource | IdentityError::SourceMismatch)
         )
     }
 
@@ -304,6 +333,22 @@ impl Refusal {
             }
             Refusal::Request(RequestProblem::ClientBody) => {
                 "the request body broke off or was malformed; resend the request".to_string()
+            }
+            Refusal::Request(RequestProblem::MissingHost) => {
+                "the request has no Host header, so the gateway cannot tell where it is going".to_string()
+            }
+            Refusal::Request(RequestProblem::HeaderTimeout) => {
+                "nothing usable arrived before the header timeout; the connection is closed".to_string()
+            }
+            Refusal::DestinationMismatch { original } => format!(
+                "the requested name does not resolve, by the gateway's resolver, to {original}, where the \
+                 connection was going; resolve names through the DNS control server (domain fronting is refused)"
+            ),
+            Refusal::UnsupportedProtocol => {
+                "only TLS (with a server name) and HTTP/1 leave through the transparent gateway".to_string()
+            }
+            Refusal::MissingSni => {
+                "the TLS ClientHello names no server (SNI); connect by name, not by address".to_string()
             }
             Refusal::ClientClosed => "the client closed the connection before the upstream answered".to_string(),
             Refusal::RateLimited(limited) => format!(
@@ -438,6 +483,9 @@ pub const ALL_REASONS: &[&str] = &[
     "missing_claim",
     "invalid_claim",
     "claim_conflict",
+    // identity by source address (403)
+    "unknown_source",
+    "source_mismatch",
     // request shape (400, 508)
     "not_a_proxy_request",
     "unsupported_url_scheme",
@@ -445,6 +493,8 @@ pub const ALL_REASONS: &[&str] = &[
     "proxy_loop",
     "client_body_error",
     "client_closed",
+    "missing_host",
+    "header_timeout",
     // policy (403)
     "domain_not_in_allowlist",
     "blocked_pattern",
@@ -474,6 +524,9 @@ pub const ALL_REASONS: &[&str] = &[
     // outbound DLP (403, 413, 415)
     "dlp_blocked",
     "dlp_uninspectable",
+    // transparent connections (400, 403)
+    "destination_mismatch",
+    "missing_sni",
     // TLS (400, 403, 421, 502, 503)
     "sni_mismatch",
     "malformed_client_hello",

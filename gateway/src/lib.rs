@@ -80,6 +80,11 @@ pub struct GatewayConfig {
     pub ca_dir: Option<PathBuf>,
     /// PEM certificates trusted for upstreams besides the system roots.
     pub upstream_ca_bundle: Option<PathBuf>,
+    /// The transparent listener, for connections nftables redirects here.
+    pub transparent: Option<SocketAddr>,
+    /// How long a client may take to send its request head (or, on the
+    /// transparent listener, its first bytes).
+    pub header_timeout: Duration,
 }
 
 /// Starts the gateway and serves until `shutdown` resolves; then stops
@@ -123,6 +128,12 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
             config.listen
         )
     })?;
+    let transparent_listeners = match config.transparent {
+        Some(addr) => Some(proxy::server::bind_listeners(addr, config.workers).with_context(|| {
+            format!("cannot listen on {addr} for transparent connections (pick another --transparent)")
+        })?),
+        None => None,
+    };
     let admin_listener = TcpListener::bind(config.admin).await.with_context(|| {
         format!(
             "cannot listen on {} for the admin port (is something already there? pick another --admin)",
@@ -162,8 +173,38 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
         dashboard: dashboard::Dashboard::default(),
     });
 
-    let workers = proxy::server::spawn_workers(proxy_listeners, gateway.clone(), stopped.clone(), config.drain)
-        .context("cannot start the proxy workers")?;
+    let mut workers = proxy::server::spawn_workers(
+        proxy_listeners,
+        proxy::server::Role::Proxy {
+            header_timeout: config.header_timeout,
+        },
+        gateway.clone(),
+        stopped.clone(),
+        config.drain,
+    )
+    .context("cannot start the proxy workers")?;
+    let mut transparent_line = None;
+    if let Some(listeners) = transparent_listeners {
+        let addr = listeners[0].local_addr()?;
+        if !gateway.identities.load().has_sources() {
+            tracing::warn!(
+                "--transparent: no agent in the agents file has `sources`, so every redirected connection is refused (unknown_source)"
+            );
+        }
+        transparent_line = Some(format!("transparent listening on {addr}"));
+        workers.extend(
+            proxy::server::spawn_workers(
+                listeners,
+                proxy::server::Role::Transparent {
+                    header_timeout: config.header_timeout,
+                },
+                gateway.clone(),
+                stopped.clone(),
+                config.drain,
+            )
+            .context("cannot start the transparent workers")?,
+        );
+    }
     let admin = tokio::spawn(admin::serve(admin_listener, gateway.clone(), stopped.clone()));
     let watcher = tokio::spawn(reload::watch_files(
         gateway.clone(),
@@ -202,12 +243,14 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
         ),
         None => format!("control store standalone {}", config.state_dir.display()),
     };
-    announce(&[
+    let mut lines = vec![
         format!("proxy listening on {proxy_addr} ({} workers)", config.workers.max(1)),
         format!("admin listening on {admin_addr} (/metrics /dashboard /healthz /readyz /v1/)"),
         control_line,
         format!("audit trail {}", config.audit.display()),
-    ]);
+    ];
+    lines.extend(transparent_line);
+    announce(&lines);
 
     shutdown.await;
     tracing::info!("shutting down: no new connections, draining in-flight requests");

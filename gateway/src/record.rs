@@ -365,6 +365,9 @@ fn event(ctx: &mut RequestContext, verdict: Verdict, policy_id: String) -> Egres
         RuleProtocol::Https => Protocol::Https,
     });
     event.tunnel = ctx.kind == RequestKind::Connect;
+    event.mode = ctx.original_destination.map(|_| "transparent");
+    event.original_destination = ctx.original_destination;
+    event.client_ip = ctx.record_client.then(|| ctx.client.ip().to_canonical());
     event.bytes_out = ctx.bytes_out;
     event.bytes_in = ctx.bytes_in;
     event.latency_ms = ctx.started.elapsed().as_millis() as u64;

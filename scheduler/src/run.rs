@@ -293,7 +293,7 @@ async fn handle(shared: &Shared, message: Message, cancel: watch::Receiver<bool>
         .map(|info| (info.delivered.max(1) as u32, info.stream_sequence))
         .unwrap_or((1, 0));
     let kind = kind_of(message.subject.as_str());
-    let job = match parse_job(&message.payload, |agent| shared.backends.http.credentials().has(agent))
+    let job = match parse_job(&message.payload, |agent| shared.backends.http.serves(agent))
         .and_then(|job| supported(job, &shared.backends))
     {
         Ok(job) => job,

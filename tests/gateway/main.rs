@@ -7,6 +7,8 @@ mod support;
 mod browser;
 mod control;
 mod dashboard;
+mod dns_server;
+mod edge;
 mod fetch;
 mod inspect;
 mod intercept;
@@ -18,6 +20,7 @@ mod proxy;
 mod steel;
 mod synthetic;
 mod traces;
+mod transparent;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;

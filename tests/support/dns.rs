@@ -16,7 +16,12 @@ pub struct TestDns {
 
 impl TestDns {
     pub async fn start(table: &[(&str, IpAddr)]) -> TestDns {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind dns");
+        Self::start_on("127.0.0.1:0".parse().expect("address"), table).await
+    }
+
+    /// On a given address (a network namespace's "internet" resolver).
+    pub async fn start_on(bind: SocketAddr, table: &[(&str, IpAddr)]) -> TestDns {
+        let socket = UdpSocket::bind(bind).await.expect("bind dns");
         let addr = socket.local_addr().expect("dns addr");
         let mut records: HashMap<String, Vec<IpAddr>> = HashMap::new();
         for (name, ip) in table {

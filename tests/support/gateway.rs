@@ -31,6 +31,21 @@ impl GatewayProc {
 
     /// With extra environment variables (e.g. an OTLP endpoint).
     pub fn start_with_env(policy_yaml: &str, agents_yaml: &str, extra: &[&str], env: &[(&str, &str)]) -> GatewayProc {
+        Self::launch(None, policy_yaml, agents_yaml, extra, env)
+    }
+
+    /// Inside a network namespace (`ip netns exec NS clawgress gateway ...`).
+    pub fn start_in(netns: &str, policy_yaml: &str, agents_yaml: &str, extra: &[&str]) -> GatewayProc {
+        Self::launch(Some(netns), policy_yaml, agents_yaml, extra, &[])
+    }
+
+    fn launch(
+        netns: Option<&str>,
+        policy_yaml: &str,
+        agents_yaml: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> GatewayProc {
         let dir = tempfile::tempdir().expect("tempdir");
         let policy = dir.path().join("policy.yaml");
         let agents = dir.path().join("agents.yaml");
@@ -38,16 +53,23 @@ impl GatewayProc {
         let stderr = dir.path().join("gateway.log");
         std::fs::write(&policy, policy_yaml).expect("write policy");
         std::fs::write(&agents, agents_yaml).expect("write agents");
-        let mut child = Command::new(super::clawgress_bin())
-            .args([
-                "gateway",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin",
-                "127.0.0.1:0",
-                "--watch-interval-ms",
-                "100",
-            ])
+        let mut command = match netns {
+            Some(ns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", ns]).arg(super::clawgress_bin());
+                command
+            }
+            None => Command::new(super::clawgress_bin()),
+        };
+        let mut child = command
+            .arg("gateway")
+            // Defaults, unless the caller chose.
+            .args(if extra.contains(&"--listen") {
+                &[][..]
+            } else {
+                &["--listen", "127.0.0.1:0"][..]
+            })
+            .args(["--admin", "127.0.0.1:0", "--watch-interval-ms", "100"])
             .arg("--policy")
             .arg(&policy)
             .arg("--agents")

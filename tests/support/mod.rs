@@ -6,6 +6,7 @@
 pub mod dns;
 pub mod gateway;
 pub mod nats;
+pub mod netns;
 pub mod raw;
 pub mod tls;
 pub mod upstream;

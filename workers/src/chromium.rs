@@ -78,7 +78,8 @@ struct Running {
 }
 
 pub struct ChromiumPool {
-    gateway: String,
+    /// The explicit proxy; `None` behind the host edge (transparent).
+    gateway: Option<String>,
     credentials: Credentials,
     config: ChromiumConfig,
     running: Mutex<Option<Running>>,
@@ -100,9 +101,19 @@ impl std::fmt::Debug for ChromiumPool {
 
 impl ChromiumPool {
     pub fn new(gateway: impl Into<String>, credentials: Credentials, config: ChromiumConfig) -> ChromiumPool {
+        ChromiumPool {
+            gateway: Some(gateway.into()),
+            ..ChromiumPool::behind_edge(credentials, config)
+        }
+    }
+
+    /// A pool whose pages go out directly: the host edge sends them through
+    /// the transparent gateway, which knows the agent by this worker's
+    /// address.
+    pub fn behind_edge(credentials: Credentials, config: ChromiumConfig) -> ChromiumPool {
         let pages = Semaphore::new(config.max_pages.max(1));
         ChromiumPool {
-            gateway: gateway.into(),
+            gateway: None,
             credentials,
             config,
             running: Mutex::new(None),
@@ -233,22 +244,29 @@ impl ChromiumPool {
     /// agent's credential ready for the gateway's 407. Close it with
     /// [`Session::close`], also on errors.
     pub async fn session(&self, agent: &str) -> Result<Session<'_>, FetchError> {
-        let key = self
-            .credentials
-            .key(agent)
-            .ok_or_else(|| FetchError::Transport(format!("no credential for agent {agent}")))?
-            .to_string();
+        let key = match &self.gateway {
+            Some(_) => Some(
+                self.credentials
+                    .key(agent)
+                    .ok_or_else(|| FetchError::Transport(format!("no credential for agent {agent}")))?
+                    .to_string(),
+            ),
+            None => None,
+        };
         let slot = self
             .pages
             .acquire()
             .await
             .map_err(|_| FetchError::Transport("pool closed".into()))?;
         let mut browser = self.browser().await?;
-        let params = CreateBrowserContextParams::builder()
-            .proxy_server(self.gateway.clone())
-            // Chromium skips the proxy for loopback unless told not to.
-            .proxy_bypass_list("<-loopback>")
-            .build();
+        let params = match &self.gateway {
+            Some(gateway) => CreateBrowserContextParams::builder()
+                .proxy_server(gateway.clone())
+                // Chromium skips the proxy for loopback unless told not to.
+                .proxy_bypass_list("<-loopback>")
+                .build(),
+            None => CreateBrowserContextParams::default(),
+        };
         let context = match cdp(browser.create_browser_context(params.clone())).await {
             Ok(context) => context,
             // A browser that cannot even open a context is replaced, once.
@@ -277,6 +295,9 @@ impl ChromiumPool {
             context,
             page: BrowserPage(page),
             _slot: slot,
+        };
+        let Some(key) = key else {
+            return Ok(session);
         };
         let auth = cdp(session.page.0.authenticate(ProxyCredentials {
             username: agent.to_string(),

@@ -21,9 +21,11 @@ pub const MAX_REDIRECTS: usize = 10;
 const DECISION_HEADER: &str = "x-clawgress-decision";
 
 /// Fetches through one gateway; one connection pool per agent (each pool
-/// carries that agent's proxy credential).
+/// carries that agent's proxy credential). Without a gateway (`--gateway
+/// none`) requests go out directly and the host edge sends them through the
+/// transparent gateway, which knows the agent by this worker's address.
 pub struct HttpFetcher {
-    gateway: String,
+    gateway: Option<String>,
     credentials: Credentials,
     max_body: usize,
     clients: Mutex<HashMap<String, Client>>,
@@ -42,38 +44,65 @@ impl HttpFetcher {
     /// `gateway` is the proxy URL, e.g. `http://127.0.0.1:3128`.
     pub fn new(gateway: impl Into<String>, credentials: Credentials, max_body: usize) -> HttpFetcher {
         HttpFetcher {
-            gateway: gateway.into(),
+            gateway: Some(gateway.into()),
             credentials,
             max_body,
             clients: Mutex::new(HashMap::new()),
         }
     }
 
+    /// Direct requests, for workers behind the host edge: nftables sends
+    /// them to the transparent gateway, which identifies the agent by the
+    /// worker's source address, so no credential is needed here.
+    pub fn behind_edge(credentials: Credentials, max_body: usize) -> HttpFetcher {
+        HttpFetcher {
+            gateway: None,
+            ..HttpFetcher::new(String::new(), credentials, max_body)
+        }
+    }
+
+    /// The explicit proxy, when there is one.
+    pub fn gateway(&self) -> Option<&str> {
+        self.gateway.as_deref()
+    }
+
     pub fn credentials(&self) -> &Credentials {
         &self.credentials
     }
 
+    /// Whether jobs of `agent` can run here: its key is known, or (behind
+    /// the edge) the edge decides who the agent is.
+    pub fn serves(&self, agent: &str) -> bool {
+        self.gateway.is_none() || self.credentials.has(agent)
+    }
+
     fn client(&self, agent: &str) -> Result<Client, FetchError> {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(client) = clients.get(agent) {
+        let pool = if self.gateway.is_some() { agent } else { "" };
+        if let Some(client) = clients.get(pool) {
             return Ok(client.clone());
         }
-        let key = self
-            .credentials
-            .key(agent)
-            .ok_or_else(|| FetchError::Transport(format!("no credential for agent {agent}")))?;
-        let proxy = Proxy::all(&self.gateway)
-            .map_err(|e| FetchError::Transport(format!("gateway URL {}: {e}", self.gateway)))?
-            .basic_auth(agent, key);
-        let client = Client::builder()
-            .proxy(proxy)
+        let builder = match &self.gateway {
+            Some(gateway) => {
+                let key = self
+                    .credentials
+                    .key(agent)
+                    .ok_or_else(|| FetchError::Transport(format!("no credential for agent {agent}")))?;
+                let proxy = Proxy::all(gateway)
+                    .map_err(|e| FetchError::Transport(format!("gateway URL {gateway}: {e}")))?
+                    .basic_auth(agent, key);
+                Client::builder().proxy(proxy)
+            }
+            None => Client::builder().no_proxy(),
+        };
+        let client = builder
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(60))
             .user_agent(concat!("clawgress/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| FetchError::Transport(e.to_string()))?;
-        clients.insert(agent.to_string(), client.clone());
+        clients.insert(pool.to_string(), client.clone());
         Ok(client)
     }
 
@@ -144,9 +173,10 @@ impl HttpFetcher {
             }
             let response = match request.send().await {
                 Ok(response) => response,
-                Err(error) if url.scheme() == "https" && is_tunnel_error(&error) => {
+                Err(error) if url.scheme() == "https" && is_tunnel_error(&error) && self.gateway.is_some() => {
                     let key = self.credentials.key(&job.agent).unwrap_or_default();
-                    return Err(probe_tunnel(&self.gateway, &job.agent, key, &url)
+                    let gateway = self.gateway.as_deref().unwrap_or_default();
+                    return Err(probe_tunnel(gateway, &job.agent, key, &url)
                         .await
                         .unwrap_or_else(|| transport(error)));
                 }

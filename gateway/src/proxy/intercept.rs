@@ -140,6 +140,8 @@ struct Scope {
     destination: Destination,
     trace_id: Option<String>,
     tls: Option<TlsRecord>,
+    /// Set for a transparent connection: each request's line says so.
+    original_destination: Option<SocketAddr>,
     link: Arc<UpstreamLink>,
 }
 
@@ -151,20 +153,57 @@ pub(super) async fn open(
     mut req: Request<Incoming>,
     upstream: TcpStream,
 ) -> Response<ProxyBody> {
+    let prepared = match prepare(gateway, &policy, ctx, slot, upstream).await {
+        Ok(prepared) => prepared,
+        Err(refused) => return refused,
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => serve(prepared, TokioIo::new(upgraded)).await,
+            Err(_) => prepared.finisher.finish(),
+        }
+    });
+    let mut response = Response::new(ProxyBody::empty());
+    *response.status_mut() = StatusCode::OK;
+    response
+}
+
+/// An intercepted connection whose upstream TLS is up, waiting for the
+/// agent's side.
+pub(super) struct Prepared {
+    finisher: Finisher,
+    scope: Scope,
+    server_config: Arc<rustls::ServerConfig>,
+    handshake_timeout: Duration,
+    open: super::tunnel::TunnelGuard,
+}
+
+/// Mints the leaf and opens the upstream's verified TLS before the agent's
+/// side is touched, so a bad certificate is refused (and recorded) first.
+/// A refusal comes back as the response the explicit proxy would send; it
+/// is already recorded.
+pub(super) async fn prepare(
+    gateway: Arc<Gateway>,
+    policy: &PolicySnapshot,
+    ctx: RequestContext,
+    slot: AuditSlot,
+    upstream: TcpStream,
+) -> Result<Prepared, Response<ProxyBody>> {
     let mut ctx = ctx;
     let Some(destination) = ctx.destination.clone() else {
-        return refuse(&gateway, ctx, slot, Refusal::InterceptUnavailable);
+        return Err(refuse(&gateway, ctx, slot, Refusal::InterceptUnavailable));
     };
     let Some(addr) = destination.addr else {
-        return refuse(&gateway, ctx, slot, Refusal::InterceptUnavailable);
+        return Err(refuse(&gateway, ctx, slot, Refusal::InterceptUnavailable));
     };
     let server_config = match gateway.tls.ca.as_ref().map(|ca| ca.server_config(&destination.host)) {
         Some(Ok(config)) => config,
         Some(Err(error)) => {
             tracing::error!(error = %error, host = %destination.host, "cannot mint a leaf certificate");
-            return refuse(&gateway, ctx, slot, Refusal::InterceptUnavailable);
+            return Err(refuse(&gateway, ctx, slot, Refusal::InterceptUnavailable));
         }
-        None => return refuse(&gateway, ctx, slot, Refusal::InterceptUnavailable),
+        None => return Err(refuse(&gateway, ctx, slot, Refusal::InterceptUnavailable)),
     };
     let link = Arc::new(UpstreamLink {
         gateway: gateway.clone(),
@@ -183,12 +222,11 @@ pub(super) async fn open(
         }
         Err(SendFailure::Tls(failure)) => {
             ctx.tls = Some(failure.record.clone());
-            return refuse(&gateway, ctx, slot, Refusal::UpstreamTls(failure));
+            return Err(refuse(&gateway, ctx, slot, Refusal::UpstreamTls(failure)));
         }
-        Err(SendFailure::Upstream(failure)) => return refuse(&gateway, ctx, slot, Refusal::Upstream(failure)),
+        Err(SendFailure::Upstream(failure)) => return Err(refuse(&gateway, ctx, slot, Refusal::Upstream(failure))),
     }
-
-    let mut scope = Scope {
+    let scope = Scope {
         gateway: gateway.clone(),
         client: ctx.client,
         identity: ctx.identity.clone(),
@@ -198,77 +236,89 @@ pub(super) async fn open(
         destination,
         trace_id: ctx.trace_id.clone(),
         tls: ctx.tls.clone(),
+        original_destination: ctx.original_destination,
         link,
     };
-    let on_upgrade = hyper::upgrade::on(&mut req);
     // The tunnel's own line carries no bytes: each request inside has its
     // own line with its own counts, and totals must not count them twice.
     let mut finisher = Finisher::new(gateway.clone(), ctx, slot, Arc::new(Transfer::default()));
     finisher.served(StatusCode::OK.as_u16());
-    let handshake_timeout = policy.request_timeout;
-    let open = super::tunnel::TunnelGuard::new(&gateway);
-    tokio::spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else {
+    Ok(Prepared {
+        finisher,
+        scope,
+        server_config,
+        handshake_timeout: policy.request_timeout,
+        open: super::tunnel::TunnelGuard::new(&gateway),
+    })
+}
+
+/// Terminates the agent's TLS on `io` (a CONNECT tunnel, or a transparent
+/// connection whose ClientHello is replayed) and serves the requests
+/// inside, each admitted and recorded on its own.
+pub(super) async fn serve<IO>(prepared: Prepared, io: IO)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Prepared {
+        mut finisher,
+        mut scope,
+        server_config,
+        handshake_timeout,
+        open,
+    } = prepared;
+    let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
+    let start = match tokio::time::timeout(handshake_timeout, acceptor).await {
+        Ok(Ok(start)) => start,
+        _ => {
+            let _ = finisher.refuse(Refusal::MalformedClientHello);
+            return;
+        }
+    };
+    let sni = start
+        .client_hello()
+        .server_name()
+        .map(|name| name.trim_end_matches('.').to_ascii_lowercase());
+    if let Some(sni) = sni.clone()
+        && *sni != *scope.destination.host
+    {
+        let _ = finisher.refuse(Refusal::SniMismatch { sni });
+        return;
+    }
+    if let Some(tls) = finisher.context_mut().and_then(|ctx| ctx.tls.as_mut()) {
+        tls.sni = sni.clone();
+    }
+    if let Some(tls) = scope.tls.as_mut() {
+        tls.sni = sni;
+    }
+    let scope = Arc::new(scope);
+    let tls = match tokio::time::timeout(handshake_timeout, start.into_stream(server_config)).await {
+        Ok(Ok(tls)) => tls,
+        _ => {
+            // The agent does not trust our CA, most likely.
+            finisher.cut("client_tls_failed");
             finisher.finish();
             return;
-        };
-        let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));
-        let start = match tokio::time::timeout(handshake_timeout, acceptor).await {
-            Ok(Ok(start)) => start,
-            _ => {
-                let _ = finisher.refuse(Refusal::MalformedClientHello);
-                return;
+        }
+    };
+    let service = {
+        let scope = scope.clone();
+        service_fn(move |req| inner(scope.clone(), req))
+    };
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(handshake_timeout)
+        .serve_connection(TokioIo::new(tls), service);
+    let mut blocked = scope.gateway.control.watch_block();
+    tokio::select! {
+        served = connection => {
+            if let Err(error) = served {
+                tracing::debug!(%error, "intercepted tunnel ended");
             }
-        };
-        let sni = start
-            .client_hello()
-            .server_name()
-            .map(|name| name.trim_end_matches('.').to_ascii_lowercase());
-        if let Some(sni) = sni.clone()
-            && *sni != *scope.destination.host
-        {
-            let _ = finisher.refuse(Refusal::SniMismatch { sni });
-            return;
         }
-        if let Some(tls) = finisher.context_mut().and_then(|ctx| ctx.tls.as_mut()) {
-            tls.sni = sni.clone();
-        }
-        if let Some(tls) = scope.tls.as_mut() {
-            tls.sni = sni;
-        }
-        let scope = Arc::new(scope);
-        let tls = match tokio::time::timeout(handshake_timeout, start.into_stream(server_config)).await {
-            Ok(Ok(tls)) => tls,
-            _ => {
-                // The agent does not trust our CA, most likely.
-                finisher.cut("client_tls_failed");
-                finisher.finish();
-                return;
-            }
-        };
-        let service = {
-            let scope = scope.clone();
-            service_fn(move |req| inner(scope.clone(), req))
-        };
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(handshake_timeout)
-            .serve_connection(TokioIo::new(tls), service);
-        let mut blocked = scope.gateway.control.watch_block();
-        tokio::select! {
-            served = connection => {
-                if let Err(error) = served {
-                    tracing::debug!(%error, "intercepted tunnel ended");
-                }
-            }
-            _ = blocked.wait_for(|blocked| *blocked) => finisher.cut("emergency_block"),
-        }
-        finisher.finish();
-        drop(open);
-    });
-    let mut response = Response::new(ProxyBody::empty());
-    *response.status_mut() = StatusCode::OK;
-    response
+        _ = blocked.wait_for(|blocked| *blocked) => finisher.cut("emergency_block"),
+    }
+    finisher.finish();
+    drop(open);
 }
 
 /// One request inside an intercepted tunnel.
@@ -283,6 +333,8 @@ async fn inner(scope: Arc<Scope>, req: Request<Incoming>) -> Result<Response<Pro
     ctx.would_deny = scope.would_deny.clone();
     ctx.allowed_by = scope.allowed_by.clone();
     ctx.tls = scope.tls.clone();
+    ctx.original_destination = scope.original_destination;
+    ctx.record_client = scope.original_destination.is_some();
     ctx.destination = Some(Destination {
         path: Some(audit_path(req.uri().path())),
         ..scope.destination.clone()

@@ -11,6 +11,7 @@ pub mod body;
 mod forward;
 mod intercept;
 pub mod server;
+pub mod transparent;
 mod tunnel;
 
 use std::net::{IpAddr, SocketAddr};
@@ -34,10 +35,31 @@ use crate::state::PolicySnapshot;
 use body::ProxyBody;
 use clawgress_policies::model::{FailMode, ThrottleAction};
 
+/// How a request reached the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// The explicit proxy port: the agent names itself (`Proxy-Authorization`)
+    /// and its destination (absolute-form or CONNECT).
+    Explicit,
+    /// Redirected to the transparent listener by nftables: the agent is its
+    /// source address, the destination the connection's original one.
+    Transparent { original: SocketAddr },
+}
+
 /// The proxy's answer to one request. Never an error: every failure is a
 /// response the client can read.
 pub async fn handle(gateway: Arc<Gateway>, client: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
-    let kind = if req.method() == Method::CONNECT {
+    handle_entry(gateway, client, Entry::Explicit, req).await
+}
+
+/// [`handle`], for a request that came in as `entry` says.
+pub(crate) async fn handle_entry(
+    gateway: Arc<Gateway>,
+    client: SocketAddr,
+    entry: Entry,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let kind = if req.method() == Method::CONNECT && entry == Entry::Explicit {
         RequestKind::Connect
     } else {
         RequestKind::Forward
@@ -45,13 +67,17 @@ pub async fn handle(gateway: Arc<Gateway>, client: SocketAddr, req: Request<Inco
     let (span, trace_id) = decision_span(req.headers().get("traceparent"));
     let mut ctx = RequestContext::new(client, req.method().clone(), kind, trace_id);
     ctx.span = span;
+    if let Entry::Transparent { original } = entry {
+        ctx.original_destination = Some(original);
+        ctx.record_client = true;
+    }
 
     // Reserve the audit record first: a request we could not record is a
     // request we must not serve (fail closed).
     let slot = match gateway.audit.reserve() {
         Ok(slot) => Some(slot),
         // Unless this agent's environment is configured to fail open.
-        Err(_) if audit_fails_open(&gateway, &req) => {
+        Err(_) if audit_fails_open(&gateway, entry, client, &req) => {
             ctx.fail_open = Some("audit_sink");
             gateway.metrics.record_fail_open("audit_sink");
             Some(AuditSlot::fail_open(&gateway.audit))
@@ -71,7 +97,7 @@ pub async fn handle(gateway: Arc<Gateway>, client: SocketAddr, req: Request<Inco
     };
 
     let policy = gateway.policy.load_full();
-    match admit(&gateway, &policy, &mut ctx, &req).await {
+    match admit(&gateway, &policy, &mut ctx, entry, &req).await {
         Ok(()) => match kind {
             RequestKind::Connect => tunnel::open(gateway, policy, ctx, slot, req).await,
             RequestKind::Forward | RequestKind::Intercepted => forward::forward(gateway, policy, ctx, slot, req).await,
@@ -94,12 +120,13 @@ fn temporary_allow(entry: &crate::control::TempAllow) -> clawgress_policies::All
 
 /// Whether the requesting agent (if it identifies) is in an environment
 /// whose `egress.fail_mode` is `open`.
-fn audit_fails_open(gateway: &Gateway, req: &Request<Incoming>) -> bool {
-    let Ok(identity) = gateway
-        .identities
-        .load()
-        .identify(req.headers().get(header::PROXY_AUTHORIZATION))
-    else {
+fn audit_fails_open(gateway: &Gateway, entry: Entry, client: SocketAddr, req: &Request<Incoming>) -> bool {
+    let identities = gateway.identities.load();
+    let identity = match entry {
+        Entry::Explicit => identities.identify(req.headers().get(header::PROXY_AUTHORIZATION)),
+        Entry::Transparent { .. } => identities.by_source(client.ip()),
+    };
+    let Ok(identity) = identity else {
         return false;
     };
     gateway.policy.load().fail_mode_for(&identity.environment) == FailMode::Open
@@ -112,6 +139,20 @@ fn refuse(gateway: &Gateway, ctx: RequestContext, slot: AuditSlot, refusal: Refu
     response
 }
 
+/// Where a request is going, as its first phase read it: from the request
+/// line (explicit), or from the Host header, SNI and original destination
+/// (transparent).
+pub(crate) struct Target<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub path: Option<String>,
+    /// The port was written out (an explicit `:80` is kept by TLS origination).
+    pub explicit_port: bool,
+    /// The body's declared length, for containment.
+    pub declared: u64,
+}
+
 /// Identify, classify and decide. On success `ctx` carries the identity, the
 /// checked destination (with the exact address to dial) and the rule that
 /// allowed it.
@@ -119,21 +160,78 @@ async fn admit(
     gateway: &Gateway,
     policy: &PolicySnapshot,
     ctx: &mut RequestContext,
+    entry: Entry,
     req: &Request<Incoming>,
 ) -> Result<(), Refusal> {
+    // A redirected request's audit line names its agent and where it was
+    // going, whatever is wrong with the request.
+    if let Entry::Transparent { original } = entry {
+        ctx.identity = gateway.identities.load().by_source(ctx.client.ip()).ok();
+        ctx.destination = Some(Destination {
+            host: Arc::from(original.ip().to_string()),
+            port: original.port(),
+            protocol: Protocol::Http,
+            path: Some(crate::context::audit_path(req.uri().path())),
+            addr: None,
+        });
+    }
     // Shape first: an origin-form request is answered before anything else,
     // so a client that mistook us for the origin gets a clear 400.
-    let (host, port, protocol, path) = request_target(ctx.kind, req)?;
+    let (host, port, protocol, path) = match entry {
+        Entry::Explicit => request_target(ctx.kind, req)?,
+        Entry::Transparent { original } => transparent::http_target(req, original)?,
+    };
+    let target = Target {
+        host,
+        port,
+        protocol,
+        path,
+        explicit_port: req.uri().authority().and_then(|a| a.port_u16()).is_some(),
+        declared: body::declared_length(req.headers()).unwrap_or(0),
+    };
 
-    // Identify: the credential, from where its agent may use it.
+    // Identify: the credential, from where its agent may use it; or, for a
+    // redirected connection, the source address alone.
     let identities = gateway.identities.load();
-    let identity = identities
-        .identify(req.headers().get(header::PROXY_AUTHORIZATION))
-        .map_err(Refusal::Identity)?;
-    ctx.identity = Some(identity.clone());
-    identities
-        .check_source(&identity, ctx.client.ip())
-        .map_err(Refusal::Identity)?;
+    let identity = match entry {
+        Entry::Explicit => {
+            let identity = identities
+                .identify(req.headers().get(header::PROXY_AUTHORIZATION))
+                .map_err(Refusal::Identity)?;
+            ctx.identity = Some(identity.clone());
+            if let Err(mismatch) = identities.check_source(&identity, ctx.client.ip()) {
+                ctx.record_client = true;
+                return Err(Refusal::Identity(mismatch));
+            }
+            identity
+        }
+        Entry::Transparent { .. } => identities.by_source(ctx.client.ip()).map_err(Refusal::Identity)?,
+    };
+    if is_loop(req) {
+        ctx.identity = Some(identity);
+        return Err(Refusal::Request(RequestProblem::ProxyLoop));
+    }
+    decide(gateway, policy, ctx, identity, target).await
+}
+
+/// Classify and decide for an identified agent: the policy, temporary
+/// allows, DNS and the address checks, then the per-exchange limits. Shared
+/// by every entry: explicit requests, transparent HTTP and transparent TLS.
+pub(crate) async fn decide(
+    gateway: &Gateway,
+    policy: &PolicySnapshot,
+    ctx: &mut RequestContext,
+    identity: Arc<crate::identity::Identity>,
+    target: Target<'_>,
+) -> Result<(), Refusal> {
+    let Target {
+        host,
+        port,
+        protocol,
+        path,
+        explicit_port,
+        declared,
+    } = target;
     ctx.enforcement = policy.enforcement_for(&identity.environment);
     ctx.identity = Some(identity.clone());
     ctx.policy_version = Some(policy.version.clone());
@@ -146,9 +244,6 @@ async fn admit(
         }
         ctx.fail_open.get_or_insert("control_store");
         gateway.metrics.record_fail_open("control_store");
-    }
-    if is_loop(req) {
-        return Err(Refusal::Request(RequestProblem::ProxyLoop));
     }
 
     // Classify.
@@ -190,8 +285,7 @@ async fn admit(
                     DenyReason::ProtocolNotAllowed | DenyReason::PortNotAllowed
                 ) =>
         {
-            let explicit = req.uri().authority().and_then(|a| a.port_u16()).is_some();
-            let tls_port = if explicit { port } else { 443 };
+            let tls_port = if explicit_port { port } else { 443 };
             let upgraded = policy.compiled.evaluate(
                 &MatchRequest {
                     host: &host_text,
@@ -255,22 +349,37 @@ async fn admit(
     };
 
     let ip = match host {
-        Host::Ip(ip) => check_addresses(&[ip], private_ok, false)?,
+        Host::Ip(ip) => pinned_to_original(ctx, check_addresses(&[ip], private_ok, false)?, &[ip])?,
         Host::Domain(name) => {
             let resolved = policy.resolver.resolve(&name).await;
             if let Some(result) = dns_result(&resolved) {
                 gateway.metrics.record_dns_lookup(result);
             }
             let resolved = resolved.map_err(Refusal::Dns)?;
-            check_addresses(&resolved.addrs, private_ok, policy.resolver.is_static(&name))?
+            let first = check_addresses(&resolved.addrs, private_ok, policy.resolver.is_static(&name))?;
+            pinned_to_original(ctx, first, &resolved.addrs)?
         }
     };
     if let Some(dest) = ctx.destination.as_mut() {
-        dest.addr = Some(SocketAddr::new(ip, port));
+        dest.addr = Some(SocketAddr::new(ip, dest.port));
     }
-
-    let declared = body::declared_length(req.headers()).unwrap_or(0);
     admit_exchange(gateway, policy, ctx, declared).await
+}
+
+/// A transparent connection may only go where the client was going, and
+/// only if the gateway's own resolution of the name includes that address:
+/// then a fronted SNI or Host, or a name the client resolved itself to
+/// somewhere else, goes nowhere. Explicit requests dial the checked address.
+fn pinned_to_original(ctx: &RequestContext, checked: IpAddr, addrs: &[IpAddr]) -> Result<IpAddr, Refusal> {
+    let Some(original) = ctx.original_destination else {
+        return Ok(checked);
+    };
+    let wanted = original.ip().to_canonical();
+    if addrs.iter().any(|ip| ip.to_canonical() == wanted) {
+        Ok(wanted)
+    } else {
+        Err(Refusal::DestinationMismatch { original })
+    }
 }
 
 /// The per-exchange checks, for a request admitted here and for each

@@ -13,32 +13,57 @@ use tokio::sync::watch;
 
 use crate::Gateway;
 
-/// How long a client may take to send its request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest request head accepted (request line plus headers).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 
-/// Starts one proxy worker per listener, each on its own thread with its own
+/// What a listener serves.
+#[derive(Debug, Clone, Copy)]
+pub enum Role {
+    /// The explicit proxy port; `header_timeout` bounds the wait for a
+    /// request head.
+    Proxy { header_timeout: Duration },
+    /// Connections nftables redirected to the gateway; `header_timeout`
+    /// bounds the wait for their first bytes.
+    Transparent { header_timeout: Duration },
+}
+
+/// Starts one worker per listener, each on its own thread with its own
 /// single-threaded runtime (thread per core): a connection, its upstream
 /// exchange and its body streaming all stay on one thread. The kernel spreads
 /// connections over the listeners (`SO_REUSEPORT`).
 pub fn spawn_workers(
     listeners: Vec<std::net::TcpListener>,
+    role: Role,
     gateway: Arc<Gateway>,
     shutdown: watch::Receiver<bool>,
     drain: Duration,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     let mut workers = Vec::with_capacity(listeners.len());
+    let name = match role {
+        Role::Proxy { .. } => "proxy",
+        Role::Transparent { .. } => "transparent",
+    };
     for (index, listener) in listeners.into_iter().enumerate() {
         let (gateway, shutdown) = (gateway.clone(), shutdown.clone());
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let worker = std::thread::Builder::new()
-            .name(format!("proxy-{index}"))
+            .name(format!("{name}-{index}"))
             .spawn(move || {
                 runtime.block_on(async move {
-                    match TcpListener::from_std(listener) {
-                        Ok(listener) => serve(listener, gateway, shutdown, drain).await,
-                        Err(error) => tracing::error!(%error, "proxy worker {index} cannot use its listener"),
+                    let listener = match TcpListener::from_std(listener) {
+                        Ok(listener) => listener,
+                        Err(error) => {
+                            tracing::error!(%error, "{name} worker {index} cannot use its listener");
+                            return;
+                        }
+                    };
+                    match role {
+                        Role::Proxy { header_timeout } => {
+                            serve(listener, gateway, shutdown, drain, header_timeout).await
+                        }
+                        Role::Transparent { header_timeout } => {
+                            super::transparent::serve(listener, gateway, shutdown, drain, header_timeout).await
+                        }
                     }
                 });
             })?;
@@ -67,13 +92,19 @@ pub fn bind_listeners(addr: std::net::SocketAddr, count: usize) -> std::io::Resu
     Ok(listeners)
 }
 
-async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bool>, drain: Duration) {
+async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    mut shutdown: watch::Receiver<bool>,
+    drain: Duration,
+    header_timeout: Duration,
+) {
     // One clone per open connection: the drain waits for the count to fall.
     let open = Arc::new(());
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(header_timeout)
         .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
     loop {

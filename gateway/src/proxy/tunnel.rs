@@ -62,7 +62,7 @@ pub(super) async fn open(
     if ctx.allowed_by.as_ref().is_some_and(|a| a.tls == TlsMode::Intercept) {
         return super::intercept::open(gateway, policy, ctx, slot, req, upstream).await;
     }
-    let mut upstream = upstream;
+    let upstream = upstream;
     ctx.tls = Some(TlsRecord {
         mode: "passthrough",
         ..TlsRecord::default()
@@ -97,31 +97,9 @@ pub(super) async fn open(
                             drop(open);
                             return;
                         }
-                        if !flight.bytes.is_empty() {
-                            if upstream.write_all(&flight.bytes).await.is_err() {
-                                finisher.upstream_reset();
-                            }
-                            transfer
-                                .bytes_out
-                                .fetch_add(flight.bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                        }
+                        relay(&gateway, &mut finisher, client, upstream, &transfer, &flight.bytes).await;
                     }
                     Err(error) => tracing::debug!(%error, "client went away before its first bytes"),
-                }
-                let mut upstream = CountingStream {
-                    inner: upstream,
-                    transfer: &transfer,
-                };
-                // An emergency block cuts open tunnels too: they are the
-                // channel an incident most needs closed.
-                let mut blocked = gateway.control.watch_block();
-                tokio::select! {
-                    copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
-                        if let Err(error) = copied && is_reset(&error) {
-                            finisher.upstream_reset();
-                        }
-                    }
-                    _ = blocked.wait_for(|blocked| *blocked) => finisher.cut("emergency_block"),
                 }
             }
             Err(error) => tracing::debug!(%error, "client went away before the tunnel opened"),
@@ -131,6 +109,42 @@ pub(super) async fn open(
     });
     *response.status_mut() = StatusCode::OK;
     response
+}
+
+/// Sends what the client already sent, then copies bytes both ways until
+/// either side closes, counting them for the audit; an emergency block cuts
+/// the tunnel. Shared by CONNECT tunnels and transparent TLS connections.
+pub(super) async fn relay<C: AsyncRead + AsyncWrite + Unpin>(
+    gateway: &Gateway,
+    finisher: &mut Finisher,
+    mut client: C,
+    mut upstream: TcpStream,
+    transfer: &Transfer,
+    first: &[u8],
+) {
+    if !first.is_empty() {
+        if upstream.write_all(first).await.is_err() {
+            finisher.upstream_reset();
+        }
+        transfer
+            .bytes_out
+            .fetch_add(first.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+    let mut upstream = CountingStream {
+        inner: upstream,
+        transfer,
+    };
+    // An emergency block cuts open tunnels too: they are the channel an
+    // incident most needs closed.
+    let mut blocked = gateway.control.watch_block();
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+            if let Err(error) = copied && is_reset(&error) {
+                finisher.upstream_reset();
+            }
+        }
+        _ = blocked.wait_for(|blocked| *blocked) => finisher.cut("emergency_block"),
+    }
 }
 
 /// What the client sent first, and what it says.
