@@ -69,3 +69,10 @@ bench-edge:
 	./deploy/local/prereqs.sh build nftables dnsmasq dnsperf
 	cargo build --release --locked
 	./gateway/bench/edge.sh
+
+# Issue 18: steel jobs/s with one Steel server and with each further one
+# (STEEL_URLS=URL,URL...: servers you started; see README: Steel Browser).
+bench-steel:
+	./deploy/local/prereqs.sh build nats
+	cargo build --release --locked
+	./gateway/bench/steel.sh

@@ -242,6 +242,9 @@ pub async fn run(
     if let Some(chromium) = &shared.backends.chromium {
         chromium.shutdown().await;
     }
+    if let Some(steel) = &shared.backends.steel {
+        steel.shutdown(Duration::from_secs(5)).await;
+    }
     let _ = metrics_stop.send(true);
     tracing::info!("scheduler stopped");
     Ok(())

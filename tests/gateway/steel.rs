@@ -242,6 +242,16 @@ struct Scheduler {
 
 impl Drop for Scheduler {
     fn drop(&mut self) {
+        // A clean stop first: it releases live Steel sessions (a killed
+        // scheduler would leave the server busy for the next test).
+        let _ = Command::new("kill")
+            .arg("-INT")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -428,4 +438,82 @@ async fn steel_jobs_without_a_usable_steel_server_say_what_to_do() {
         stderr.contains("CLAWGRESS_ADMIN_TOKEN") && stderr.contains("--steel-verify off"),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn jobs_waiting_for_steel_leave_the_scheduler_to_other_work_and_auto_never_waits_for_steel() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let Some(base) = steel_server().await else { return };
+    let Some(nats) = NatsServer::start() else { return };
+    let w = steel_world().await;
+    let port = support::nats::free_port();
+    // Two slots and one Steel server: the second steel job waits for the
+    // server, and must give its slot to the http job behind it.
+    let scheduler = scheduler(
+        &w,
+        &nats,
+        &["--steel", &base, "--concurrency", "2", "--chromium", "none"],
+        Some(port),
+    );
+    wait_listening(port, &scheduler).await;
+    let site = w.site.addr.port();
+    let steel = |id: &str| {
+        serde_json::json!({"version": 1, "type": "scrape", "id": id, "agent": SCRAPER.0,
+            "url": format!("http://localhost:{site}/slow-page"), "fetch": "steel"})
+    };
+    submit(
+        &nats,
+        w.dir.path(),
+        &[steel("steel-a"), steel("steel-b"), steel("steel-c")],
+    );
+    // Once a steel job waits for the server, the http job gets its slot.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !scheduler_metrics(port).await.contains("clawgress_steel_jobs_waiting 1") {
+        assert!(std::time::Instant::now() < deadline, "no steel job ever waited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // What http gets of this page lacks the required heading: `auto` would
+    // escalate to a browser, and the only one is the busy Steel server.
+    let js_shell = serde_json::json!({"version": 1, "type": "scrape", "id": "auto-js", "agent": SCRAPER.0,
+        "url": format!("http://localhost:{site}/js"), "fetch": "auto", "retry": {"max_attempts": 1},
+        "extract": {"heading": {"selector": "h1.rendered", "required": true}}});
+    let plain = serde_json::json!({"version": 1, "type": "scrape", "id": "http-meanwhile", "agent": SCRAPER.0,
+        "url": format!("http://localhost:{site}/other"), "fetch": "http"});
+    submit(&nats, w.dir.path(), &[plain, js_shell]);
+    let early = results(
+        &nats,
+        &["http-meanwhile".to_string(), "auto-js".to_string()],
+        &scheduler,
+    )
+    .await;
+    assert_eq!(early["http-meanwhile"]["status"], "ok", "{}", early["http-meanwhile"]);
+    // It did not queue behind the steel jobs: it ended with what http got.
+    assert_eq!(early["auto-js"]["status"], "failed", "{}", early["auto-js"]);
+    assert_eq!(
+        early["auto-js"]["error"]["code"], "missing_required",
+        "{}",
+        early["auto-js"]
+    );
+    // Only the steel job holding the server could have finished by then;
+    // had the waiting ones kept their slots, the http job would have come
+    // after two of them.
+    let steel_done = ["steel-a", "steel-b", "steel-c"]
+        .iter()
+        .filter(|id| early.contains_key(**id))
+        .count();
+    assert!(
+        steel_done <= 1,
+        "{steel_done} steel jobs finished before the http job got a slot"
+    );
+    let all = results(
+        &nats,
+        &["steel-a".to_string(), "steel-b".to_string(), "steel-c".to_string()],
+        &scheduler,
+    )
+    .await;
+    for id in ["steel-a", "steel-b", "steel-c"] {
+        assert_eq!(all[id]["status"], "ok", "{}", all[id]);
+    }
+    assert_eq!(w.site.most_at_once.load(Ordering::SeqCst), 1);
+    drop(base);
 }

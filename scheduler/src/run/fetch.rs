@@ -110,10 +110,13 @@ pub(super) async fn execute(shared: &Shared, job: &Job, slot: &Slot) -> Result<D
         (true, false, None) => None,
     };
     let (done, found, tier) = match escalation {
-        Some((tier, lease)) => {
-            let again = fetch_with(shared, scrape, tier, lease).await?;
-            (again.0, again.1, tier)
-        }
+        Some((tier, lease)) => match fetch_with(shared, scrape, tier, lease).await {
+            Ok(again) => (again.0, again.1, tier),
+            // The Steel server turned out to be busy (another client): the
+            // http page stands, as when no server was free.
+            Err(FetchError::SteelBusy) => (done.0, done.1, first),
+            Err(error) => return Err(error),
+        },
         None => (done.0, done.1, first),
     };
     if scrape.fetch == FetchMode::Auto

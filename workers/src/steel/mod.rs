@@ -157,6 +157,16 @@ impl SteelPool {
         &self.servers
     }
 
+    /// Waits (up to `limit`) for the sessions of cancelled jobs to be
+    /// released: Steel never ends a session itself, and a session left live
+    /// keeps the server busy for every client.
+    pub async fn shutdown(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.servers.iter().any(SteelServer::releasing) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<ServerState>> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }

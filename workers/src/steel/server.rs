@@ -17,12 +17,18 @@ use crate::outcome::FetchError;
 use crate::page::{BrowserPage, CDP_TIMEOUT, Loaded, cdp};
 
 const API_TIMEOUT: Duration = Duration::from_secs(20);
+/// A live session older than the longest job (10 minutes) and a minute of
+/// slack was left by a client that died.
+pub const ABANDONED_AFTER: Duration = Duration::from_secs(11 * 60);
 
 /// A Steel Browser server, e.g. `http://127.0.0.1:3000`.
 #[derive(Clone)]
 pub struct SteelServer {
     base: String,
     http: reqwest::Client,
+    /// Releases of cancelled jobs' sessions still under way, which a
+    /// stopping scheduler waits for.
+    releasing: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for SteelServer {
@@ -47,7 +53,13 @@ impl SteelServer {
                 .timeout(API_TIMEOUT)
                 .build()
                 .unwrap_or_default(),
+            releasing: Default::default(),
         }
+    }
+
+    /// Whether releases of cancelled sessions are still under way.
+    pub fn releasing(&self) -> bool {
+        self.releasing.load(std::sync::atomic::Ordering::Relaxed) > 0
     }
 
     pub fn url(&self) -> &str {
@@ -87,15 +99,21 @@ impl SteelServer {
             return Err(FetchError::SteelBusy);
         }
         let session = self.open(proxy_url, job.timeout).await?;
+        // Released on every path, also when this future is dropped (a
+        // scheduler draining past its deadline cancels its jobs).
+        let mut guard = ReleaseOnDrop(Some((self.clone(), session.id.clone())));
         let loaded = tokio::time::timeout(job.timeout, self.drive(&session.websocket, job, traceparent))
             .await
             .unwrap_or(Err(FetchError::Timeout));
+        guard.0 = None;
         self.release(&session.id).await;
         loaded
     }
 
-    /// Whether a session is live on the server (Steel lists its sessions
-    /// with a `status`; anything but `live` is free to replace).
+    /// Whether another client's session is live on the server (Steel lists
+    /// its sessions with a `status` and their age in `duration`, ms). Steel
+    /// never ends a session itself, so one older than any job may run
+    /// ([`ABANDONED_AFTER`]) was left by a client that died: it is released.
     async fn in_use(&self) -> Result<bool, FetchError> {
         let response = self
             .http
@@ -107,9 +125,22 @@ impl SteelServer {
             .json()
             .await
             .map_err(|e| self.unavailable(format!("/v1/sessions answered something that is not JSON: {e}")))?;
-        Ok(listed["sessions"]
+        let live: Vec<&Value> = listed["sessions"]
             .as_array()
-            .is_some_and(|sessions| sessions.iter().any(|s| s["status"] == "live")))
+            .map(|sessions| sessions.iter().filter(|s| s["status"] == "live").collect())
+            .unwrap_or_default();
+        let abandoned = |session: &Value| {
+            session["duration"]
+                .as_u64()
+                .is_some_and(|ms| Duration::from_millis(ms) > ABANDONED_AFTER)
+        };
+        if !live.is_empty() && live.iter().all(|s| abandoned(s)) {
+            let id = live[0]["id"].as_str().unwrap_or_default().to_string();
+            tracing::warn!(server = %self.base, session = %id, "releasing a Steel session older than any job: its client is gone");
+            self.release(&id).await;
+            return Ok(false);
+        }
+        Ok(!live.is_empty())
     }
 
     async fn open(&self, proxy_url: &str, timeout: Duration) -> Result<Session, FetchError> {
@@ -198,6 +229,23 @@ impl SteelServer {
             .json()
             .await
             .map_err(|e| self.unavailable(format!("{path} answered {status} with something that is not JSON: {e}")))
+    }
+}
+
+/// Releases a session whose job was cancelled mid-way.
+struct ReleaseOnDrop(Option<(SteelServer, String)>);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        if let Some((server, id)) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            server.releasing.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            runtime.spawn(async move {
+                server.release(&id).await;
+                server.releasing.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            });
+        }
     }
 }
 
