@@ -45,6 +45,9 @@ pub struct DnsArgs {
     /// How often the policy and agent files are checked for changes, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     watch_interval_ms: u64,
+    /// UDP worker threads, each with its own socket on the port [default: one per CPU].
+    #[arg(long)]
+    workers: Option<usize>,
 }
 
 pub fn run(args: DnsArgs) -> anyhow::Result<ExitCode> {
@@ -67,6 +70,9 @@ pub fn run(args: DnsArgs) -> anyhow::Result<ExitCode> {
         control_dir,
         watch_interval: Duration::from_millis(args.watch_interval_ms.max(10)),
         drain: DRAIN,
+        workers: args
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
     };
     crate::runtime()?.block_on(serve(config, crate::shutdown_signal()))?;
     Ok(ExitCode::SUCCESS)

@@ -26,7 +26,7 @@ trap 'exit 130' INT TERM
 ./deploy/lab/net.sh up "$NAME"
 # The internet: a resolver for *.lab, and the two sites on 80 and 443.
 ip netns exec "$I" dnsmasq --keep-in-foreground --no-resolv --no-hosts --bind-interfaces \
-    --listen-address 198.18.2.2 --port 53 --pid-file="$TMP/dnsmasq.pid" \
+    --listen-address 198.18.2.2 --port 53 --pid-file="$TMP/dnsmasq.pid" --local-ttl=300 \
     --address=/site.lab/198.18.2.2 --address=/other.lab/198.18.2.3 2>"$TMP/dnsmasq.log" &
 PIDS+=($!)
 for ip in 198.18.2.2 198.18.2.3; do

@@ -163,10 +163,15 @@ async fn admit(
     entry: Entry,
     req: &Request<Incoming>,
 ) -> Result<(), Refusal> {
+    let identities = gateway.identities.load();
     // A redirected request's audit line names its agent and where it was
     // going, whatever is wrong with the request.
+    let sourced = match entry {
+        Entry::Transparent { .. } => identities.by_source(ctx.client.ip()),
+        Entry::Explicit => Err(crate::identity::IdentityError::Missing),
+    };
     if let Entry::Transparent { original } = entry {
-        ctx.identity = gateway.identities.load().by_source(ctx.client.ip()).ok();
+        ctx.identity = sourced.as_ref().ok().cloned();
         ctx.destination = Some(Destination {
             host: Arc::from(original.ip().to_string()),
             port: original.port(),
@@ -192,7 +197,6 @@ async fn admit(
 
     // Identify: the credential, from where its agent may use it; or, for a
     // redirected connection, the source address alone.
-    let identities = gateway.identities.load();
     let identity = match entry {
         Entry::Explicit => {
             let identity = identities
@@ -205,7 +209,7 @@ async fn admit(
             }
             identity
         }
-        Entry::Transparent { .. } => identities.by_source(ctx.client.ip()).map_err(Refusal::Identity)?,
+        Entry::Transparent { .. } => sourced.map_err(Refusal::Identity)?,
     };
     if is_loop(req) {
         ctx.identity = Some(identity);

@@ -32,10 +32,11 @@ const MAX_UDP_QUERY: usize = 4096;
 
 /// Binds UDP and TCP to the same address. With port 0, the port UDP got is
 /// tried for TCP too, a few times over, since another process may hold it.
+/// The UDP socket allows more on its port ([`more_udp`]).
 pub(super) async fn bind(addr: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
     let mut last_error = None;
     for _ in 0..if addr.port() == 0 { 16 } else { 1 } {
-        let udp = UdpSocket::bind(addr).await?;
+        let udp = UdpSocket::from_std(reuse_port_udp(addr)?)?;
         let bound = udp.local_addr()?;
         match TcpListener::bind(bound).await {
             Ok(tcp) => return Ok((udp, tcp)),
@@ -43,6 +44,57 @@ pub(super) async fn bind(addr: SocketAddr) -> io::Result<(UdpSocket, TcpListener
         }
     }
     Err(last_error.unwrap_or_else(|| io::Error::other("no port free for both UDP and TCP")))
+}
+
+fn reuse_port_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// `count` more UDP sockets on the port `first` holds: the kernel spreads
+/// datagrams over them (`SO_REUSEPORT`), one per worker thread.
+pub(super) fn more_udp(first: SocketAddr, count: usize) -> io::Result<Vec<std::net::UdpSocket>> {
+    (0..count).map(|_| reuse_port_udp(first)).collect()
+}
+
+/// One thread per socket, each with its own single-threaded runtime: a
+/// query is read, answered (from the cache, or refused) and sent on one
+/// thread, with no hand-off between threads. After a stop each thread stays
+/// until the queries in flight are done or `drain` passes.
+pub(super) fn spawn_udp_workers(
+    sockets: Vec<std::net::UdpSocket>,
+    handler: &Arc<DnsHandler>,
+    slots: &Arc<Semaphore>,
+    stopped: &watch::Receiver<bool>,
+    drain: Duration,
+) -> io::Result<Vec<std::thread::JoinHandle<()>>> {
+    let mut workers = Vec::with_capacity(sockets.len());
+    for (index, socket) in sockets.into_iter().enumerate() {
+        let (handler, slots, stopped) = (handler.clone(), slots.clone(), stopped.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        workers.push(
+            std::thread::Builder::new()
+                .name(format!("dns-{index}"))
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        let socket = match UdpSocket::from_std(socket) {
+                            Ok(socket) => socket,
+                            Err(error) => {
+                                tracing::error!(%error, "DNS worker {index} cannot use its socket");
+                                return;
+                            }
+                        };
+                        serve_udp(Arc::new(socket), handler, slots.clone(), stopped).await;
+                        drained(&slots, MAX_IN_FLIGHT, drain).await;
+                    });
+                })?,
+        );
+    }
+    Ok(workers)
 }
 
 pub(super) async fn serve_udp(
@@ -71,7 +123,7 @@ pub(super) async fn serve_udp(
         };
         let packet = buf[..len].to_vec();
         let (socket, handler) = (socket.clone(), handler.clone());
-        tokio::spawn(async move {
+        let mut work = Box::pin(async move {
             let _permit = permit;
             if let Some(reply) = handler.answer(&packet, peer, DnsTransport::Udp).await
                 && let Err(error) = socket.send_to(&reply, peer).await
@@ -79,6 +131,12 @@ pub(super) async fn serve_udp(
                 tracing::debug!(%error, %peer, "DNS reply not sent");
             }
         });
+        // Answered here when nothing has to wait (the cache, a refusal);
+        // only a query that goes upstream becomes a task of its own.
+        let done = std::future::poll_fn(|cx| std::task::Poll::Ready(work.as_mut().poll(cx).is_ready())).await;
+        if !done {
+            tokio::spawn(work);
+        }
     }
 }
 

@@ -76,6 +76,8 @@ pub struct DnsServerConfig {
     pub watch_interval: Duration,
     /// How long queries in flight may take after a shutdown signal.
     pub drain: Duration,
+    /// UDP worker threads, each with its own socket on the port.
+    pub workers: usize,
 }
 
 impl Reload for DnsHandler {
@@ -162,12 +164,10 @@ pub async fn run(config: DnsServerConfig, shutdown: impl std::future::Future<Out
 
     let udp_slots = Arc::new(Semaphore::new(listen::MAX_IN_FLIGHT as usize));
     let tcp_slots = Arc::new(Semaphore::new(listen::MAX_TCP_CONNECTIONS as usize));
-    let udp_loop = tokio::spawn(listen::serve_udp(
-        Arc::new(udp),
-        handler.clone(),
-        udp_slots.clone(),
-        stopped.clone(),
-    ));
+    let mut udp_sockets = vec![udp.into_std()?];
+    udp_sockets.extend(listen::more_udp(dns_addr, config.workers.max(1) - 1)?);
+    let udp_workers = listen::spawn_udp_workers(udp_sockets, &handler, &udp_slots, &stopped, config.drain)
+        .context("cannot start the DNS workers")?;
     let tcp_loop = tokio::spawn(listen::serve_tcp(
         tcp,
         handler.clone(),
@@ -208,7 +208,12 @@ pub async fn run(config: DnsServerConfig, shutdown: impl std::future::Future<Out
     shutdown.await;
     tracing::info!("shutting down: no new queries, draining those in flight");
     let _ = stop.send(true);
-    let _ = udp_loop.await;
+    let _ = tokio::task::spawn_blocking(move || {
+        for worker in udp_workers {
+            let _ = worker.join();
+        }
+    })
+    .await;
     let _ = tcp_loop.await;
     let deadline = tokio::time::Instant::now() + config.drain;
     let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
