@@ -169,6 +169,7 @@ pub async fn steel_pool(
         credentials.clone(),
     )
     .map_err(anyhow::Error::msg)?;
+    pool.discover(true).await;
     for server in pool.servers() {
         if server.reachable().await {
             tracing::info!(server = server.url(), "steel jobs run on this Steel Browser server");

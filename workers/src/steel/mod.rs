@@ -13,6 +13,7 @@
 //! browser cache is off, and the gateway's audit trail must show the job's
 //! navigation (`witness`); otherwise the job fails `bypassed_gateway`.
 
+mod discovery;
 mod server;
 mod witness;
 
@@ -23,6 +24,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+pub use discovery::Source;
 pub use server::SteelServer;
 pub use witness::{Navigation, Sighting, Witness};
 
@@ -37,7 +39,8 @@ const DOWN_FOR: Duration = Duration::from_secs(10);
 /// The Steel servers and how their pages are checked.
 #[derive(Debug, Clone)]
 pub struct SteelConfig {
-    /// Base URLs, e.g. `http://127.0.0.1:3000`.
+    /// Base URLs, e.g. `http://127.0.0.1:3000`, or `dns+http://NAME:PORT`
+    /// for one server per address of NAME (a headless Service).
     pub servers: Vec<String>,
     /// The gateway as the Steel servers reach it, e.g. `http://127.0.0.1:3128`.
     pub gateway: String,
@@ -65,20 +68,37 @@ pub struct SteelStats {
     pub bypassed: u64,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone)]
 struct ServerState {
+    server: SteelServer,
     busy: bool,
     down_until: Option<Instant>,
+    /// Its address left the name it came from: never leased again (kept so
+    /// indices stay put).
+    gone: bool,
 }
 
 impl ServerState {
     fn down(&self, now: Instant) -> bool {
         self.down_until.is_some_and(|until| until > now)
     }
+
+    fn new(server: SteelServer) -> ServerState {
+        ServerState {
+            server,
+            busy: false,
+            down_until: None,
+            gone: false,
+        }
+    }
 }
 
+/// How often names (`dns+`) are looked up again for new or vanished servers.
+const REDISCOVER: Duration = Duration::from_secs(30);
+
 pub struct SteelPool {
-    servers: Vec<SteelServer>,
+    sources: Vec<Source>,
+    discovered: Mutex<Option<Instant>>,
     state: Mutex<Vec<ServerState>>,
     released: tokio::sync::Notify,
     waiting: AtomicUsize,
@@ -91,7 +111,7 @@ pub struct SteelPool {
 impl std::fmt::Debug for SteelPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SteelPool")
-            .field("servers", &self.servers)
+            .field("sources", &self.sources)
             .finish_non_exhaustive()
     }
 }
@@ -100,11 +120,12 @@ impl std::fmt::Debug for SteelPool {
 pub struct Lease<'a> {
     pool: &'a SteelPool,
     index: usize,
+    server: SteelServer,
 }
 
 impl Lease<'_> {
     pub fn server(&self) -> &SteelServer {
-        &self.pool.servers[self.index]
+        &self.server
     }
 }
 
@@ -131,19 +152,25 @@ impl SteelPool {
         if config.servers.is_empty() {
             return Err("no Steel Browser server given".to_string());
         }
-        let mut servers = Vec::new();
-        for base in &config.servers {
-            let fix = "write its API address, e.g. http://127.0.0.1:3000";
-            let parsed = url::Url::parse(base).map_err(|e| format!("Steel server {base}: {e}; {fix}"))?;
-            if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-                return Err(format!("Steel server {base}: {fix}"));
-            }
-            servers.push(SteelServer::new(base));
-        }
+        let sources = config
+            .servers
+            .iter()
+            .map(|text| Source::parse(text))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Fixed addresses are servers at once; names are looked up by
+        // `discover`.
+        let fixed: Vec<ServerState> = sources
+            .iter()
+            .filter_map(|source| match source {
+                Source::Fixed(base) => Some(ServerState::new(SteelServer::new(base))),
+                Source::EveryAddress { .. } => None,
+            })
+            .collect();
         url::Url::parse(&config.gateway).map_err(|e| format!("the gateway for Steel ({}): {e}", config.gateway))?;
         Ok(SteelPool {
-            state: Mutex::new(vec![ServerState::default(); servers.len()]),
-            servers,
+            sources,
+            discovered: Mutex::new(None),
+            state: Mutex::new(fixed),
             released: tokio::sync::Notify::new(),
             waiting: AtomicUsize::new(0),
             credentials,
@@ -153,8 +180,58 @@ impl SteelPool {
         })
     }
 
-    pub fn servers(&self) -> &[SteelServer] {
-        &self.servers
+    /// The servers known now (fixed ones, and those names resolved to).
+    pub fn servers(&self) -> Vec<SteelServer> {
+        self.lock()
+            .iter()
+            .filter(|s| !s.gone)
+            .map(|s| s.server.clone())
+            .collect()
+    }
+
+    /// Looks names (`dns+`) up again, at most every [`REDISCOVER`] unless
+    /// `now`: new addresses become servers, vanished ones are no longer leased.
+    pub async fn discover(&self, now: bool) {
+        let names: Vec<&Source> = self
+            .sources
+            .iter()
+            .filter(|s| matches!(s, Source::EveryAddress { .. }))
+            .collect();
+        if names.is_empty() {
+            return;
+        }
+        {
+            let mut last = self.discovered.lock().unwrap_or_else(|p| p.into_inner());
+            if !now && last.is_some_and(|at| at.elapsed() < REDISCOVER) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let mut found = Vec::new();
+        for name in names {
+            found.extend(name.servers().await);
+        }
+        let fixed: Vec<String> = self
+            .sources
+            .iter()
+            .filter_map(|s| match s {
+                Source::Fixed(base) => Some(base.clone()),
+                Source::EveryAddress { .. } => None,
+            })
+            .collect();
+        let mut state = self.lock();
+        for entry in state.iter_mut() {
+            let url = entry.server.url().to_string();
+            entry.gone = !fixed.contains(&url) && !found.contains(&url);
+        }
+        for url in found {
+            if !state.iter().any(|s| s.server.url() == url) {
+                tracing::info!(server = %url, "a Steel server appeared");
+                state.push(ServerState::new(SteelServer::new(&url)));
+            }
+        }
+        drop(state);
+        self.released.notify_waiters();
     }
 
     /// Waits (up to `limit`) for the sessions of cancelled jobs to be
@@ -162,7 +239,7 @@ impl SteelPool {
     /// keeps the server busy for every client.
     pub async fn shutdown(&self, limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;
-        while self.servers.iter().any(SteelServer::releasing) && tokio::time::Instant::now() < deadline {
+        while self.servers().iter().any(SteelServer::releasing) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -174,11 +251,12 @@ impl SteelPool {
     pub fn stats(&self) -> SteelStats {
         let now = Instant::now();
         let state = self.lock();
+        let live = state.iter().filter(|s| !s.gone).count();
         let busy = state.iter().filter(|s| s.busy).count();
-        let down = state.iter().filter(|s| !s.busy && s.down(now)).count();
+        let down = state.iter().filter(|s| !s.busy && !s.gone && s.down(now)).count();
         SteelStats {
             busy,
-            free: state.len() - busy - down,
+            free: live.saturating_sub(busy + down),
             down,
             waiting: self.waiting.load(Ordering::Relaxed),
             session_failures: self.session_failures.load(Ordering::Relaxed),
@@ -195,9 +273,15 @@ impl SteelPool {
     fn try_lease_excluding(&self, exclude: &[usize]) -> Option<Lease<'_>> {
         let now = Instant::now();
         let mut state = self.lock();
-        let index = (0..state.len()).find(|i| !exclude.contains(i) && !state[*i].busy && !state[*i].down(now))?;
+        let index = (0..state.len())
+            .find(|i| !exclude.contains(i) && !state[*i].busy && !state[*i].gone && !state[*i].down(now))?;
         state[index].busy = true;
-        Some(Lease { pool: self, index })
+        let server = state[index].server.clone();
+        Some(Lease {
+            pool: self,
+            index,
+            server,
+        })
     }
 
     /// Whether a job could wait for a lease now (the queue has room).
@@ -205,8 +289,12 @@ impl SteelPool {
         self.waiting.load(Ordering::Relaxed) < self.queue_capacity()
     }
 
+    fn live(&self) -> usize {
+        self.lock().iter().filter(|s| !s.gone).count()
+    }
+
     fn queue_capacity(&self) -> usize {
-        self.servers.len() * self.config.queue_per_server.max(1)
+        self.live().max(1) * self.config.queue_per_server.max(1)
     }
 
     /// Waits for a free server other than those in `exclude`: a healthy one
@@ -220,6 +308,7 @@ impl SteelPool {
         }
         let _waiting = Waiting(&self.waiting);
         loop {
+            self.discover(false).await;
             let released = self.released.notified();
             tokio::pin!(released);
             // Registered before looking, so a release in between is not missed.
@@ -227,20 +316,28 @@ impl SteelPool {
             if let Some(lease) = self.take(exclude) {
                 return Ok(lease);
             }
-            released.await;
+            // Woken by a release, or in time to look the names up again.
+            let _ = tokio::time::timeout(REDISCOVER, released).await;
         }
     }
 
     fn take(&self, exclude: &[usize]) -> Option<Lease<'_>> {
         let now = Instant::now();
         let mut state = self.lock();
-        let allowed: Vec<usize> = (0..state.len()).filter(|i| !exclude.contains(i)).collect();
+        let allowed: Vec<usize> = (0..state.len())
+            .filter(|i| !exclude.contains(i) && !state[*i].gone)
+            .collect();
         let any_healthy = allowed.iter().any(|&i| !state[i].down(now));
         let index = allowed
             .into_iter()
             .find(|&i| !state[i].busy && (!any_healthy || !state[i].down(now)))?;
         state[index].busy = true;
-        Some(Lease { pool: self, index })
+        let server = state[index].server.clone();
+        Some(Lease {
+            pool: self,
+            index,
+            server,
+        })
     }
 
     /// Leases a server (waiting as [`lease`](Self::lease) does) and loads
@@ -276,7 +373,7 @@ impl SteelPool {
                     self.mark(lease.index, Some(Instant::now() + DOWN_FOR));
                     tried.push(lease.index);
                     drop(lease);
-                    if tried.len() == self.servers.len() {
+                    if tried.len() >= self.live() {
                         return Err(error);
                     }
                     lease = self.lease(&tried).await?;

@@ -229,3 +229,49 @@ async fn an_unreadable_audit_trail_fails_the_check_with_its_address() {
     assert!(error.to_string().contains(&dead), "{error}");
     assert!(error.to_string().contains("cannot confirm"), "{error}");
 }
+
+#[test]
+fn steel_addresses_are_fixed_or_every_address_of_a_name() {
+    assert_eq!(
+        Source::parse("http://127.0.0.1:3000/").unwrap(),
+        Source::Fixed("http://127.0.0.1:3000".into())
+    );
+    assert_eq!(
+        Source::parse("dns+http://steel.scraping.svc:3000").unwrap(),
+        Source::EveryAddress {
+            scheme: "http".into(),
+            host: "steel.scraping.svc".into(),
+            port: 3000
+        }
+    );
+    for bad in ["dns+ftp://steel:3000", "steel:3000", "dns+", "http://"] {
+        let error = Source::parse(bad).unwrap_err();
+        assert!(error.contains("dns+http://NAME:PORT"), "{bad}: {error}");
+    }
+}
+
+#[tokio::test]
+async fn every_address_of_a_name_becomes_a_server_and_a_vanished_one_is_not_leased() {
+    let pool = pool(&["dns+http://localhost:3999", "http://127.0.0.1:3000"], 4);
+    // Before the names are looked up, only the fixed server is known.
+    assert_eq!(pool.servers().len(), 1);
+    pool.discover(true).await;
+    let urls: Vec<String> = pool.servers().iter().map(|s| s.url().to_string()).collect();
+    assert!(urls.contains(&"http://127.0.0.1:3999".to_string()), "{urls:?}");
+    assert!(urls.contains(&"http://127.0.0.1:3000".to_string()), "{urls:?}");
+    // An address that leaves the name is never leased again.
+    {
+        let mut state = pool.lock();
+        let index = state
+            .iter()
+            .position(|s| s.server.url() == "http://127.0.0.1:3999")
+            .unwrap();
+        state[index].gone = true;
+    }
+    let mut leased = Vec::new();
+    while let Some(lease) = pool.try_lease() {
+        leased.push(lease.server().url().to_string());
+        std::mem::forget(lease);
+    }
+    assert!(!leased.contains(&"http://127.0.0.1:3999".to_string()), "{leased:?}");
+}
