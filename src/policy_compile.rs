@@ -1,19 +1,22 @@
 //! `clawgress policy compile`: the policy rendered for a network layer
-//! (issue 13 §3: nftables). The compiler lives in `clawgress_policies::compile`;
-//! this parses the flags, loads the policy and writes the file.
+//! (issue 13 §3: nftables; issue 14: Cilium). The compiler lives in
+//! `clawgress_policies::compile`; this parses the flags, loads the policy and
+//! writes the files.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use clawgress_policies::compile::cilium::{self, CiliumSettings, ClusterDomain, NodeLabel};
 use clawgress_policies::compile::nftables::{self, EdgeSettings, EgressIp, InterfaceName, WorkloadCidr};
 use clawgress_policies::compile::{CompileError, Target};
 use clawgress_policies::values::Port;
 
 #[derive(clap::Args)]
 pub struct CompileArgs {
-    /// What to compile to: `nftables` (the host edge ruleset, for `nft -f`).
+    /// What to compile to: `nftables` (the host edge ruleset, for `nft -f`) or
+    /// `cilium` (Kubernetes manifests, a directory for `kubectl apply -k`).
     #[arg(long)]
     target: Target,
     /// The policy bundle (YAML), e.g. policies/default.yaml.
@@ -23,9 +26,11 @@ pub struct CompileArgs {
     /// repeat for more. An IPv6 subnet gets IPv6 rules.
     #[arg(long = "workload-cidr", value_name = "CIDR", required_if_eq("target", "nftables"))]
     workload_cidrs: Vec<WorkloadCidr>,
-    /// The fixed address this host's egress leaves from (SNAT), e.g. 203.0.113.7.
-    #[arg(long, value_name = "IP", required_if_eq("target", "nftables"))]
-    egress_ip: Option<EgressIp>,
+    /// The fixed address egress leaves from (SNAT), e.g. 203.0.113.7. nftables:
+    /// this host's, exactly one. cilium: repeat for each egress node's address;
+    /// without it, each egress node's own first IPv4 address.
+    #[arg(long = "egress-ip", value_name = "IP", required_if_eq("target", "nftables"))]
+    egress_ips: Vec<EgressIp>,
     /// The interface egress leaves through, e.g. eth0.
     #[arg(long, value_name = "IF", required_if_eq("target", "nftables"))]
     egress_iface: Option<InterfaceName>,
@@ -38,8 +43,15 @@ pub struct CompileArgs {
     /// The gateway's explicit proxy port, which workloads may reach directly.
     #[arg(long, value_name = "PORT", default_value = "3128")]
     proxy_port: Port,
-    /// Write the ruleset here instead of standard output.
-    #[arg(long, value_name = "FILE")]
+    /// cilium: the label of the nodes the gateway's egress leaves through.
+    #[arg(long, value_name = "KEY=VALUE", default_value = NodeLabel::DEFAULT)]
+    egress_node_label: NodeLabel,
+    /// cilium: the cluster's DNS domain (the kubelet's --cluster-domain).
+    #[arg(long, value_name = "DOMAIN", default_value = ClusterDomain::DEFAULT)]
+    cluster_domain: ClusterDomain,
+    /// nftables: write the ruleset here instead of standard output. cilium:
+    /// the directory the manifests are written to (created if missing).
+    #[arg(long, value_name = "PATH", required_if_eq("target", "cilium"))]
     out: Option<PathBuf>,
 }
 
@@ -61,6 +73,15 @@ pub fn run(args: CompileArgs) -> anyhow::Result<ExitCode> {
     }
     let compiled = match args.target {
         Target::Nftables => edge_settings(&args).and_then(|settings| nftables::render(&bundle, &settings)),
+        Target::Cilium => {
+            return match cilium_settings(&args).and_then(|settings| cilium::render(&bundle, &settings)) {
+                Ok(files) => write_cilium(&args, &files),
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    Ok(ExitCode::from(2))
+                }
+            };
+        }
     };
     let text = match compiled {
         Ok(text) => text,
@@ -82,14 +103,63 @@ pub fn run(args: CompileArgs) -> anyhow::Result<ExitCode> {
 /// The nftables flags, which clap already requires for this target.
 fn edge_settings(args: &CompileArgs) -> Result<EdgeSettings, CompileError> {
     let missing = |flag: &str| CompileError::Setting(format!("--target nftables needs {flag}"));
+    let egress_ip = match args.egress_ips.as_slice() {
+        [ip] => *ip,
+        [] => return Err(missing("--egress-ip")),
+        _ => {
+            return Err(CompileError::Setting(
+                "--target nftables takes one --egress-ip: the host's own address on --egress-iface".to_string(),
+            ));
+        }
+    };
     Ok(EdgeSettings {
         workload_cidrs: args.workload_cidrs.clone(),
-        egress_ip: args.egress_ip.ok_or_else(|| missing("--egress-ip"))?,
+        egress_ip,
         egress_iface: args.egress_iface.clone().ok_or_else(|| missing("--egress-iface"))?,
         transparent_port: args.transparent_port.ok_or_else(|| missing("--transparent-port"))?,
         dns_port: args.dns_port.ok_or_else(|| missing("--dns-port"))?,
         proxy_port: args.proxy_port,
     })
+}
+
+/// The Cilium flags; the host edge's own flags mean nothing here and are
+/// refused rather than silently ignored.
+fn cilium_settings(args: &CompileArgs) -> Result<CiliumSettings, CompileError> {
+    let edge_only = [
+        ("--workload-cidr", !args.workload_cidrs.is_empty()),
+        ("--egress-iface", args.egress_iface.is_some()),
+        ("--transparent-port", args.transparent_port.is_some()),
+        ("--dns-port", args.dns_port.is_some()),
+    ];
+    if let Some((flag, _)) = edge_only.iter().find(|(_, given)| *given) {
+        return Err(CompileError::Setting(format!(
+            "{flag} is a --target nftables flag; the Cilium manifests take --egress-ip, --egress-node-label and \
+             --cluster-domain"
+        )));
+    }
+    Ok(CiliumSettings {
+        egress_ips: args.egress_ips.clone(),
+        egress_node_label: args.egress_node_label.clone(),
+        cluster_domain: args.cluster_domain.clone(),
+    })
+}
+
+/// Writes each manifest into the `--out` directory; files of ours that are
+/// no longer generated are the operator's to remove (the list is printed).
+fn write_cilium(args: &CompileArgs, files: &std::collections::BTreeMap<String, String>) -> anyhow::Result<ExitCode> {
+    let dir = args.out.as_deref().context("--target cilium needs --out DIR")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for (name, text) in files {
+        write_whole(&dir.join(name), text)?;
+    }
+    let names: Vec<&str> = files.keys().map(String::as_str).collect();
+    eprintln!(
+        "wrote {} in {}; apply with: kubectl apply -k {}",
+        names.join(", "),
+        dir.display(),
+        dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Writes beside `path` and renames, so a boot-time `nft -f` never reads a

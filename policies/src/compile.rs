@@ -4,6 +4,7 @@
 //! ```text
 //! "nftables".parse::<Target>()  ->  Target::Nftables
 //! nftables::render(&bundle, &EdgeSettings)  ->  a ruleset for `nft -f`
+//! cilium::render(&bundle, &CiliumSettings)  ->  file name -> Cilium manifest
 //! ```
 //!
 //! The gateway stays the place where a policy is decided; a compiled target
@@ -11,6 +12,7 @@
 //! and its own settings (what the policy cannot know: subnets, interfaces,
 //! the gateway's ports). The command line reads and writes files.
 
+pub mod cilium;
 pub mod nftables;
 
 use std::fmt;
@@ -24,15 +26,19 @@ pub enum Target {
     /// The host edge: one nftables ruleset for a gateway host in front of a
     /// workload subnet.
     Nftables,
+    /// Kubernetes with Cilium: network policies and the egress gateway
+    /// policy, a directory of manifests (`cilium/`).
+    Cilium,
 }
 
 impl Target {
     /// Every target, in the order they are listed to people.
-    pub const ALL: [Target; 1] = [Target::Nftables];
+    pub const ALL: [Target; 2] = [Target::Nftables, Target::Cilium];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Target::Nftables => "nftables",
+            Target::Cilium => "cilium",
         }
     }
 }
