@@ -1,5 +1,5 @@
 # The two commands the README opens with. Each installs what it needs.
-.PHONY: up test lab bench-proxy bench-limits bench-pipeline bench-inspection bench-observability bench-synthetic bench-edge bench-steel
+.PHONY: up test deb lab bench-analyze bench-proxy bench-limits bench-pipeline bench-inspection bench-observability bench-synthetic bench-edge bench-steel bench-audit
 
 # The gateway with the shipped policy and the example agents, on
 # 127.0.0.1:3128 (proxy) and 127.0.0.1:9128 (admin). Ctrl-C stops it.
@@ -10,10 +10,16 @@ up:
 
 # Formatting, lints and the whole test suite (unit and end to end).
 test:
-	./deploy/local/prereqs.sh build nats chromium prometheus k8s-schemas nftables
+	./deploy/local/prereqs.sh build nats chromium prometheus k8s-schemas kubectl podman nftables deb
 	cargo fmt --all -- --check
 	cargo clippy --locked --workspace --all-targets -- -D warnings
 	./deploy/local/run-tests.sh
+
+# The .deb for Ubuntu 24.04 hosts (deploy/ubuntu/README.md), from a release
+# build: target/debian/clawgress_<version>_amd64.deb.
+deb:
+	./deploy/local/prereqs.sh build deb
+	cargo deb --locked
 
 # The host edge by hand (as root): worker, edge and internet network
 # namespaces with the transparent gateway and the DNS control server.
@@ -76,3 +82,17 @@ bench-steel:
 	./deploy/local/prereqs.sh build nats
 	cargo build --release --locked
 	./gateway/bench/steel.sh
+
+# Issue 15: proxy req/s and p50 under each --audit-fsync mode (every
+# response waits for its audit record), and with the trail shipped to NATS.
+bench-audit:
+	./deploy/local/prereqs.sh build nats
+	cargo build --release --locked
+	BENCH_NATS=1 ./gateway/bench/audit.sh
+
+# Issue 15: `clawgress analyze` events/s on one core over a synthetic trail,
+# against the gateway's peak request rate (see BENCHMARKS.md).
+bench-analyze:
+	./deploy/local/prereqs.sh build
+	cargo build --release --locked
+	./gateway/bench/analyze.sh

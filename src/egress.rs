@@ -94,11 +94,18 @@ enum EgressCommand {
         #[arg(long)]
         incident_id: String,
     },
-    /// Audit records as JSON lines.
+    /// Audit records: `jsonl` (one per line, as the trail holds them),
+    /// `json` (one array) or `csv`.
     Export {
-        /// Only `json` (one record per line).
-        #[arg(long, default_value = "json")]
+        #[arg(long, default_value = "jsonl")]
         format: String,
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long)]
+        domain: Option<String>,
+        /// allow, deny, rate_limited, would_deny.
+        #[arg(long)]
+        decision: Option<String>,
         /// RFC 3339 time or relative: "1 hour ago", "30m", "2d".
         #[arg(long)]
         from: Option<String>,
@@ -110,6 +117,24 @@ enum EgressCommand {
     },
     /// The control store's state on this replica.
     Status,
+    /// Quarantine an agent on every replica (operator): it is refused
+    /// `agent_quarantined` until released. `--rate-per-minute N` holds it to
+    /// N requests a minute instead.
+    QuarantineAgent {
+        agent: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        rate_per_minute: Option<u32>,
+    },
+    /// Lift an agent's quarantine or rate reduction (maintainer).
+    ReleaseAgent {
+        agent: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// The quarantined and rate-reduced agents.
+    Quarantined,
     /// Print the built-in dashboard's URL and its SLO tiles now (seed §8.3);
     /// `--open` opens it in a browser.
     Dashboard {
@@ -178,20 +203,44 @@ async fn run_async(args: EgressArgs) -> anyhow::Result<ExitCode> {
         ),
         EgressCommand::Export {
             format,
+            agent,
+            domain,
+            decision,
             from,
             to,
             limit,
         } => {
-            if format != "json" {
-                bail!("--format {format} is not supported; use --format json");
+            if !["jsonl", "json", "csv"].contains(&format.as_str()) {
+                bail!("--format {format} is not supported; use jsonl, json or csv");
             }
             let mut query = vec![format!("format={format}")];
+            query.extend(agent.iter().map(|a| format!("agent={}", encode(a))));
+            query.extend(domain.iter().map(|d| format!("domain={}", encode(d))));
+            query.extend(decision.iter().map(|d| format!("decision={}", encode(d))));
             query.extend(from.iter().map(|f| format!("from={}", encode(f))));
             query.extend(to.iter().map(|t| format!("to={}", encode(t))));
             query.extend(limit.iter().map(|l| format!("limit={l}")));
             (Method::GET, format!("/v1/audit?{}", query.join("&")), None)
         }
         EgressCommand::Status => (Method::GET, "/v1/status".to_string(), None),
+        EgressCommand::QuarantineAgent {
+            agent,
+            reason,
+            rate_per_minute,
+        } => {
+            let mut body = json!({"agent_id": agent, "reason": reason});
+            if let Some(per_minute) = rate_per_minute {
+                body["mode"] = json!("rate_reduction");
+                body["per_minute"] = json!(per_minute);
+            }
+            (Method::POST, "/v1/quarantine".to_string(), Some(body))
+        }
+        EgressCommand::ReleaseAgent { agent, reason } => (
+            Method::POST,
+            format!("/v1/quarantine/{}/release", encode(agent)),
+            Some(json!({ "reason": reason })),
+        ),
+        EgressCommand::Quarantined => (Method::GET, "/v1/quarantine".to_string(), None),
         EgressCommand::Dashboard { .. } => unreachable!("answered above"),
     };
     let (status, text) = api.call(method, &path, body).await?;
@@ -229,7 +278,7 @@ fn with_ports(mut body: Value, ports: &[u16]) -> Value {
 }
 
 /// Percent-encodes a query value (spaces in "1 hour ago", `+` in offsets).
-fn encode(text: &str) -> String {
+pub(crate) fn encode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b':' => (b as char).to_string(),
@@ -296,6 +345,31 @@ fn summarize(command: &EgressCommand, value: &Value) -> String {
         }
         EgressCommand::List => list(value),
         EgressCommand::Export { .. } => String::new(),
+        EgressCommand::QuarantineAgent { agent, .. } => format!(
+            "agent {agent} {} on every replica.\nLift it with: clawgress egress release-agent {agent} --reason \"...\"\n",
+            match value["mode"].as_str() {
+                Some("rate_reduction") => format!("held to {} requests a minute", value["per_minute"]),
+                _ => "QUARANTINED: every request is refused (agent_quarantined)".to_string(),
+            }
+        ),
+        EgressCommand::ReleaseAgent { agent, .. } => format!("agent {agent} released\n"),
+        EgressCommand::Quarantined => {
+            let mut out = String::new();
+            for held in value["quarantined"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "{:<24} {:<15} since {} by {} ({})\n",
+                    s(&held["agent_id"]),
+                    s(&held["mode"]),
+                    s(&held["since"]),
+                    s(&held["actor"]),
+                    s(&held["reason"])
+                ));
+            }
+            if out.is_empty() {
+                out.push_str("no agent is quarantined\n");
+            }
+            out
+        }
     }
 }
 

@@ -1,9 +1,11 @@
 //! The `clawgress` command line. It only parses arguments and calls into the
 //! crates; behaviour lives in `gateway/`, `policies/` and friends.
 
+mod analyze;
 mod bench;
 mod dns;
 mod egress;
+mod integrity;
 mod pipeline;
 mod policy_compile;
 mod up;
@@ -38,10 +40,18 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Behavior analysis of the audit trail (seed 001 §5.7): baselines per
+    /// agent, anomalies on `alerts.<severity>`, quarantine through the control API.
+    Analyze(analyze::AnalyzeArgs),
     /// Work with the audit trail.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Ed25519 keys for signed policy bundles and audit checkpoints.
+    Keys {
+        #[command(subcommand)]
+        command: integrity::KeysCommand,
     },
     /// The interception CA that `tls: intercept` rules use.
     Ca {
@@ -78,6 +88,8 @@ enum Command {
     BenchControl(bench::control::ControlBenchArgs),
     /// Serve fixed-size responses, as the target for `clawgress bench`.
     BenchTarget(bench::TargetArgs),
+    /// Write a synthetic audit trail for `clawgress analyze`'s benchmark.
+    BenchAnalyze(analyze::BenchArgs),
     /// DLP scan throughput on one core over a chat-completion body.
     BenchDlp(bench::dlp::DlpBenchArgs),
     /// What the AI analyzer costs: a prompt's token estimate, a whole request read.
@@ -155,6 +167,26 @@ struct GatewayArgs {
     /// transparent listener, its first bytes) before it is refused.
     #[arg(long, default_value_t = 30)]
     header_timeout_secs: u64,
+    #[command(flatten)]
+    integrity: integrity::IntegrityArgs,
+    /// Also serve the proxy over TLS here, requiring a client certificate
+    /// from --client-ca: the certificate names the agent (a SPIFFE ID in
+    /// the agents' `spiffe_ids`, or its CN as the agent id).
+    #[arg(long, value_name = "ADDR", requires = "client_ca")]
+    listen_tls: Option<SocketAddr>,
+    /// PEM: the CA that issues the agents' client certificates (--listen-tls).
+    #[arg(long, value_name = "FILE", env = "CLAWGRESS_CLIENT_CA", requires = "listen_tls")]
+    client_ca: Option<PathBuf>,
+    /// PEM CRL(s) of the client CA; reloaded on change and on SIGHUP.
+    #[arg(long, value_name = "FILE", env = "CLAWGRESS_CRL", requires = "listen_tls")]
+    crl: Option<PathBuf>,
+    /// PEM certificate chain of the mTLS listener [default: minted from the
+    /// interception CA for localhost, this host's name or the address].
+    #[arg(long, value_name = "FILE", env = "CLAWGRESS_SERVER_CERT", requires_all = ["listen_tls", "server_key"])]
+    server_cert: Option<PathBuf>,
+    /// PEM private key of --server-cert.
+    #[arg(long, value_name = "FILE", env = "CLAWGRESS_SERVER_KEY", requires_all = ["listen_tls", "server_cert"])]
+    server_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -182,12 +214,42 @@ enum PolicyCommand {
     Check { file: PathBuf },
     /// Render the policy for a network layer (`--target nftables`).
     Compile(policy_compile::CompileArgs),
+    /// Replay recorded decisions under a candidate policy: which (agent,
+    /// destination) pairs would newly be denied or allowed.
+    Diff(analyze::DiffArgs),
+    /// Sign a bundle: the signature becomes its last line (a YAML comment).
+    Sign {
+        /// The private key (`clawgress keys init`: policy.key).
+        #[arg(long)]
+        key: PathBuf,
+        file: PathBuf,
+    },
+    /// Check a bundle's signature; exits 1 if missing, unknown or wrong.
+    Verify {
+        /// A trusted public key (policy.pub); repeat for several.
+        #[arg(long, required = true)]
+        key: Vec<PathBuf>,
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Verify the hash chain; reports the first edited, removed or reordered line.
-    Verify { file: PathBuf },
+    /// Verify the hash chain; reports the first edited, removed or reordered
+    /// line, and a torn tail left by a crash. With --key, also the signed
+    /// checkpoints: a replaced file fails, unsigned trailing records are listed.
+    Verify {
+        file: PathBuf,
+        /// A trusted public key (audit.pub); repeat for several.
+        #[arg(long)]
+        key: Vec<PathBuf>,
+    },
+    /// Records by agent, domain, decision and time, from a trail, the
+    /// `audit.>` streams or a gateway's control API (jsonl, json, csv).
+    Search(analyze::SearchArgs),
+    /// A bundle of records, checkpoints, policy versions and admin actions
+    /// with a SHA-256 manifest (seed 002 §9.2).
+    Evidence(analyze::EvidenceArgs),
 }
 
 fn main() -> ExitCode {
@@ -211,6 +273,7 @@ fn service_name(command: &Command) -> &'static str {
         Command::Submit(_) => "clawgress-submit",
         Command::Synthetic { .. } => "clawgress-synthetic",
         Command::Dns(_) => "clawgress-dns",
+        Command::Analyze(_) => "clawgress-analyze",
         _ => "clawgress",
     }
 }
@@ -244,11 +307,33 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 state_dir,
                 transparent: args.transparent,
                 header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
+                integrity: args.integrity.options(),
+                mtls: match (args.listen_tls, args.client_ca) {
+                    (Some(listen), Some(client_ca)) => Some(clawgress_gateway::mtls::MtlsConfig {
+                        listen,
+                        client_ca,
+                        crl: args.crl,
+                        server_cert: args.server_cert,
+                        server_key: args.server_key,
+                    }),
+                    _ => None,
+                },
             };
             runtime()?.block_on(clawgress_gateway::run(config, shutdown_signal()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Egress(args) => egress::run(args),
+        Command::Analyze(args) => analyze::analyze(args),
+        Command::BenchAnalyze(args) => analyze::bench(args),
+        Command::Audit {
+            command: AuditCommand::Search(args),
+        } => analyze::search(args),
+        Command::Audit {
+            command: AuditCommand::Evidence(args),
+        } => analyze::evidence(args),
+        Command::Policy {
+            command: PolicyCommand::Diff(args),
+        } => analyze::diff(args),
         Command::Synthetic {
             command:
                 SyntheticCommand::Run {
@@ -288,22 +373,15 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Audit {
-            command: AuditCommand::Verify { file },
-        } => match clawgress_gateway::audit::verify_file(&file) {
-            Ok(report) => {
-                println!(
-                    "{}: {} lines, chain intact, last hash {}",
-                    file.display(),
-                    report.lines,
-                    report.last_hash
-                );
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(error) => {
-                eprintln!("{}: {error}", file.display());
-                Ok(ExitCode::from(1))
-            }
-        },
+            command: AuditCommand::Verify { file, key },
+        } => integrity::audit_verify(&file, &key),
+        Command::Keys { command } => integrity::keys(command),
+        Command::Policy {
+            command: PolicyCommand::Sign { key, file },
+        } => integrity::policy_sign(&key, &file),
+        Command::Policy {
+            command: PolicyCommand::Verify { key, file },
+        } => integrity::policy_verify(&key, &file),
         // The load generator and the target each take one core at most, so
         // on a small machine the process under test keeps the rest.
         Command::Bench(args) => {

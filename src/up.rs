@@ -182,6 +182,8 @@ async fn run_platform(args: &UpArgs, state_dir: &std::path::Path) -> anyhow::Res
         upstream_ca_bundle: None,
         transparent: None,
         header_timeout: Duration::from_secs(30),
+        mtls: None,
+        integrity: Default::default(),
     };
     // The gateway stops after the scheduler has drained: in-flight jobs
     // still need it.

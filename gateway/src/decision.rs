@@ -59,6 +59,14 @@ pub enum Refusal {
     Contained(crate::containment::Overflow),
     /// A maintainer's emergency block is in force: every agent is denied.
     EmergencyBlock { incident_id: Arc<str> },
+    /// The behavior engine (or an operator) quarantined this agent: every
+    /// replica refuses it until released.
+    AgentQuarantined(Box<crate::control::QuarantinedAgent>),
+    /// This agent is held to a reduced rate and has used it up.
+    AgentRateReduced {
+        per_minute: u32,
+        retry_after: std::time::Duration,
+    },
     /// The control state is unknown (no NATS and no last-known-good copy)
     /// and `egress.fail_mode` is `closed`.
     ControlUnavailable,
@@ -147,6 +155,8 @@ impl Refusal {
             Refusal::Contained(crate::containment::Overflow::TooLarge { .. }) => "request_body_too_large",
             Refusal::CircuitOpen(_) => "circuit_open",
             Refusal::EmergencyBlock { .. } => "emergency_block",
+            Refusal::AgentQuarantined(_) => "agent_quarantined",
+            Refusal::AgentRateReduced { .. } => "agent_rate_reduced",
             Refusal::ControlUnavailable => "control_store_unavailable",
             Refusal::MalformedHost(_) => "malformed_host",
             Refusal::Policy { reason, .. } => reason.as_str(),
@@ -188,7 +198,8 @@ impl Refusal {
             Refusal::AuditUnavailable | Refusal::CircuitOpen(_) | Refusal::ControlUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Refusal::EmergencyBlock { .. } => StatusCode::FORBIDDEN,
+            Refusal::EmergencyBlock { .. } | Refusal::AgentQuarantined(_) => StatusCode::FORBIDDEN,
+            Refusal::AgentRateReduced { .. } => StatusCode::TOO_MANY_REQUESTS,
             Refusal::Contained(crate::containment::Overflow::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::RateLimited(_) | Refusal::Contained(_) => StatusCode::TOO_MANY_REQUESTS,
             Refusal::Dlp(DlpRefusal::Blocked { .. }) => StatusCode::FORBIDDEN,
@@ -226,6 +237,8 @@ impl Refusal {
             }),
             Refusal::CircuitOpen(_) => Arc::from("circuit_breaker"),
             Refusal::EmergencyBlock { incident_id } => Arc::from(format!("control.emergency_block.{incident_id}")),
+            Refusal::AgentQuarantined(_) => Arc::from("control.quarantine"),
+            Refusal::AgentRateReduced { .. } => Arc::from("control.rate_reduction"),
             Refusal::ControlUnavailable => Arc::from("control_store"),
             Refusal::Dlp(DlpRefusal::Blocked {
                 class: Class::Secret, ..
@@ -262,6 +275,7 @@ impl Refusal {
                 | Refusal::MalformedHost(_)
                 | Refusal::AuditUnavailable
                 | Refusal::EmergencyBlock { .. }
+                | Refusal::AgentQuarantined(_)
                 | Refusal::ControlUnavailable
                 | Refusal::Dlp(_)
                 | Refusal::SniMismatch { .. }
@@ -274,7 +288,15 @@ impl Refusal {
                 | Refusal::DestinationMismatch { .. }
                 | Refusal::UnsupportedProtocol
                 | Refusal::MissingSni
-                | Refusal::Identity(IdentityError::UnknownSource | IdentityError::SourceMismatch)
+                | Refusal::Identity(
+                    IdentityError::UnknownSource
+                        | IdentityError::SourceMismatch
+                        | IdentityError::CertificateMismatch
+                        | IdentityError::ClientCertificate(
+                            crate::identity::CertificateProblem::Revoked
+                                | crate::identity::CertificateProblem::Untrusted
+                        )
+                )
         )
     }
 
@@ -295,6 +317,7 @@ impl Refusal {
         match self {
             Refusal::RateLimited(limited) => Some(limited.retry_after),
             Refusal::CircuitOpen(open) => Some(open.retry_after),
+            Refusal::AgentRateReduced { retry_after, .. } => Some(*retry_after),
             Refusal::BudgetExceeded(exceeded) => Some(std::time::Duration::from_secs(exceeded.retry_after_secs)),
             // Capacity comes back as the agent's own exchanges finish.
             Refusal::Contained(overflow) if overflow.is_retryable() => Some(std::time::Duration::from_secs(1)),
@@ -314,6 +337,10 @@ impl Refusal {
     /// or anything from the request body.
     pub fn detail(&self) -> String {
         match self {
+            Refusal::Identity(e) if e.is_certificate() => format!(
+                "{e}. On the mTLS listener the client certificate names the agent: its SPIFFE ID \
+                 (`spiffe_ids:` in the agents file), or its CN as the agent id."
+            ),
             Refusal::Identity(e) if e.is_forbidden() => {
                 format!("{e}. The agents file maps source addresses to agents (`sources:`).")
             }
@@ -396,6 +423,18 @@ impl Refusal {
             }
             Refusal::EmergencyBlock { incident_id } => format!(
                 "all egress is stopped by emergency block {incident_id}; a maintainer lifts it with `clawgress egress restore --incident-id {incident_id}`"
+            ),
+            Refusal::AgentQuarantined(held) => format!(
+                "agent {} is quarantined since {} ({}); every gateway replica refuses it until an operator runs \
+                 `clawgress egress release-agent {} --reason ...`",
+                held.agent_id,
+                held.since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                held.reason,
+                held.agent_id
+            ),
+            Refusal::AgentRateReduced { per_minute, .. } => format!(
+                "this agent is held to {per_minute} requests a minute after an anomaly; retry after the \
+                 Retry-After header, or ask an operator to release it (`clawgress egress release-agent`)"
             ),
             Refusal::Dlp(DlpRefusal::Blocked { kinds, .. }) => format!(
                 "the request carries data the DLP policy blocks ({}); nothing was sent. \
@@ -486,6 +525,17 @@ pub const ALL_REASONS: &[&str] = &[
     // identity by source address (403)
     "unknown_source",
     "source_mismatch",
+    // identity by client certificate (403; handshake refusals send nothing)
+    "unknown_certificate",
+    "ambiguous_certificate",
+    "certificate_mismatch",
+    "client_certificate_missing",
+    "client_certificate_untrusted",
+    "client_certificate_expired",
+    "client_certificate_not_yet_valid",
+    "client_certificate_revoked",
+    "client_certificate_revocation_unknown",
+    "client_certificate_invalid",
     // request shape (400, 508)
     "not_a_proxy_request",
     "unsupported_url_scheme",
@@ -516,8 +566,10 @@ pub const ALL_REASONS: &[&str] = &[
     "max_concurrent_requests_exceeded",
     "max_pending_bytes_exceeded",
     "request_body_too_large",
-    // operator control (403, 503)
+    // operator control (403, 429, 503)
     "emergency_block",
+    "agent_quarantined",
+    "agent_rate_reduced",
     "control_store_unavailable",
     // audit (503)
     "audit_unavailable",

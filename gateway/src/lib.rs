@@ -5,12 +5,14 @@
 //! | module | job |
 //! |---|---|
 //! | [`proxy`] | listener and the request pipeline (identify → classify → decide → forward/tunnel → record) |
-//! | [`identity`] | agent registry, API keys, JWTs |
+//! | [`identity`] | agent registry, API keys, JWTs, SPIFFE IDs |
+//! | [`mtls`] | the `--listen-tls` listener's client CA, CRL, server certificate, reload |
 //! | [`dns`] | host parsing, SSRF address classes, the caching resolver |
 //! | [`decision`] | refusal kinds, their reason codes and statuses |
 //! | [`response`] | refusals as problem+json responses |
 //! | [`record`] | audit line and metrics for each finished request |
-//! | [`audit`] | audit events, the hash-chained writer, `verify` |
+//! | [`audit`] | audit events, the hash-chained writer, `verify`, checkpoints, shipping to the audit streams |
+//! | [`integrity`] | `--audit-fsync`, `--audit-key`, `--audit-replicas`, `--audit-wal-max-bytes`, `--policy-key` |
 //! | [`metrics`] | Prometheus metrics |
 //! | [`admin`] | `/metrics`, `/healthz`, `/readyz`, `/dashboard`, the control API |
 //! | [`dashboard`] | the built-in dashboard page and its SLO window |
@@ -27,10 +29,13 @@ pub mod control;
 pub mod dashboard;
 pub mod decision;
 pub mod dns;
+pub mod geoip;
 pub mod identity;
 pub mod inspect;
+pub mod integrity;
 pub mod limits;
 pub mod metrics;
+pub mod mtls;
 pub mod proxy;
 pub mod record;
 pub mod reload;
@@ -83,15 +88,22 @@ pub struct GatewayConfig {
     /// The transparent listener, for connections nftables redirects here.
     pub transparent: Option<SocketAddr>,
     /// How long a client may take to send its request head (or, on the
-    /// transparent listener, its first bytes).
+    /// transparent listener, its first bytes; on the mTLS listener, its
+    /// handshake).
     pub header_timeout: Duration,
+    /// The proxy over TLS with client certificates (`--listen-tls`).
+    pub mtls: Option<mtls::MtlsConfig>,
+    /// Audit durability, checkpoints, shipping, and policy signatures.
+    pub integrity: integrity::IntegrityOptions,
 }
 
 /// Starts the gateway and serves until `shutdown` resolves; then stops
 /// accepting, lets in-flight requests finish, and flushes the audit trail.
 pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     let metrics = Arc::new(metrics::GatewayMetrics::new(decision::ALL_REASONS)?);
-    let bundle = clawgress_policies::load_file(&config.policy).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let watched = reload::Watched::before_loading(config.policy.clone(), config.agents.clone(), config.watch_interval);
+    let policy_keys = config.integrity.policy_keys()?;
+    let bundle = integrity::load_policy(&config.policy, policy_keys.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
     for warning in &bundle.warnings {
         tracing::warn!("{warning}");
     }
@@ -119,8 +131,13 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
     if let Some(dir) = config.audit.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create the audit directory {}", dir.display()))?;
     }
-    let (audit, writer) = audit::start_writer(&config.audit, config.audit_queue, metrics.audit())
-        .with_context(|| format!("cannot open the audit trail {}", config.audit.display()))?;
+    let (audit, writer) = config
+        .integrity
+        .start_writer(&config.audit, config.audit_queue, metrics.audit())?;
+    let shipper = config
+        .nats_url
+        .as_deref()
+        .map(|url| config.integrity.start_shipper(url, &config.audit, &audit, &writer));
 
     let proxy_listeners = proxy::server::bind_listeners(config.listen, config.workers).with_context(|| {
         format!(
@@ -128,6 +145,19 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
             config.listen
         )
     })?;
+    // The mTLS files are read before anything serves: a wrong CA or CRL
+    // stops the start with what to fix.
+    let mtls = match config.mtls.clone() {
+        Some(mtls_config) => {
+            let listen = mtls_config.listen;
+            let acceptor = mtls::MtlsAcceptor::load(mtls_config, tls.clone(), metrics.registry())
+                .context("cannot start the mTLS listener (--listen-tls)")?;
+            let listeners = proxy::server::bind_listeners(listen, config.workers)
+                .with_context(|| format!("cannot listen on {listen} for mTLS (pick another --listen-tls)"))?;
+            Some((Arc::new(acceptor), listeners))
+        }
+        None => None,
+    };
     let transparent_listeners = match config.transparent {
         Some(addr) => Some(proxy::server::bind_listeners(addr, config.workers).with_context(|| {
             format!("cannot listen on {addr} for transparent connections (pick another --transparent)")
@@ -152,6 +182,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     control.first_sync(Duration::from_secs(5)).await;
     let snapshot_limits = snapshot.containment_limits();
+    let gateway_registry = metrics.registry().clone();
     let gateway = Arc::new(Gateway {
         policy: ArcSwap::from_pointee(snapshot),
         identities: ArcSwap::from_pointee(identities),
@@ -171,6 +202,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
             None => budgets::BudgetStore::memory(),
         }),
         dashboard: dashboard::Dashboard::default(),
+        policy_trust: integrity::PolicyTrust::new(policy_keys, gateway_registry)?,
     });
 
     let mut workers = proxy::server::spawn_workers(
@@ -183,7 +215,8 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
         config.drain,
     )
     .context("cannot start the proxy workers")?;
-    let mut transparent_line = None;
+    // The start lines of the listeners besides the proxy's.
+    let mut listener_lines = Vec::new();
     if let Some(listeners) = transparent_listeners {
         let addr = listeners[0].local_addr()?;
         if !gateway.identities.load().has_sources() {
@@ -191,7 +224,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
                 "--transparent: no agent in the agents file has `sources`, so every redirected connection is refused (unknown_source)"
             );
         }
-        transparent_line = Some(format!("transparent listening on {addr}"));
+        listener_lines.push(format!("transparent listening on {addr}"));
         workers.extend(
             proxy::server::spawn_workers(
                 listeners,
@@ -205,16 +238,43 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
             .context("cannot start the transparent workers")?,
         );
     }
+    let mut mtls_watcher = None;
+    if let Some((acceptor, listeners)) = mtls {
+        let addr = listeners[0].local_addr()?;
+        let identities = gateway.identities.load();
+        if identities.spiffe_id_count() == 0 {
+            tracing::info!("--listen-tls: no agent lists `spiffe_ids`; client certificates name agents by their CN");
+        }
+        listener_lines.push(format!("mtls listening on {addr}"));
+        workers.extend(
+            proxy::server::spawn_workers(
+                listeners,
+                proxy::server::Role::Mtls {
+                    header_timeout: config.header_timeout,
+                    acceptor: acceptor.clone(),
+                },
+                gateway.clone(),
+                stopped.clone(),
+                config.drain,
+            )
+            .context("cannot start the mTLS workers")?,
+        );
+        mtls_watcher = Some(tokio::spawn(mtls::watch_files(
+            acceptor,
+            config.watch_interval,
+            stopped.clone(),
+        )));
+    }
     let admin = tokio::spawn(admin::serve(admin_listener, gateway.clone(), stopped.clone()));
-    let watcher = tokio::spawn(reload::watch_files(
-        gateway.clone(),
-        reload::Watched {
-            policy: config.policy.clone(),
-            agents: config.agents.clone(),
-            interval: config.watch_interval,
-        },
-        stopped,
-    ));
+    // The dashboard's anomaly panel follows `clawgress analyze` on NATS.
+    let anomalies = config.nats_url.clone().map(|url| {
+        tokio::spawn(dashboard::anomalies::follow(
+            gateway.dashboard.anomalies.clone(),
+            url,
+            stopped.clone(),
+        ))
+    });
+    let watcher = tokio::spawn(reload::watch_files(gateway.clone(), watched, stopped));
     // Idle limiter keys are dropped so memory stays bounded; a dropped key
     // comes back with exactly its burst, never more.
     let sweeper = {
@@ -249,7 +309,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
         control_line,
         format!("audit trail {}", config.audit.display()),
     ];
-    lines.extend(transparent_line);
+    lines.extend(listener_lines);
     announce(&lines);
 
     shutdown.await;
@@ -262,15 +322,24 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
     })
     .await;
     let _ = admin.await;
+    if let Some(anomalies) = anomalies {
+        let _ = anomalies.await;
+    }
     let _ = watcher.await;
+    if let Some(mtls_watcher) = mtls_watcher {
+        let _ = mtls_watcher.await;
+    }
     let _ = sweeper.await;
     // Every request holds an audit slot; once the servers are done and the
     // gateway's last clone is gone, the writer drains and stops.
     drop(gateway);
-    writer
-        .shutdown()
-        .await
-        .context("the audit trail could not be flushed")?;
+    let flushed = writer.shutdown().await;
+    // The last records (and the last checkpoint) go to the streams too, if
+    // NATS takes them soon; otherwise the next start ships them.
+    if let Some(shipper) = shipper {
+        shipper.finish(Duration::from_secs(5)).await;
+    }
+    flushed.context("the audit trail could not be flushed")?;
     Ok(())
 }
 
@@ -292,6 +361,7 @@ async fn expire_temporary(gateway: &Gateway) {
             control::ControlItem::Allow(entry) => ("expire_temp", entry.id, entry.domain),
             control::ControlItem::Request(request) => ("prune_request", request.id, request.domain),
             control::ControlItem::Emergency(block) => ("expire", block.incident_id, String::new()),
+            control::ControlItem::Quarantine(held) => ("expire", held.agent_id, String::new()),
         };
         let mut event = audit::AdminEvent::new("clawgress", "system", action);
         event.details.insert("id".to_string(), id);

@@ -100,16 +100,18 @@ pub enum ListenerLabel {
     Proxy,
     Transparent,
     Admin,
+    Mtls,
 }
 
 impl ListenerLabel {
-    const ALL: [ListenerLabel; 3] = [Self::Proxy, Self::Transparent, Self::Admin];
+    const ALL: [ListenerLabel; 4] = [Self::Proxy, Self::Transparent, Self::Admin, Self::Mtls];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Proxy => "proxy",
             Self::Transparent => "transparent",
             Self::Admin => "admin",
+            Self::Mtls => "mtls",
         }
     }
 }
@@ -190,7 +192,7 @@ pub struct GatewayMetrics {
     /// Reset-then-set of the version must not interleave between two reloads.
     policy_version_update: Mutex<()>,
     audit: AuditMetrics,
-    connections: [IntGauge; 3],
+    connections: [IntGauge; 4],
     dns_lookups: [IntCounter; 5],
     /// `egress_fail_open_total`, `[control_store, audit_sink]`.
     fail_open: [IntCounter; 2],
@@ -314,37 +316,7 @@ impl GatewayMetrics {
             )?,
         )?;
 
-        let audit = AuditMetrics {
-            lines_written: register(
-                &registry,
-                IntCounter::new("audit_lines_written_total", "Audit lines written")?,
-            )?,
-            write_errors: register(
-                &registry,
-                IntCounter::new("audit_write_errors_total", "Audit write or fsync failures")?,
-            )?,
-            queue_full: register(
-                &registry,
-                IntCounter::new(
-                    "audit_queue_full_total",
-                    "Requests refused because the audit queue was full",
-                )?,
-            )?,
-            queue_depth: register(
-                &registry,
-                IntGauge::new(
-                    "audit_queue_depth",
-                    "Audit slots reserved by in-flight requests or waiting to be written",
-                )?,
-            )?,
-            slots_abandoned: register(
-                &registry,
-                IntCounter::new(
-                    "audit_slots_abandoned_total",
-                    "Audit slots released without a record (possible unaudited request)",
-                )?,
-            )?,
-        };
+        let audit = AuditMetrics::register(&registry, "Requests refused because the audit queue was full")?;
 
         let connections_vec = register(
             &registry,

@@ -16,7 +16,8 @@ use http::Response;
 
 use crate::Gateway;
 use crate::audit::{
-    AuditIdentity, AuditSlot, EgressEvent, EnforcementMode, Protocol, RequestSummary, ResponseSummary, Verdict,
+    AuditIdentity, AuditSlot, Confirmation, EgressEvent, EnforcementMode, Protocol, RequestSummary, ResponseSummary,
+    Verdict,
 };
 use crate::context::{Outcome, RequestContext, RequestKind};
 use crate::decision::{Enforcement, Refusal};
@@ -87,23 +88,66 @@ impl Finisher {
         self.pending.as_mut().map(|p| &mut p.ctx)
     }
 
-    /// Records the exchange now.
-    pub fn finish(mut self) {
-        if let Some(pending) = self.pending.take() {
-            pending.record(None);
+    /// Records the exchange now; the confirmation resolves once the record
+    /// is in the trail.
+    pub fn finish(mut self) -> Confirmation {
+        match self.pending.take() {
+            Some(pending) => pending.record(None),
+            None => Confirmation::done(),
         }
     }
 
+    /// Whether this agent's `egress.fail_mode` is `open`: a response whose
+    /// record cannot be confirmed is then released rather than cut.
+    pub fn fails_open(&self) -> bool {
+        self.pending.as_ref().is_some_and(|p| {
+            p.ctx.identity.as_ref().is_some_and(|identity| {
+                p.gateway.policy.load().fail_mode_for(&identity.environment)
+                    == clawgress_policies::model::FailMode::Open
+            })
+        })
+    }
+
     /// Answers with a refusal and records it, with whatever bytes already
-    /// went out.
+    /// went out. Nobody waits for the record: for a connection that is
+    /// closed rather than answered.
     pub fn refuse(mut self, refusal: Refusal) -> Response<ProxyBody> {
         match self.pending.take() {
             Some(pending) => {
                 let response = refusal_response(&pending.ctx, &refusal);
-                pending.record(Some(refusal));
+                pending.record(Some(refusal)).detach();
                 response
             }
             None => Response::new(ProxyBody::empty()),
+        }
+    }
+
+    /// [`Finisher::refuse`] for a refusal the client will read: the answer
+    /// is released only once its record is in the trail (or the wait for it
+    /// gave up, see [`confirmed`]).
+    pub async fn refuse_confirmed(mut self, refusal: Refusal) -> Response<ProxyBody> {
+        match self.pending.take() {
+            Some(pending) => {
+                let gateway = pending.gateway.clone();
+                let response = refusal_response(&pending.ctx, &refusal);
+                confirmed(&gateway, pending.record(Some(refusal))).await;
+                response
+            }
+            None => Response::new(ProxyBody::empty()),
+        }
+    }
+}
+
+/// Waits (at most [`crate::audit::CONFIRM_TIMEOUT`]) for a refusal's record
+/// before the refusal is sent; whether it came. A refusal goes out either
+/// way: it serves nothing, and its record is still queued.
+pub async fn confirmed(gateway: &Gateway, confirmation: Confirmation) -> bool {
+    match confirmation.within(crate::audit::CONFIRM_TIMEOUT).await {
+        Ok(()) => true,
+        Err(unconfirmed) => {
+            gateway.audit.metrics().confirm_timeouts.inc();
+            tracing::warn!("{unconfirmed}; the refusal is sent anyway");
+            false
         }
     }
 }
@@ -114,13 +158,13 @@ impl Drop for Finisher {
             // Dropped before an answer: the client went away (or the worker
             // stopped) while the upstream exchange was under way.
             let refusal = pending.head.is_none().then_some(Refusal::ClientClosed);
-            pending.record(refusal);
+            pending.record(refusal).detach();
         }
     }
 }
 
 impl Pending {
-    fn record(self: Box<Self>, refusal: Option<Refusal>) {
+    fn record(self: Box<Self>, refusal: Option<Refusal>) -> Confirmation {
         let Pending {
             gateway,
             mut ctx,
@@ -138,7 +182,7 @@ impl Pending {
                 if reset {
                     gateway.metrics.record_upstream_reset();
                 }
-                record_served(&gateway, ctx, slot, status, head_latency, reset, cut);
+                record_served(&gateway, ctx, slot, status, head_latency, reset, cut)
             }
             (None, None) => record_refused(&gateway, ctx, slot, &Refusal::ClientClosed),
         }
@@ -146,7 +190,7 @@ impl Pending {
 }
 
 /// Records a request that ended before anything was sent upstream.
-pub fn record(gateway: &Gateway, ctx: RequestContext, slot: AuditSlot, outcome: Outcome) {
+pub fn record(gateway: &Gateway, ctx: RequestContext, slot: AuditSlot, outcome: Outcome) -> Confirmation {
     match outcome {
         Outcome::Served { status } => {
             let head = ctx.started.elapsed();
@@ -194,7 +238,7 @@ fn record_served(
     head_latency: Duration,
     reset: bool,
     cut: Option<&'static str>,
-) {
+) -> Confirmation {
     let elapsed = ctx.started.elapsed();
     settle_budget(gateway, &ctx, true);
     let (label, reason, verdict, policy_id) = match &ctx.would_deny {
@@ -227,10 +271,10 @@ fn record_served(
     if cut.is_some() {
         event.upstream_error = cut;
     }
-    slot.record(event);
+    slot.record_confirmed(event)
 }
 
-fn record_refused(gateway: &Gateway, mut ctx: RequestContext, slot: AuditSlot, refusal: &Refusal) {
+fn record_refused(gateway: &Gateway, mut ctx: RequestContext, slot: AuditSlot, refusal: &Refusal) -> Confirmation {
     let elapsed = ctx.started.elapsed();
     settle_budget(gateway, &ctx, ctx.bytes_out > 0);
     let status = refusal.status().as_u16();
@@ -252,7 +296,7 @@ fn record_refused(gateway: &Gateway, mut ctx: RequestContext, slot: AuditSlot, r
             size_bytes: 0,
         });
         event
-    } else if matches!(refusal, Refusal::RateLimited(_))
+    } else if matches!(refusal, Refusal::RateLimited(_) | Refusal::AgentRateReduced { .. })
         || matches!(refusal, Refusal::Contained(overflow) if overflow.is_retryable())
     {
         // Load refusals, not policy denials: the agent may retry later.
@@ -279,7 +323,7 @@ fn record_refused(gateway: &Gateway, mut ctx: RequestContext, slot: AuditSlot, r
             refusal.policy_id().to_string(),
         )
     };
-    slot.record(event);
+    slot.record_confirmed(event)
 }
 
 /// The per-agent and per-host counts, and the dashboard's latest denials.
@@ -360,12 +404,18 @@ fn event(ctx: &mut RequestContext, verdict: Verdict, policy_id: String) -> Egres
     event.fail_open = ctx.fail_open;
     event.policy_version = ctx.policy_version.as_ref().map(|v| v.to_string());
     event.destination_ip = ctx.destination_ip();
+    event.destination_asn = ctx.geo.and_then(|g| g.asn);
+    event.destination_geo = ctx.geo.and_then(|g| g.country);
     event.protocol = destination.map(|d| match d.protocol {
         RuleProtocol::Http => Protocol::Http,
         RuleProtocol::Https => Protocol::Https,
     });
     event.tunnel = ctx.kind == RequestKind::Connect;
-    event.mode = ctx.original_destination.map(|_| "transparent");
+    event.mode = match (&ctx.client_certificate, ctx.original_destination) {
+        (Some(_), _) => Some("mtls"),
+        (None, Some(_)) => Some("transparent"),
+        (None, None) => None,
+    };
     event.original_destination = ctx.original_destination;
     event.client_ip = ctx.record_client.then(|| ctx.client.ip().to_canonical());
     event.bytes_out = ctx.bytes_out;
@@ -375,6 +425,9 @@ fn event(ctx: &mut RequestContext, verdict: Verdict, policy_id: String) -> Egres
     event.dlp_skipped = ctx.uninspected;
     event.alert = ctx.alert;
     event.tls = ctx.tls.take();
+    if let Some(certificate) = &ctx.client_certificate {
+        event.tls.get_or_insert_with(Default::default).client_certificate = Some((**certificate).clone());
+    }
     event.ai = ctx.ai.take();
     event.budget = ctx.budget.take();
     event

@@ -15,11 +15,29 @@ use crate::identity::IdentityResolver;
 use crate::state::PolicySnapshot;
 
 pub struct Watched {
-    pub policy: PathBuf,
-    pub agents: PathBuf,
+    policy: PathBuf,
+    agents: PathBuf,
     /// How often file contents are compared. Content, not mtime: editors and
     /// config-map mounts replace files in ways mtime does not always show.
-    pub interval: Duration,
+    interval: Duration,
+    /// The contents in force: taken before they are loaded, so an edit made
+    /// while the process starts is seen as a change (taken when the watcher
+    /// first ran, such an edit would pass for the loaded version).
+    policy_seen: Option<[u8; 32]>,
+    agents_seen: Option<[u8; 32]>,
+}
+
+impl Watched {
+    /// Call before loading the files.
+    pub fn before_loading(policy: PathBuf, agents: PathBuf, interval: Duration) -> Watched {
+        Watched {
+            policy_seen: digest(&policy),
+            agents_seen: digest(&agents),
+            policy,
+            agents,
+            interval,
+        }
+    }
 }
 
 /// Whatever holds a policy and an agent registry that can be swapped while
@@ -48,8 +66,7 @@ pub async fn watch_files<T: Reload>(target: Arc<T>, watched: Watched, mut shutdo
             None
         }
     };
-    let mut policy_seen = digest(&watched.policy);
-    let mut agents_seen = digest(&watched.agents);
+    let (mut policy_seen, mut agents_seen) = (watched.policy_seen, watched.agents_seen);
     loop {
         let forced = tokio::select! {
             _ = async { match hangup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => true,
@@ -70,11 +87,12 @@ pub async fn watch_files<T: Reload>(target: Arc<T>, watched: Watched, mut shutdo
 }
 
 pub fn reload_policy(gateway: &Gateway, path: &Path) -> bool {
-    let built = clawgress_policies::load_file(path)
-        .map_err(|e| e.to_string())
+    // Under --policy-key the signature is checked on the exact bytes loaded.
+    let built = crate::integrity::load_policy(path, gateway.policy_trust.keys.as_deref())
+        .map_err(|e| (crate::integrity::rejection_reason(&e), e.to_string()))
         .and_then(|bundle| {
             PolicySnapshot::build(&bundle, Some(&gateway.policy.load()))
-                .map_err(|e| format!("{e:#}"))
+                .map_err(|e| ("invalid_bundle", format!("{e:#}")))
                 .map(|s| (bundle, s))
         });
     match built {
@@ -90,13 +108,23 @@ pub fn reload_policy(gateway: &Gateway, path: &Path) -> bool {
             tracing::info!(%version, "policy reloaded");
             true
         }
-        Err(message) => {
+        Err((reason, message)) => {
             let current = gateway.policy.load().version.clone();
+            let message = message.replace('\n', " | ");
             gateway.metrics.record_policy_reload_failure();
+            gateway.policy_trust.count_rejection(reason);
             tracing::error!(
-                "policy reload refused; version {current} stays in force. {}",
-                message.replace('\n', " | ")
+                reason,
+                "policy reload refused; version {current} stays in force. {message}"
             );
+            // On the record too (and in audit.alert): a bundle that fails its
+            // signature may be someone trying to change the rules. Past the
+            // backlog bound if need be: this line must not be the one refused.
+            let event = crate::audit::PolicyEvent::rejected(&path.display().to_string(), reason, &message, &current);
+            match gateway.audit.reserve_past_backlog() {
+                Ok(slot) => slot.record(event),
+                Err(error) => tracing::error!(%error, "cannot record the policy rejection in the audit trail"),
+            }
             false
         }
     }

@@ -56,6 +56,9 @@ pub struct Gateway {
     pub budget_store: Arc<crate::budgets::BudgetStore>,
     /// The `/dashboard` page's latest denials and counter snapshots.
     pub dashboard: crate::dashboard::Dashboard,
+    /// The keys a policy bundle must be signed by (`--policy-key`), and the
+    /// count of bundles refused on reload.
+    pub policy_trust: crate::integrity::PolicyTrust,
 }
 
 /// One loaded policy bundle, compiled, with the resolver its `dns` section
@@ -86,6 +89,8 @@ pub struct PolicySnapshot {
     pub upstream_tls: crate::tls::UpstreamTlsPolicy,
     /// Token and cost budgets; `None` when the policy sets none.
     pub budgets: Option<Arc<crate::budgets::BudgetPlan>>,
+    /// ASN and country databases (`geoip:`); `None` when none are named.
+    pub geoip: Option<Arc<crate::geoip::GeoIp>>,
 }
 
 impl PolicySnapshot {
@@ -133,6 +138,9 @@ impl PolicySnapshot {
             dlp: crate::inspect::engine_for(&doc.dlp),
             upstream_tls: crate::tls::UpstreamTlsPolicy::new(&doc.tls),
             budgets: crate::budgets::BudgetPlan::new(&doc.budgets),
+            geoip: crate::geoip::GeoIp::load(bundle)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .map(Arc::new),
             hash_bodies: doc.compliance_logging.enabled && doc.compliance_logging.hash_sensitive,
             compiled: CompiledPolicy::compile(bundle),
             resolver,

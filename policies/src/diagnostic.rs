@@ -98,6 +98,13 @@ pub enum PolicyError {
     /// file order.
     #[error("{}", DisplayAll(.0))]
     Invalid(Vec<Diagnostic>),
+    /// The gateway requires signed bundles (`--policy-key`) and this one's
+    /// signature is missing, malformed, by an unknown key or wrong.
+    #[error("{origin}:{}: {problem}", problem.line())]
+    Unsigned {
+        origin: String,
+        problem: crate::signing::SignatureProblem,
+    },
 }
 
 impl PolicyError {
@@ -105,7 +112,7 @@ impl PolicyError {
     pub fn diagnostics(&self) -> &[Diagnostic] {
         match self {
             PolicyError::Invalid(all) => all,
-            PolicyError::Read { .. } | PolicyError::TooLarge { .. } => &[],
+            PolicyError::Read { .. } | PolicyError::TooLarge { .. } | PolicyError::Unsigned { .. } => &[],
         }
     }
 }

@@ -15,11 +15,12 @@ pub mod located;
 pub mod matcher;
 pub mod model;
 pub mod pattern;
+pub mod signing;
 pub mod summary;
 pub mod values;
 
 pub use diagnostic::{Diagnostic, PolicyError};
-pub use load::{PolicyBundle, load_file, load_str};
+pub use load::{PolicyBundle, load_file, load_file_verified, load_str};
 pub use matcher::{AllowedBy, CompiledPolicy, Denial, DenyReason, MatchOutcome, MatchRequest};
 pub use summary::{PolicySummary, summary};
 

@@ -40,6 +40,29 @@ pub fn load_file(path: &Path) -> Result<PolicyBundle, PolicyError> {
 
 /// [`load_file`] judging expiry against `now` instead of the clock.
 pub fn load_file_at(path: &Path, now: DateTime<Utc>) -> Result<PolicyBundle, PolicyError> {
+    load_file_checked(path, now, |_| Ok(())).map(|(bundle, ())| bundle)
+}
+
+/// [`load_file`] for a gateway that takes only signed bundles: the bytes
+/// are read once, their signature checked against `keys`, and exactly
+/// those bytes parsed. (The pricing file a bundle names is not covered by
+/// the bundle's signature.)
+pub fn load_file_verified(
+    path: &Path,
+    keys: &crate::signing::KeyRing,
+) -> Result<(PolicyBundle, crate::signing::BundleSignature), PolicyError> {
+    let origin = path.display().to_string();
+    load_file_checked(path, Utc::now(), |bytes| {
+        crate::signing::verify_bundle(bytes, keys).map_err(|problem| PolicyError::Unsigned { origin, problem })
+    })
+}
+
+/// Reads the file, lets `check` judge its exact bytes, then loads them.
+fn load_file_checked<T>(
+    path: &Path,
+    now: DateTime<Utc>,
+    check: impl FnOnce(&[u8]) -> Result<T, PolicyError>,
+) -> Result<(PolicyBundle, T), PolicyError> {
     let origin = path.display().to_string();
     let read_error = |source| PolicyError::Read {
         path: origin.clone(),
@@ -52,6 +75,7 @@ pub fn load_file_at(path: &Path, now: DateTime<Utc>) -> Result<PolicyBundle, Pol
     file.take(MAX_POLICY_BYTES + 1)
         .read_to_end(&mut bytes)
         .map_err(read_error)?;
+    let checked = check(&bytes)?;
     let mut bundle = load_bytes(&bytes, &origin, now)?;
     if let Some(file) = bundle.document.budgets.pricing_file.clone() {
         let pricing_path = path.parent().unwrap_or(Path::new(".")).join(&file.value);
@@ -73,7 +97,7 @@ pub fn load_file_at(path: &Path, now: DateTime<Utc>) -> Result<PolicyBundle, Pol
             bundle.document.budgets.pricing.entry(model).or_insert(price);
         }
     }
-    Ok(bundle)
+    Ok((bundle, checked))
 }
 
 /// Reads a `pricing:` file (`budgets.pricing_file`).

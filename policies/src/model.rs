@@ -16,6 +16,7 @@ mod dlp;
 mod dns;
 mod egress;
 mod limits;
+mod monitoring;
 mod tls;
 
 use serde::{Deserialize, Deserializer};
@@ -30,6 +31,7 @@ pub use dlp::{DlpAction, DlpActions, DlpPolicy, OversizeAction};
 pub use dns::{DnsPolicy, ResolverKind};
 pub use egress::{DefaultAction, EgressPolicy, Enforcement, EnvironmentOverride, FailMode, Logging, Monitoring};
 pub use limits::{AgentLimit, DomainLimit, GlobalLimit, ProjectLimit, RateLimits, ThrottleAction};
+pub use monitoring::{AlertAction, AlertRule, AlertTable, GeoIpPolicy, MonitoringPolicy, Severity};
 pub use tls::{PinSet, SpkiPin, TlsPolicy, TlsVersion};
 
 /// The whole policy file.
@@ -78,6 +80,13 @@ pub struct PolicyDocument {
     /// Token and cost budgets for AI requests (our addition).
     #[serde(deserialize_with = "or_default")]
     pub budgets: BudgetsPolicy,
+    /// The behavior analysis engine and the alert table (`clawgress
+    /// analyze`; seed 001 §5.7, seed 002 §8.2).
+    #[serde(deserialize_with = "or_default")]
+    pub monitoring: MonitoringPolicy,
+    /// ASN and country databases for `destination_asn` / `destination_geo`.
+    #[serde(deserialize_with = "or_default")]
+    pub geoip: GeoIpPolicy,
 }
 
 /// Reads a section or list whose key may be written with nothing under it

@@ -223,7 +223,7 @@ async fn roles_are_enforced_and_every_change_is_audited() {
     assert!(by("otto-operator", "allow_temp", "failed"), "{admin:?}");
 
     // `clawgress egress export` returns those records.
-    let exported = egress_cli(&gw, VIEWER, &["export", "--format", "json", "--from", "1 hour ago"]);
+    let exported = egress_cli(&gw, VIEWER, &["export", "--format", "jsonl", "--from", "1 hour ago"]);
     assert!(
         exported.status.success(),
         "{}",

@@ -4,15 +4,19 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod analyze;
+mod audit_durability;
 mod browser;
 mod control;
 mod dashboard;
+mod deploy;
 mod dns_server;
 mod edge;
 mod fetch;
 mod inspect;
 mod intercept;
 mod limits;
+mod mtls;
 mod operations;
 mod pipeline;
 mod policy;
@@ -21,6 +25,7 @@ mod steel;
 mod synthetic;
 mod traces;
 mod transparent;
+mod ubuntu;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;

@@ -86,7 +86,7 @@ async fn audit_trail_survives_restart_and_detects_tampering() {
     let bad = verify(&tampered);
     assert!(!bad.status.success());
     assert!(
-        String::from_utf8_lossy(&bad.stderr).contains("line 2"),
+        String::from_utf8_lossy(&bad.stderr).contains("tampered.jsonl:2: "),
         "{}",
         String::from_utf8_lossy(&bad.stderr)
     );
@@ -97,7 +97,7 @@ async fn audit_trail_survives_restart_and_detects_tampering() {
     let removed = verify(&tampered);
     assert!(!removed.status.success());
     assert!(
-        String::from_utf8_lossy(&removed.stderr).contains("line 3"),
+        String::from_utf8_lossy(&removed.stderr).contains("tampered.jsonl:3: "),
         "{}",
         String::from_utf8_lossy(&removed.stderr)
     );

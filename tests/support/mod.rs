@@ -5,6 +5,7 @@
 
 pub mod dns;
 pub mod gateway;
+pub mod mmdb;
 pub mod nats;
 pub mod netns;
 pub mod raw;

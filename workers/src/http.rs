@@ -23,7 +23,10 @@ const DECISION_HEADER: &str = "x-clawgress-decision";
 /// Fetches through one gateway; one connection pool per agent (each pool
 /// carries that agent's proxy credential). Without a gateway (`--gateway
 /// none`) requests go out directly and the host edge sends them through the
-/// transparent gateway, which knows the agent by this worker's address.
+/// transparent gateway, which knows the agent by this worker's address. An
+/// `https://` gateway is its mTLS listener: the pool presents the agent's
+/// client certificate (`cert`/`key` in the credentials file) to it, and the
+/// certificate names the agent (no Proxy-Authorization is sent).
 pub struct HttpFetcher {
     gateway: Option<String>,
     credentials: Credentials,
@@ -41,7 +44,8 @@ impl std::fmt::Debug for HttpFetcher {
 }
 
 impl HttpFetcher {
-    /// `gateway` is the proxy URL, e.g. `http://127.0.0.1:3128`.
+    /// `gateway` is the proxy URL, e.g. `http://127.0.0.1:3128`, or the mTLS
+    /// listener's, e.g. `https://127.0.0.1:3129`.
     pub fn new(gateway: impl Into<String>, credentials: Credentials, max_body: usize) -> HttpFetcher {
         HttpFetcher {
             gateway: Some(gateway.into()),
@@ -73,7 +77,11 @@ impl HttpFetcher {
     /// Whether jobs of `agent` can run here: its key is known, or (behind
     /// the edge) the edge decides who the agent is.
     pub fn serves(&self, agent: &str) -> bool {
-        self.gateway.is_none() || self.credentials.has(agent)
+        match &self.gateway {
+            None => true,
+            Some(gateway) if is_tls(gateway) => self.credentials.identity(agent).is_some(),
+            Some(_) => self.credentials.has(agent),
+        }
     }
 
     fn client(&self, agent: &str) -> Result<Client, FetchError> {
@@ -83,6 +91,28 @@ impl HttpFetcher {
             return Ok(client.clone());
         }
         let builder = match &self.gateway {
+            Some(gateway) if is_tls(gateway) => {
+                // reqwest (rustls) speaks TLS to an `https://` proxy with
+                // the client's identity, then CONNECTs inside it for https
+                // targets (TLS in TLS) or sends absolute-form requests.
+                let identity = self.credentials.identity(agent).ok_or_else(|| {
+                    FetchError::Transport(format!(
+                        "no client certificate for agent {agent}: the gateway {gateway} is its mTLS listener \
+                         (give cert and key for the agent in the credentials file)"
+                    ))
+                })?;
+                let identity = reqwest::Identity::from_pem(identity.pem()).map_err(|_| {
+                    FetchError::Transport(format!("the client certificate of agent {agent} is unusable"))
+                })?;
+                let proxy =
+                    Proxy::all(gateway).map_err(|e| FetchError::Transport(format!("gateway URL {gateway}: {e}")))?;
+                let roots = match self.credentials.gateway_ca() {
+                    Some(pem) => reqwest::Certificate::from_pem_bundle(pem)
+                        .map_err(|e| FetchError::Transport(format!("gateway_ca: {e}")))?,
+                    None => Vec::new(),
+                };
+                Client::builder().proxy(proxy).identity(identity).tls_certs_merge(roots)
+            }
             Some(gateway) => {
                 let key = self
                     .credentials
@@ -174,11 +204,20 @@ impl HttpFetcher {
             let response = match request.send().await {
                 Ok(response) => response,
                 Err(error) if url.scheme() == "https" && is_tunnel_error(&error) && self.gateway.is_some() => {
-                    let key = self.credentials.key(&job.agent).unwrap_or_default();
                     let gateway = self.gateway.as_deref().unwrap_or_default();
-                    return Err(probe_tunnel(gateway, &job.agent, key, &url)
-                        .await
-                        .unwrap_or_else(|| transport(error)));
+                    let probe = if is_tls(gateway) {
+                        match self.credentials.identity(&job.agent) {
+                            Some(identity) => {
+                                crate::http_probe::probe_tls(gateway, identity, self.credentials.gateway_ca(), &url)
+                                    .await
+                            }
+                            None => None,
+                        }
+                    } else {
+                        let key = self.credentials.key(&job.agent).unwrap_or_default();
+                        crate::http_probe::probe_tunnel(gateway, &job.agent, key, &url).await
+                    };
+                    return Err(probe.unwrap_or_else(|| transport(error)));
                 }
                 Err(error) => return Err(transport(error)),
             };
@@ -259,6 +298,13 @@ fn job_headers(job: &ScrapeJob) -> HeaderMap {
     headers
 }
 
+/// An `https://` gateway URL: the gateway's mTLS listener.
+fn is_tls(gateway: &str) -> bool {
+    gateway
+        .get(..8)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+}
+
 /// reqwest's words for a CONNECT the proxy refused.
 fn is_tunnel_error(error: &reqwest::Error) -> bool {
     let mut text = error.to_string();
@@ -290,69 +336,6 @@ fn gateway_refusal(response: &Response) -> Option<u16> {
             .get(DECISION_HEADER)
             .is_some_and(|v| !v.as_bytes().starts_with(b"would_deny"));
     (ours && status >= 400).then_some(status)
-}
-
-/// reqwest reports a refused CONNECT only as "unsuccessful tunnel"; the
-/// gateway's answer (status, reason, retry_after) is read by asking again
-/// with a plain CONNECT, so an https denial is a denial and a rate limit
-/// keeps its `retry_after`.
-async fn probe_tunnel(gateway: &str, agent: &str, key: &str, url: &reqwest::Url) -> Option<FetchError> {
-    use base64::Engine;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let proxy = reqwest::Url::parse(gateway).ok()?;
-    let address = (proxy.host_str()?.to_string(), proxy.port_or_known_default()?);
-    let authority = format!("{}:{}", url.host_str()?, url.port_or_known_default()?);
-    let credential = base64::engine::general_purpose::STANDARD.encode(format!("{agent}:{key}"));
-    let request =
-        format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\nProxy-Authorization: Basic {credential}\r\n\r\n");
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut answer = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = stream.read(&mut buf).await.ok()?;
-            if n == 0 {
-                break;
-            }
-            answer.extend_from_slice(&buf[..n]);
-            if answer.len() > 64 * 1024 || complete(&answer) {
-                break;
-            }
-        }
-        Some(answer)
-    };
-    let answer = tokio::time::timeout(Duration::from_secs(10), exchange).await.ok()??;
-    let text = String::from_utf8_lossy(&answer);
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
-    if status == 200 {
-        return None;
-    }
-    let header_wait = head
-        .lines()
-        .find_map(|l| l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case("retry-after")))
-        .and_then(|(_, v)| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
-    let body: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-    Some(FetchError::from_gateway(status, &body, header_wait))
-}
-
-/// Whether a response with a Content-Length has all of its body.
-fn complete(answer: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(answer);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        return false;
-    };
-    let length = head
-        .lines()
-        .find_map(|l| {
-            l.split_once(':')
-                .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-        })
-        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
-        .unwrap_or(0);
-    body.len() >= length
 }
 
 async fn refusal(status: u16, response: Response) -> FetchError {

@@ -9,6 +9,7 @@ pub mod chromium;
 pub mod credentials;
 pub mod extract;
 pub mod http;
+mod http_probe;
 pub mod job;
 pub mod outcome;
 pub mod page;

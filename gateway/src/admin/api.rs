@@ -43,11 +43,15 @@ pub(super) enum Route {
     EmergencyBlock,
     Restore,
     ExportAudit,
+    Quarantine,
+    Release(String),
+    ListQuarantine,
 }
 
 const ROUTES: &str = "GET /v1/status, GET /v1/allowlist, POST /v1/allowlist/temporary, \
     DELETE /v1/allowlist/temporary/{id}, GET|POST /v1/requests, POST /v1/requests/{id}/approve, \
-    POST /v1/requests/{id}/reject, POST /v1/emergency-block, POST /v1/restore, GET /v1/audit";
+    POST /v1/requests/{id}/reject, POST /v1/emergency-block, POST /v1/restore, GET /v1/audit, \
+    GET|POST /v1/quarantine, POST /v1/quarantine/{agent}/release";
 
 impl Route {
     pub(super) fn parse(method: &Method, path: &str) -> Option<Route> {
@@ -64,6 +68,9 @@ impl Route {
             ("POST", ["emergency-block"]) => Route::EmergencyBlock,
             ("POST", ["restore"]) => Route::Restore,
             ("GET", ["audit"]) => Route::ExportAudit,
+            ("GET", ["quarantine"]) => Route::ListQuarantine,
+            ("POST", ["quarantine"]) => Route::Quarantine,
+            ("POST", ["quarantine", agent, "release"]) => Route::Release(agent.to_string()),
             _ => return None,
         };
         Some(route)
@@ -71,11 +78,16 @@ impl Route {
 
     fn role(&self) -> Role {
         match self {
-            Route::Status | Route::ListAllowlist | Route::ListRequests | Route::FileRequest | Route::ExportAudit => {
-                Role::Viewer
+            Route::Status
+            | Route::ListAllowlist
+            | Route::ListRequests
+            | Route::FileRequest
+            | Route::ExportAudit
+            | Route::ListQuarantine => Role::Viewer,
+            Route::AddTemporary | Route::RemoveTemporary(_) | Route::Quarantine => Role::Operator,
+            Route::Approve(_) | Route::Reject(_) | Route::EmergencyBlock | Route::Restore | Route::Release(_) => {
+                Role::Maintainer
             }
-            Route::AddTemporary | Route::RemoveTemporary(_) => Role::Operator,
-            Route::Approve(_) | Route::Reject(_) | Route::EmergencyBlock | Route::Restore => Role::Maintainer,
         }
     }
 
@@ -92,13 +104,16 @@ impl Route {
             Route::EmergencyBlock => "emergency_block",
             Route::Restore => "restore",
             Route::ExportAudit => "export",
+            Route::Quarantine => "quarantine_agent",
+            Route::Release(_) => "release_agent",
+            Route::ListQuarantine => "list_quarantined",
         }
     }
 
     fn is_change(&self) -> bool {
         !matches!(
             self,
-            Route::Status | Route::ListAllowlist | Route::ListRequests | Route::ExportAudit
+            Route::Status | Route::ListAllowlist | Route::ListRequests | Route::ExportAudit | Route::ListQuarantine
         )
     }
 }
@@ -173,7 +188,9 @@ pub(super) async fn handle(gateway: &Arc<Gateway>, peer: SocketAddr, req: Reques
         if let Err(problem) = &result {
             event.details.insert("error".to_string(), problem.code.to_string());
         }
-        slot.record(event);
+        // The answer waits for the record (bounded): no change is reported
+        // done that a crash could leave unrecorded.
+        crate::record::confirmed(&gateway, slot.record_confirmed(event)).await;
         result
     });
     match task.await {
@@ -263,7 +280,7 @@ fn audit_refused(gateway: &Gateway, route: &Route, failure: &AuthFailure, peer: 
     slot.record(event);
 }
 
-fn parse_body<T: DeserializeOwned>(body: &Bytes, example: &str) -> Result<T, Problem> {
+pub(super) fn parse_body<T: DeserializeOwned>(body: &Bytes, example: &str) -> Result<T, Problem> {
     let text = if body.is_empty() { &b"{}"[..] } else { &body[..] };
     serde_json::from_slice(text)
         .map_err(|e| Problem::bad(format!("the JSON body is not valid: {e}"), format!("send {example}")))
@@ -283,7 +300,7 @@ fn parse_duration(text: &str, what: &str) -> Result<std::time::Duration, Problem
     Ok(duration)
 }
 
-fn required(text: &str, field: &str) -> Result<String, Problem> {
+pub(super) fn required(text: &str, field: &str) -> Result<String, Problem> {
     let trimmed = text.trim();
     if trimmed.is_empty() {
         return Err(Problem::bad(
@@ -384,7 +401,7 @@ struct RestoreBody {
     incident_id: String,
 }
 
-type Changed = Result<(StatusCode, serde_json::Value), Problem>;
+pub(super) type Changed = Result<(StatusCode, serde_json::Value), Problem>;
 
 async fn change(
     gateway: &Gateway,
@@ -556,6 +573,8 @@ async fn change(
                 .map_err(store_problem)?;
             return Ok((StatusCode::OK, serde_json::json!({"restored": body.incident_id})));
         }
+        Route::Quarantine => return super::quarantine::quarantine(gateway, actor, body, details).await,
+        Route::Release(agent) => return super::quarantine::release(gateway, agent, body, details).await,
         _ => return Err(Problem::new(StatusCode::NOT_FOUND, "no_such_route", "not a change")),
     };
     match &item {
@@ -574,11 +593,13 @@ async fn change(
             details.insert("incident_id".to_string(), block.incident_id.clone());
             details.insert("reason".to_string(), block.reason.clone());
         }
+        ControlItem::Quarantine(_) => {}
     }
     let answer = match &item {
         ControlItem::Allow(entry) => serde_json::to_value(entry),
         ControlItem::Request(request) => serde_json::to_value(request),
         ControlItem::Emergency(block) => serde_json::to_value(block),
+        ControlItem::Quarantine(held) => serde_json::to_value(held),
     }
     .unwrap_or_default();
     store.create(item).await.map_err(|error| match (&error, route) {
@@ -598,7 +619,7 @@ fn not_found(what: &str, id: &str) -> Problem {
         .hint("list them with `clawgress egress list`")
 }
 
-fn store_problem(error: control::ControlError) -> Problem {
+pub(super) fn store_problem(error: control::ControlError) -> Problem {
     use control::ControlError;
     match error {
         ControlError::Unavailable => Problem::new(
@@ -628,6 +649,7 @@ fn read(gateway: &Gateway, route: &Route) -> ApiResponse {
             "control_store": gateway.control.status().as_str(),
             "revision": snapshot.revision,
             "emergency_block": snapshot.emergency(),
+            "quarantined": snapshot.holds().count(),
             "policy_version": gateway.policy.load().version.as_ref(),
         }),
         Route::ListAllowlist => {
@@ -644,6 +666,7 @@ fn read(gateway: &Gateway, route: &Route) -> ApiResponse {
             let requests: Vec<_> = snapshot.requests().collect();
             serde_json::json!({ "requests": requests })
         }
+        Route::ListQuarantine => super::quarantine::list(&snapshot),
         _ => serde_json::Value::Null,
     };
     json_response(StatusCode::OK, &body)

@@ -1,6 +1,7 @@
 //! `GET /v1/audit?from=...&to=...&agent=...&domain=...&decision=...&limit=...`:
 //! audit records for analysis (`clawgress egress export`) and for workers
-//! that check the gateway saw their page (the Steel backend), as JSON lines.
+//! that check the gateway saw their page (the Steel backend): JSON lines by
+//! default, or `format=json` (one array) or `format=csv` ([`super::formats`]).
 //!
 //! A query with `from` does not read the trail from its start: lines are
 //! written when requests finish, so their finish times (`timestamp` +
@@ -38,6 +39,7 @@ pub struct ExportQuery {
     /// Only records with this decision (`allow`, `deny`, `rate_limited`,
     /// `would_deny`).
     pub decision: Option<String>,
+    pub format: super::formats::Format,
 }
 
 pub(super) async fn export(gateway: &Gateway, query: &str) -> Response<Full<Bytes>> {
@@ -45,6 +47,7 @@ pub(super) async fn export(gateway: &Gateway, query: &str) -> Response<Full<Byte
         Ok(query) => query,
         Err(problem) => return problem.into_response(),
     };
+    let query_format = query.format;
     let path = gateway.audit_path.clone();
     let scanned = tokio::task::spawn_blocking(move || scan(&path, &query)).await;
     let (lines, truncated) = match scanned {
@@ -66,10 +69,11 @@ pub(super) async fn export(gateway: &Gateway, query: &str) -> Response<Full<Byte
             .into_response();
         }
     };
-    let mut response = Response::new(Full::new(Bytes::from(lines)));
+    let format = query_format;
+    let mut response = Response::new(Full::new(Bytes::from(super::formats::render(&lines, format))));
     response
         .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
     if truncated {
         response
             .headers_mut()
@@ -86,6 +90,7 @@ pub(super) fn parse_query(query: &str, now: DateTime<Utc>) -> Result<ExportQuery
         agent: None,
         domain: None,
         decision: None,
+        format: super::formats::Format::Jsonl,
     };
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -116,12 +121,13 @@ pub(super) fn parse_query(query: &str, now: DateTime<Utc>) -> Result<ExportQuery
                 }
                 parsed.decision = Some(value);
             }
-            "format" if value == "json" => {}
             "format" => {
-                return Err(Problem::bad(
-                    format!("format '{value}' is not supported"),
-                    "use format=json",
-                ));
+                parsed.format = super::formats::Format::parse(&value).ok_or_else(|| {
+                    Problem::bad(
+                        format!("format '{value}' is not supported"),
+                        format!("use one of {}", super::formats::Format::NAMES),
+                    )
+                })?;
             }
             other => {
                 return Err(Problem::bad(

@@ -6,7 +6,9 @@
 mod api;
 pub mod auth;
 mod export;
+pub mod formats;
 mod problem;
+mod quarantine;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

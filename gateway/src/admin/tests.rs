@@ -4,6 +4,7 @@ use http::{HeaderMap, HeaderValue, Method};
 use super::api::Route;
 use super::auth::{AdminTokens, AuthFailure, Role};
 use super::export::{parse_query, parse_when};
+use super::formats;
 
 fn digest(token: &str) -> String {
     use sha2::Digest;
@@ -120,7 +121,11 @@ fn export_times_are_absolute_or_relative() {
         .unwrap();
     assert_eq!(query.limit, 5);
     assert_eq!(query.from, Some(now - chrono::Duration::hours(1)));
-    assert!(parse_query("format=csv", now).is_err());
+    assert_eq!(
+        parse_query("format=csv", now).ok().map(|q| q.format),
+        Some(formats::Format::Csv)
+    );
+    assert!(parse_query("format=xml", now).is_err());
     assert!(parse_query("limit=0", now).is_err());
     assert!(parse_query("colour=red", now).is_err());
 }
@@ -189,6 +194,7 @@ fn an_export_from_a_time_finds_every_later_record_without_reading_the_whole_trai
             agent: None,
             domain: None,
             decision: None,
+            format: formats::Format::Jsonl,
         };
         let (out, truncated) = super::export::scan(file.path(), &query).unwrap();
         let want: Vec<&str> = lines
@@ -229,4 +235,27 @@ fn an_export_filters_by_agent_domain_and_decision() {
         assert_eq!(id % 30, 0, "{line}");
     }
     assert!(parse_query("decision=maybe", now).is_err());
+}
+
+#[test]
+fn exports_render_as_json_lines_one_array_or_csv() {
+    let lines = b"{\"timestamp\":\"t\",\"type\":\"egress_denied\",\"agent_id\":\"a,b\",\"request\":{\"domain\":\"x.test\"},\"reason\":\"=cmd\"}\nnot json\n{\"type\":\"admin_action\",\"actor\":\"mia\"}\n";
+    assert_eq!(formats::render(lines, formats::Format::Jsonl), lines.to_vec());
+    let array: serde_json::Value = serde_json::from_slice(&formats::render(lines, formats::Format::Json)).unwrap();
+    assert_eq!(
+        array.as_array().map(Vec::len),
+        Some(2),
+        "the line that is not JSON is left out"
+    );
+    assert_eq!(array[0]["request"]["domain"], "x.test");
+    let empty: serde_json::Value = serde_json::from_slice(&formats::render(b"", formats::Format::Json)).unwrap();
+    assert_eq!(empty, serde_json::json!([]));
+    let csv = String::from_utf8(formats::render(lines, formats::Format::Csv)).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows.len(), 3);
+    assert!(rows[0].starts_with("timestamp,type,request_id,agent_id,"));
+    assert!(rows[1].contains("\"a,b\""), "{}", rows[1]);
+    assert!(rows[1].contains(",x.test,"), "{}", rows[1]);
+    assert!(rows[1].contains(",'=cmd,"), "a formula is defused: {}", rows[1]);
+    assert!(rows[2].contains(",mia,"), "{}", rows[2]);
 }

@@ -53,6 +53,9 @@ pub(crate) struct SealedLine {
     /// For an `audit_chain_resumed` marker: the torn lines and bytes it
     /// declares, so verify can hold the fragments before it to account.
     pub(crate) resumed: Option<(u64, u64)>,
+    /// A signed checkpoint ([`super::checkpoint`]): verify checks its
+    /// signature when it was given keys.
+    pub(crate) checkpoint: bool,
     pub(crate) prev_hash: ChainHash,
     pub(crate) hash: ChainHash,
 }
@@ -103,6 +106,7 @@ pub(crate) fn check_line(line: &[u8]) -> Result<SealedLine, LineProblem> {
     Ok(SealedLine {
         resumed: (fields.kind.as_deref() == Some(super::event::EventType::CHAIN_RESUMED))
             .then(|| (fields.torn_lines.unwrap_or(0), fields.torn_bytes.unwrap_or(0))),
+        checkpoint: fields.kind.as_deref() == Some(super::checkpoint::CHECKPOINT_TYPE),
         prev_hash,
         hash,
     })

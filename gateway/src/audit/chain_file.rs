@@ -2,7 +2,7 @@
 //! restart or a crash, appending whole batches, and syncing.
 
 use std::fs::{File, OpenOptions, TryLockError};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use chrono::Utc;
@@ -18,7 +18,7 @@ use super::writer::AuditError;
 const MAX_TAIL_BYTES: u64 = 2 * MAX_LINE_BYTES as u64;
 /// Each crash leaves at most one fragment (or two, if it hit the resume marker
 /// too). More than this is not a crash: it is a file that is not ours.
-const MAX_TORN_FRAGMENTS: u64 = 8;
+pub(crate) const MAX_TORN_FRAGMENTS: u64 = 8;
 
 /// The torn fragments found (and left in place) when the file was opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +37,9 @@ pub(crate) struct ChainFile {
     tail_dirty: bool,
     /// Hash of the last line written; the next line's `prev_hash`.
     pub(crate) last_hash: ChainHash,
+    /// The file ended in a signed checkpoint when opened: nothing in it
+    /// waits for a signature.
+    pub(crate) ends_signed: bool,
 }
 
 impl ChainFile {
@@ -81,6 +84,7 @@ impl ChainFile {
             good_len: len,
             tail_dirty: false,
             last_hash: found.last_hash,
+            ends_signed: found.ends_signed && found.torn.is_none(),
         };
         let mut repair = Vec::new();
         if found.unterminated {
@@ -128,6 +132,29 @@ impl ChainFile {
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The length of the file up to the end of its last whole write.
+    pub(crate) fn len(&self) -> u64 {
+        self.good_len
+    }
+
+    /// Lines in the file (a checkpoint's `seq` counts them). Reads the
+    /// whole file once, at start, and only when checkpoints are signed.
+    pub(crate) fn count_lines(&mut self) -> io::Result<u64> {
+        // Append mode: the position only matters for reads.
+        self.file.seek(SeekFrom::Start(0))?;
+        let mut reader = io::BufReader::with_capacity(1 << 20, (&self.file).take(self.good_len));
+        let mut lines = 0u64;
+        loop {
+            let chunk = reader.fill_buf()?;
+            if chunk.is_empty() {
+                return Ok(lines);
+            }
+            lines += memchr::memchr_iter(b'\n', chunk).count() as u64;
+            let consumed = chunk.len();
+            reader.consume(consumed);
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -143,6 +170,8 @@ struct ChainResumedLine<'a> {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct ChainEnd {
     pub(crate) last_hash: ChainHash,
+    /// The last complete record is a checkpoint.
+    pub(crate) ends_signed: bool,
     /// The file does not end in `\n`.
     pub(crate) unterminated: bool,
     pub(crate) torn: Option<TornTail>,
@@ -167,10 +196,12 @@ pub(crate) fn find_chain_end(tail: &[u8], tail_is_whole_file: bool) -> Result<Ch
     }
     let mut torn = TornTail { lines: 0, bytes: 0 };
     let mut last_hash = None;
+    let mut ends_signed = false;
     for line in lines.iter().rev() {
         match chain::check_line(line) {
             Ok(sealed) => {
                 last_hash = Some(sealed.hash);
+                ends_signed = sealed.checkpoint;
                 break;
             }
             Err(problem) if problem.could_be_torn() => {
@@ -192,6 +223,7 @@ pub(crate) fn find_chain_end(tail: &[u8], tail_is_whole_file: bool) -> Result<Ch
     };
     Ok(ChainEnd {
         last_hash,
+        ends_signed,
         unterminated,
         torn: (torn.lines > 0).then_some(torn),
     })

@@ -70,6 +70,8 @@ pub enum AuditEvent {
     Admin(AdminEvent),
     /// One query to the DNS control server ([`super::dns_event`]).
     Dns(Box<super::DnsEvent>),
+    /// A policy bundle refused on reload ([`super::policy_event`]).
+    Policy(Box<super::PolicyEvent>),
 }
 
 impl From<EgressEvent> for AuditEvent {
@@ -90,6 +92,7 @@ impl Serialize for AuditEvent {
             AuditEvent::Egress(event) => EgressLine::from(event.as_ref()).serialize(serializer),
             AuditEvent::Admin(event) => AdminLine::from(event).serialize(serializer),
             AuditEvent::Dns(event) => super::dns_event::serialize_line(event, serializer),
+            AuditEvent::Policy(event) => super::policy_event::serialize_line(event, serializer),
         }
     }
 }
@@ -219,6 +222,9 @@ pub struct EgressEvent {
     pub enforcement_mode: EnforcementMode,
     /// The address actually dialled (after the SSRF check), if any.
     pub destination_ip: Option<IpAddr>,
+    /// Its autonomous system and country (`geoip:`), when a database knows.
+    pub destination_asn: Option<u32>,
+    pub destination_geo: Option<crate::geoip::CountryCode>,
     pub protocol: Option<Protocol>,
     pub tunnel: bool,
     pub bytes_out: u64,
@@ -276,6 +282,8 @@ impl EgressEvent {
             policy_version: None,
             enforcement_mode,
             destination_ip: None,
+            destination_asn: None,
+            destination_geo: None,
             protocol: None,
             tunnel: false,
             bytes_out: 0,
@@ -407,6 +415,10 @@ struct EgressLine<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     destination_ip: Option<IpAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    destination_asn: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    destination_geo: Option<crate::geoip::CountryCode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     protocol: Option<Protocol>,
     tunnel: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -508,6 +520,8 @@ impl<'a> From<&'a EgressEvent> for EgressLine<'a> {
             policy_version: e.policy_version.as_deref(),
             enforcement_mode: e.enforcement_mode,
             destination_ip: e.destination_ip,
+            destination_asn: e.destination_asn,
+            destination_geo: e.destination_geo,
             protocol: e.protocol,
             tunnel: e.tunnel,
             tls: e.tls.as_ref(),

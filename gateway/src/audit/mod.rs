@@ -4,9 +4,12 @@
 //! # Using it
 //!
 //! Before serving a request, [`AuditSink::reserve`] a slot; if that fails (queue
-//! full, writer stopped) refuse the request (503), because a served request must
-//! have a record. When the request is done, [`AuditSlot::record`] its
-//! [`EgressEvent`]. [`AuditWriterHandle::shutdown`] drains and syncs on exit.
+//! full, writer stopped, unshipped backlog at its bound) refuse the request (503),
+//! because a served request must have a record. When the request is done,
+//! [`AuditSlot::record_confirmed`] its [`EgressEvent`] and release the answer's
+//! last bytes only when the [`Confirmation`] resolves (or [`AuditSlot::record`]
+//! when nobody is answered). [`AuditWriterHandle::shutdown`] drains, signs and
+//! syncs on exit.
 //!
 //! # Line format
 //!
@@ -47,13 +50,26 @@
 //!
 //! # Durability
 //!
-//! The writer takes whatever is queued (up to 512 events), serializes and chains
-//! it, and appends it with a single write call; once that returns, the lines
-//! survive a crash of the gateway. `fsync` follows at most [`FSYNC_INTERVAL`]
-//! (100 ms) after the first unsynced line, and on shutdown, so a power loss or
-//! kernel crash can lose up to ~100 ms of lines, or leave the last line torn.
-//! A failed write is cut off and retried until the disk recovers; meanwhile the
-//! queue fills and new requests are refused rather than served unaudited.
+//! No answered request without a record: a refusal is sent once its record is
+//! written; a served response holds its last frame (or its end) until its
+//! record, complete only then, is written ([`crate::proxy::body`]). The wait is
+//! bounded by [`CONFIRM_TIMEOUT`]; past it `egress.fail_mode: closed` cuts the
+//! response and `open` releases it.
+//!
+//! The writer (its own thread) takes whatever is queued (up to 512 records),
+//! serializes and chains it, appends it with a single `write(2)` and confirms
+//! the whole batch (group commit). When a record counts as written is
+//! [`FsyncPolicy`] (`--audit-fsync`): `every` after the batch's `fdatasync`
+//! (survives a power loss), `interval` after `write(2)` (survives a crash of
+//! the gateway; fsync within [`FSYNC_INTERVAL`], so a power loss can lose up to
+//! ~100 ms of lines or leave the last line torn), `never` after `write(2)`
+//! (fsync at shutdown only). A failed write is cut off and retried until the
+//! disk recovers; meanwhile the queue fills and new requests are refused
+//! rather than served unaudited.
+//!
+//! With a key (`--audit-key`) the writer adds signed [`checkpoint`] lines; with
+//! `--nats` the [`ship`]per sends every line to the audit streams, the file
+//! being their write-ahead queue.
 //!
 //! # Restarts and torn lines
 //!
@@ -63,9 +79,11 @@
 //! a writer-made record `{"type":"audit_chain_resumed","torn_lines":N,
 //! "torn_bytes":B,…}` that chains to the last complete, valid line before the
 //! fragment. [`verify_file`] reports such fragments in
-//! [`VerifyReport::torn_lines`] and accepts them only in exactly that position; a
-//! torn last line without that marker after it is an error. Before the restart
-//! writes the marker, verify reports the file as torn. If the last parseable line
+//! [`VerifyReport::torn_lines`] and accepts them only in exactly that position.
+//! Before a restart writes the marker, a torn last line is what a crash leaves:
+//! verify accepts the file (every record before it is intact) and names the
+//! fragment in [`VerifyReport::torn_tail`]; more fragments than a crash leaves
+//! are an error. If the last parseable line
 //! fails its own hash (an edit, not a crash), the writer refuses to start rather
 //! than vouch for it by chaining onto it.
 //!
@@ -74,20 +92,30 @@
 
 mod chain;
 mod chain_file;
+pub mod checkpoint;
+pub mod confirm;
 pub mod dns_event;
 pub mod event;
+pub mod metrics;
+pub mod policy_event;
+pub mod ship;
 pub mod verify;
 pub mod writer;
 
 pub use chain::{ChainHash, GENESIS_HASH};
+pub use checkpoint::CheckpointConfig;
+pub use confirm::{CONFIRM_TIMEOUT, Confirmation, FsyncPolicy, Unconfirmed};
 pub use dns_event::{DnsDecision, DnsEvent, DnsTransport};
 pub use event::{
     AdminEvent, AuditEvent, AuditIdentity, EgressEvent, EnforcementMode, MAX_PATH_BYTES, Protocol, RequestId,
     RequestSummary, ResponseSummary, Verdict, new_request_id,
 };
-pub use verify::{LineProblem, VerifyError, VerifyReport, verify_file};
+pub use metrics::AuditMetrics;
+pub use policy_event::PolicyEvent;
+pub use verify::{LineProblem, SignedReport, TornTail, VerifyError, VerifyReport, verify_file, verify_file_signed};
 pub use writer::{
-    AuditError, AuditMetrics, AuditSink, AuditSlot, AuditUnavailable, AuditWriterHandle, FSYNC_INTERVAL, start_writer,
+    AuditError, AuditSink, AuditSlot, AuditUnavailable, AuditWriterHandle, Backlog, FSYNC_INTERVAL, WriterOptions,
+    start_writer, start_writer_with,
 };
 
 #[cfg(test)]

@@ -375,7 +375,21 @@ async fn a_torn_last_line_is_reported_then_recovered_on_restart() {
     let text = std::fs::read(&path).expect("read");
     let torn_len = text.len() - 40;
     std::fs::write(&path, &text[..torn_len]).expect("tear");
-    assert_eq!(bad_line(&path), (10, LineProblem::TornLastLine));
+    // Reported, not refused: the nine records before it are intact.
+    let report = verify_file(&path).expect("a torn tail is what a crash leaves");
+    assert_eq!(
+        report.torn_tail,
+        Some(TornTail {
+            first_line: 10,
+            lines: 1,
+            bytes: torn_len as u64
+                - text[..torn_len]
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map_or(0, |i| i as u64 + 1),
+        })
+    );
+    assert_eq!(report.lines, 10);
 
     write_events(&path, 5).await;
     let report = verify_file(&path).expect("recovered chain verifies");
@@ -531,9 +545,20 @@ async fn zero_capacity_is_refused() {
 }
 
 #[test]
-fn starting_outside_a_runtime_is_an_error_not_a_panic() {
+fn the_writer_runs_on_its_own_thread_without_a_runtime_of_the_caller() {
     let (_dir, path) = temp_log();
-    assert!(matches!(start_writer(&path, 4, metrics()), Err(AuditError::NoRuntime)));
+    let (sink, handle) = start_writer(&path, 4, metrics()).expect("start");
+    sink.reserve().expect("slot").record(denied_event());
+    drop(sink);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !handle.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer did not stop with its last sink"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(verify_file(&path).expect("valid").lines, 1);
 }
 
 #[test]
@@ -559,4 +584,6 @@ fn the_tail_scan_starts_from_genesis_only_when_it_saw_the_whole_file() {
     );
 }
 
+mod confirm;
 mod fuzz;
+mod signed;

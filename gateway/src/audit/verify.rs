@@ -1,8 +1,11 @@
-//! Checks a whole audit file against its hash chain and names the first bad line.
+//! Checks a whole audit file against its hash chain and names the first bad
+//! line; with public keys, also its signed checkpoints ([`super::checkpoint`]).
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
+
+use clawgress_policies::signing::KeyRing;
 
 use super::chain::{self, ChainHash, GENESIS_HASH};
 
@@ -22,6 +25,35 @@ pub struct VerifyReport {
     /// from (each run of them is followed by an `audit_chain_resumed` line that
     /// chains to the line before the run). Not tampering, but worth reporting.
     pub torn_lines: Vec<u64>,
+    /// The file ends in a torn write that no restart has marked yet: what a
+    /// crash mid-write (`kill -9`, power loss) leaves. Every record before it
+    /// is intact; the fragment is not a record. The gateway's next start
+    /// keeps it, terminates it and chains on past it with an
+    /// `audit_chain_resumed` marker.
+    pub torn_tail: Option<TornTail>,
+}
+
+/// Unmarked fragments at the end of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TornTail {
+    /// 1-based number of the first fragment line.
+    pub first_line: u64,
+    pub lines: u64,
+    pub bytes: u64,
+}
+
+/// What the checkpoints of a file say, verified against trusted keys.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SignedReport {
+    /// Checkpoints whose signature verified.
+    pub checkpoints: u64,
+    /// The last line a verified checkpoint covers (0: none).
+    pub signed_through: u64,
+    /// Records after the last checkpoint: in the chain, but signed by no one
+    /// yet (a live file always has some).
+    pub unsigned_records: u64,
+    /// The key ids that signed, in the order first seen.
+    pub key_ids: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +62,12 @@ pub enum VerifyError {
     Io { path: PathBuf, source: io::Error },
     #[error("line {line}: {problem}")]
     BadLine { line: u64, problem: LineProblem },
+    /// Verified with keys, but nothing in the file is signed by any of them:
+    /// it may have been replaced by someone without the key.
+    #[error(
+        "no checkpoint in the file is signed by a trusted key ({keys}): it may have been replaced, or written without --audit-key"
+    )]
+    NoCheckpoint { keys: String },
 }
 
 /// What is wrong with a line.
@@ -54,6 +92,12 @@ pub enum LineProblem {
         "the torn fragments before a chain-resumed marker do not match the count it records: lines were added or removed"
     )]
     TornMismatch,
+    #[error("checkpoint signed by key {0}, which is not trusted here; pass its public key with --key")]
+    UnknownKey(String),
+    #[error("checkpoint signature by key {0} does not verify: the file was rewritten by someone without the key")]
+    BadSignature(String),
+    #[error("checkpoint out of place: {0}")]
+    CheckpointMismatch(&'static str),
 }
 
 impl LineProblem {
@@ -66,12 +110,26 @@ impl LineProblem {
 
 /// Reads `path` line by line and checks every link of the chain.
 pub fn verify_file(path: &Path) -> Result<VerifyReport, VerifyError> {
+    verify_path(path, None).map(|(report, _)| report)
+}
+
+/// [`verify_file`], and every checkpoint's signature against `keys`; a
+/// file with records and no verified checkpoint is refused.
+pub fn verify_file_signed(path: &Path, keys: &KeyRing) -> Result<(VerifyReport, SignedReport), VerifyError> {
+    let (report, signed) = verify_path(path, Some(keys))?;
+    if signed.checkpoints == 0 && report.lines > report.torn_lines.len() as u64 {
+        return Err(VerifyError::NoCheckpoint { keys: keys.ids() });
+    }
+    Ok((report, signed))
+}
+
+fn verify_path(path: &Path, keys: Option<&KeyRing>) -> Result<(VerifyReport, SignedReport), VerifyError> {
     let io_error = |source| VerifyError::Io {
         path: path.to_owned(),
         source,
     };
     let file = File::open(path).map_err(io_error)?;
-    match verify_lines(BufReader::new(file)) {
+    match verify_lines(BufReader::new(file), keys) {
         Ok(report) => Ok(report),
         Err(Failure::Io(source)) => Err(io_error(source)),
         Err(Failure::Line(line, problem)) => Err(VerifyError::BadLine { line, problem }),
@@ -83,7 +141,8 @@ enum Failure {
     Line(u64, LineProblem),
 }
 
-fn verify_lines(mut reader: impl BufRead) -> Result<VerifyReport, Failure> {
+fn verify_lines(mut reader: impl BufRead, keys: Option<&KeyRing>) -> Result<(VerifyReport, SignedReport), Failure> {
+    let mut signed = SignedReport::default();
     let mut last: ChainHash = GENESIS_HASH;
     let mut line_no = 0u64;
     let mut torn_lines = Vec::new();
@@ -121,6 +180,19 @@ fn verify_lines(mut reader: impl BufRead) -> Result<VerifyReport, Failure> {
                 if sealed.prev_hash != last {
                     return Err(Failure::Line(line_no, LineProblem::ChainBroken));
                 }
+                match keys {
+                    Some(keys) if sealed.checkpoint => {
+                        let key_id = super::checkpoint::check(content, line_no, &last, keys)
+                            .map_err(|problem| Failure::Line(line_no, problem))?;
+                        if !signed.key_ids.contains(&key_id) {
+                            signed.key_ids.push(key_id);
+                        }
+                        signed.checkpoints += 1;
+                        signed.signed_through = line_no - 1;
+                        signed.unsigned_records = 0;
+                    }
+                    _ => signed.unsigned_records += 1,
+                }
                 last = sealed.hash;
             }
             Err(problem) if problem.could_be_torn() => {
@@ -133,16 +205,28 @@ fn verify_lines(mut reader: impl BufRead) -> Result<VerifyReport, Failure> {
             }
         }
     }
-    // Fragments with no resume marker after them: the crash has not been recovered
-    // from (or someone appended junk); either way the tail is not a complete record.
-    if let Some((first, _)) = pending.first() {
-        return Err(Failure::Line(*first, LineProblem::TornLastLine));
-    }
-    Ok(VerifyReport {
+    // Fragments with no resume marker after them: a crash nobody has recovered
+    // from yet. Reported, not refused: every record before them is intact, and
+    // a crash mid-write is exactly what the writer's recovery expects. More
+    // fragments than one crash can leave are not a crash.
+    let torn_tail = match pending.first() {
+        None => None,
+        Some((first, problem)) if pending.len() as u64 > super::chain_file::MAX_TORN_FRAGMENTS => {
+            return Err(Failure::Line(*first, problem.clone()));
+        }
+        Some((first, _)) => Some(TornTail {
+            first_line: *first,
+            lines: pending.len() as u64,
+            bytes: pending_bytes,
+        }),
+    };
+    let report = VerifyReport {
         lines: line_no,
         last_hash: hex::encode(last),
         torn_lines,
-    })
+        torn_tail,
+    };
+    Ok((report, signed))
 }
 
 enum LineRead {

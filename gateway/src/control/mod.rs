@@ -1,12 +1,14 @@
 //! Runtime control state that operators change while the gateway runs
 //! (seed §2.3, §10): temporary allowlist entries, access requests and their
-//! approval, and the emergency block.
+//! approval, the emergency block, and held (quarantined or rate-reduced)
+//! agents ([`hold`]).
 //!
 //! The state is a set of JSON values under keys of the NATS JetStream KV
 //! bucket `clawgress-control`, shared by every replica ([`store`]). Each
 //! replica holds it as an immutable [`ControlSnapshot`] that the request path
 //! reads without locks.
 
+pub mod hold;
 mod lkg;
 pub mod store;
 
@@ -16,6 +18,7 @@ use chrono::{DateTime, Utc};
 use clawgress_policies::pattern::DomainPattern;
 use serde::{Deserialize, Serialize};
 
+pub use hold::{HoldMode, HoldVerdict, QuarantinedAgent, hold_key};
 pub use store::{ControlError, ControlStore, Expect, StoreStatus};
 
 /// Ports a temporary entry opens when none are given.
@@ -87,6 +90,8 @@ pub enum ControlItem {
     Allow(TempAllow),
     Request(AccessRequest),
     Emergency(EmergencyBlock),
+    /// A quarantined or rate-reduced agent.
+    Quarantine(QuarantinedAgent),
 }
 
 const ALLOW_PREFIX: &str = "allow.";
@@ -100,6 +105,7 @@ impl ControlItem {
             ControlItem::Allow(allow) => format!("{ALLOW_PREFIX}{}", allow.id),
             ControlItem::Request(request) => format!("{REQUEST_PREFIX}{}", request.id),
             ControlItem::Emergency(_) => EMERGENCY_KEY.to_string(),
+            ControlItem::Quarantine(held) => hold_key(&held.agent_id),
         }
     }
 
@@ -108,6 +114,7 @@ impl ControlItem {
             ControlItem::Allow(allow) => serde_json::to_vec(allow),
             ControlItem::Request(request) => serde_json::to_vec(request),
             ControlItem::Emergency(block) => serde_json::to_vec(block),
+            ControlItem::Quarantine(held) => serde_json::to_vec(held),
         };
         value.unwrap_or_default()
     }
@@ -121,15 +128,18 @@ impl ControlItem {
             serde_json::from_slice(value).map(ControlItem::Request)
         } else if key == EMERGENCY_KEY {
             serde_json::from_slice(value).map(ControlItem::Emergency)
+        } else if key.starts_with(hold::HOLD_PREFIX) {
+            serde_json::from_slice(value).map(ControlItem::Quarantine)
         } else {
             return Err(format!("unknown control key '{key}'"));
         };
         item.map_err(|e| format!("control key '{key}' holds a value this gateway cannot read: {e}"))
     }
 
-    /// Like [`decode`](Self::decode), but an emergency block this version
-    /// cannot read still blocks: not understanding a block is no reason to
-    /// lift it. Other unreadable values are dropped (and logged).
+    /// Like [`decode`](Self::decode), but an emergency block (or an agent's
+    /// hold) this version cannot read still blocks: not understanding a
+    /// block is no reason to lift it. Other unreadable values are dropped
+    /// (and logged).
     pub fn decode_failing_closed(key: &str, value: &[u8]) -> Option<ControlItem> {
         match ControlItem::decode(key, value) {
             Ok(item) => Some(item),
@@ -140,6 +150,19 @@ impl ControlItem {
                     reason: "the control store holds an emergency block this gateway version cannot read".to_string(),
                     actor: "unknown".to_string(),
                     since: Utc::now(),
+                }))
+            }
+            Err(error) if let Some(agent_id) = hold::agent_of_key(key) => {
+                tracing::error!("{error}; treating it as a quarantine of {agent_id}");
+                Some(ControlItem::Quarantine(QuarantinedAgent {
+                    agent_id,
+                    mode: HoldMode::Quarantine,
+                    per_minute: None,
+                    reason: "the control store holds a quarantine this gateway version cannot read".to_string(),
+                    actor: "unknown".to_string(),
+                    since: Utc::now(),
+                    anomaly_id: None,
+                    request_id: None,
                 }))
             }
             Err(error) => {
@@ -176,6 +199,8 @@ pub struct ControlSnapshot {
     revisions: BTreeMap<String, u64>,
     allows: Vec<CompiledAllow>,
     emergency: Option<EmergencyBlock>,
+    /// Held agents by id; looked up on every request, so a map of its own.
+    holds: std::collections::HashMap<String, QuarantinedAgent>,
     /// The bucket revision of the last change applied (0 when never synced).
     pub revision: u64,
 }
@@ -195,6 +220,7 @@ impl ControlSnapshot {
     ) -> ControlSnapshot {
         let mut allows = Vec::new();
         let mut emergency = None;
+        let mut holds = std::collections::HashMap::new();
         for item in items.values() {
             match item {
                 ControlItem::Allow(entry) => match entry.domain.parse::<DomainPattern>() {
@@ -205,6 +231,9 @@ impl ControlSnapshot {
                     Err(error) => tracing::warn!(id = %entry.id, "temporary entry ignored: {error}"),
                 },
                 ControlItem::Emergency(block) => emergency = Some(block.clone()),
+                ControlItem::Quarantine(held) => {
+                    holds.insert(held.agent_id.clone(), held.clone());
+                }
                 ControlItem::Request(_) => {}
             }
         }
@@ -213,6 +242,7 @@ impl ControlSnapshot {
             revisions,
             allows,
             emergency,
+            holds,
             revision,
         }
     }
@@ -249,6 +279,20 @@ impl ControlSnapshot {
 
     pub fn emergency(&self) -> Option<&EmergencyBlock> {
         self.emergency.as_ref()
+    }
+
+    /// The hold on `agent_id`, if any. On the request path: one hash
+    /// lookup, skipped when nobody is held.
+    pub fn hold(&self, agent_id: &str) -> Option<&QuarantinedAgent> {
+        if self.holds.is_empty() {
+            return None;
+        }
+        self.holds.get(agent_id)
+    }
+
+    /// Every held agent.
+    pub fn holds(&self) -> impl Iterator<Item = &QuarantinedAgent> {
+        self.holds.values()
     }
 
     /// Live temporary entries (not yet expired at `now`).

@@ -106,6 +106,8 @@ pub struct ControlStore {
     first_attempt_done: AtomicBool,
     /// `true` while an emergency block is in force; open tunnels watch it.
     blocked: watch::Sender<bool>,
+    /// Pacing of rate-reduced agents on this replica.
+    reduced: super::hold::ReducedRates,
 }
 
 impl std::fmt::Debug for ControlStore {
@@ -156,6 +158,7 @@ impl ControlStore {
             save_lock: Mutex::new(()),
             first_attempt_done: AtomicBool::new(false),
             blocked,
+            reduced: Default::default(),
         });
         if let Some(url) = nats_url {
             tokio::spawn(sync_forever(store.clone(), url, stop));
@@ -189,6 +192,29 @@ impl ControlStore {
             .load()
             .emergency()
             .map(|block| Arc::from(block.incident_id.as_str()))
+    }
+
+    /// What a hold on `agent_id` (quarantine or rate reduction) does to
+    /// its next request; `None` for agents nobody holds. Allocates only
+    /// when the agent is held. `pace` counts the request against a reduced
+    /// rate (once per exchange); without it only a quarantine answers.
+    pub fn hold_verdict(&self, agent_id: &str, pace: bool) -> Option<super::HoldVerdict> {
+        let snapshot = self.snapshot.load();
+        let held = snapshot.hold(agent_id)?;
+        match held.mode {
+            super::HoldMode::Quarantine => Some(super::HoldVerdict::Quarantined(Box::new(held.clone()))),
+            super::HoldMode::RateReduction if !pace => None,
+            super::HoldMode::RateReduction => {
+                let per_minute = held.per_minute.unwrap_or(1).max(1);
+                self.reduced
+                    .admit(agent_id, per_minute)
+                    .err()
+                    .map(|retry_after| super::HoldVerdict::Reduced {
+                        per_minute,
+                        retry_after,
+                    })
+            }
+        }
     }
 
     pub fn status(&self) -> StoreStatus {
@@ -242,7 +268,7 @@ impl ControlStore {
             ControlItem::Request(request) => request
                 .decided_at
                 .is_some_and(|at| at + chrono::Duration::days(30) <= now),
-            ControlItem::Emergency(_) => false,
+            ControlItem::Emergency(_) | ControlItem::Quarantine(_) => false,
         });
         let mut swept = Vec::new();
         for (key, item) in stale {

@@ -225,3 +225,56 @@ mod store {
         );
     }
 }
+
+#[test]
+fn a_hold_has_one_key_per_agent_and_an_unreadable_one_still_quarantines() {
+    use super::hold::agent_of_key;
+    assert_eq!(hold_key("scraper-001"), "quarantine.scraper-001");
+    let odd = "team.a/b=c ü";
+    let key = hold_key(odd);
+    assert!(
+        key.bytes()
+            .skip("quarantine.".len())
+            .all(|b| b.is_ascii_alphanumeric() || b"-_=".contains(&b)),
+        "{key}"
+    );
+    assert_eq!(agent_of_key(&key).as_deref(), Some(odd));
+    assert_ne!(hold_key("a.b"), hold_key("a_b"));
+
+    let held = QuarantinedAgent {
+        agent_id: "scraper-001".to_string(),
+        mode: HoldMode::Quarantine,
+        per_minute: None,
+        reason: "dlp".to_string(),
+        actor: "analyzer".to_string(),
+        since: Utc::now(),
+        anomaly_id: Some("an-1".to_string()),
+        request_id: None,
+    };
+    let item = ControlItem::Quarantine(held.clone());
+    assert_eq!(ControlItem::decode(&item.key(), &item.to_json()), Ok(item.clone()));
+    // A newer replica's value this one cannot read keeps the agent out.
+    match ControlItem::decode_failing_closed(&hold_key("scraper-001"), b"{\"mode\": 7}") {
+        Some(ControlItem::Quarantine(fallback)) => {
+            assert_eq!(fallback.agent_id, "scraper-001");
+            assert_eq!(fallback.mode, HoldMode::Quarantine);
+        }
+        other => panic!("{other:?}"),
+    }
+    let snapshot = ControlSnapshot::from_items([(item.key(), item)].into_iter().collect(), 3);
+    assert_eq!(snapshot.hold("scraper-001"), Some(&held));
+    assert_eq!(snapshot.hold("other"), None);
+    assert_eq!(ControlSnapshot::default().hold("scraper-001"), None);
+}
+
+#[test]
+fn a_reduced_rate_lets_one_request_through_per_interval() {
+    let rates = super::hold::ReducedRates::default();
+    assert!(rates.admit("a", 60).is_ok());
+    let wait = rates.admit("a", 60).unwrap_err();
+    assert!(
+        wait > std::time::Duration::from_millis(900) && wait <= std::time::Duration::from_secs(1),
+        "{wait:?}"
+    );
+    assert!(rates.admit("b", 60).is_ok(), "agents are paced apart");
+}

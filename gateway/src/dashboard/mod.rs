@@ -4,6 +4,7 @@
 //! from counter snapshots taken by the gateway's housekeeping loop and on
 //! each poll.
 
+pub mod anomalies;
 pub mod window;
 
 use std::collections::VecDeque;
@@ -46,6 +47,8 @@ struct Sample {
 
 pub struct Dashboard {
     started: Instant,
+    /// Latest anomalies from `clawgress analyze` (with `--nats`).
+    pub anomalies: std::sync::Arc<anomalies::Recent>,
     denials: Mutex<VecDeque<Denial>>,
     samples: Mutex<VecDeque<Sample>>,
 }
@@ -55,6 +58,7 @@ impl Default for Dashboard {
         let started = Instant::now();
         Dashboard {
             started,
+            anomalies: Default::default(),
             denials: Mutex::new(VecDeque::with_capacity(MAX_DENIALS)),
             // The empty totals at start: the first window is "since start".
             samples: Mutex::new(VecDeque::from([Sample {
@@ -119,6 +123,8 @@ impl Dashboard {
             let denials = self.denials.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             denials.iter().rev().take(20).cloned().collect()
         };
+        let mut held: Vec<&crate::control::QuarantinedAgent> = control.holds().collect();
+        held.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
         let decisions: Vec<&str> = DecisionLabel::ALL.iter().map(|d| d.as_str()).collect();
         let history = self.history(&now);
         json!({
@@ -169,6 +175,8 @@ impl Dashboard {
                 .map(|(domain, denials)| json!({"domain": domain, "denials": denials}))
                 .collect::<Vec<_>>(),
             "latest_denials": denials,
+            "quarantined": held,
+            "anomalies": self.anomalies.latest(),
             "history": history,
         })
     }

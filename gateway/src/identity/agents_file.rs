@@ -14,6 +14,7 @@ use super::jwt_keys::{self, KeyProblem};
 use super::registry::{AgentRegistry, KeyDigest, RegisteredAgent};
 use super::schema::{AgentDoc, AgentsFileDoc, ClaimsDoc, JwtDoc, KeyDoc};
 use super::sources::{self, SourceEntry, SourceMap};
+use super::spiffe::{self, SpiffeEntry, SpiffeMap};
 use super::{AuthMethod, Identity};
 
 const DEFAULT_LEEWAY_SECONDS: u64 = 30;
@@ -28,6 +29,7 @@ pub(super) struct Compiled {
     pub registry: AgentRegistry,
     pub jwt: Option<JwtVerifier>,
     pub sources: SourceMap,
+    pub spiffe: SpiffeMap,
 }
 
 pub(super) fn compile(text: &str, origin: &str, base_dir: &Path) -> Result<Compiled, AgentsFileError> {
@@ -35,7 +37,7 @@ pub(super) fn compile(text: &str, origin: &str, base_dir: &Path) -> Result<Compi
     let options = serde_saphyr::options! { with_snippet: false };
     let doc: AgentsFileDoc = serde_saphyr::from_str_with_options(text, options).map_err(|e| at.yaml(&e))?;
 
-    let (registry, sources) = compile_agents(&at, doc.agents)?;
+    let (registry, sources, spiffe) = compile_agents(&at, doc.agents)?;
     let jwt = match doc.jwt {
         Some(jwt) => Some(compile_jwt(&at, base_dir, jwt.value)?),
         None => None,
@@ -47,7 +49,12 @@ pub(super) fn compile(text: &str, origin: &str, base_dir: &Path) -> Result<Compi
         )
         .with_hint("list agents under `agents:` or configure `jwt:`; ".to_owned() + LAYOUT_HINT));
     }
-    Ok(Compiled { registry, jwt, sources })
+    Ok(Compiled {
+        registry,
+        jwt,
+        sources,
+        spiffe,
+    })
 }
 
 /// Attaches the origin to located messages.
@@ -107,9 +114,10 @@ impl Reporter<'_> {
 fn compile_agents(
     at: &Reporter<'_>,
     agents: Vec<Spanned<AgentDoc>>,
-) -> Result<(AgentRegistry, SourceMap), AgentsFileError> {
+) -> Result<(AgentRegistry, SourceMap, SpiffeMap), AgentsFileError> {
     let mut registry = AgentRegistry::default();
     let mut source_entries = Vec::new();
+    let mut spiffe_entries = Vec::new();
     let located = |(location, message, hint): sources::SourceProblem| at.error(location, message).with_hint(hint);
     let mut first_seen: HashMap<String, Location> = HashMap::new();
     let mut digest_owner: HashMap<KeyDigest, String> = HashMap::new();
@@ -170,23 +178,37 @@ fn compile_agents(
                 at: value.referenced,
             });
         }
+        for value in &agent.spiffe_ids {
+            spiffe_entries.push(SpiffeEntry {
+                id: spiffe::parse(value).map_err(located)?,
+                agent: agent_id.clone(),
+                at: value.referenced,
+            });
+        }
+        let identity = Identity {
+            agent_id: Arc::from(agent.id.value),
+            team: Arc::from(agent.team.value),
+            project: Arc::from(agent.project.value),
+            environment: Arc::from(agent.environment.value),
+            role: Arc::from(agent.role.value),
+            method: AuthMethod::ApiKey,
+            session_id: None,
+        };
         registry.insert(RegisteredAgent {
-            identity: Arc::new(Identity {
-                agent_id: Arc::from(agent.id.value),
-                team: Arc::from(agent.team.value),
-                project: Arc::from(agent.project.value),
-                environment: Arc::from(agent.environment.value),
-                role: Arc::from(agent.role.value),
-                method: AuthMethod::ApiKey,
-                session_id: None,
+            cert_identity: Arc::new(Identity {
+                method: AuthMethod::Certificate,
+                ..identity.clone()
             }),
+            identity: Arc::new(identity),
             key_digest,
             disabled: agent.disabled,
             sources: agent_sources,
+            has_spiffe_ids: !agent.spiffe_ids.is_empty(),
         });
     }
     let sources = SourceMap::build(source_entries).map_err(located)?;
-    Ok((registry, sources))
+    let spiffe = SpiffeMap::build(spiffe_entries).map_err(located)?;
+    Ok((registry, sources, spiffe))
 }
 
 fn check_agent_id(at: &Reporter<'_>, id: &Spanned<String>) -> Result<(), AgentsFileError> {

@@ -5,6 +5,10 @@
 //! - `Bearer <JWT>` (HS*/RS*/PS*/ES*/EdDSA), checked against the keys in the agents file's `jwt`
 //!   section, with `iss`, `aud`, `exp` and `nbf` enforced.
 //!
+//! Two more identities carry no credential: the source address (`sources`, the transparent
+//! listener: [`IdentityResolver::by_source`]) and a verified client certificate (`spiffe_ids` or
+//! the CN, the mTLS listener: [`IdentityResolver::by_certificate`]).
+//!
 //! The [`IdentityResolver`] is built once from the agents file and is immutable afterwards; a
 //! reload builds a new one and swaps the `Arc`. Every failure is an [`IdentityError`] with a
 //! stable [`reason`](IdentityError::reason) code; the gateway maps all of them to `407`.
@@ -21,6 +25,7 @@ mod jwt_keys;
 mod registry;
 mod schema;
 mod sources;
+mod spiffe;
 
 #[cfg(test)]
 mod tests;
@@ -29,8 +34,9 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use error::IdentityError;
+pub use error::{CertificateProblem, IdentityError};
 pub use file_error::AgentsFileError;
+pub use spiffe::CertificateNames;
 
 use credentials::Credentials;
 use jwt::JwtVerifier;
@@ -58,6 +64,8 @@ pub struct Identity {
 pub enum AuthMethod {
     ApiKey,
     Jwt,
+    /// A client certificate on the mTLS listener.
+    Certificate,
 }
 
 impl AuthMethod {
@@ -66,6 +74,7 @@ impl AuthMethod {
         match self {
             AuthMethod::ApiKey => "api_key",
             AuthMethod::Jwt => "jwt",
+            AuthMethod::Certificate => "mtls",
         }
     }
 }
@@ -82,6 +91,7 @@ pub struct IdentityResolver {
     registry: AgentRegistry,
     jwt: Option<JwtVerifier>,
     sources: sources::SourceMap,
+    spiffe: spiffe::SpiffeMap,
 }
 
 impl IdentityResolver {
@@ -112,6 +122,7 @@ impl IdentityResolver {
             registry: compiled.registry,
             jwt: compiled.jwt,
             sources: compiled.sources,
+            spiffe: compiled.spiffe,
         })
     }
 
@@ -136,6 +147,36 @@ impl IdentityResolver {
             }
             _ => Ok(()),
         }
+    }
+
+    /// The agent a verified client certificate names (the mTLS listener):
+    /// its one SPIFFE ID, looked up in the agents' `spiffe_ids`; or, for a
+    /// certificate without a SPIFFE ID, its CN as an agent id, unless that
+    /// agent lists `spiffe_ids` (then only those name it). A certificate
+    /// with a SPIFFE ID is never identified by its CN: an unmapped SPIFFE ID
+    /// is an unknown certificate, not a fallback.
+    pub fn by_certificate(&self, names: &CertificateNames) -> Result<Arc<Identity>, IdentityError> {
+        let agent = match names.spiffe_ids.as_slice() {
+            [id] => {
+                let agent_id = self.spiffe.agent_for(id).ok_or(IdentityError::UnknownCertificate)?;
+                self.registry.get(agent_id)
+            }
+            [] => {
+                let common_name = names.common_name.as_deref().ok_or(IdentityError::UnknownCertificate)?;
+                self.registry.get(common_name).filter(|agent| !agent.has_spiffe_ids)
+            }
+            _ => return Err(IdentityError::AmbiguousCertificate),
+        };
+        let agent = agent.ok_or(IdentityError::UnknownCertificate)?;
+        if agent.disabled {
+            return Err(IdentityError::Disabled);
+        }
+        Ok(agent.cert_identity.clone())
+    }
+
+    /// SPIFFE IDs mapped to agents.
+    pub fn spiffe_id_count(&self) -> usize {
+        self.spiffe.len()
     }
 
     /// Whether any agent has `sources` (the transparent listener needs them).

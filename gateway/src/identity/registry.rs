@@ -18,6 +18,11 @@ pub(super) struct RegisteredAgent {
     pub disabled: bool,
     /// Where the agent may connect from; empty: anywhere.
     pub sources: Vec<ipnet::IpNet>,
+    /// The same identity, proven by a client certificate (mTLS listener).
+    pub cert_identity: Arc<Identity>,
+    /// The agent lists `spiffe_ids`: then only those name it, never its
+    /// certificate's CN.
+    pub has_spiffe_ids: bool,
 }
 
 #[derive(Debug, Default)]

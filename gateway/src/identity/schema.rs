@@ -37,6 +37,11 @@ pub(super) struct AgentDoc {
     /// CIDRs of different agents must not overlap.
     #[serde(default)]
     pub sources: Vec<Spanned<String>>,
+    /// The agent's SPIFFE IDs (`spiffe://<trust-domain>/ns/<ns>/sa/<sa>`):
+    /// a client certificate on the mTLS listener whose URI SAN is one of
+    /// them is this agent. An ID may name one agent only.
+    #[serde(default)]
+    pub spiffe_ids: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

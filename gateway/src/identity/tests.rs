@@ -3,6 +3,7 @@
 mod agents_file;
 mod basic;
 mod cache;
+mod certificates;
 mod fuzz;
 mod jwt;
 mod sources;

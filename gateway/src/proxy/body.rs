@@ -11,6 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+use crate::audit::{CONFIRM_TIMEOUT, Confirmation};
 use crate::inspect::Outbound;
 use crate::record::Finisher;
 
@@ -167,11 +168,33 @@ impl ProxyBody {
     }
 }
 
+/// Why a response body ended early.
+#[derive(Debug)]
+pub enum ResponseError {
+    /// The upstream's body failed (reset, bad framing).
+    Upstream(hyper::Error),
+    /// The response's record could not be confirmed in time and the agent
+    /// fails closed: the client does not get a complete answer that the
+    /// trail may be missing.
+    Unrecorded,
+}
+
+impl std::fmt::Display for ResponseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResponseError::Upstream(error) => write!(f, "upstream response body: {error}"),
+            ResponseError::Unrecorded => write!(f, "response cut: its audit record was not confirmed in time"),
+        }
+    }
+}
+
+impl std::error::Error for ResponseError {}
+
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ResponseError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ResponseError>>> {
         match self.get_mut() {
             ProxyBody::Local(full) => Pin::new(full).poll_frame(cx).map_err(|never| match never {}),
             ProxyBody::Upstream(body) => Pin::new(body).poll_frame(cx),
@@ -181,7 +204,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Local(full) => full.is_end_stream(),
-            ProxyBody::Upstream(body) => body.inner.is_end_stream(),
+            ProxyBody::Upstream(body) => body.at_end(),
         }
     }
 
@@ -196,6 +219,13 @@ impl Body for ProxyBody {
 /// The upstream's response body on its way to the client. When it ends, or
 /// the client goes away mid-stream, the exchange is recorded exactly once
 /// (the finisher runs on drop).
+///
+/// The record of a streamed response is complete only at its end, so its
+/// last frame (or, for a chunked body, its end) is held until the writer
+/// confirms the record is in the trail: a client never holds a complete
+/// answer that a crash could leave unrecorded. The wait is bounded
+/// ([`CONFIRM_TIMEOUT`]); past it the body is cut (`fail_mode: closed`) or
+/// released (`open`).
 pub struct UpstreamBody {
     inner: Incoming,
     transfer: Arc<Transfer>,
@@ -203,67 +233,125 @@ pub struct UpstreamBody {
     /// Reads an AI provider's reported usage as the bytes pass, unchanged.
     /// Boxed: most responses have none, and this body is in every response.
     usage: Option<Box<clawgress_ai::UsageReader>>,
+    /// The last frame (`None`: the end itself), waiting for its record.
+    held: Option<(Option<Frame<Bytes>>, Confirmation)>,
+    fails_open: bool,
+    done: bool,
 }
 
 impl UpstreamBody {
+    /// `finisher` is `None` when the exchange is already recorded (a
+    /// response without a body).
     pub fn new(
         inner: Incoming,
         transfer: Arc<Transfer>,
-        finisher: Finisher,
+        finisher: Option<Finisher>,
         usage: Option<clawgress_ai::UsageReader>,
     ) -> Self {
         UpstreamBody {
             inner,
             transfer,
-            finisher: Some(finisher),
+            fails_open: finisher.as_ref().is_some_and(Finisher::fails_open),
+            finisher,
             usage: usage.map(Box::new),
+            held: None,
+            done: false,
         }
     }
 
-    fn finish(&mut self) {
-        if let Some(mut finisher) = self.finisher.take() {
-            if let Some(reader) = self.usage.take()
-                && let Some(ai) = finisher.context_mut().and_then(|ctx| ctx.ai.as_mut())
-            {
-                ai.settle(reader.finish());
+    fn finish(&mut self) -> Confirmation {
+        match self.finisher.take() {
+            Some(mut finisher) => {
+                if let Some(reader) = self.usage.take()
+                    && let Some(ai) = finisher.context_mut().and_then(|ctx| ctx.ai.as_mut())
+                {
+                    ai.settle(reader.finish());
+                }
+                finisher.finish().within(CONFIRM_TIMEOUT)
             }
-            finisher.finish();
+            None => Confirmation::done(),
         }
+    }
+
+    fn at_end(&self) -> bool {
+        // Until recorded, say "more to come", so that hyper polls for the
+        // end and the end waits for the record.
+        self.done || (self.finisher.is_none() && self.held.is_none() && self.inner.is_end_stream())
+    }
+
+    /// Releases the held frame once its record is confirmed.
+    fn poll_held(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ResponseError>>> {
+        let Some((_, confirmation)) = self.held.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let confirmed = match Pin::new(confirmation).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(confirmed) => confirmed,
+        };
+        let last = self.held.take().and_then(|(frame, _)| frame);
+        self.done = true;
+        if let Err(unconfirmed) = confirmed {
+            if !self.fails_open {
+                tracing::error!("{unconfirmed}; the response is cut (fail_mode: closed)");
+                return Poll::Ready(Some(Err(ResponseError::Unrecorded)));
+            }
+            tracing::warn!("{unconfirmed}; the response is released (fail_mode: open)");
+        }
+        Poll::Ready(last.map(Ok))
     }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ResponseError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ResponseError>>> {
+        let this = &mut *self;
+        if this.held.is_some() {
+            return this.poll_held(cx);
+        }
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    self.transfer.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
-                    if let Some(reader) = self.usage.as_mut() {
+                    this.transfer.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    if let Some(reader) = this.usage.as_mut() {
                         reader.feed(data);
                     }
                 }
-                if self.inner.is_end_stream() {
-                    self.finish();
+                if this.inner.is_end_stream() && this.finisher.is_some() {
+                    let confirmation = this.finish();
+                    this.held = Some((Some(frame), confirmation));
+                    return this.poll_held(cx);
                 }
+                Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(_))) => {
-                if let Some(finisher) = self.finisher.as_mut() {
+            Poll::Ready(Some(Err(error))) => {
+                // Not a complete answer: nothing to hold back.
+                if let Some(finisher) = this.finisher.as_mut() {
                     finisher.upstream_reset();
                 }
-                self.finish();
+                this.finish().detach();
+                this.done = true;
+                Poll::Ready(Some(Err(ResponseError::Upstream(error))))
             }
-            Poll::Ready(None) => self.finish(),
-            Poll::Pending => {}
+            Poll::Ready(None) => {
+                if this.finisher.is_none() {
+                    this.done = true;
+                    return Poll::Ready(None);
+                }
+                let confirmation = this.finish();
+                this.held = Some((None, confirmation));
+                this.poll_held(cx)
+            }
+            Poll::Pending => Poll::Pending,
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.at_end()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -273,6 +361,6 @@ impl Body for UpstreamBody {
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        self.finish();
+        self.finish().detach();
     }
 }

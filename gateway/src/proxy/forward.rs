@@ -12,7 +12,7 @@ use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 
 use super::body::{OutboundBody, ProxyBody, Transfer, UpstreamBody};
-use super::refuse;
+use super::refuse_answered;
 use crate::Gateway;
 use crate::audit::AuditSlot;
 use crate::context::RequestContext;
@@ -29,7 +29,7 @@ pub(super) async fn forward(
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let Some((addr, host)) = ctx.destination.as_ref().and_then(|d| Some((d.addr?, d.host.clone()))) else {
-        return refuse(&gateway, ctx, slot, Refusal::Request(RequestProblem::MissingAuthority));
+        return refuse_answered(&gateway, ctx, slot, Refusal::Request(RequestProblem::MissingAuthority)).await;
     };
     let route = if ctx.originate {
         let link = super::intercept::UpstreamLink::originate(gateway.clone(), &policy, host, addr);
@@ -74,11 +74,11 @@ pub(super) async fn exchange(
     .await;
     let outbound = match inspected {
         Ok(outbound) => outbound,
-        Err(refusal) => return refuse(&gateway, ctx, slot, refusal),
+        Err(refusal) => return refuse_answered(&gateway, ctx, slot, refusal).await,
     };
     // Budgets: an AI request reserves what it may spend before it leaves.
     if let Err(refusal) = reserve_budget(&gateway, &policy, &mut ctx).await {
-        return refuse(&gateway, ctx, slot, refusal);
+        return refuse_answered(&gateway, ctx, slot, refusal).await;
     }
     // The Host header names the origin as the client wrote it; the URI names
     // the checked address, which is all the connection pool ever dials.
@@ -91,7 +91,7 @@ pub(super) async fn exchange(
         Route::Tunnel(_) => origin_form(&parts.uri),
     };
     let Some(target) = target else {
-        return refuse(&gateway, ctx, slot, Refusal::Request(RequestProblem::MissingAuthority));
+        return refuse_answered(&gateway, ctx, slot, Refusal::Request(RequestProblem::MissingAuthority)).await;
     };
     parts.uri = target;
     strip_hop_by_hop(&mut parts.headers);
@@ -140,15 +140,19 @@ pub(super) async fn exchange(
             if let Some(ticket) = ticket {
                 ticket.failure();
             }
-            return finisher.refuse(Refusal::Upstream(UpstreamFailure::ResponseTimeout));
+            return finisher
+                .refuse_confirmed(Refusal::Upstream(UpstreamFailure::ResponseTimeout))
+                .await;
         }
         Err(Waited::Failed(failure)) => {
             if let Some(overflow) = transfer_contained(&transfer) {
-                return finisher.refuse(Refusal::Contained(overflow));
+                return finisher.refuse_confirmed(Refusal::Contained(overflow)).await;
             }
             if transfer.client_body_failed.load(Ordering::Relaxed) {
                 // The client's fault: the destination's breaker is not told.
-                return finisher.refuse(Refusal::Request(RequestProblem::ClientBody));
+                return finisher
+                    .refuse_confirmed(Refusal::Request(RequestProblem::ClientBody))
+                    .await;
             }
             if let Some(ticket) = ticket {
                 ticket.failure();
@@ -167,7 +171,7 @@ pub(super) async fn exchange(
                     Refusal::UpstreamTls(failure)
                 }
             };
-            return finisher.refuse(refusal);
+            return finisher.refuse_confirmed(refusal).await;
         }
     };
 
@@ -210,13 +214,46 @@ pub(super) async fn exchange(
         }
     }
     finisher.served(parts.status.as_u16());
+    if http_body::Body::is_end_stream(&body) {
+        // No body (HEAD, 204, 304, an empty 200): the record is complete
+        // now, and the head is the whole answer, so it waits for the record.
+        return answer_when_recorded(&gateway, finisher, parts, body, transfer).await;
+    }
     let usage = finisher
         .context()
         .and_then(|ctx| ctx.ai.as_ref())
         .and_then(|ai| ai.usage_reader(&parts.headers));
     Response::from_parts(
         parts,
-        ProxyBody::Upstream(UpstreamBody::new(body, transfer, finisher, usage)),
+        ProxyBody::Upstream(UpstreamBody::new(body, transfer, Some(finisher), usage)),
+    )
+}
+
+/// Records a response without a body and answers once the record is in the
+/// trail. Not confirmed in time: `fail_mode: closed` answers 503
+/// `audit_unavailable` instead (the answer must not outrun its record);
+/// `open` answers as the upstream did.
+async fn answer_when_recorded(
+    gateway: &Gateway,
+    finisher: Finisher,
+    parts: http::response::Parts,
+    body: Incoming,
+    transfer: Arc<Transfer>,
+) -> Response<ProxyBody> {
+    let fails_open = finisher.fails_open();
+    let fallback = finisher
+        .context()
+        .map(|ctx| crate::response::refusal_response(ctx, &Refusal::AuditUnavailable));
+    if let Err(unconfirmed) = finisher.finish().within(crate::audit::CONFIRM_TIMEOUT).await {
+        gateway.audit.metrics().confirm_timeouts.inc();
+        if !fails_open && let Some(fallback) = fallback {
+            tracing::error!("{unconfirmed}; answering 503 audit_unavailable (fail_mode: closed)");
+            return fallback;
+        }
+    }
+    Response::from_parts(
+        parts,
+        ProxyBody::Upstream(UpstreamBody::new(body, transfer, None, None)),
     )
 }
 

@@ -23,7 +23,7 @@ use tokio_rustls::LazyConfigAcceptor;
 
 use super::body::{OutboundBody, ProxyBody, Transfer};
 use super::forward::{Route, SendFailure, exchange};
-use super::{admit_exchange, refuse};
+use super::{admit_exchange, refuse_answered};
 use crate::Gateway;
 use crate::audit::AuditSlot;
 use crate::context::{Destination, RequestContext, RequestKind, audit_path, decision_span};
@@ -142,6 +142,8 @@ struct Scope {
     tls: Option<TlsRecord>,
     /// Set for a transparent connection: each request's line says so.
     original_destination: Option<SocketAddr>,
+    /// Set on the mTLS listener: each request's line carries the certificate.
+    client_certificate: Option<Arc<crate::mtls::ClientCertRecord>>,
     link: Arc<UpstreamLink>,
 }
 
@@ -161,7 +163,9 @@ pub(super) async fn open(
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => serve(prepared, TokioIo::new(upgraded)).await,
-            Err(_) => prepared.finisher.finish(),
+            Err(_) => {
+                prepared.finisher.finish().detach();
+            }
         }
     });
     let mut response = Response::new(ProxyBody::empty());
@@ -192,18 +196,18 @@ pub(super) async fn prepare(
 ) -> Result<Prepared, Response<ProxyBody>> {
     let mut ctx = ctx;
     let Some(destination) = ctx.destination.clone() else {
-        return Err(refuse(&gateway, ctx, slot, Refusal::InterceptUnavailable));
+        return Err(refuse_answered(&gateway, ctx, slot, Refusal::InterceptUnavailable).await);
     };
     let Some(addr) = destination.addr else {
-        return Err(refuse(&gateway, ctx, slot, Refusal::InterceptUnavailable));
+        return Err(refuse_answered(&gateway, ctx, slot, Refusal::InterceptUnavailable).await);
     };
     let server_config = match gateway.tls.ca.as_ref().map(|ca| ca.server_config(&destination.host)) {
         Some(Ok(config)) => config,
         Some(Err(error)) => {
             tracing::error!(error = %error, host = %destination.host, "cannot mint a leaf certificate");
-            return Err(refuse(&gateway, ctx, slot, Refusal::InterceptUnavailable));
+            return Err(refuse_answered(&gateway, ctx, slot, Refusal::InterceptUnavailable).await);
         }
-        None => return Err(refuse(&gateway, ctx, slot, Refusal::InterceptUnavailable)),
+        None => return Err(refuse_answered(&gateway, ctx, slot, Refusal::InterceptUnavailable).await),
     };
     let link = Arc::new(UpstreamLink {
         gateway: gateway.clone(),
@@ -222,9 +226,11 @@ pub(super) async fn prepare(
         }
         Err(SendFailure::Tls(failure)) => {
             ctx.tls = Some(failure.record.clone());
-            return Err(refuse(&gateway, ctx, slot, Refusal::UpstreamTls(failure)));
+            return Err(refuse_answered(&gateway, ctx, slot, Refusal::UpstreamTls(failure)).await);
         }
-        Err(SendFailure::Upstream(failure)) => return Err(refuse(&gateway, ctx, slot, Refusal::Upstream(failure))),
+        Err(SendFailure::Upstream(failure)) => {
+            return Err(refuse_answered(&gateway, ctx, slot, Refusal::Upstream(failure)).await);
+        }
     }
     let scope = Scope {
         gateway: gateway.clone(),
@@ -237,6 +243,7 @@ pub(super) async fn prepare(
         trace_id: ctx.trace_id.clone(),
         tls: ctx.tls.clone(),
         original_destination: ctx.original_destination,
+        client_certificate: ctx.client_certificate.clone(),
         link,
     };
     // The tunnel's own line carries no bytes: each request inside has its
@@ -296,7 +303,7 @@ where
         _ => {
             // The agent does not trust our CA, most likely.
             finisher.cut("client_tls_failed");
-            finisher.finish();
+            finisher.finish().detach();
             return;
         }
     };
@@ -317,7 +324,9 @@ where
         }
         _ = blocked.wait_for(|blocked| *blocked) => finisher.cut("emergency_block"),
     }
-    finisher.finish();
+    // A tunnel's bytes pass as they come; its own record is written at
+    // its end, and nothing after it waits for that.
+    finisher.finish().detach();
     drop(open);
 }
 
@@ -335,6 +344,7 @@ async fn inner(scope: Arc<Scope>, req: Request<Incoming>) -> Result<Response<Pro
     ctx.tls = scope.tls.clone();
     ctx.original_destination = scope.original_destination;
     ctx.record_client = scope.original_destination.is_some();
+    ctx.client_certificate = scope.client_certificate.clone();
     ctx.destination = Some(Destination {
         path: Some(audit_path(req.uri().path())),
         ..scope.destination.clone()
@@ -352,11 +362,11 @@ async fn inner(scope: Arc<Scope>, req: Request<Incoming>) -> Result<Response<Pro
     let policy = gateway.policy.load_full();
     ctx.policy_version = Some(policy.version.clone());
     if !for_tunnel_host(&req, &scope.destination.host) {
-        return Ok(refuse(gateway, ctx, slot, Refusal::HostMismatch));
+        return Ok(refuse_answered(gateway, ctx, slot, Refusal::HostMismatch).await);
     }
     let declared = super::body::declared_length(req.headers()).unwrap_or(0);
     if let Err(refusal) = admit_exchange(gateway, &policy, &mut ctx, declared).await {
-        return Ok(refuse(gateway, ctx, slot, refusal));
+        return Ok(refuse_answered(gateway, ctx, slot, refusal).await);
     }
     let route = Route::Tunnel(scope.link.clone());
     Ok(exchange(gateway.clone(), policy, ctx, slot, req, route).await)

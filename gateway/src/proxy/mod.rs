@@ -10,6 +10,7 @@
 pub mod body;
 mod forward;
 mod intercept;
+pub mod mtls;
 pub mod server;
 pub mod transparent;
 mod tunnel;
@@ -44,6 +45,17 @@ pub enum Entry {
     /// Redirected to the transparent listener by nftables: the agent is its
     /// source address, the destination the connection's original one.
     Transparent { original: SocketAddr },
+    /// The mTLS listener: requests shaped as on the explicit port, the
+    /// agent named by the client certificate (an `Arc<MtlsPeer>` in the
+    /// request's extensions).
+    Mtls,
+}
+
+impl Entry {
+    /// Proxy-shaped requests: absolute-form or CONNECT.
+    fn is_proxy(self) -> bool {
+        matches!(self, Entry::Explicit | Entry::Mtls)
+    }
 }
 
 /// The proxy's answer to one request. Never an error: every failure is a
@@ -59,7 +71,7 @@ pub(crate) async fn handle_entry(
     entry: Entry,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    let kind = if req.method() == Method::CONNECT && entry == Entry::Explicit {
+    let kind = if req.method() == Method::CONNECT && entry.is_proxy() {
         RequestKind::Connect
     } else {
         RequestKind::Forward
@@ -71,16 +83,24 @@ pub(crate) async fn handle_entry(
         ctx.original_destination = Some(original);
         ctx.record_client = true;
     }
+    if entry == Entry::Mtls {
+        ctx.client_certificate = mtls::peer(&req).map(|peer| peer.record.clone());
+    }
 
     // Reserve the audit record first: a request we could not record is a
     // request we must not serve (fail closed).
     let slot = match gateway.audit.reserve() {
         Ok(slot) => Some(slot),
         // Unless this agent's environment is configured to fail open.
-        Err(_) if audit_fails_open(&gateway, entry, client, &req) => {
+        Err(unavailable) if audit_fails_open(&gateway, entry, client, &req) => {
             ctx.fail_open = Some("audit_sink");
             gateway.metrics.record_fail_open("audit_sink");
-            Some(AuditSlot::fail_open(&gateway.audit))
+            // The streams are behind, not the file: keep writing the file
+            // past its bound (never drop a record); else the log keeps it.
+            let past_backlog = (unavailable == crate::audit::AuditUnavailable::BacklogFull)
+                .then(|| gateway.audit.reserve_past_backlog().ok())
+                .flatten();
+            Some(past_backlog.unwrap_or_else(|| AuditSlot::fail_open(&gateway.audit)))
         }
         Err(_) => None,
     };
@@ -102,7 +122,7 @@ pub(crate) async fn handle_entry(
             RequestKind::Connect => tunnel::open(gateway, policy, ctx, slot, req).await,
             RequestKind::Forward | RequestKind::Intercepted => forward::forward(gateway, policy, ctx, slot, req).await,
         },
-        Err(refusal) => refuse(&gateway, ctx, slot, refusal),
+        Err(refusal) => refuse_answered(&gateway, ctx, slot, refusal).await,
     }
 }
 
@@ -125,6 +145,9 @@ fn audit_fails_open(gateway: &Gateway, entry: Entry, client: SocketAddr, req: &R
     let identity = match entry {
         Entry::Explicit => identities.identify(req.headers().get(header::PROXY_AUTHORIZATION)),
         Entry::Transparent { .. } => identities.by_source(client.ip()),
+        Entry::Mtls => mtls::peer(req)
+            .ok_or(crate::identity::IdentityError::Missing)
+            .and_then(|peer| identities.by_certificate(&peer.names)),
     };
     let Ok(identity) = identity else {
         return false;
@@ -132,10 +155,24 @@ fn audit_fails_open(gateway: &Gateway, entry: Entry, client: SocketAddr, req: &R
     gateway.policy.load().fail_mode_for(&identity.environment) == FailMode::Open
 }
 
-/// Answers with a refusal and records it.
+/// Records a refusal for a connection that is closed rather than answered
+/// (the transparent listener's); returns the answer it would have had.
 fn refuse(gateway: &Gateway, ctx: RequestContext, slot: AuditSlot, refusal: Refusal) -> Response<ProxyBody> {
     let response = refusal_response(&ctx, &refusal);
-    record(gateway, ctx, slot, Outcome::Refused(refusal));
+    record(gateway, ctx, slot, Outcome::Refused(refusal)).detach();
+    response
+}
+
+/// Answers with a refusal once its record is in the trail: a client never
+/// holds an answer that a crash could leave unrecorded.
+async fn refuse_answered(
+    gateway: &Gateway,
+    ctx: RequestContext,
+    slot: AuditSlot,
+    refusal: Refusal,
+) -> Response<ProxyBody> {
+    let response = refusal_response(&ctx, &refusal);
+    crate::record::confirmed(gateway, record(gateway, ctx, slot, Outcome::Refused(refusal))).await;
     response
 }
 
@@ -168,7 +205,7 @@ async fn admit(
     // going, whatever is wrong with the request.
     let sourced = match entry {
         Entry::Transparent { .. } => identities.by_source(ctx.client.ip()),
-        Entry::Explicit => Err(crate::identity::IdentityError::Missing),
+        Entry::Explicit | Entry::Mtls => Err(crate::identity::IdentityError::Missing),
     };
     if let Entry::Transparent { original } = entry {
         ctx.identity = sourced.as_ref().ok().cloned();
@@ -183,7 +220,7 @@ async fn admit(
     // Shape first: an origin-form request is answered before anything else,
     // so a client that mistook us for the origin gets a clear 400.
     let (host, port, protocol, path) = match entry {
-        Entry::Explicit => request_target(ctx.kind, req)?,
+        Entry::Explicit | Entry::Mtls => request_target(ctx.kind, req)?,
         Entry::Transparent { original } => transparent::http_target(req, original)?,
     };
     let target = Target {
@@ -210,6 +247,7 @@ async fn admit(
             identity
         }
         Entry::Transparent { .. } => sourced.map_err(Refusal::Identity)?,
+        Entry::Mtls => mtls::identify(&identities, ctx, req)?,
     };
     if is_loop(req) {
         ctx.identity = Some(identity);
@@ -265,6 +303,7 @@ pub(crate) async fn decide(
     });
     // After classify, so an incident's audit lines show where agents tried to go.
     emergency_check(gateway)?;
+    hold_check(gateway, &identity.agent_id, false)?;
 
     let now = chrono::Utc::now();
     // Decide: the allowlist before DNS, so a denied name is never resolved
@@ -367,6 +406,7 @@ pub(crate) async fn decide(
     if let Some(dest) = ctx.destination.as_mut() {
         dest.addr = Some(SocketAddr::new(ip, dest.port));
     }
+    ctx.geo = policy.geoip.as_ref().map(|geoip| geoip.lookup(ip));
     admit_exchange(gateway, policy, ctx, declared).await
 }
 
@@ -427,8 +467,10 @@ async fn admit_exchange(
     }
 
     // Again, after the waits above (DNS, a limiter's queue): a block issued
-    // meanwhile stops the request before it leaves.
+    // meanwhile stops the request before it leaves. A held agent's pacing
+    // is counted here only, once per exchange.
     emergency_check(gateway)?;
+    hold_check(gateway, &identity.agent_id, true)?;
 
     // Breaker: a failing destination fails fast instead of tying up agents.
     ctx.breaker = Some(policy.breakers.admit(&host_text).map_err(Refusal::CircuitOpen)?);
@@ -441,6 +483,22 @@ fn emergency_check(gateway: &Gateway) -> Result<(), Refusal> {
         .control
         .emergency_incident()
         .map_or(Ok(()), |incident_id| Err(Refusal::EmergencyBlock { incident_id }))
+}
+
+/// A quarantined agent is refused; a rate-reduced one paced (seed 001
+/// §5.7's risk actions, applied from the control store).
+fn hold_check(gateway: &Gateway, agent_id: &str, pace: bool) -> Result<(), Refusal> {
+    match gateway.control.hold_verdict(agent_id, pace) {
+        None => Ok(()),
+        Some(crate::control::HoldVerdict::Quarantined(held)) => Err(Refusal::AgentQuarantined(held)),
+        Some(crate::control::HoldVerdict::Reduced {
+            per_minute,
+            retry_after,
+        }) => Err(Refusal::AgentRateReduced {
+            per_minute,
+            retry_after,
+        }),
+    }
 }
 
 /// Every resolved address must pass, not just the first: a name that mixes

@@ -17,7 +17,7 @@ use crate::Gateway;
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// What a listener serves.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Role {
     /// The explicit proxy port; `header_timeout` bounds the wait for a
     /// request head.
@@ -25,6 +25,12 @@ pub enum Role {
     /// Connections nftables redirected to the gateway; `header_timeout`
     /// bounds the wait for their first bytes.
     Transparent { header_timeout: Duration },
+    /// The proxy over TLS with client certificates (`--listen-tls`);
+    /// `header_timeout` bounds the handshake and each request head.
+    Mtls {
+        header_timeout: Duration,
+        acceptor: Arc<crate::mtls::MtlsAcceptor>,
+    },
 }
 
 /// Starts one worker per listener, each on its own thread with its own
@@ -42,9 +48,10 @@ pub fn spawn_workers(
     let name = match role {
         Role::Proxy { .. } => "proxy",
         Role::Transparent { .. } => "transparent",
+        Role::Mtls { .. } => "mtls",
     };
     for (index, listener) in listeners.into_iter().enumerate() {
-        let (gateway, shutdown) = (gateway.clone(), shutdown.clone());
+        let (gateway, shutdown, role) = (gateway.clone(), shutdown.clone(), role.clone());
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let worker = std::thread::Builder::new()
             .name(format!("{name}-{index}"))
@@ -64,6 +71,10 @@ pub fn spawn_workers(
                         Role::Transparent { header_timeout } => {
                             super::transparent::serve(listener, gateway, shutdown, drain, header_timeout).await
                         }
+                        Role::Mtls {
+                            header_timeout,
+                            acceptor,
+                        } => super::mtls::serve(listener, gateway, acceptor, shutdown, drain, header_timeout).await,
                     }
                 });
             })?;

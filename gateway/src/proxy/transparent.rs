@@ -367,7 +367,7 @@ async fn tls(arrival: Arrival, stream: TcpStream, first: Vec<u8>, sni: String) {
     finisher.served(200);
     let open = super::tunnel::TunnelGuard::new(&gateway);
     super::tunnel::relay(&gateway, &mut finisher, stream, upstream, &transfer, &first).await;
-    finisher.finish();
+    finisher.finish().detach();
     drop(open);
 }
 

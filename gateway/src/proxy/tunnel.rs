@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Re
 use tokio::net::TcpStream;
 
 use super::body::{ProxyBody, Transfer};
-use super::refuse;
+use super::refuse_answered;
 use crate::Gateway;
 use crate::audit::AuditSlot;
 use crate::context::RequestContext;
@@ -36,7 +36,7 @@ pub(super) async fn open(
     let mut ctx = ctx;
     let ticket = ctx.breaker.take();
     let Some(addr) = ctx.destination.as_ref().and_then(|d| d.addr) else {
-        return refuse(&gateway, ctx, slot, Refusal::Request(RequestProblem::MissingAuthority));
+        return refuse_answered(&gateway, ctx, slot, Refusal::Request(RequestProblem::MissingAuthority)).await;
     };
     let connected = tokio::time::timeout(policy.connect_timeout, TcpStream::connect(addr)).await;
     let failure = match connected {
@@ -55,7 +55,7 @@ pub(super) async fn open(
         (Ok(Ok(stream)), _) => stream,
         (_, failure) => {
             let failure = failure.unwrap_or(UpstreamFailure::ConnectFailed);
-            return refuse(&gateway, ctx, slot, Refusal::Upstream(failure));
+            return refuse_answered(&gateway, ctx, slot, Refusal::Upstream(failure)).await;
         }
     };
     let _ = upstream.set_nodelay(true);
@@ -104,7 +104,9 @@ pub(super) async fn open(
             }
             Err(error) => tracing::debug!(%error, "client went away before the tunnel opened"),
         }
-        finisher.finish();
+        // The tunnel's bytes passed as they came; its record is written
+        // at its end and nothing after it waits for that.
+        finisher.finish().detach();
         drop(open);
     });
     *response.status_mut() = StatusCode::OK;

@@ -27,7 +27,9 @@ pub use verify::CertSummary;
 /// The TLS side of one exchange, for the audit line.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct TlsRecord {
-    /// `passthrough` or `intercept`.
+    /// `passthrough`, `intercept` or `originate`; empty (and not written)
+    /// when the gateway spoke no TLS upstream (a plain request over mTLS).
+    #[serde(skip_serializing_if = "is_empty")]
     pub mode: &'static str,
     /// The server name the agent's ClientHello asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -40,6 +42,13 @@ pub struct TlsRecord {
     /// Why the upstream handshake failed, in words.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The agent's side on the mTLS listener: its client certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<crate::mtls::ClientCertRecord>,
+}
+
+fn is_empty(mode: &&'static str) -> bool {
+    mode.is_empty()
 }
 
 /// A failed upstream handshake: the reason code, and the record with the

@@ -64,9 +64,22 @@ pub(crate) fn check(doc: &PolicyDocument, origin: &str, now: DateTime<Utc>) -> F
     check_tls(doc, &mut checker);
     check_timeouts(doc, &mut checker);
     check_budgets(doc, &mut checker);
+    check_monitoring(doc, &mut checker);
     checker.findings.errors.sort_by_key(|d| (d.line, d.column));
     checker.findings.warnings.sort_by_key(|d| (d.line, d.column));
     checker.findings
+}
+
+/// A spike factor of 1 or less would call every busy minute a spike.
+fn check_monitoring(doc: &PolicyDocument, checker: &mut Checker<'_>) {
+    let factor = &doc.monitoring.spike_factor;
+    if !(factor.value.is_finite() && factor.value > 1.0 && factor.value <= 1000.0) {
+        checker.error(
+            factor,
+            format!("monitoring.spike_factor is {}; it must be above 1", factor.value),
+            "write how many times an agent's usual minute counts as a spike, e.g. `spike_factor: 5`",
+        );
+    }
 }
 
 fn check_budgets(doc: &PolicyDocument, checker: &mut Checker<'_>) {

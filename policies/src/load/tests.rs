@@ -490,3 +490,14 @@ fn the_shipped_pricing_file_loads_beside_a_policy() {
         errors[0]
     );
 }
+
+#[test]
+fn monitoring_settings_are_checked_at_their_line() {
+    let shown = error("monitoring:\n  spike_factor: 1\n");
+    assert!(shown.contains(":2:"), "{shown}");
+    assert!(shown.contains("spike_factor"), "{shown}");
+    let unknown = error("monitoring:\n  alerts:\n    blocked_domain: {severity: loud, action: log}\n");
+    assert!(unknown.contains(":3:"), "{unknown}");
+    let typo = error("geoip:\n  asn_database: x.mmdb\n");
+    assert!(typo.contains("asn_database"), "{typo}");
+}

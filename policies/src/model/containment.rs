@@ -92,6 +92,10 @@ pub struct AutoTerminate {
     pub on_timeout: bool,
     pub on_memory_exceeded: bool,
     pub on_cpu_exceeded: bool,
+    /// Quarantine an agent caught attempting data exfiltration (seed 002
+    /// §8.2: "block + terminate + alert"). With `false`, the alert table's
+    /// `quarantine` for that row becomes `alert`.
+    pub on_data_exfiltration: bool,
 }
 
 impl Default for AutoTerminate {
@@ -100,6 +104,7 @@ impl Default for AutoTerminate {
             on_timeout: true,
             on_memory_exceeded: true,
             on_cpu_exceeded: true,
+            on_data_exfiltration: true,
         }
     }
 }

@@ -268,3 +268,29 @@ fn sections_written_with_nothing_under_them_take_the_defaults() {
             .is_empty()
     );
 }
+
+#[test]
+fn monitoring_defaults_are_the_seed_alert_table() {
+    let bundle = load("empty.yaml", "egress: {default_action: deny}\n");
+    let alerts = bundle.document.monitoring.alerts;
+    assert_eq!(alerts.blocked_domain.severity, Severity::Warning);
+    assert_eq!(alerts.repeated_blocked.severity, Severity::High);
+    assert_eq!(alerts.certificate_error.severity, Severity::High);
+    assert_eq!(alerts.rate_limit_exceeded.severity, Severity::Info);
+    assert_eq!(alerts.unusual_traffic.severity, Severity::Medium);
+    assert_eq!(alerts.data_exfiltration.severity, Severity::Critical);
+    assert_eq!(alerts.data_exfiltration.action, AlertAction::Quarantine);
+    assert!(bundle.document.fault_containment.auto_terminate.on_data_exfiltration);
+    assert_eq!(bundle.document.geoip, GeoIpPolicy::default());
+}
+
+#[test]
+fn monitoring_and_geoip_settings_load_with_their_lines() {
+    let text = "monitoring:\n  spike_factor: 3\n  alerts:\n    unusual_traffic: {severity: high, action: rate_reduction}\ngeoip:\n  asn_db: asn.mmdb\n";
+    let bundle = load("m.yaml", text);
+    let monitoring = &bundle.document.monitoring;
+    assert_eq!(monitoring.spike_factor.value, 3.0);
+    assert_eq!(monitoring.alerts.unusual_traffic.action, AlertAction::RateReduction);
+    let asn = bundle.document.geoip.asn_db.as_ref().unwrap();
+    assert_eq!((asn.value.as_str(), asn.line), ("asn.mmdb", 6));
+}

@@ -24,8 +24,10 @@ const CLOCK_SLACK: chrono::Duration = chrono::Duration::seconds(2);
 /// The gateways' control APIs and the token to read their audit trails.
 #[derive(Clone)]
 pub struct Witness {
-    /// `http://HOST:9128/v1/audit`, one per gateway replica Steel may use.
-    audit: Vec<url::Url>,
+    /// Where the gateway replicas Steel may use are: fixed admin addresses,
+    /// or `dns+http://NAME:9128` for every address of NAME (a headless
+    /// Service: a page may have gone through any replica).
+    admins: Vec<super::Source>,
     token: String,
     http: reqwest::Client,
 }
@@ -33,7 +35,7 @@ pub struct Witness {
 impl std::fmt::Debug for Witness {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Witness")
-            .field("audit", &self.audit)
+            .field("admins", &self.admins)
             .finish_non_exhaustive()
     }
 }
@@ -65,18 +67,22 @@ impl Witness {
         if token.trim().is_empty() {
             return Err("the control-API token is empty".to_string());
         }
-        let audit = admins
+        let admins = admins
             .iter()
             .map(|admin| {
-                url::Url::parse(&format!("{}/v1/audit", admin.trim_end_matches('/')))
-                    .map_err(|e| format!("gateway admin address {admin}: {e}"))
+                super::Source::parse(admin).map_err(|e| {
+                    format!(
+                        "gateway admin address {admin}: {}",
+                        e.replace("Steel server", "address")
+                    )
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        if audit.is_empty() {
+        if admins.is_empty() {
             return Err("no gateway admin address".to_string());
         }
         Ok(Witness {
-            audit,
+            admins,
             token,
             http: reqwest::Client::builder()
                 .no_proxy()
@@ -94,8 +100,21 @@ impl Witness {
             .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase()))
             .ok_or_else(|| FetchError::Transport(format!("{} has no host", navigation.url)))?;
         let deadline = Instant::now() + SIGHTING_WAIT;
+        let mut audits = Vec::new();
+        for admin in &self.admins {
+            for base in admin.servers().await {
+                let url = url::Url::parse(&format!("{base}/v1/audit"))
+                    .map_err(|e| FetchError::Transport(format!("gateway admin address {base}: {e}")))?;
+                audits.push(url);
+            }
+        }
+        if audits.is_empty() {
+            return Err(FetchError::Transport(
+                "cannot confirm the page went through the gateway: no gateway admin address resolves".to_string(),
+            ));
+        }
         loop {
-            for audit in &self.audit {
+            for audit in &audits {
                 let lines = self.lines(audit, navigation, &host).await?;
                 if let Some(sighting) = lines.iter().find_map(|line| sighting(line, navigation, &host)) {
                     return Ok(sighting);

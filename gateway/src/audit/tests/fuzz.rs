@@ -29,7 +29,7 @@ async fn write_denials(path: &Path, count: u64) {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Corruption {
+pub(super) enum Corruption {
     FlipByte,
     DeleteLine,
     DuplicateLine,
@@ -37,7 +37,7 @@ enum Corruption {
     Truncate,
 }
 
-const CORRUPTIONS: [Corruption; 5] = [
+pub(super) const CORRUPTIONS: [Corruption; 5] = [
     Corruption::FlipByte,
     Corruption::DeleteLine,
     Corruption::DuplicateLine,
@@ -50,7 +50,7 @@ fn split_lines(data: &[u8]) -> Vec<Vec<u8>> {
     data.split_inclusive(|&b| b == b'\n').map(<[u8]>::to_vec).collect()
 }
 
-fn corrupt(rng: &mut Rng, data: &mut Vec<u8>, corruption: Corruption) {
+pub(super) fn corrupt(rng: &mut Rng, data: &mut Vec<u8>, corruption: Corruption) {
     if data.is_empty() {
         return;
     }
@@ -82,7 +82,7 @@ fn corrupt(rng: &mut Rng, data: &mut Vec<u8>, corruption: Corruption) {
 
 /// `damaged` is `original` with whole lines cut off the end (the last kept line may
 /// also have lost its `\n`): indistinguishable from a file that simply ends earlier.
-fn is_tail_cut(original: &[u8], damaged: &[u8]) -> bool {
+pub(super) fn is_tail_cut(original: &[u8], damaged: &[u8]) -> bool {
     let n = damaged.len();
     original.len() > n && original.starts_with(damaged) && (n == 0 || original[n - 1] == b'\n' || original[n] == b'\n')
 }
@@ -156,6 +156,15 @@ fn fuzz(original: &[u8], has_torn_fragment: bool, seed: u64, scratch_path: &Path
             Ok(_) if has_torn_fragment && sealed_lines(&damaged) == sealed_lines(original) => {
                 tally.fragment_only += 1;
             }
+            // A damaged last line reads as what a crash leaves: reported
+            // (not refused) on its line, every record before it intact.
+            Ok(report) if report.torn_tail.is_some() => {
+                let line = report.torn_tail.map_or(0, |t| t.first_line);
+                let first = first_changed_line(original, &damaged);
+                assert!(line <= first + 1, "reported too late: {}", context());
+                assert!(has_torn_fragment || line >= first, "reported too early: {}", context());
+                tally.caught += 1;
+            }
             Ok(_) => panic!("corruption not detected: {}", context()),
             Err(VerifyError::BadLine { line, .. }) => {
                 let first = first_changed_line(original, &damaged);
@@ -164,7 +173,7 @@ fn fuzz(original: &[u8], has_torn_fragment: bool, seed: u64, scratch_path: &Path
                 assert!(has_torn_fragment || *line >= first, "reported too early: {}", context());
                 tally.caught += 1;
             }
-            Err(VerifyError::Io { .. }) => panic!("I/O error: {}", context()),
+            Err(VerifyError::Io { .. } | VerifyError::NoCheckpoint { .. }) => panic!("unexpected: {}", context()),
         }
     }
     tally

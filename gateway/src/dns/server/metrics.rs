@@ -97,19 +97,7 @@ impl DnsMetrics {
             &["file", "result"],
         )?;
         registry.register(Box::new(reloads.clone()))?;
-        let audit = AuditMetrics {
-            lines_written: counter("audit_lines_written_total", "Audit lines written")?,
-            write_errors: counter("audit_write_errors_total", "Audit write or fsync failures")?,
-            queue_full: counter(
-                "audit_queue_full_total",
-                "Queries answered SERVFAIL because the audit queue was full",
-            )?,
-            queue_depth: gauge("audit_queue_depth", "Audit records reserved or waiting to be written")?,
-            slots_abandoned: counter(
-                "audit_slots_abandoned_total",
-                "Audit slots released without a record (possible unaudited query)",
-            )?,
-        };
+        let audit = AuditMetrics::register(&registry, "Queries answered SERVFAIL because the audit queue was full")?;
         Ok(DnsMetrics {
             queries,
             cache_hits: counter("dns_cache_hits_total", "Queries answered from the cache")?,

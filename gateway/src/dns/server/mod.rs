@@ -124,6 +124,7 @@ impl Reload for DnsHandler {
 /// in flight finish (at most `drain`), and flushes the audit trail.
 pub async fn run(config: DnsServerConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     let metrics = Arc::new(DnsMetrics::new()?);
+    let watched = reload::Watched::before_loading(config.policy.clone(), config.agents.clone(), config.watch_interval);
     let (snapshot, bundle) = DnsSnapshot::load(&config.policy).map_err(|e| anyhow::anyhow!("{e}"))?;
     for warning in &bundle.warnings {
         tracing::warn!("{warning}");
@@ -135,6 +136,22 @@ pub async fn run(config: DnsServerConfig, shutdown: impl std::future::Future<Out
     }
     let (audit, writer) = crate::audit::start_writer(&config.audit, AUDIT_QUEUE, metrics.audit())
         .with_context(|| format!("cannot open the audit trail {}", config.audit.display()))?;
+    // With NATS the trail goes to the `audit.dns` stream as well. Streams it
+    // has to create get one replica: in a cluster, let the gateways
+    // (`--audit-replicas 3`) create them first.
+    let shipper = config.nats_url.as_deref().map(|url| {
+        crate::audit::ship::Shipper::start(
+            crate::audit::ship::ShipConfig {
+                nats_url: url.to_string(),
+                trail: config.audit.clone(),
+                replicas: 1,
+                wal_max_bytes: crate::integrity::WAL_MAX_BYTES,
+            },
+            writer.written(),
+            audit.backlog().clone(),
+            audit.metrics().clone(),
+        )
+    });
     let (udp, tcp) = listen::bind(config.listen).await.with_context(|| {
         format!(
             "cannot listen on {} (UDP and TCP) for DNS (is something already there? pick another --listen)",
@@ -185,15 +202,7 @@ pub async fn run(config: DnsServerConfig, shutdown: impl std::future::Future<Out
         }
         None => None,
     };
-    let watcher = tokio::spawn(reload::watch_files(
-        handler.clone(),
-        reload::Watched {
-            policy: config.policy.clone(),
-            agents: config.agents.clone(),
-            interval: config.watch_interval,
-        },
-        stopped,
-    ));
+    let watcher = tokio::spawn(reload::watch_files(handler.clone(), watched, stopped));
     lines.push(match &config.nats_url {
         Some(url) => format!(
             "control store nats {} bucket {}",
@@ -229,7 +238,11 @@ pub async fn run(config: DnsServerConfig, shutdown: impl std::future::Future<Out
     drop(handler);
     // Slots still held by queries that outlived the drain would hold the
     // writer up; what is queued is written either way.
-    match tokio::time::timeout(left() + Duration::from_secs(2), writer.shutdown()).await {
+    let flushed = tokio::time::timeout(left() + Duration::from_secs(2), writer.shutdown()).await;
+    if let Some(shipper) = shipper {
+        shipper.finish(Duration::from_secs(5)).await;
+    }
+    match flushed {
         Ok(result) => result.context("the audit trail could not be flushed")?,
         Err(_) => tracing::warn!("the audit trail was not flushed in time"),
     }
