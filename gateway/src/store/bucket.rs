@@ -1,0 +1,190 @@
+//! The NATS KV bucket `clawgress-store`: one key per kind (`agents`,
+//! `tokens`, `policy`), each holding the whole snapshot. Every replica
+//! watches it; holders write it, only ever forward.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use clawgress_control::{Kind, Snapshot};
+use futures_util::StreamExt;
+use tokio::sync::watch;
+
+use crate::Gateway;
+
+pub use clawgress_control::BUCKET;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(10);
+/// Attempts of one compare-and-set publish before it is left to the next round.
+const PUBLISH_ATTEMPTS: usize = 16;
+
+/// Opens the bucket, creating it the first time.
+pub(super) async fn open(js: &jetstream::Context) -> Result<kv::Store, String> {
+    match js.get_key_value(BUCKET).await {
+        Ok(kv) => Ok(kv),
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: BUCKET.to_string(),
+                description: "Clawgress control store snapshots: agents, tokens, the policy in force".to_string(),
+                history: 5,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("cannot open the KV bucket {BUCKET}: {e}")),
+    }
+}
+
+/// Puts `snapshot` under its key unless the bucket already holds one at
+/// least as new: a compare-and-set on the key's revision, retried when
+/// another holder wrote in between. `Ok(false)`: nothing to do.
+pub(super) async fn put_if_newer(kv: &kv::Store, snapshot: &Snapshot) -> Result<bool, String> {
+    let key = snapshot.kind().key();
+    let bytes = bytes::Bytes::from(snapshot.to_json());
+    for _ in 0..PUBLISH_ATTEMPTS {
+        let entry = kv.entry(key).await.map_err(|e| e.to_string())?;
+        if let Some(entry) = &entry
+            && entry.operation == kv::Operation::Put
+            && let Ok(held) = Snapshot::decode(snapshot.kind(), &entry.value)
+            && held.revision() >= snapshot.revision()
+        {
+            return Ok(false);
+        }
+        let written = match &entry {
+            Some(entry) => kv
+                .update(key, bytes.clone(), entry.revision)
+                .await
+                .map(|_| ())
+                .map_err(|e| (e.kind() == kv::UpdateErrorKind::WrongLastRevision, e.to_string())),
+            None => kv
+                .create(key, bytes.clone())
+                .await
+                .map(|_| ())
+                .map_err(|e| (e.kind() == kv::CreateErrorKind::AlreadyExists, e.to_string())),
+        };
+        match written {
+            Ok(()) => return Ok(true),
+            Err((true, _)) => continue,
+            Err((false, error)) => return Err(error),
+        }
+    }
+    Err(format!("the {key} snapshot kept changing under the publish; retrying later"))
+}
+
+/// Follows the bucket for the gateway's life: catch up (the latest value of
+/// each key), then every change. A kind the bucket does not hold goes back
+/// to its file. On any loss, keeps what it applied and reconnects.
+pub(super) async fn follow(gateway: Arc<Gateway>, url: String, mut stop: watch::Receiver<bool>) {
+    let shown = crate::control::store::redacted(&url);
+    let mut delay = RETRY_FIRST;
+    loop {
+        let (synced, error) = tokio::select! {
+            ended = follow_once(&gateway, &url) => ended,
+            _ = stop.changed() => return,
+        };
+        gateway.store.bucket.store(None);
+        // A replica that never reached the bucket still starts.
+        gateway.store.synced.store(true, Ordering::Relaxed);
+        if synced {
+            delay = RETRY_FIRST;
+        }
+        tracing::warn!(url = %shown, "control store bucket unreachable ({error}); keeping the snapshots in force and retrying");
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = stop.changed() => return,
+        }
+        delay = (delay * 2).min(RETRY_MAX);
+    }
+}
+
+async fn follow_once(gateway: &Gateway, url: &str) -> (bool, String) {
+    let client = match async_nats::ConnectOptions::new()
+        .name("clawgress-gateway-store")
+        .connection_timeout(CONNECT_TIMEOUT)
+        .connect(url)
+        .await
+    {
+        Ok(client) => client,
+        Err(e) => return (false, format!("cannot connect: {e}")),
+    };
+    let js = jetstream::new(client.clone());
+    let kv = match open(&js).await {
+        Ok(kv) => kv,
+        Err(e) => return (false, e),
+    };
+    let held = match js.get_stream(format!("KV_{BUCKET}")).await {
+        Ok(mut stream) => match stream.info().await {
+            Ok(info) => info.state.messages,
+            Err(e) => return (false, e.to_string()),
+        },
+        Err(e) => return (false, e.to_string()),
+    };
+    let mut watch = match kv.watch_with_history(">").await {
+        Ok(watch) => watch,
+        Err(e) => return (false, e.to_string()),
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    // With history, the watch first delivers the last value of each key;
+    // `delta` counts what is left of that catch-up.
+    if held > 0 {
+        loop {
+            let entry = match tokio::time::timeout(Duration::from_secs(10), watch.next()).await {
+                Ok(Some(Ok(entry))) => entry,
+                Ok(Some(Err(e))) => return (false, e.to_string()),
+                Ok(None) => return (false, "the watch ended during catch-up".to_string()),
+                Err(_) => return (false, "the watch stalled during catch-up".to_string()),
+            };
+            if let Some(kind) = Kind::from_key(&entry.key) {
+                seen.insert(kind);
+            }
+            deliver(gateway, &entry);
+            if entry.delta == 0 {
+                break;
+            }
+        }
+    }
+    for kind in Kind::ALL {
+        if !seen.contains(&kind) {
+            super::apply::clear(gateway, kind);
+        }
+    }
+    gateway.store.bucket.store(Some(Arc::new(kv)));
+    gateway.store.synced.store(true, Ordering::Relaxed);
+    gateway.store.nudge.notify_one();
+    tracing::info!("control store bucket synced");
+    let mut check = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            entry = watch.next() => match entry {
+                Some(Ok(entry)) => deliver(gateway, &entry),
+                Some(Err(e)) => return (true, e.to_string()),
+                None => return (true, "the watch ended".to_string()),
+            },
+            // The watch does not end when the connection drops.
+            _ = check.tick() => {
+                if client.connection_state() != async_nats::connection::State::Connected {
+                    return (true, "the connection to NATS dropped".to_string());
+                }
+            }
+        }
+    }
+}
+
+fn deliver(gateway: &Gateway, entry: &kv::Entry) {
+    let Some(kind) = Kind::from_key(&entry.key) else {
+        tracing::warn!(key = %entry.key, "unknown key in the control store bucket ignored");
+        return;
+    };
+    match entry.operation {
+        kv::Operation::Put => match Snapshot::decode(kind, &entry.value) {
+            Ok(snapshot) => {
+                super::apply::apply(gateway, snapshot);
+            }
+            // An unreadable snapshot changes nothing: what is in force stays.
+            Err(error) => tracing::error!("{error}"),
+        },
+        kv::Operation::Delete | kv::Operation::Purge => super::apply::clear(gateway, kind),
+    }
+}
