@@ -1,12 +1,22 @@
 # The two commands the README opens with. Each installs what it needs.
-.PHONY: up test deb lab bench-analyze bench-proxy bench-limits bench-pipeline bench-inspection bench-observability bench-synthetic bench-edge bench-steel bench-audit
+.PHONY: up install test deb lab bench-analyze bench-proxy bench-limits bench-pipeline bench-inspection bench-observability bench-synthetic bench-edge bench-steel bench-audit
 
 # The gateway with the shipped policy and the example agents, on
 # 127.0.0.1:3128 (proxy) and 127.0.0.1:9128 (admin). Ctrl-C stops it.
 up:
 	./deploy/local/prereqs.sh build nats chromium
+	@./deploy/local/build-note.sh
 	cargo build --release --locked
 	./deploy/local/up.sh
+
+# `clawgress` on your PATH (cargo's bin directory, usually ~/.cargo/bin),
+# from this checkout; after `make up` it reuses that release build.
+install:
+	./deploy/local/prereqs.sh build
+	cargo install --path . --locked
+	@command -v clawgress >/dev/null \
+		&& echo "installed: $$(command -v clawgress)" \
+		|| echo "installed in $${CARGO_HOME:-$$HOME/.cargo}/bin, which is not on your PATH: add it (export PATH=\"$${CARGO_HOME:-$$HOME/.cargo}/bin:\$$PATH\")"
 
 # Formatting, lints and the whole test suite (unit and end to end).
 test:

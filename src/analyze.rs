@@ -39,6 +39,8 @@ pub struct AnalyzeArgs {
     /// Write no anomaly lines (NATS only).
     #[arg(long)]
     quiet: bool,
+    #[command(flatten)]
+    drain: crate::shutdown::DrainArgs,
 }
 
 pub fn analyze(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
@@ -65,6 +67,7 @@ pub fn analyze(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
         )),
         (None, false) => Some(Box::new(std::io::stdout())),
     };
+    let shutdown = crate::shutdown::Shutdown::install(args.drain.drain_timeout)?;
     let options = clawgress_analyze::run::Options {
         trail: args.trail,
         follow: args.follow,
@@ -73,10 +76,28 @@ pub fn analyze(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
         settings,
         control,
         out,
+        stop: Some(shutdown.watch()),
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let summary = runtime.block_on(clawgress_analyze::run::run(options))?;
-    eprintln!("{}", serde_json::to_string(&summary)?);
+    let summary = runtime.block_on(async {
+        let run = clawgress_analyze::run::run(options);
+        tokio::pin!(run);
+        tokio::select! {
+            ran = &mut run => Some(ran),
+            // After a stop the run ends at its next line; an emit stuck on a
+            // dead NATS server or control API is cut at the drain timeout.
+            () = shutdown.requested() => {
+                use clawgress_gateway::stopping::{Budget, in_flight};
+                Budget::start(in_flight(shutdown.drain())).bound("the analysis", run).await
+            }
+        }
+    });
+    // Blocking tasks stuck on a dead dependency are not waited for.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    match summary {
+        Some(summary) => eprintln!("{}", serde_json::to_string(&summary?)?),
+        None => eprintln!("analysis stopped before its last anomalies were published (--drain-timeout)"),
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -8,10 +8,6 @@ use std::time::Duration;
 
 use clawgress_gateway::dns::server::{DnsServerConfig, run as serve};
 
-/// How long queries in flight may take after SIGINT/SIGTERM: an upstream
-/// exchange gives up within 6 s.
-const DRAIN: Duration = Duration::from_secs(7);
-
 #[derive(clap::Args)]
 pub struct DnsArgs {
     /// Where to answer, UDP and TCP, e.g. 127.0.0.1:5353. Port 0 picks a
@@ -48,6 +44,8 @@ pub struct DnsArgs {
     /// UDP worker threads, each with its own socket on the port [default: one per CPU].
     #[arg(long)]
     workers: Option<usize>,
+    #[command(flatten)]
+    drain: crate::shutdown::DrainArgs,
 }
 
 pub fn run(args: DnsArgs) -> anyhow::Result<ExitCode> {
@@ -69,12 +67,13 @@ pub fn run(args: DnsArgs) -> anyhow::Result<ExitCode> {
         nats_url: args.nats,
         control_dir,
         watch_interval: Duration::from_millis(args.watch_interval_ms.max(10)),
-        drain: DRAIN,
+        drain: args.drain.drain_timeout,
         workers: args
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
     };
-    crate::runtime()?.block_on(serve(config, crate::shutdown_signal()))?;
+    let shutdown = crate::shutdown::Shutdown::install(config.drain)?;
+    crate::shutdown::block_on(serve(config, async move { shutdown.requested().await }))??;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -29,10 +29,11 @@ pub struct IntegrityArgs {
     /// ... or this many seconds after the first unsigned one.
     #[arg(long, default_value_t = 10, requires = "audit_key")]
     audit_checkpoint_interval_secs: u64,
-    /// Replicas of the audit streams (with --nats): 1 on one server, 3 in a
-    /// cluster. An existing stream with fewer is reported and not used.
-    #[arg(long, env = "CLAWGRESS_AUDIT_REPLICAS", default_value_t = 1)]
-    audit_replicas: usize,
+    /// Replicas of the audit streams (with --nats): `auto` is 1 on one
+    /// server, 3 on a cluster of 3 or more [default: --replicas]. An
+    /// existing stream with fewer is reported and not used.
+    #[arg(long, env = "CLAWGRESS_AUDIT_REPLICAS", value_name = "auto|N")]
+    audit_replicas: Option<clawgress_nats::Replicas>,
     /// Trail bytes not yet acknowledged by the audit streams before
     /// `egress.fail_mode` decides (closed: refuse; open: keep writing).
     #[arg(long, env = "CLAWGRESS_AUDIT_WAL_MAX_BYTES", default_value_t = WAL_MAX_BYTES)]
@@ -51,7 +52,7 @@ impl IntegrityArgs {
             audit_key: self.audit_key,
             checkpoint_every: self.audit_checkpoint_every.max(1),
             checkpoint_interval: Duration::from_secs(self.audit_checkpoint_interval_secs.max(1)),
-            replicas: self.audit_replicas.max(1),
+            replicas: self.audit_replicas,
             wal_max_bytes: self.audit_wal_max_bytes.max(1),
             policy_keys: self.policy_key,
         }

@@ -3,11 +3,13 @@
 
 mod analyze;
 mod bench;
+mod control;
 mod dns;
 mod egress;
 mod integrity;
 mod pipeline;
 mod policy_compile;
+mod shutdown;
 mod up;
 
 use std::net::SocketAddr;
@@ -31,7 +33,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the egress gateway (explicit HTTP forward proxy).
-    Gateway(GatewayArgs),
+    Gateway(Box<GatewayArgs>),
     /// The DNS control server: allowlisted names resolve, every other name
     /// is NXDOMAIN, every query is audited.
     Dns(dns::DnsArgs),
@@ -61,6 +63,9 @@ enum Command {
     /// Operate the gateway: temporary allows, requests and approvals, the
     /// emergency block, audit export (talks to the admin port's /v1/ API).
     Egress(egress::EgressArgs),
+    /// The control plane's store (a gateway started with --database):
+    /// agents, policy versions, quotas, tokens, change history.
+    Control(control::ControlArgs),
     /// Everything on a laptop: NATS (if none answers), the gateway, the
     /// scheduler and its workers; `--demo` adds a site and a job.
     Up(up::UpArgs),
@@ -143,10 +148,16 @@ struct GatewayArgs {
     /// How often the policy and agent files are checked for changes, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     watch_interval_ms: u64,
-    /// NATS server holding the shared control state (KV bucket `clawgress-control`),
-    /// e.g. nats://127.0.0.1:4222. Without it the gateway runs standalone.
-    #[arg(long, env = "NATS_URL")]
+    /// NATS holding the shared state (KV buckets `clawgress-control` and
+    /// `clawgress-budgets`, the audit streams), e.g. nats://127.0.0.1:4222;
+    /// a cluster's servers comma-separated. Without it the gateway runs standalone.
+    #[arg(long, env = "NATS_URL", value_name = "URL[,URL...]")]
     nats: Option<String>,
+    /// Replicas of the KV buckets (control, budgets) and audit streams the
+    /// gateway creates: `auto` (3 on a NATS cluster of 3 or more servers,
+    /// else 1) or a number. Existing ones with fewer are reported.
+    #[arg(long, env = "CLAWGRESS_NATS_REPLICAS", default_value = "auto")]
+    replicas: clawgress_nats::Replicas,
     /// Control API tokens and roles (YAML; see policies/admin-tokens.example.yaml).
     #[arg(long, env = "CLAWGRESS_ADMIN_TOKENS")]
     admin_tokens: Option<PathBuf>,
@@ -167,8 +178,22 @@ struct GatewayArgs {
     /// transparent listener, its first bytes) before it is refused.
     #[arg(long, default_value_t = 30)]
     header_timeout_secs: u64,
+    /// Client connections (and tunnels) served at once over every
+    /// listener; more wait in the kernel's backlog. Each needs two open
+    /// files: the soft limit is raised to the hard one at start, with a
+    /// warning when even that is short.
+    #[arg(long, default_value_t = clawgress_gateway::resources::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
     #[command(flatten)]
     integrity: integrity::IntegrityArgs,
+    #[command(flatten)]
+    drain: shutdown::DrainArgs,
+    /// Hold the control plane's store and serve its API (agents, policy
+    /// versions, tokens, history) on the admin port. Alone: SQLite in the
+    /// state directory (control.db); or sqlite:///PATH, or
+    /// postgres://USER@HOST/DB (several gateways may hold one PostgreSQL).
+    #[arg(long, env = "CLAWGRESS_DATABASE", value_name = "URL", num_args = 0..=1, default_missing_value = "sqlite")]
+    database: Option<String>,
     /// Also serve the proxy over TLS here, requiring a client certificate
     /// from --client-ca: the certificate names the agent (a SPIFFE ID in
     /// the agents' `spiffe_ids`, or its CN as the agent id).
@@ -253,6 +278,11 @@ enum AuditCommand {
 }
 
 fn main() -> ExitCode {
+    // Before anything else: started by a worker as a browser launcher, this
+    // process becomes the browser (workers/src/chromium/process.rs).
+    if let Some(failed) = clawgress_workers::chromium::exec_browser_if_asked() {
+        return failed;
+    }
     let cli = Cli::parse();
     // Held to the end of main: dropping it flushes queued spans.
     let _telemetry = clawgress_telemetry::init(service_name(&cli.command));
@@ -281,6 +311,7 @@ fn service_name(command: &Command) -> &'static str {
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Gateway(args) => {
+            let args = *args;
             let state_dir = args.state_dir.unwrap_or_else(default_state_dir);
             let ca_dir = args.ca_dir.or_else(|| {
                 let dir = state_dir.join("ca");
@@ -288,6 +319,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     .exists()
                     .then_some(dir)
             });
+            let database = args
+                .database
+                .as_deref()
+                .map(|url| clawgress_gateway::store::database_url(url, &state_dir));
             let config = clawgress_gateway::GatewayConfig {
                 ca_dir,
                 upstream_ca_bundle: args.upstream_ca_bundle,
@@ -301,13 +336,16 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 workers: args
                     .workers
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-                drain: Duration::from_secs(30),
+                drain: args.drain.drain_timeout,
                 nats_url: args.nats,
+                replicas: args.replicas,
                 admin_tokens: args.admin_tokens,
                 state_dir,
                 transparent: args.transparent,
                 header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
+                max_connections: args.max_connections.max(1),
                 integrity: args.integrity.options(),
+                database,
                 mtls: match (args.listen_tls, args.client_ca) {
                     (Some(listen), Some(client_ca)) => Some(clawgress_gateway::mtls::MtlsConfig {
                         listen,
@@ -319,10 +357,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     _ => None,
                 },
             };
-            runtime()?.block_on(clawgress_gateway::run(config, shutdown_signal()))?;
+            let shutdown = shutdown::Shutdown::install(config.drain)?;
+            shutdown::block_on(clawgress_gateway::run(config, async move { shutdown.requested().await }))??;
             Ok(ExitCode::SUCCESS)
         }
         Command::Egress(args) => egress::run(args),
+        Command::Control(args) => control::run(args),
         Command::Analyze(args) => analyze::analyze(args),
         Command::BenchAnalyze(args) => analyze::bench(args),
         Command::Audit {
@@ -474,22 +514,6 @@ pub(crate) fn default_state_dir() -> PathBuf {
     match std::env::var_os("HOME") {
         Some(home) => PathBuf::from(home).join(".local/state/clawgress"),
         None => PathBuf::from(".clawgress"),
-    }
-}
-
-/// Ctrl-C or SIGTERM: both mean "stop cleanly".
-pub(crate) async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut stream) => {
-                stream.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
     }
 }
 

@@ -44,6 +44,23 @@ pub struct UpArgs {
     /// The scheduler's Prometheus metrics (`GET /metrics`).
     #[arg(long, default_value = "127.0.0.1:9129")]
     pub scheduler_metrics: SocketAddr,
+    /// The whole stop: the scheduler's jobs get 40 % of it, its browsers
+    /// and NATS 10 %, then the gateway's requests and audit trail the rest.
+    #[command(flatten)]
+    pub drain: crate::shutdown::DrainArgs,
+}
+
+/// Where the pipeline's commands look for NATS unless told otherwise.
+const DEFAULT_NATS: &str = "nats://127.0.0.1:4222";
+
+/// ` --flag value` when `value` is not what the command assumes anyway, so
+/// the printed commands stay short in the usual case and right in others.
+fn non_default(flag: &str, value: &str, default: &str) -> String {
+    if value == default {
+        String::new()
+    } else {
+        format!(" {flag} {value}")
+    }
 }
 
 /// The shipped example tokens file, whose viewer token is documented in it.
@@ -140,21 +157,37 @@ async fn serve_demo() -> anyhow::Result<()> {
 }
 
 pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
-    crate::pipeline::runtime()?.block_on(run(args))
+    let shutdown = crate::shutdown::Shutdown::install(args.drain.drain_timeout)?;
+    crate::shutdown::block_on(run(args, shutdown))?
 }
 
-async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
+async fn run(args: UpArgs, shutdown: crate::shutdown::Shutdown) -> anyhow::Result<ExitCode> {
     let state_dir = args.state_dir.clone().unwrap_or_else(crate::default_state_dir);
     let scratch = tempfile_dir()?;
     let data = args.data.clone().unwrap_or_else(|| scratch.join("nats"));
     let mut nats = ensure_nats(&args.nats_url, &data).await?;
-    let result = run_platform(&args, &state_dir).await;
+    let result = run_platform(&args, &state_dir, &shutdown).await;
     if let Some(child) = nats.as_mut() {
-        let _ = Command::new("kill").arg("-INT").arg(child.id().to_string()).status();
-        let _ = child.wait();
+        stop_nats(child).await;
     }
     let _ = std::fs::remove_dir_all(&scratch);
     result
+}
+
+/// SIGINT to the nats-server started here; SIGKILL if it has not exited
+/// within 2 s (a hung server must not hold `up`).
+async fn stop_nats(child: &mut Child) {
+    let _ = Command::new("kill").arg("-INT").arg(child.id().to_string()).status();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < deadline {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("nats-server did not stop within 2 s of SIGINT; killing it");
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 fn tempfile_dir() -> anyhow::Result<PathBuf> {
@@ -163,7 +196,16 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-async fn run_platform(args: &UpArgs, state_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+async fn run_platform(
+    args: &UpArgs,
+    state_dir: &std::path::Path,
+    shutdown: &crate::shutdown::Shutdown,
+) -> anyhow::Result<ExitCode> {
+    // One --drain-timeout for the whole stop, in order: the scheduler's jobs
+    // (40 %), its browsers and last acks (10 %), then the gateway (45 %:
+    // requests the scheduler no longer sends, and the audit trail).
+    let drain = shutdown.drain();
+    let scheduler_budget = drain / 2;
     let (stop_tx, stop) = watch::channel(false);
     let config = clawgress_gateway::GatewayConfig {
         policy: args.policy.clone(),
@@ -174,7 +216,7 @@ async fn run_platform(args: &UpArgs, state_dir: &std::path::Path) -> anyhow::Res
         audit_queue: 65_536,
         watch_interval: Duration::from_secs(1),
         workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        drain: Duration::from_secs(30),
+        drain: drain * 9 / 20,
         nats_url: Some(args.nats_url.clone()),
         admin_tokens: Some(args.admin_tokens.clone()),
         state_dir: state_dir.to_path_buf(),
@@ -182,8 +224,11 @@ async fn run_platform(args: &UpArgs, state_dir: &std::path::Path) -> anyhow::Res
         upstream_ca_bundle: None,
         transparent: None,
         header_timeout: Duration::from_secs(30),
+        max_connections: clawgress_gateway::resources::DEFAULT_MAX_CONNECTIONS,
         mtls: None,
         integrity: Default::default(),
+        replicas: clawgress_nats::Replicas::Auto,
+        database: None,
     };
     // The gateway stops after the scheduler has drained: in-flight jobs
     // still need it.
@@ -228,13 +273,14 @@ async fn run_platform(args: &UpArgs, state_dir: &std::path::Path) -> anyhow::Res
         steel,
     );
     let (client, js) = clawgress_scheduler::streams::connect(&args.nats_url).await?;
-    clawgress_scheduler::streams::ensure_streams(&js).await?;
+    clawgress_scheduler::streams::ensure_streams(&js, clawgress_nats::Replicas::Auto).await?;
     let mut scheduler = tokio::spawn(clawgress_scheduler::run(
         js.clone(),
         backends,
         clawgress_scheduler::SchedulerConfig {
             concurrency: args.concurrency,
             metrics: Some(args.scheduler_metrics),
+            drain: drain * 2 / 5,
             ..Default::default()
         },
         stop.clone(),
@@ -244,40 +290,61 @@ async fn run_platform(args: &UpArgs, state_dir: &std::path::Path) -> anyhow::Res
     } else {
         String::new()
     };
+    // The commands below must work when pasted: this binary's own path
+    // unless `clawgress` on PATH is this binary.
+    let cli = crate::pipeline::print::program();
+    let submit = format!(
+        "{cli} submit --url http://localhost:3002/ --select title=h1 --wait{}",
+        non_default("--nats", &args.nats_url, DEFAULT_NATS)
+    );
+    let install = if crate::pipeline::print::on_path() {
+        ""
+    } else {
+        "           (`make install` puts `clawgress` on your PATH)\n"
+    };
     eprintln!(
-        "\nClawgress is up.\n  proxy     http://{}\n  dashboard http://{}/dashboard\n  metrics   http://{}/metrics (scheduler: http://{}/metrics)\n{steel_line}  control   http://{}/v1/  (clawgress egress list --token viewer-demo-token)\n  NATS      {}\n  audit     {}\nSubmit:    clawgress submit --url http://localhost:3002/ --select title=h1 --wait\nChecks:    CLAWGRESS_SYNTHETIC_KEY=scraper-001-demo-key CLAWGRESS_ADMIN_TOKEN=viewer-demo-token clawgress synthetic run synthetic/checks.yaml --serve-fixtures\nCtrl-C stops everything.\n",
+        "\nClawgress is up.\n  proxy     http://{}\n  dashboard http://{}/dashboard\n  metrics   http://{}/metrics (scheduler: http://{}/metrics)\n{steel_line}  control   http://{}/v1/  ({cli} egress list{} --token viewer-demo-token)\n  NATS      {}\n  audit     {}\nSubmit:    {submit}\n{install}Checks:    CLAWGRESS_SYNTHETIC_KEY=scraper-001-demo-key CLAWGRESS_ADMIN_TOKEN=viewer-demo-token {cli} synthetic run synthetic/checks.yaml --serve-fixtures\nCtrl-C stops everything.\n",
         args.listen,
         args.admin,
         args.admin,
         args.scheduler_metrics,
         args.admin,
+        non_default("--admin", &format!("http://{}", args.admin), "http://127.0.0.1:9128"),
         args.nats_url,
-        state_dir.join("audit.jsonl").display()
+        state_dir.join("audit.jsonl").display(),
     );
     if args.demo {
         serve_demo().await?;
-        tokio::spawn(demo_job(js));
+        tokio::spawn(demo_job(js, submit));
     }
     let early = tokio::select! {
-        () = crate::shutdown_signal() => None,
+        () = shutdown.requested() => None,
         ended = &mut scheduler => Some(ended),
     };
+    // Each wait below is bounded: with NATS gone a flush never completes,
+    // and the watchdog would end the process with the audit trail unflushed.
+    use clawgress_gateway::stopping::Budget;
     if let Some(ended) = early {
         let _ = gateway_stop_tx.send(true);
-        let _ = gateway.await;
+        Budget::start(drain).join("the gateway", gateway).await;
         bail!("the scheduler stopped: {:?}", ended.map(|r| r.err()));
     }
     eprintln!("stopping: the scheduler drains, then the gateway");
     let _ = stop_tx.send(true);
-    let _ = scheduler.await;
-    let _ = client.flush().await;
+    let budget = Budget::start(scheduler_budget);
+    budget.join("the scheduler", scheduler).await;
+    // The last Naks and acks reach the server if it is there to take them.
+    budget.bound("the last publishes to NATS", client.flush()).await;
     let _ = gateway_stop_tx.send(true);
-    let _ = gateway.await;
+    // The gateway bounds its own stop by its `drain`; this is the backstop.
+    Budget::start(drain * 9 / 20 + Duration::from_millis(200))
+        .join("the gateway", gateway)
+        .await;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Publishes one job against the demo site and prints its result.
-async fn demo_job(js: async_nats::jetstream::Context) {
+async fn demo_job(js: async_nats::jetstream::Context, submit: String) {
     let id = format!("demo-{}", std::process::id());
     let job = serde_json::json!({
         "version": 1, "type": "scrape", "id": id, "agent": "scraper-001",
@@ -312,9 +379,15 @@ async fn demo_job(js: async_nats::jetstream::Context) {
         return;
     };
     use futures_util::StreamExt;
+    let cli = crate::pipeline::print::program();
     if let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(30), messages.next()).await {
-        eprintln!("demo: result {}", String::from_utf8_lossy(&message.payload));
+        // The same block `submit --wait` prints, each line marked as the demo's.
+        let block = crate::pipeline::print::Output::to_stderr().payload(&message.payload);
+        for line in block.lines() {
+            eprintln!("demo: {line}");
+        }
+        eprintln!("demo: again, from another shell: {submit}");
     } else {
-        eprintln!("demo: no result within 30 s; see `clawgress results`");
+        eprintln!("demo: no result within 30 s; see `{cli} results --job {id}`");
     }
 }

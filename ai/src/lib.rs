@@ -19,7 +19,7 @@ mod tokens;
 mod usage;
 
 pub use request::{AiRequest, AnalyzeError, analyze_request};
-pub use tokens::{Encoding, EstimateMethod, TokenEstimate, estimate_tokens, warm_up};
+pub use tokens::{Encoding, EstimateMethod, TokenEstimate, estimate_tokens, warm_up, warm_up_in_background, warmed_up};
 pub use usage::{MAX_JSON_BODY, MAX_SSE_EVENT, Usage, UsageReader};
 
 /// Who defined the wire format.

@@ -32,6 +32,21 @@ pub struct Options {
     pub control: Option<ControlApi>,
     /// Where anomaly lines are written (`None`: nowhere but NATS).
     pub out: Option<Box<dyn std::io::Write + Send>>,
+    /// Turns true when the process is asked to stop (SIGINT, SIGTERM):
+    /// the run ends after the line in hand. `None`: until the input ends.
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+/// Resolves when `stop` turns true; never without one.
+async fn stopped(stop: &mut Option<tokio::sync::watch::Receiver<bool>>) {
+    match stop {
+        Some(stop) => {
+            if stop.wait_for(|stop| *stop).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
+    }
 }
 
 /// What a run saw, printed at its end (and used by the benchmark).
@@ -64,6 +79,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
     let mut engine = Engine::new(options.settings);
     let mut sink = Sink::new(options.out, nats.clone(), options.control, per_minute);
     let mut found = Vec::new();
+    let mut stop = options.stop;
     match (&options.trail, &nats) {
         (Some(path), _) => {
             let mut reader = TrailReader::open(path)
@@ -91,7 +107,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
                 sink.flush();
                 tokio::select! {
                     () = tokio::time::sleep(FOLLOW_POLL) => {}
-                    _ = tokio::signal::ctrl_c() => break,
+                    () = stopped(&mut stop) => break,
                 }
                 if reader.rotated() {
                     tracing::info!(path = %path.display(), "the trail was replaced; reading it from the start");
@@ -104,7 +120,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
             loop {
                 let next = tokio::select! {
                     next = lines.next() => next,
-                    _ = tokio::signal::ctrl_c() => None,
+                    () = stopped(&mut stop) => None,
                 };
                 let Some(next) = next else { break };
                 let line = match next {

@@ -356,6 +356,7 @@ async fn the_run_reads_a_trail_file_and_names_what_it_skips() {
         settings: Settings::default(),
         control: None,
         out: Some(Box::new(std::fs::File::create(&out).unwrap())),
+        stop: None,
     })
     .await
     .unwrap();

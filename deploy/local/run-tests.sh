@@ -8,7 +8,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 log="$PWD/target/skipped-tests.txt"
 mkdir -p target
 : > "$log"
-CLAWGRESS_SKIP_LOG="$log" cargo test --locked --workspace "$@"
+CLAWGRESS_SKIP_LOG="$log" cargo test --locked --workspace --no-fail-fast "$@"
 status=$?
 if [ -s "$log" ]; then
     count=$(sort -u "$log" | cut -f1 | sort -u | wc -l)

@@ -76,6 +76,38 @@ if [ "${BENCH_NATS:-0}" = 1 ]; then
     PIDS+=($!)
     wait_listening nats-server "127.0.0.1:$NATS_PORT" $!
     measure "fsync-interval-shipped" --audit-fsync interval --nats "nats://127.0.0.1:$NATS_PORT"
+
+    # The shipper's own rate: a gateway started on the largest unshipped
+    # trail of this run ships its whole backlog; records/s until the streams
+    # have acknowledged every line, against the gateway's peak request rate.
+    trail=$(ls -S "$TMP"/fsync-never-audit.jsonl "$TMP"/fsync-interval-audit.jsonl 2>/dev/null | head -1)
+    if [ -n "$trail" ]; then
+        lines=$(wc -l <"$trail")
+        "$NATS" -js -a 127.0.0.1 -p $((NATS_PORT + 1)) -sd "$TMP/nats-ship" >"$TMP/nats-ship.log" 2>&1 &
+        PIDS+=($!)
+        wait_listening nats-server "127.0.0.1:$((NATS_PORT + 1))" $!
+        "$BIN" gateway --policy gateway/bench/policy.yaml --agents gateway/bench/agents.yaml \
+            --listen 127.0.0.1:13199 --admin 127.0.0.1:23199 --audit "$trail" --state-dir "$TMP/ship-state" \
+            --nats "nats://127.0.0.1:$((NATS_PORT + 1))" >"$TMP/ship.log" 2>&1 &
+        PIDS+=($!)
+        start=$(date +%s.%N)
+        shipped=0
+        while [ "$shipped" -lt "$lines" ]; do
+            sleep 0.2
+            shipped=$(curl -s http://127.0.0.1:23199/metrics | awk '/^audit_shipped_total / {print int($2)}')
+            shipped=${shipped:-0}
+        done
+        end=$(date +%s.%N)
+        python3 - "$lines" "$start" "$end" "$RESULTS" <<'PY'
+import json, sys
+lines, start, end, results = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+runs = [json.loads(l) for l in open(results) if '"rps"' in l and '"direct"' not in l]
+peak = max(r["rps"] for r in runs)
+rate = lines / (end - start)
+print(f"shipper: {lines} records in {end - start:.1f} s = {rate:,.0f} records/s; "
+      f"the gateway's peak in this run {peak:,.0f} req/s; ratio {rate / peak:.2f}x")
+PY
+    fi
 fi
 
 mkdir -p "$(dirname "$OUT")"

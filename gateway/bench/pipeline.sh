@@ -129,7 +129,7 @@ submit_wait() {
     local name=$1 file=$2 start end
     start=$(date +%s.%N)
     /usr/bin/time -f '%U %S' -o "$TMP/$name.time" \
-        "$BIN" submit --nats "$NATS_URL" --wait --wait-secs 900 "$file" \
+        "$BIN" submit --nats "$NATS_URL" --wait --wait-secs 900 --json "$file" \
         >"$TMP/$name.results" 2>"$TMP/$name.submit.log" \
         || { tail -n 5 "$TMP/$name.submit.log" >&2; die "$name: not every job succeeded"; }
     end=$(date +%s.%N)

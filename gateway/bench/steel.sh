@@ -71,7 +71,7 @@ run_jobs() {
             "$n" "$RANDOM" "$i" "$i" >>"$TMP/jobs.jsonl"
     done
     start=$(date +%s.%N)
-    "$BIN" submit --nats nats://127.0.0.1:14322 --wait --wait-secs 600 "$TMP/jobs.jsonl" >"$TMP/results-$n.jsonl" 2>"$TMP/submit-$n.log" || true
+    "$BIN" submit --nats nats://127.0.0.1:14322 --wait --wait-secs 600 --json "$TMP/jobs.jsonl" >"$TMP/results-$n.jsonl" 2>"$TMP/submit-$n.log" || true
     end=$(date +%s.%N)
     kill -INT "$sched"; wait "$sched" 2>/dev/null || true
     local ok

@@ -114,6 +114,9 @@ pub struct RequestContext {
     /// a refused handshake, why): the audit line says `mode: "mtls"` and
     /// carries it as `tls.client_certificate`.
     pub client_certificate: Option<Arc<crate::mtls::ClientCertRecord>>,
+    /// The agent id a refused credential claimed (unverified; never the
+    /// key): the audit line's `claimed_agent_id`.
+    pub claimed_agent: Option<String>,
     /// The dialed address's ASN and country (`geoip:`), looked up once.
     pub geo: Option<crate::geoip::GeoInfo>,
     /// The `decision` span (exported over OTLP when configured); it ends
@@ -153,6 +156,7 @@ impl RequestContext {
             original_destination: None,
             record_client: false,
             client_certificate: None,
+            claimed_agent: None,
             geo: None,
             span: tracing::Span::none(),
         }

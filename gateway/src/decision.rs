@@ -122,6 +122,9 @@ pub enum RequestProblem {
     /// The client opened a connection and sent nothing (or not enough to
     /// decide) before the header timeout.
     HeaderTimeout,
+    /// The request head does not parse (refused before hyper sees it:
+    /// `proxy/head.rs`).
+    Malformed(crate::proxy::head::Malformed),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +148,7 @@ impl Refusal {
             Refusal::Request(RequestProblem::ClientBody) => "client_body_error",
             Refusal::Request(RequestProblem::MissingHost) => "missing_host",
             Refusal::Request(RequestProblem::HeaderTimeout) => "header_timeout",
+            Refusal::Request(RequestProblem::Malformed(_)) => "malformed_request",
             Refusal::DestinationMismatch { .. } => "destination_mismatch",
             Refusal::UnsupportedProtocol => "protocol_not_allowed",
             Refusal::MissingSni => "missing_sni",
@@ -186,6 +190,7 @@ impl Refusal {
             Refusal::Identity(_) => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             Refusal::Request(RequestProblem::ProxyLoop) => StatusCode::LOOP_DETECTED,
             Refusal::Request(RequestProblem::HeaderTimeout) => StatusCode::REQUEST_TIMEOUT,
+            Refusal::Request(RequestProblem::Malformed(problem)) => problem.status(),
             Refusal::DestinationMismatch { .. } => StatusCode::FORBIDDEN,
             Refusal::UnsupportedProtocol | Refusal::MissingSni => StatusCode::BAD_REQUEST,
             Refusal::Request(_) | Refusal::MalformedHost(_) => StatusCode::BAD_REQUEST,
@@ -367,6 +372,7 @@ impl Refusal {
             Refusal::Request(RequestProblem::HeaderTimeout) => {
                 "nothing usable arrived before the header timeout; the connection is closed".to_string()
             }
+            Refusal::Request(RequestProblem::Malformed(problem)) => problem.detail().to_string(),
             Refusal::DestinationMismatch { original } => format!(
                 "the requested name does not resolve, by the gateway's resolver, to {original}, where the \
                  connection was going; resolve names through the DNS control server (domain fronting is refused)"
@@ -545,6 +551,7 @@ pub const ALL_REASONS: &[&str] = &[
     "client_closed",
     "missing_host",
     "header_timeout",
+    "malformed_request",
     // policy (403)
     "domain_not_in_allowlist",
     "blocked_pattern",

@@ -28,8 +28,9 @@ pub struct IntegrityOptions {
     pub audit_key: Option<PathBuf>,
     pub checkpoint_every: u64,
     pub checkpoint_interval: Duration,
-    /// Audit stream replicas (with `--nats`).
-    pub replicas: usize,
+    /// Audit stream replicas (with `--nats`); `None` follows the gateway's
+    /// `--replicas`.
+    pub replicas: Option<clawgress_nats::Replicas>,
     /// Unshipped trail allowed before `egress.fail_mode` decides.
     pub wal_max_bytes: u64,
     /// Public keys a policy bundle must be signed by; empty: unsigned
@@ -51,7 +52,7 @@ impl Default for IntegrityOptions {
             audit_key: None,
             checkpoint_every: CHECKPOINT_EVERY,
             checkpoint_interval: CHECKPOINT_INTERVAL,
-            replicas: 1,
+            replicas: None,
             wal_max_bytes: WAL_MAX_BYTES,
             policy_keys: Vec::new(),
         }
@@ -95,10 +96,12 @@ impl IntegrityOptions {
             .with_context(|| format!("cannot open the audit trail {}", path.display()))
     }
 
-    /// Starts shipping the trail to the audit streams on `nats_url`.
+    /// Starts shipping the trail to the audit streams on `nats_url`;
+    /// `replicas` unless `--audit-replicas` says otherwise.
     pub fn start_shipper(
         &self,
         nats_url: &str,
+        replicas: clawgress_nats::Replicas,
         trail: &Path,
         sink: &AuditSink,
         writer: &AuditWriterHandle,
@@ -107,7 +110,7 @@ impl IntegrityOptions {
             audit::ship::ShipConfig {
                 nats_url: nats_url.to_string(),
                 trail: trail.to_owned(),
-                replicas: self.replicas.max(1),
+                replicas: self.replicas.unwrap_or(replicas),
                 wal_max_bytes: self.wal_max_bytes.max(1),
             },
             writer.written(),

@@ -17,6 +17,7 @@
 //! | [`admin`] | `/metrics`, `/healthz`, `/readyz`, `/dashboard`, the control API |
 //! | [`dashboard`] | the built-in dashboard page and its SLO window |
 //! | [`reload`] | SIGHUP and file-change reload |
+//! | [`store`] | the control plane's store: holding it (`--database`), its snapshots from NATS KV |
 //! | [`state`] | the shared state and the policy snapshot |
 
 pub mod admin;
@@ -39,8 +40,11 @@ pub mod mtls;
 pub mod proxy;
 pub mod record;
 pub mod reload;
+pub mod resources;
 pub mod response;
 pub mod state;
+pub mod stopping;
+pub mod store;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod tls;
@@ -71,7 +75,9 @@ pub struct GatewayConfig {
     pub watch_interval: Duration,
     /// Proxy worker threads, each with its own runtime and listener.
     pub workers: usize,
-    /// How long in-flight requests may run after a shutdown signal.
+    /// How long the whole shutdown may take (`--drain-timeout`): in-flight
+    /// requests get most of it ([`stopping::in_flight`]), flushing the
+    /// audit trail the rest.
     pub drain: Duration,
     /// NATS server whose KV bucket `clawgress-control` holds the runtime
     /// control state. `None`: standalone, state kept in `state_dir` only.
@@ -93,20 +99,42 @@ pub struct GatewayConfig {
     pub header_timeout: Duration,
     /// The proxy over TLS with client certificates (`--listen-tls`).
     pub mtls: Option<mtls::MtlsConfig>,
+    /// Client connections (tunnels included) served at once, over every
+    /// listener; more wait in the kernel's backlog. Also what the
+    /// open-files limit is checked against at start.
+    pub max_connections: usize,
     /// Audit durability, checkpoints, shipping, and policy signatures.
     pub integrity: integrity::IntegrityOptions,
+    /// The control plane's store this replica holds (`--database`): a
+    /// `sqlite:` or `postgres://` URL. `None`: it holds none (it still
+    /// applies the store's snapshots from NATS).
+    pub database: Option<String>,
+    /// Replicas of the KV buckets (and, unless `--audit-replicas` says
+    /// otherwise, the audit streams) this gateway creates on NATS.
+    pub replicas: clawgress_nats::Replicas,
+}
+
+/// A policy's warnings in the log: one summary line with the command that
+/// lists them; each in full at debug level (`CLAWGRESS_LOG=debug`).
+pub(crate) fn log_policy_warnings(bundle: &clawgress_policies::PolicyBundle) {
+    for warning in &bundle.warnings {
+        tracing::debug!("{warning}");
+    }
+    if let Some(summary) = bundle.warnings_summary() {
+        tracing::warn!("{summary}");
+    }
 }
 
 /// Starts the gateway and serves until `shutdown` resolves; then stops
 /// accepting, lets in-flight requests finish, and flushes the audit trail.
 pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    // Before anything opens a file: every connection needs two.
+    let open_files = resources::raise_open_files(config.max_connections);
     let metrics = Arc::new(metrics::GatewayMetrics::new(decision::ALL_REASONS)?);
     let watched = reload::Watched::before_loading(config.policy.clone(), config.agents.clone(), config.watch_interval);
     let policy_keys = config.integrity.policy_keys()?;
     let bundle = integrity::load_policy(&config.policy, policy_keys.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    for warning in &bundle.warnings {
-        tracing::warn!("{warning}");
-    }
+    log_policy_warnings(&bundle);
     let tls = Arc::new(
         tls::TlsKit::new(config.ca_dir.as_deref(), config.upstream_ca_bundle.as_deref())
             .context("cannot set up TLS")?,
@@ -122,12 +150,12 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
             rule.domain.value
         );
     }
-    // The token encodings take a few hundred milliseconds to load: not on
-    // the first AI request's path.
-    std::thread::spawn(clawgress_ai::warm_up);
+    // The token encodings (about 60 MB) load when the first AI request
+    // arrives (inspect/ai.rs), not here: a gateway without AI traffic
+    // never holds them.
     let snapshot = state::PolicySnapshot::build(&bundle, None)?;
     metrics.record_policy_reload_success(&snapshot.version);
-    let identities = identity::IdentityResolver::load(&config.agents).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let identities = Arc::new(identity::IdentityResolver::load(&config.agents).map_err(|e| anyhow::anyhow!("{e}"))?);
     if let Some(dir) = config.audit.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create the audit directory {}", dir.display()))?;
     }
@@ -137,7 +165,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
     let shipper = config
         .nats_url
         .as_deref()
-        .map(|url| config.integrity.start_shipper(url, &config.audit, &audit, &writer));
+        .map(|url| config.integrity.start_shipper(url, config.replicas, &config.audit, &audit, &writer));
 
     let proxy_listeners = proxy::server::bind_listeners(config.listen, config.workers).with_context(|| {
         format!(
@@ -178,14 +206,21 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
     let admin_addr = admin_listener.local_addr()?;
 
     let (stop, stopped) = watch::channel(false);
-    let control = control::ControlStore::start(config.nats_url.clone(), &config.state_dir, stopped.clone())
+    let control = control::ControlStore::start_with(config.nats_url.clone(), config.replicas, &config.state_dir, stopped.clone())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     control.first_sync(Duration::from_secs(5)).await;
     let snapshot_limits = snapshot.containment_limits();
     let gateway_registry = metrics.registry().clone();
     let gateway = Arc::new(Gateway {
         policy: ArcSwap::from_pointee(snapshot),
-        identities: ArcSwap::from_pointee(identities),
+        identities: ArcSwap::new(identities.clone()),
+        store: store::StoreLink::new(
+            config.database.clone(),
+            config.nats_url.clone(),
+            &config.state_dir,
+            config.policy.clone(),
+            identities,
+        ),
         audit,
         metrics,
         open_tunnels: Default::default(),
@@ -198,13 +233,17 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
         audit_path: config.audit.clone(),
         tls,
         budget_store: Arc::new(match &config.nats_url {
-            Some(url) => budgets::BudgetStore::nats(url),
+            Some(url) => budgets::BudgetStore::nats(url, config.replicas),
             None => budgets::BudgetStore::memory(),
         }),
         dashboard: dashboard::Dashboard::default(),
         policy_trust: integrity::PolicyTrust::new(policy_keys, gateway_registry)?,
+        connections: resources::Connections::new(config.max_connections),
     });
 
+    // The store's snapshots (agents, tokens, policy) before the first request.
+    let mut store_tasks = store::start(&gateway, stopped.clone()).await;
+    store_tasks.push(tokio::spawn(budgets::usage::export(gateway.clone(), stopped.clone())));
     let mut workers = proxy::server::spawn_workers(
         proxy_listeners,
         proxy::server::Role::Proxy {
@@ -212,7 +251,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
         },
         gateway.clone(),
         stopped.clone(),
-        config.drain,
+        stopping::in_flight(config.drain),
     )
     .context("cannot start the proxy workers")?;
     // The start lines of the listeners besides the proxy's.
@@ -233,7 +272,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
                 },
                 gateway.clone(),
                 stopped.clone(),
-                config.drain,
+                stopping::in_flight(config.drain),
             )
             .context("cannot start the transparent workers")?,
         );
@@ -255,7 +294,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
                 },
                 gateway.clone(),
                 stopped.clone(),
-                config.drain,
+                stopping::in_flight(config.drain),
             )
             .context("cannot start the mTLS workers")?,
         );
@@ -275,6 +314,8 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
         ))
     });
     let watcher = tokio::spawn(reload::watch_files(gateway.clone(), watched, stopped));
+    // Budget blocks: usage written back, renewed, idle ones given back.
+    let budget_blocks = tokio::spawn(gateway.budget_store.clone().maintain(stop.subscribe()));
     // Idle limiter keys are dropped so memory stays bounded; a dropped key
     // comes back with exactly its burst, never more.
     let sweeper = {
@@ -303,43 +344,61 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
         ),
         None => format!("control store standalone {}", config.state_dir.display()),
     };
+    let mut store_lines = Vec::new();
+    if let Some(holder) = gateway.store.holder() {
+        store_lines.push(format!("store database {} (agents, policies, tokens under /v1/)", holder.shown));
+    }
     let mut lines = vec![
         format!("proxy listening on {proxy_addr} ({} workers)", config.workers.max(1)),
         format!("admin listening on {admin_addr} (/metrics /dashboard /healthz /readyz /v1/)"),
         control_line,
         format!("audit trail {}", config.audit.display()),
+        format!("{}, --max-connections {}", open_files.line(), config.max_connections),
     ];
+    lines.extend(store_lines);
     lines.extend(listener_lines);
     announce(&lines);
 
     shutdown.await;
+    // Every step below waits only for what is left of the budget: NATS gone,
+    // an upstream hung or a client that never reads cannot hold the
+    // process past --drain-timeout.
+    let budget = stopping::Budget::start(config.drain);
     tracing::info!("shutting down: no new connections, draining in-flight requests");
     let _ = stop.send(true);
-    let _ = tokio::task::spawn_blocking(move || {
-        for worker in workers {
-            let _ = worker.join();
-        }
-    })
-    .await;
-    let _ = admin.await;
+    budget.join_threads("the proxy workers", workers).await;
+    budget.join("the admin server", admin).await;
     if let Some(anomalies) = anomalies {
-        let _ = anomalies.await;
+        budget.join("the dashboard's anomaly follower", anomalies).await;
     }
-    let _ = watcher.await;
+    budget.join("the policy file watcher", watcher).await;
     if let Some(mtls_watcher) = mtls_watcher {
-        let _ = mtls_watcher.await;
+        budget.join("the mTLS file watcher", mtls_watcher).await;
     }
-    let _ = sweeper.await;
+    budget.join("the limiter sweeper", sweeper).await;
+    for task in store_tasks {
+        budget.join("the control store's tasks", task).await;
+    }
+    // The budget blocks this replica holds go back now rather than when
+    // they expire (then they would be charged in full).
+    budget.join("the budget block keeper", budget_blocks).await;
+    budget
+        .bound("giving budget blocks back", gateway.budget_store.release())
+        .await;
     // Every request holds an audit slot; once the servers are done and the
     // gateway's last clone is gone, the writer drains and stops.
     drop(gateway);
-    let flushed = writer.shutdown().await;
+    let flushed = budget.bound("the audit writer", writer.shutdown()).await;
     // The last records (and the last checkpoint) go to the streams too, if
     // NATS takes them soon; otherwise the next start ships them.
     if let Some(shipper) = shipper {
-        shipper.finish(Duration::from_secs(5)).await;
+        let grace = (budget.left() / 2).min(Duration::from_secs(5));
+        budget.bound("the audit shipper", shipper.finish(grace)).await;
     }
-    flushed.context("the audit trail could not be flushed")?;
+    match flushed {
+        Some(flushed) => flushed.context("the audit trail could not be flushed")?,
+        None => tracing::warn!("the audit trail was not flushed within the drain timeout; records still queued are lost"),
+    }
     Ok(())
 }
 

@@ -330,7 +330,11 @@ fn record_refused(gateway: &Gateway, mut ctx: RequestContext, slot: AuditSlot, r
 fn tally(gateway: &Gateway, ctx: &RequestContext, label: DecisionLabel, reason: &'static str) {
     let agent = ctx.identity.as_ref().map(|i| &*i.agent_id);
     let host = ctx.destination.as_ref().map(|d| &*d.host);
-    gateway.metrics.record_parties(label, agent, host);
+    // A request refused for its credential (407) was not denied its
+    // destination: keep that out of the top denied domains. Transparent
+    // connections name no credential; their destinations count as before.
+    let denied_host = host.filter(|_| agent.is_some() || ctx.original_destination.is_some());
+    gateway.metrics.record_parties(label, agent, denied_host);
     if !ctx.span.is_disabled() {
         ctx.span
             .record("agent", agent.unwrap_or(crate::metrics::ANONYMOUS_AGENT));
@@ -342,6 +346,7 @@ fn tally(gateway: &Gateway, ctx: &RequestContext, label: DecisionLabel, reason: 
         gateway.dashboard.note_denial(crate::dashboard::Denial {
             at: ctx.timestamp,
             agent: agent.map(str::to_string),
+            claimed_agent: ctx.claimed_agent.clone(),
             host: host.map(str::to_string),
             port: ctx.destination.as_ref().map(|d| d.port),
             reason,
@@ -418,6 +423,7 @@ fn event(ctx: &mut RequestContext, verdict: Verdict, policy_id: String) -> Egres
     };
     event.original_destination = ctx.original_destination;
     event.client_ip = ctx.record_client.then(|| ctx.client.ip().to_canonical());
+    event.claimed_agent_id = ctx.claimed_agent.take();
     event.bytes_out = ctx.bytes_out;
     event.bytes_in = ctx.bytes_in;
     event.latency_ms = ctx.started.elapsed().as_millis() as u64;

@@ -87,6 +87,14 @@ pub async fn watch_files<T: Reload>(target: Arc<T>, watched: Watched, mut shutdo
 }
 
 pub fn reload_policy(gateway: &Gateway, path: &Path) -> bool {
+    // The store's active version rules while there is one; the file is
+    // what comes back when the store has none.
+    if let Some((id, digest)) = gateway.store.active_policy() {
+        tracing::info!(
+            "the policy file changed, but version {id} ({digest}) from the control store is in force; the file is not applied"
+        );
+        return false;
+    }
     // Under --policy-key the signature is checked on the exact bytes loaded.
     let built = crate::integrity::load_policy(path, gateway.policy_trust.keys.as_deref())
         .map_err(|e| (crate::integrity::rejection_reason(&e), e.to_string()))
@@ -97,9 +105,7 @@ pub fn reload_policy(gateway: &Gateway, path: &Path) -> bool {
         });
     match built {
         Ok((bundle, snapshot)) => {
-            for warning in &bundle.warnings {
-                tracing::warn!("{warning}");
-            }
+            crate::log_policy_warnings(&bundle);
             let version = snapshot.version.clone();
             let (concurrent, pending) = snapshot.containment_limits();
             gateway.containment.set_limits(concurrent, pending);
@@ -132,10 +138,7 @@ pub fn reload_policy(gateway: &Gateway, path: &Path) -> bool {
 
 pub fn reload_agents(gateway: &Gateway, path: &Path) -> bool {
     match load_agents(path) {
-        Some(resolver) => {
-            gateway.identities.store(Arc::new(resolver));
-            true
-        }
+        Some(resolver) => crate::store::agents_file_reloaded(gateway, resolver),
         None => false,
     }
 }

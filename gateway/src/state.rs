@@ -48,6 +48,9 @@ pub struct Gateway {
     pub control: Arc<crate::control::ControlStore>,
     /// Who may use the control API.
     pub admin_tokens: crate::admin::auth::AdminTokens,
+    /// The control plane's store: the database when this replica holds it,
+    /// and the snapshots (agents, tokens, policy) in force from it.
+    pub store: crate::store::StoreLink,
     /// The audit trail, for exports.
     pub audit_path: std::path::PathBuf,
     /// Trusted roots, upstream TLS and the interception CA.
@@ -59,6 +62,9 @@ pub struct Gateway {
     /// The keys a policy bundle must be signed by (`--policy-key`), and the
     /// count of bundles refused on reload.
     pub policy_trust: crate::integrity::PolicyTrust,
+    /// Client connections (and the tunnels they became) under
+    /// `--max-connections`, across every listener.
+    pub connections: crate::resources::Connections,
 }
 
 /// One loaded policy bundle, compiled, with the resolver its `dns` section

@@ -33,6 +33,24 @@ pub struct PolicyBundle {
     pub warnings: Vec<Diagnostic>,
 }
 
+impl PolicyBundle {
+    /// One line for a process's log instead of one per warning, which would
+    /// repeat at every start and reload: how many there are and the command
+    /// that lists them with their lines and fixes. `None` without warnings.
+    pub fn warnings_summary(&self) -> Option<String> {
+        match self.warnings.len() {
+            0 => None,
+            n => Some(format!(
+                "{}: {n} policy warning{} (entries that load but have no effect, e.g. expired or placeholder); \
+                 `clawgress policy check {}` lists them with their lines and fixes",
+                self.source,
+                if n == 1 { "" } else { "s" },
+                self.source
+            )),
+        }
+    }
+}
+
 /// Reads and loads the policy file at `path`.
 pub fn load_file(path: &Path) -> Result<PolicyBundle, PolicyError> {
     load_file_at(path, Utc::now())

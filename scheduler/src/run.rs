@@ -1,32 +1,45 @@
 //! The scheduler: pulls jobs (high before normal before low), runs them on
-//! a bounded pool with per-domain concurrency and politeness, and decides
-//! from the outcome what happens next: a result, a Nak with a delay, or the
-//! dead-letter queue. No job is lost: a message is acked only after its
-//! result (or dead letter) is stored.
+//! a bounded pool with per-host concurrency and politeness (shared by every
+//! scheduler, see [`crate::hosts`]), and decides from the outcome what
+//! happens next: a result, a Nak with a delay, or the dead-letter queue
+//! (`outcome`). No job is lost: a message is acked only after its result
+//! (or dead letter) is stored.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{AckKind, Context, Message};
+use clawgress_nats::Replicas;
 use clawgress_workers::chromium::ChromiumPool;
 use clawgress_workers::http::HttpFetcher;
 use clawgress_workers::job::{FetchMode, Job, JobKind};
-use clawgress_workers::outcome::{Disposition, FetchError};
 use clawgress_workers::steel::SteelPool;
 use clawgress_workers::{JobError, parse_job};
 use futures_util::StreamExt;
-use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
 
+use crate::hosts::{HostLimits, Hosts};
 use crate::metrics::SchedulerMetrics;
-use crate::result::{DeadLetter, JobResult, ResultError, ResultStatus};
 use crate::streams;
 
 mod fetch;
+mod outcome;
 
-use fetch::{Done, execute};
+use fetch::execute;
+use outcome::{decide, finish, invalid};
+
+/// Where per-host limits hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PolitenessScope {
+    /// Across every scheduler on the NATS cluster (KV `clawgress-hosts`).
+    #[default]
+    Shared,
+    /// In this process only.
+    Local,
+}
 
 /// How the scheduler runs.
 #[derive(Debug, Clone)]
@@ -37,6 +50,10 @@ pub struct SchedulerConfig {
     pub per_domain: usize,
     /// Least time between two job starts against one host.
     pub politeness: Duration,
+    /// Whether those two hold across schedulers or in this process.
+    pub politeness_scope: PolitenessScope,
+    /// Jobs that may wait for one host here; more go back to the stream.
+    pub host_queue: usize,
     /// How long in-flight jobs may finish after a stop; the rest are Nak'ed.
     pub drain: Duration,
     /// How long JetStream waits for an ack (or a progress ack) before it
@@ -47,6 +64,8 @@ pub struct SchedulerConfig {
     pub dry_run: bool,
     /// Serve Prometheus metrics here (`GET /metrics`).
     pub metrics: Option<std::net::SocketAddr>,
+    /// Replicas of the streams and the hosts bucket when they are created.
+    pub replicas: Replicas,
 }
 
 impl Default for SchedulerConfig {
@@ -55,46 +74,14 @@ impl Default for SchedulerConfig {
             concurrency: 32,
             per_domain: 4,
             politeness: Duration::ZERO,
+            politeness_scope: PolitenessScope::Shared,
+            host_queue: 256,
             drain: Duration::from_secs(30),
             ack_wait: streams::ACK_WAIT,
             dry_run: false,
             metrics: None,
+            replicas: Replicas::Auto,
         }
-    }
-}
-
-/// Per-host limits: a semaphore and the time of the last start.
-#[derive(Default)]
-struct Hosts {
-    slots: std::sync::Mutex<HashMap<String, Arc<Semaphore>>>,
-    last_start: Mutex<HashMap<String, Instant>>,
-}
-
-impl Hosts {
-    fn semaphore(&self, host: &str, per_domain: usize) -> Arc<Semaphore> {
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        // Bounded: idle hosts (no permit taken) are forgotten.
-        if slots.len() > 10_000 {
-            slots.retain(|_, s| s.available_permits() < per_domain);
-        }
-        slots
-            .entry(host.to_string())
-            .or_insert_with(|| Arc::new(Semaphore::new(per_domain.max(1))))
-            .clone()
-    }
-
-    async fn polite(&self, host: &str, gap: Duration) {
-        if gap.is_zero() {
-            return;
-        }
-        let wait = {
-            let mut last = self.last_start.lock().await;
-            let now = Instant::now();
-            let start = last.get(host).map_or(now, |t| (*t + gap).max(now));
-            last.insert(host.to_string(), start);
-            start - now
-        };
-        tokio::time::sleep(wait).await;
     }
 }
 
@@ -102,7 +89,7 @@ struct Shared {
     js: Context,
     backends: Backends,
     config: SchedulerConfig,
-    hosts: Hosts,
+    hosts: Arc<Hosts>,
     /// For `auto`: the tier that worked last for each host, so later jobs
     /// start there.
     tiers: std::sync::Mutex<HashMap<String, Tier>>,
@@ -127,18 +114,38 @@ pub struct Backends {
 }
 
 /// A job's place in the scheduler's global pool. A job that waits for
-/// something other than this scheduler's capacity (a Steel server) gives it
-/// back, so jobs for other backends keep running.
-pub(super) struct Slot(std::sync::Mutex<Option<OwnedSemaphorePermit>>);
+/// something other than this scheduler's capacity (a Steel server, its
+/// host's slot or politeness gap) gives it back, so jobs for other backends
+/// and hosts keep running, and takes one again before it runs.
+pub(crate) struct Slot {
+    permit: std::sync::Mutex<Option<OwnedSemaphorePermit>>,
+    pool: Arc<Semaphore>,
+}
 
 impl Slot {
-    fn new(permit: OwnedSemaphorePermit) -> Slot {
-        Slot(std::sync::Mutex::new(Some(permit)))
+    pub(crate) fn new(permit: OwnedSemaphorePermit, pool: Arc<Semaphore>) -> Slot {
+        Slot {
+            permit: std::sync::Mutex::new(Some(permit)),
+            pool,
+        }
     }
 
-    pub(super) fn release(&self) {
-        if let Ok(mut permit) = self.0.lock() {
+    pub(crate) fn release(&self) {
+        if let Ok(mut permit) = self.permit.lock() {
             permit.take();
+        }
+    }
+
+    /// Takes a place in the pool again after [`Slot::release`] (waiting in
+    /// line with the pull loop, which asks for places the same way).
+    pub(crate) async fn reacquire(&self) {
+        if self.permit.lock().is_ok_and(|p| p.is_some()) {
+            return;
+        }
+        if let Ok(permit) = self.pool.clone().acquire_owned().await
+            && let Ok(mut slot) = self.permit.lock()
+        {
+            *slot = Some(permit);
         }
     }
 }
@@ -164,15 +171,35 @@ pub async fn run(
         tracing::info!(%addr, "scheduler metrics on /metrics");
         tokio::spawn(crate::metrics::serve(listener, metrics.clone(), metrics_stopped));
     }
-    streams::ensure_streams(&js).await?;
+    let replicas = streams::ensure_streams(&js, config.replicas).await?;
+    tracing::info!("{}", clawgress_nats::describe(&js.client().server_info(), replicas));
     let consumers = streams::consumers(&js, config.ack_wait).await?;
     let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
     let (cancel_tx, cancel) = watch::channel(false);
+    let host_slots = match config.politeness_scope {
+        PolitenessScope::Shared => Some(crate::hosts::shared::SharedSlots::open(&js, replicas).await.map_err(|reason| {
+            streams::SetupError::Create {
+                name: crate::hosts::shared::BUCKET.to_string(),
+                reason: format!("{reason} (or run with --politeness-scope local)"),
+            }
+        })?),
+        PolitenessScope::Local => None,
+    };
+    let hosts = Hosts::new(
+        HostLimits {
+            per_domain: config.per_domain,
+            politeness: config.politeness,
+            queue: config.host_queue,
+        },
+        host_slots,
+    );
+    let (tend_stop, tend_stopped) = watch::channel(false);
+    let tending = tokio::spawn(tend(hosts.clone(), tend_stopped));
     let shared = Arc::new(Shared {
         js,
         backends,
         config,
-        hosts: Hosts::default(),
+        hosts,
         tiers: Default::default(),
         waits: Default::default(),
         metrics,
@@ -206,8 +233,9 @@ pub async fn run(
                 let Some(permit) = permits.pop() else { break };
                 pulled = true;
                 let (shared, cancel) = (shared.clone(), cancel.clone());
+                let pool = slots.clone();
                 running.spawn(async move {
-                    handle(&shared, message, cancel, Slot::new(permit)).await;
+                    handle(&shared, message, cancel, Slot::new(permit, pool)).await;
                 });
             }
             // Something of this priority ran: look at the higher ones again
@@ -239,6 +267,10 @@ pub async fn run(
             }
         }
     }
+    let _ = tend_stop.send(true);
+    let _ = tending.await;
+    // Slots held for hosts go back now rather than when their holds expire.
+    shared.hosts.give_back_all().await;
     if let Some(chromium) = &shared.backends.chromium {
         chromium.shutdown().await;
     }
@@ -248,6 +280,28 @@ pub async fn run(
     let _ = metrics_stop.send(true);
     tracing::info!("scheduler stopped");
     Ok(())
+}
+
+/// Keeps the held host slots in order ([`Hosts::tend`]) and follows the
+/// hosts bucket, so jobs waiting for a host hear at once when another
+/// scheduler gives a slot back.
+async fn tend(hosts: Arc<Hosts>, mut stop: watch::Receiver<bool>) {
+    let Some(shared) = hosts.shared().cloned() else { return };
+    let follow = {
+        let (hosts, stop) = (hosts.clone(), stop.clone());
+        async move { shared.follow(|key| hosts.changed(key), stop).await }
+    };
+    let ticks = async {
+        let mut tick = tokio::time::interval(crate::hosts::TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => hosts.tend().await,
+                _ = stop.changed() => return,
+            }
+        }
+    };
+    tokio::join!(follow, ticks);
 }
 
 /// Whatever is waiting now, up to `max`, without waiting for more.
@@ -413,165 +467,3 @@ fn supported(job: Job, backends: &Backends) -> Result<Job, JobError> {
     }
 }
 
-async fn decide(
-    shared: &Shared,
-    message: &Message,
-    job: &Job,
-    outcome: Result<Done, FetchError>,
-    delivered: u32,
-    started: Instant,
-) {
-    let sequence = message.info().map(|i| i.stream_sequence).unwrap_or_default();
-    let attempts = real_attempts(shared, sequence, delivered);
-    let mut result = JobResult::finished(job.id(), job.kind(), ResultStatus::Ok, attempts, started);
-    result.agent = Some(job.agent().to_string());
-    let error = match outcome {
-        Ok(done) => {
-            result.fetch = done.summary;
-            result.data = done.data;
-            result.screenshot = done.screenshot;
-            finish(shared, message, &result, None).await;
-            return;
-        }
-        Err(error) => error,
-    };
-    let described = describe(&error);
-    match error.disposition() {
-        Disposition::Deny => {
-            result.status = ResultStatus::Denied;
-            result.error = Some(described);
-            finish(shared, message, &result, None).await;
-        }
-        // The gateway (or a busy Steel pool) said when: waiting is not a
-        // failed attempt.
-        Disposition::Retry { after: Some(delay) }
-            if matches!(
-                error,
-                FetchError::RateLimited { .. } | FetchError::BreakerOpen { .. } | FetchError::SteelBusy
-            ) && note_wait(shared, sequence) < MAX_GATEWAY_WAIT =>
-        {
-            tracing::info!(job = job.id(), ?delay, error = %error, "waiting, not failing");
-            let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
-        }
-        Disposition::Retry { after } if attempts < job.retry().max_attempts => {
-            let delay = after.unwrap_or_else(|| crate::retry::backoff(job.retry().base_delay, attempts));
-            tracing::info!(job = job.id(), attempt = attempts, ?delay, error = %error, "retrying later");
-            let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
-        }
-        Disposition::Retry { .. } | Disposition::Fail => {
-            result.status = ResultStatus::Failed;
-            result.error = Some(described.clone());
-            let dead = DeadLetter {
-                job_id: job.id().to_string(),
-                kind: job.kind(),
-                job: serde_json::from_slice(&message.payload).unwrap_or_default(),
-                attempts,
-                last_error: described,
-                failed_at: chrono::Utc::now(),
-            };
-            finish(shared, message, &result, Some(dead)).await;
-        }
-    }
-}
-
-/// Deliveries minus the gateway-directed waits this scheduler saw.
-fn real_attempts(shared: &Shared, sequence: u64, delivered: u32) -> u32 {
-    let waits = shared
-        .waits
-        .lock()
-        .map(|w| w.get(&sequence).map_or(0, |(n, _)| *n))
-        .unwrap_or(0);
-    delivered.saturating_sub(waits).max(1)
-}
-
-/// Counts one more wait for this message; returns how long it has waited.
-fn note_wait(shared: &Shared, sequence: u64) -> Duration {
-    let Ok(mut waits) = shared.waits.lock() else {
-        return Duration::ZERO;
-    };
-    if waits.len() > 100_000 {
-        waits.retain(|_, (_, since)| since.elapsed() < MAX_GATEWAY_WAIT);
-    }
-    let entry = waits.entry(sequence).or_insert((0, Instant::now()));
-    entry.0 += 1;
-    entry.1.elapsed()
-}
-
-fn describe(error: &FetchError) -> ResultError {
-    let (reason, policy_id) = match error {
-        FetchError::Denied { reason, policy_id, .. } => (Some(reason.clone()), Some(policy_id.clone())),
-        FetchError::Gateway { reason, .. } => (Some(reason.clone()), None),
-        _ => (None, None),
-    };
-    ResultError {
-        code: error.code().to_string(),
-        message: error.to_string(),
-        field: None,
-        hint: None,
-        reason,
-        policy_id,
-    }
-}
-
-fn invalid(kind: JobKind, id: &str, error: &JobError, attempts: u32, started: Instant) -> JobResult {
-    let mut result = JobResult::finished(id, kind, ResultStatus::Invalid, attempts, started);
-    result.error = Some(ResultError {
-        code: "validation".to_string(),
-        message: format!("{}: {}", error.field, error.problem),
-        field: Some(error.field.clone()),
-        hint: Some(error.hint.clone()),
-        reason: None,
-        policy_id: None,
-    });
-    result
-}
-
-/// Stores the dead letter (if any) and the result, and only then acks; if
-/// either cannot be stored, the job goes back to the stream.
-async fn finish(shared: &Shared, message: &Message, result: &JobResult, dead: Option<DeadLetter>) {
-    // Ids per delivery of this stream message: a redelivery after a lost
-    // ack republishes without duplicating, and a replayed job (a new stream
-    // message) is never mistaken for the old one.
-    let sequence = message.info().map(|i| i.stream_sequence).unwrap_or_default();
-    if let Some(dead) = dead {
-        let subject = streams::dlq_subject(dead.kind);
-        let payload = serde_json::to_vec(&dead).unwrap_or_default();
-        let id = format!("{}-dlq-{sequence}", dead.job_id);
-        if let Err(error) = publish(&shared.js, subject, Some(id), payload).await {
-            tracing::error!(job = %result.job_id, %error, "cannot store the dead letter; the job goes back to the stream");
-            let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-            return;
-        }
-    }
-    let subject = streams::result_subject(result.kind, &result.job_id);
-    let payload = serde_json::to_vec(result).unwrap_or_default();
-    let id = format!("{}-{sequence}-{}", result.job_id, result.attempts);
-    if let Err(error) = publish(&shared.js, subject, Some(id), payload).await {
-        tracing::error!(job = %result.job_id, %error, "cannot store the result; the job goes back to the stream");
-        let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-        return;
-    }
-    if let Ok(mut waits) = shared.waits.lock() {
-        waits.remove(&sequence);
-    }
-    shared
-        .metrics
-        .job_finished(result.kind.as_str(), result.status.as_str());
-    if let Err(error) = message.double_ack().await {
-        // The result is stored; a redelivery republishes the same result.
-        tracing::warn!(job = %result.job_id, %error, "ack not confirmed");
-    }
-}
-
-async fn publish(js: &Context, subject: String, id: Option<String>, payload: Vec<u8>) -> Result<(), String> {
-    let mut headers = async_nats::HeaderMap::new();
-    if let Some(id) = id {
-        headers.insert("Nats-Msg-Id", id.as_str());
-    }
-    js.publish_with_headers(subject, headers, payload.into())
-        .await
-        .map_err(|e| e.to_string())?
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}

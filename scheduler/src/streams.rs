@@ -6,6 +6,8 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::{AckPolicy, pull};
 use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, Context};
+pub use clawgress_nats::Replicas;
+use clawgress_nats::Holder;
 use clawgress_workers::job::{JobKind, Priority};
 
 pub const JOBS: &str = "JOBS";
@@ -62,13 +64,13 @@ pub fn supported(version: &str) -> bool {
     (major, minor) >= (2, 10)
 }
 
-/// Connects, checks the server version and JetStream, and creates the
-/// streams and the scheduler's consumers if they are missing.
+/// Connects to `url` (one server, or a comma-separated list of a
+/// cluster's), checks the server version and JetStream.
 pub async fn connect(url: &str) -> Result<(async_nats::Client, Context), SetupError> {
     let client = async_nats::ConnectOptions::new()
         .name("clawgress")
         .connection_timeout(Duration::from_secs(5))
-        .connect(url)
+        .connect(clawgress_nats::servers(url))
         .await
         .map_err(|e| SetupError::Connect {
             url: url.to_string(),
@@ -86,7 +88,11 @@ pub async fn connect(url: &str) -> Result<(async_nats::Client, Context), SetupEr
     Ok((client, js))
 }
 
-pub async fn ensure_streams(js: &Context) -> Result<(), SetupError> {
+/// Creates the streams that are missing, with `replicas` copies each, and
+/// warns about existing ones that have fewer (they are used as they are).
+/// Returns the number of replicas wanted.
+pub async fn ensure_streams(js: &Context, replicas: Replicas) -> Result<usize, SetupError> {
+    let replicas = replicas.resolve(&js.client());
     let create = |name: &str| {
         let name = name.to_string();
         move |e: async_nats::jetstream::context::CreateStreamError| SetupError::Create {
@@ -94,41 +100,48 @@ pub async fn ensure_streams(js: &Context) -> Result<(), SetupError> {
             reason: e.to_string(),
         }
     };
-    js.get_or_create_stream(stream::Config {
-        name: JOBS.to_string(),
-        // The three priorities only: a job on any other subject would be
-        // stored and never pulled, so it is refused at publish instead.
-        subjects: Priority::ALL.iter().map(|p| format!("jobs.*.{}", p.as_str())).collect(),
-        retention: RetentionPolicy::WorkQueue,
-        storage: StorageType::File,
-        duplicate_window: DEDUP_WINDOW,
-        ..Default::default()
-    })
-    .await
-    .map_err(create(JOBS))?;
-    js.get_or_create_stream(stream::Config {
-        name: RESULTS.to_string(),
-        subjects: vec!["results.*.*".to_string()],
-        retention: RetentionPolicy::Limits,
-        storage: StorageType::File,
-        // The latest result per job id: results are idempotent per job.
-        max_messages_per_subject: 1,
-        max_age: Duration::from_secs(7 * 86_400),
-        ..Default::default()
-    })
-    .await
-    .map_err(create(RESULTS))?;
-    js.get_or_create_stream(stream::Config {
-        name: DLQ.to_string(),
-        subjects: vec!["dlq.*".to_string()],
-        retention: RetentionPolicy::Limits,
-        storage: StorageType::File,
-        max_age: Duration::from_secs(30 * 86_400),
-        ..Default::default()
-    })
-    .await
-    .map_err(create(DLQ))?;
-    Ok(())
+    let configs = [
+        stream::Config {
+            name: JOBS.to_string(),
+            // The three priorities only: a job on any other subject would be
+            // stored and never pulled, so it is refused at publish instead.
+            subjects: Priority::ALL.iter().map(|p| format!("jobs.*.{}", p.as_str())).collect(),
+            retention: RetentionPolicy::WorkQueue,
+            storage: StorageType::File,
+            duplicate_window: DEDUP_WINDOW,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+        stream::Config {
+            name: RESULTS.to_string(),
+            subjects: vec!["results.*.*".to_string()],
+            retention: RetentionPolicy::Limits,
+            storage: StorageType::File,
+            // The latest result per job id: results are idempotent per job.
+            max_messages_per_subject: 1,
+            max_age: Duration::from_secs(7 * 86_400),
+            num_replicas: replicas,
+            ..Default::default()
+        },
+        stream::Config {
+            name: DLQ.to_string(),
+            subjects: vec!["dlq.*".to_string()],
+            retention: RetentionPolicy::Limits,
+            storage: StorageType::File,
+            max_age: Duration::from_secs(30 * 86_400),
+            num_replicas: replicas,
+            ..Default::default()
+        },
+    ];
+    for config in configs {
+        let name = config.name.clone();
+        let stream = js.get_or_create_stream(config).await.map_err(create(&name))?;
+        // An existing stream keeps its own settings: the cached info is what
+        // the server has.
+        let has = stream.cached_info().config.num_replicas.max(1);
+        clawgress_nats::warn_if_fewer(Holder::Stream(&name), has, replicas);
+    }
+    Ok(replicas)
 }
 
 /// The durable pull consumers, highest priority first.

@@ -21,7 +21,7 @@ pub async fn run(env: &Run<'_>, check: &ScrapeCheck) -> Vec<Case> {
     let started = Instant::now();
     let connected = async {
         let (client, js) = streams::connect(&env.checks.nats).await?;
-        streams::ensure_streams(&js).await?;
+        streams::ensure_streams(&js, streams::Replicas::Auto).await?;
         Ok::<_, streams::SetupError>((client, js))
     };
     let (client, js) = match tokio::time::timeout(Duration::from_secs(10), connected).await {

@@ -16,7 +16,10 @@ fn pool(w: &World) -> Option<ChromiumPool> {
     pool_with(w, ChromiumConfig::default())
 }
 
-fn pool_with(w: &World, config: ChromiumConfig) -> Option<ChromiumPool> {
+fn pool_with(w: &World, mut config: ChromiumConfig) -> Option<ChromiumPool> {
+    // Through the launcher, as the scheduler does: the browser dies with
+    // this test's thread, however the test ends.
+    config.launcher.get_or_insert_with(support::clawgress_bin);
     if !config.executable.exists() {
         support::skip(&format!(
             "{} not found (install it with ./deploy/local/prereqs.sh chromium; `make test` does)",

@@ -50,6 +50,16 @@ async fn the_dashboard_page_shows_what_the_gateway_reports() {
         .await;
         assert_eq!(r.status, 200);
     }
+    // 60/min on limited.test is a burst of 6: two of eight are rate-limited.
+    let limited = get(&format!("http://limited.test:{port}/page"), Some(SCRAPER));
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(raw::send(w.gw.proxy, &limited, b"").await.status);
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 2, "{statuses:?}");
+    // A wrong key: refused before any decision, listed with the agent it claimed.
+    let wrong_key = get(&format!("http://site.test:{port}/page"), Some((SCRAPER.0, "wrong-key")));
+    assert_eq!(raw::send(w.gw.proxy, &wrong_key, b"").await.status, 407);
     for host in ["evil.example", "evil.example", "exfil.example"] {
         let r = raw::send(w.gw.proxy, &get(&format!("http://{host}/x"), Some(SCRAPER)), b"").await;
         assert_eq!(r.status, 403);
@@ -72,16 +82,27 @@ async fn the_dashboard_page_shows_what_the_gateway_reports() {
         .json()
         .await
         .unwrap();
-    // What the gateway itself reports for this traffic.
+    // What the gateway itself reports for this traffic. The 429s and the
+    // denials are not failures of the egress path: success stays at 100%.
     assert_eq!(data["slo"]["success_ratio"]["value"], 1.0, "{data:#}");
     assert_eq!(data["slo"]["success_ratio"]["status"], "ok");
     assert_eq!(data["slo"]["proxy_error_ratio"]["value"], 0.0);
-    assert_eq!(data["window"]["by_decision"]["allow"], 8);
+    assert_eq!(data["window"]["by_decision"]["allow"], 14);
+    assert_eq!(data["window"]["by_decision"]["rate_limited"], 2);
     assert_eq!(data["window"]["blocked"]["domain_not_in_allowlist"], 3);
     assert_eq!(data["top_denied_domains"][0]["domain"], "evil.example");
     assert_eq!(data["top_denied_domains"][0]["denials"], 2);
     assert_eq!(data["top_agents"][0]["agent"], SCRAPER.0);
-    assert_eq!(data["top_agents"][0]["requests"], 11);
+    assert_eq!(data["top_agents"][0]["requests"], 19);
+    assert_eq!(data["top_agents"][0]["by_decision"]["rate_limited"], 2);
+    let claimed = data["latest_denials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["reason"] == "bad_api_key")
+        .unwrap_or_else(|| panic!("no 407 among the denials: {data:#}"));
+    assert_eq!(claimed["claimed_agent"], SCRAPER.0);
+    assert_eq!(claimed["host"], "site.test");
     assert_eq!(data["latest_denials"][0]["host"], "exfil.example");
 
     let url = format!("{admin}/dashboard");
@@ -131,9 +152,48 @@ async fn the_dashboard_page_shows_what_the_gateway_reports() {
         .select(&scraper::Selector::parse("#domains td, #denials td, #blocked td, #agents td").unwrap())
         .map(|td| td.text().collect())
         .collect();
-    for expected in ["evil.example", "exfil.example:80", "domain_not_in_allowlist", SCRAPER.0] {
+    for expected in [
+        "evil.example",
+        "exfil.example:80",
+        "domain_not_in_allowlist",
+        SCRAPER.0,
+        &format!("{} (claimed)", SCRAPER.0),
+        &format!("site.test:{port}"),
+    ] {
         assert!(cells.iter().any(|c| c == expected), "{expected} not shown: {cells:?}");
     }
+    let text = |selector: &str| -> Vec<String> {
+        let selector = scraper::Selector::parse(selector).unwrap();
+        document.select(&selector).map(|e| e.text().collect()).collect()
+    };
+    // Top agents count the 429s in a column of their own.
+    assert_eq!(text("#agents th"), ["agent", "requests", "allowed", "denied", "429 rate-limited"]);
+    let scraper_row = text("#agents tbody tr:first-child td");
+    assert_eq!(scraper_row, [SCRAPER.0, "19", "14", "3", "2"], "{html}");
+    // The footnote says what the success rate leaves out.
+    let note = text("#note-slo").concat();
+    assert!(note.contains("Rate-limited (429)") && note.contains("excluded"), "{note}");
+    // Sparklines have scales: top and bottom values, and their time span.
+    assert!(text("#spark-rate-hi")[0].ends_with(" req/s"), "{html}");
+    assert_eq!(text("#spark-rate-lo")[0], "0.00 req/s");
+    assert_eq!(text("#spark-success-hi")[0], "100%");
+    assert!(text(".spark-from").iter().all(|t| t.ends_with(" ago")), "{html}");
+    // One time format, in UTC, and said so.
+    assert_eq!(text("#denials th")[0], "time (UTC)");
+    let time = &text("#denials tbody tr:first-child td")[0];
+    let shape = |t: &str| {
+        t.len() == 19
+            && t.bytes().enumerate().all(|(i, b)| match i {
+                4 | 7 => b == b'-',
+                10 => b == b' ',
+                13 | 16 => b == b':',
+                _ => b.is_ascii_digit(),
+            })
+    };
+    assert!(shape(time), "{time}");
+    let updated = text("#status").concat();
+    assert!(updated.starts_with("updated ") && updated.ends_with(" UTC"), "{updated}");
+    assert!(shape(&updated["updated ".len()..updated.len() - 4]), "{updated}");
 
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     let _ = std::fs::remove_file(&shot);

@@ -25,6 +25,15 @@ async fn missing_bad_unknown_and_disabled_credentials_get_407() {
         );
         assert_eq!(response.reason(), reason);
         assert!(!String::from_utf8_lossy(&response.body).contains("wrong-key"));
+        // The audit line says where the request was going and whom the
+        // credential claimed to be (unverified, so not as agent_id).
+        let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+        let line = w.gw.audit_for(body["request_id"].as_str().unwrap()).await;
+        assert_eq!(line["request"]["domain"], "site.test", "{line}");
+        assert_eq!(line["request"]["port"], w.origin.addr.port(), "{line}");
+        assert_eq!(line["request"]["path"], "/hello", "{line}");
+        assert_eq!(line["claimed_agent_id"].as_str(), auth.map(|(agent, _)| agent), "{line}");
+        assert!(line.get("agent_id").is_none(), "{line}");
     }
     let malformed = raw::send(
         w.gw.proxy,

@@ -257,7 +257,7 @@ async fn shutdown_waits_for_open_tunnels_and_records_them() {
     let mut rest = Vec::new();
     stream.read_to_end(&mut rest).await.unwrap();
     assert_eq!(rest, b"pongbye");
-    assert!(w.gw.stop().success());
+    assert!(w.gw.wait_exit().success());
     let line = w.gw.wait_audit(|l| l["request"]["method"] == "CONNECT").await;
     assert_eq!(line["bytes_out"], 8);
     assert_eq!(line["bytes_in"], 11);

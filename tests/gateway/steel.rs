@@ -297,7 +297,7 @@ async fn results(nats: &NatsServer, ids: &[String], scheduler: &Scheduler) -> Ha
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     loop {
         let output = Command::new(support::clawgress_bin())
-            .args(["results", "--nats", &nats.url])
+            .args(["results", "--json", "--nats", &nats.url])
             .output()
             .unwrap();
         let found: HashMap<String, serde_json::Value> = String::from_utf8_lossy(&output.stdout)

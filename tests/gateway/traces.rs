@@ -176,7 +176,7 @@ async fn a_jobs_trace_runs_from_the_publisher_through_the_worker_to_the_gateway(
     let file = dir.path().join("jobs.jsonl");
     std::fs::write(&file, jobs.iter().map(|j| j.to_string()).collect::<Vec<_>>().join("\n")).unwrap();
     let submit = tokio::process::Command::new(support::clawgress_bin())
-        .args(["submit", "--nats", &nats.url, "--wait", "--wait-secs", "60"])
+        .args(["submit", "--nats", &nats.url, "--wait", "--wait-secs", "60", "--json"])
         .arg(&file)
         .envs(env)
         .output()

@@ -575,7 +575,7 @@ fn scheduled_job_goes_through_the_edge(lab: &Lab, edge: &Edge, worker: &NsRuntim
             "--url",
             "http://site.lab/scheduled",
         ])
-        .args(["--agent", AGENT.0, "--wait", "--wait-secs", "60"])
+        .args(["--agent", AGENT.0, "--wait", "--wait-secs", "60", "--json"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&submitted.stdout);

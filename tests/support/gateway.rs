@@ -190,6 +190,12 @@ impl GatewayProc {
     /// SIGTERM, then wait for a clean exit.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         self.signal("TERM");
+        self.wait_exit()
+    }
+
+    /// Waits for an exit already asked for: a second signal would end the
+    /// drain at once (exit 130).
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {

@@ -96,6 +96,12 @@ impl NatsServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// The server process, for SIGSTOP (a hung server: connections stay
+    /// open, nothing answers) and SIGCONT.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for NatsServer {

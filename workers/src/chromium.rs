@@ -6,9 +6,12 @@
 //! context (cookies, cache, storage) whose proxy is the gateway, and the
 //! agent's credential answers the gateway's 407 through CDP auth handling.
 //! A browser that crashes is replaced on the next job; every CDP call has a
-//! timeout; contexts are always disposed; the process is reaped.
+//! timeout; contexts are always disposed; the process is reaped. Browsers
+//! never outlive the worker, and their profiles go with them (`process.rs`).
 
-use std::path::PathBuf;
+mod process;
+
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +27,8 @@ use crate::job::ScrapeJob;
 use crate::outcome::{FetchError, Fetched};
 pub use crate::page::{BrowserExtras, MAX_SCREENSHOT, Navigation};
 use crate::page::{BrowserPage, CDP_TIMEOUT, cdp};
+use process::BrowserProcess;
+pub use process::{LAUNCH_ENV, exec_browser_if_asked, kill_all_browsers, real_executable, sweep_stale_profiles};
 
 #[derive(Debug, Clone)]
 pub struct ChromiumConfig {
@@ -33,6 +38,11 @@ pub struct ChromiumConfig {
     /// Jobs one browser serves before it is replaced (0: no limit). A
     /// long-lived browser accumulates memory; 1 means a browser per job.
     pub jobs_per_browser: u64,
+    /// A binary that answers [`LAUNCH_ENV`] ([`exec_browser_if_asked`] first
+    /// thing in its `main`): the `clawgress` binary. Through it the browser
+    /// leads its own process group and dies with this process. `None`: the
+    /// browser is started directly and can outlive a killed worker.
+    pub launcher: Option<PathBuf>,
 }
 
 /// Debian's browsers, best first. The headless shell runs Chromium's old
@@ -41,7 +51,8 @@ pub struct ChromiumConfig {
 /// measured about five times slower per page here (BENCHMARKS.md).
 pub const BROWSERS: [&str; 2] = ["/usr/bin/chromium-headless-shell", "/usr/bin/chromium"];
 
-/// The first of [`BROWSERS`] that is installed.
+/// The first of [`BROWSERS`] that is installed. Debian's are wrapper
+/// scripts; the binary they would start is what runs ([`real_executable`]).
 pub fn find_browser() -> Option<PathBuf> {
     BROWSERS.iter().map(PathBuf::from).find(|path| path.exists())
 }
@@ -58,28 +69,29 @@ impl Default for ChromiumConfig {
             executable: find_browser().unwrap_or_else(|| PathBuf::from(BROWSERS[1])),
             max_pages: 8,
             jobs_per_browser: 0,
+            launcher: None,
         }
     }
 }
 
 /// A running browser and the task that drives its CDP connection.
 struct Running {
+    /// The browser process and its profile. First, so that it drops first:
+    /// the process group is killed while chromiumoxide's child handle still
+    /// holds the pid unreaped (not reusable).
+    process: BrowserProcess,
     browser: Arc<Browser>,
     handler: tokio::task::JoinHandle<()>,
-    /// The browser process; the CDP handler keeps running after a crash,
-    /// so the process itself says whether the browser is alive.
-    pid: Option<u32>,
     /// A CDP call timed out: the browser is replaced on the next job.
     broken: Arc<std::sync::atomic::AtomicBool>,
     /// Sessions opened in this browser.
     sessions: u64,
-    // Kept so the profile directory lives as long as the browser.
-    _profile: tempfile::TempDir,
 }
 
 pub struct ChromiumPool {
-    /// The explicit proxy; `None` behind the host edge (transparent).
-    gateway: Option<String>,
+    /// The explicit proxy (replicas: each new context takes the next that
+    /// answers); `None` behind the host edge (transparent).
+    gateway: Option<crate::gateways::Gateways>,
     credentials: Credentials,
     config: ChromiumConfig,
     running: Mutex<Option<Running>>,
@@ -102,7 +114,7 @@ impl std::fmt::Debug for ChromiumPool {
 impl ChromiumPool {
     pub fn new(gateway: impl Into<String>, credentials: Credentials, config: ChromiumConfig) -> ChromiumPool {
         ChromiumPool {
-            gateway: Some(gateway.into()),
+            gateway: Some(crate::gateways::Gateways::new(&gateway.into())),
             ..ChromiumPool::behind_edge(credentials, config)
         }
     }
@@ -111,6 +123,8 @@ impl ChromiumPool {
     /// the transparent gateway, which knows the agent by this worker's
     /// address.
     pub fn behind_edge(credentials: Credentials, config: ChromiumConfig) -> ChromiumPool {
+        // Profiles of browsers whose worker was killed (OOM, kill -9).
+        sweep_stale_profiles();
         let pages = Semaphore::new(config.max_pages.max(1));
         ChromiumPool {
             gateway: None,
@@ -132,7 +146,9 @@ impl ChromiumPool {
     /// (`--user-data-dir=...`), for operators and crash tests.
     pub async fn profile_dir(&self) -> Option<PathBuf> {
         let running = self.running.lock().await;
-        running.as_ref().map(|r| r._profile.path().to_path_buf())
+        running
+            .as_ref()
+            .and_then(|r| r.process.profile().map(Path::to_path_buf))
     }
 
     async fn browser(&self) -> Result<Arc<Browser>, FetchError> {
@@ -141,7 +157,7 @@ impl ChromiumPool {
         if let Some(current) = running.as_mut()
             && !current.handler.is_finished()
             && !current.broken.load(std::sync::atomic::Ordering::Relaxed)
-            && current.pid.is_none_or(process_alive)
+            && current.process.pid().is_none_or(process_alive)
         {
             if limit == 0 || current.sessions < limit {
                 current.sessions += 1;
@@ -153,14 +169,24 @@ impl ChromiumPool {
         }
         if let Some(dead) = running.take() {
             tracing::warn!("the browser went away; starting a new one");
-            dead.handler.abort();
-            if let Ok(mut browser) = Arc::try_unwrap(dead.browser) {
-                let _ = browser.kill().await;
-                let _ = browser.wait().await;
-            }
+            close(dead).await;
         }
-        let profile = tempfile::tempdir().map_err(|e| FetchError::Transport(format!("browser profile: {e}")))?;
-        let mut builder = BrowserConfig::builder().chrome_executable(&self.config.executable);
+        let profile = process::new_profile().map_err(|e| {
+            FetchError::Transport(format!(
+                "cannot create a browser profile in {}: {e}",
+                std::env::temp_dir().display()
+            ))
+        })?;
+        // The binary itself, not Debian's wrapper script, which does not
+        // exec: killing the wrapper would leave the browser running.
+        let executable = real_executable(&self.config.executable);
+        let mut builder = match &self.config.launcher {
+            Some(launcher) => BrowserConfig::builder()
+                .chrome_executable(launcher)
+                .env(LAUNCH_ENV, executable.to_string_lossy())
+                .env(process::PARENT_ENV, std::process::id().to_string()),
+            None => BrowserConfig::builder().chrome_executable(&executable),
+        };
         // The shell is headless by nature (the builder's default, plain
         // `--headless`); full Chromium needs the new mode.
         if !is_headless_shell(&self.config.executable) {
@@ -188,6 +214,8 @@ impl ChromiumPool {
                 self.config.executable.display()
             ))
         })?;
+        let pid = browser.get_mut_child().and_then(|child| child.inner.id());
+        let process = BrowserProcess::new(pid, self.config.launcher.is_some(), profile);
         let handler = tokio::spawn(async move {
             // Errors on single messages are logged and the loop goes on; the
             // stream ends when the browser's connection does.
@@ -198,15 +226,13 @@ impl ChromiumPool {
             }
         });
         self.launches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let pid = browser.get_mut_child().and_then(|child| child.inner.id());
         let browser = Arc::new(browser);
         *running = Some(Running {
+            process,
             browser: browser.clone(),
             handler,
-            pid,
             broken: Default::default(),
             sessions: 1,
-            _profile: profile,
         });
         Ok(browser)
     }
@@ -260,8 +286,8 @@ impl ChromiumPool {
             .map_err(|_| FetchError::Transport("pool closed".into()))?;
         let mut browser = self.browser().await?;
         let params = match &self.gateway {
-            Some(gateway) => CreateBrowserContextParams::builder()
-                .proxy_server(gateway.clone())
+            Some(gateways) => CreateBrowserContextParams::builder()
+                .proxy_server(gateways.pick().await.to_string())
                 // Chromium skips the proxy for loopback unless told not to.
                 .proxy_bypass_list("<-loopback>")
                 .build(),
@@ -337,14 +363,35 @@ async fn load(session: &Session<'_>, job: &ScrapeJob) -> Result<(Fetched, Browse
     ))
 }
 
-/// Closes a browser and reaps its process; kills what does not close.
+/// Closes a browser, kills what is left of its process group, reaps it and
+/// removes its profile.
 async fn close(running: Running) {
-    if let Ok(mut browser) = Arc::try_unwrap(running.browser) {
-        let _ = tokio::time::timeout(CDP_TIMEOUT, browser.close()).await;
-        let _ = tokio::time::timeout(CDP_TIMEOUT, browser.wait()).await;
-        let _ = browser.kill().await;
+    let Running {
+        mut process,
+        browser,
+        handler,
+        ..
+    } = running;
+    match Arc::try_unwrap(browser) {
+        Ok(mut browser) => {
+            let _ = tokio::time::timeout(CDP_TIMEOUT, browser.close()).await;
+            // Exited (a zombie until reaped: its pid and group id stay
+            // ours), or given up on.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while process.pid().is_some_and(process_alive) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // Zygotes, renderers and helpers that did not follow it.
+            process.kill();
+            let _ = tokio::time::timeout(CDP_TIMEOUT, browser.kill()).await;
+            process.reaped();
+        }
+        // Still shared (a session the pool no longer tracks): the kill below
+        // ends it; its handle reaps it when dropped.
+        Err(_) => process.kill(),
     }
-    running.handler.abort();
+    handler.abort();
+    // Dropping `process` removes the profile.
 }
 
 /// Whether a process is running (not gone, not a zombie waiting to be reaped).

@@ -12,6 +12,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION
 use reqwest::{Client, Method, Proxy, Response};
 
 use crate::credentials::Credentials;
+use crate::gateways::{self, Gateways};
 use crate::job::ScrapeJob;
 use crate::outcome::{FetchError, Fetched};
 
@@ -20,24 +21,26 @@ pub const MAX_REDIRECTS: usize = 10;
 /// The gateway marks its own answers with this header.
 const DECISION_HEADER: &str = "x-clawgress-decision";
 
-/// Fetches through one gateway; one connection pool per agent (each pool
-/// carries that agent's proxy credential). Without a gateway (`--gateway
-/// none`) requests go out directly and the host edge sends them through the
+/// Fetches through a gateway (of a list of replicas: each request goes to
+/// the next in turn that answers, see [`Gateways`]); one connection pool
+/// per agent and gateway (each pool carries that agent's proxy
+/// credential). Without a gateway (`--gateway none`) requests go out directly and the host edge sends them through the
 /// transparent gateway, which knows the agent by this worker's address. An
 /// `https://` gateway is its mTLS listener: the pool presents the agent's
 /// client certificate (`cert`/`key` in the credentials file) to it, and the
 /// certificate names the agent (no Proxy-Authorization is sent).
 pub struct HttpFetcher {
-    gateway: Option<String>,
+    gateways: Option<Gateways>,
     credentials: Credentials,
     max_body: usize,
-    clients: Mutex<HashMap<String, Client>>,
+    /// By agent and gateway.
+    clients: Mutex<HashMap<(String, usize), Client>>,
 }
 
 impl std::fmt::Debug for HttpFetcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpFetcher")
-            .field("gateway", &self.gateway)
+            .field("gateways", &self.gateways)
             .field("max_body", &self.max_body)
             .finish_non_exhaustive()
     }
@@ -45,10 +48,11 @@ impl std::fmt::Debug for HttpFetcher {
 
 impl HttpFetcher {
     /// `gateway` is the proxy URL, e.g. `http://127.0.0.1:3128`, or the mTLS
-    /// listener's, e.g. `https://127.0.0.1:3129`.
+    /// listener's, e.g. `https://127.0.0.1:3129`; several replicas
+    /// comma-separated.
     pub fn new(gateway: impl Into<String>, credentials: Credentials, max_body: usize) -> HttpFetcher {
         HttpFetcher {
-            gateway: Some(gateway.into()),
+            gateways: Some(Gateways::new(&gateway.into())),
             credentials,
             max_body,
             clients: Mutex::new(HashMap::new()),
@@ -60,14 +64,19 @@ impl HttpFetcher {
     /// worker's source address, so no credential is needed here.
     pub fn behind_edge(credentials: Credentials, max_body: usize) -> HttpFetcher {
         HttpFetcher {
-            gateway: None,
+            gateways: None,
             ..HttpFetcher::new(String::new(), credentials, max_body)
         }
     }
 
-    /// The explicit proxy, when there is one.
+    /// The explicit proxy (the first of the list), when there is one.
     pub fn gateway(&self) -> Option<&str> {
-        self.gateway.as_deref()
+        self.gateways.as_ref().map(|g| g.url(0))
+    }
+
+    /// The explicit proxies, when there are.
+    pub fn gateways(&self) -> Option<&Gateways> {
+        self.gateways.as_ref()
     }
 
     pub fn credentials(&self) -> &Credentials {
@@ -77,20 +86,25 @@ impl HttpFetcher {
     /// Whether jobs of `agent` can run here: its key is known, or (behind
     /// the edge) the edge decides who the agent is.
     pub fn serves(&self, agent: &str) -> bool {
-        match &self.gateway {
+        match &self.gateways {
             None => true,
-            Some(gateway) if is_tls(gateway) => self.credentials.identity(agent).is_some(),
+            Some(gateways) if gateways.urls().iter().any(|g| is_tls(g)) => self.credentials.identity(agent).is_some(),
             Some(_) => self.credentials.has(agent),
         }
     }
 
-    fn client(&self, agent: &str) -> Result<Client, FetchError> {
+    /// The pool for `agent` through the gateway at `index`.
+    fn client(&self, agent: &str, index: usize) -> Result<Client, FetchError> {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        let pool = if self.gateway.is_some() { agent } else { "" };
-        if let Some(client) = clients.get(pool) {
+        let pool = match &self.gateways {
+            Some(_) => (agent.to_string(), index),
+            None => (String::new(), 0),
+        };
+        if let Some(client) = clients.get(&pool) {
             return Ok(client.clone());
         }
-        let builder = match &self.gateway {
+        let gateway = self.gateways.as_ref().map(|g| g.url(index));
+        let builder = match gateway {
             Some(gateway) if is_tls(gateway) => {
                 // reqwest (rustls) speaks TLS to an `https://` proxy with
                 // the client's identity, then CONNECTs inside it for https
@@ -127,13 +141,53 @@ impl HttpFetcher {
         };
         let client = builder
             .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(10))
+            // A gateway that does not accept a connection in this time is
+            // passed over for the next replica.
+            .connect_timeout(gateways::CONNECT_TIMEOUT)
             .pool_idle_timeout(Duration::from_secs(60))
             .user_agent(concat!("clawgress/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| FetchError::Transport(e.to_string()))?;
-        clients.insert(pool.to_string(), client.clone());
+        clients.insert(pool, client.clone());
         Ok(client)
+    }
+
+    /// Sends one request through the gateways in turn: the next is asked
+    /// only when one did not answer ([`gateways::not_answered`]). Returns
+    /// the answer and which gateway gave it, or the last error and where.
+    async fn send(
+        &self,
+        agent: &str,
+        idempotent: bool,
+        request: impl Fn(&Client) -> reqwest::RequestBuilder,
+    ) -> Result<(Response, usize), Unsent> {
+        let order = match &self.gateways {
+            Some(gateways) => gateways.order(),
+            None => vec![0],
+        };
+        let mut last = None;
+        for (tried, &index) in order.iter().enumerate() {
+            let client = self.client(agent, index).map_err(Unsent::Setup)?;
+            match request(&client).send().await {
+                Ok(response) => {
+                    if let Some(gateways) = &self.gateways {
+                        gateways.mark_up(index);
+                    }
+                    return Ok((response, index));
+                }
+                Err(error) if !is_tunnel_error(&error) && gateways::not_answered(&error, idempotent) => {
+                    if let Some(gateways) = &self.gateways {
+                        gateways.mark_down(index);
+                        if tried + 1 < order.len() {
+                            tracing::debug!(gateway = gateways.url(index), %error, "trying the next gateway");
+                        }
+                    }
+                    last = Some(Unsent::Request(error, index));
+                }
+                Err(error) => return Err(Unsent::Request(error, index)),
+            }
+        }
+        Err(last.unwrap_or_else(|| Unsent::Setup(FetchError::Transport("no gateway to send to".to_string()))))
     }
 
     /// POSTs JSON through the gateway as `agent` (an `llm` step) and returns
@@ -147,15 +201,26 @@ impl HttpFetcher {
         body: &serde_json::Value,
         timeout: Duration,
     ) -> Result<serde_json::Value, FetchError> {
-        let client = self.client(agent)?;
-        let mut request = client.post(url).json(body).timeout(timeout);
-        if let Some(traceparent) = clawgress_telemetry::traceparent(&tracing::Span::current()) {
-            request = request.header(clawgress_telemetry::TRACEPARENT, traceparent);
-        }
-        for (name, value) in headers {
-            request = request.header(*name, value);
-        }
-        let response = request.send().await.map_err(transport)?;
+        let traceparent = clawgress_telemetry::traceparent(&tracing::Span::current());
+        // Not idempotent: another gateway is asked only when this one never
+        // took the request (the provider must not be called twice).
+        let sent = self
+            .send(agent, false, |client| {
+                let mut request = client.post(url).json(body).timeout(timeout);
+                if let Some(traceparent) = &traceparent {
+                    request = request.header(clawgress_telemetry::TRACEPARENT, traceparent.as_str());
+                }
+                for (name, value) in headers {
+                    request = request.header(*name, value);
+                }
+                request
+            })
+            .await;
+        let response = match sent {
+            Ok((response, _)) => response,
+            Err(Unsent::Setup(error)) => return Err(error),
+            Err(Unsent::Request(error, _)) => return Err(transport(error)),
+        };
         if let Some(status) = gateway_refusal(&response) {
             return Err(refusal(status, response).await);
         }
@@ -182,7 +247,6 @@ impl HttpFetcher {
     }
 
     async fn fetch_hops(&self, job: &ScrapeJob) -> Result<Fetched, FetchError> {
-        let client = self.client(&job.agent)?;
         let mut method = Method::from_bytes(job.method.to_ascii_uppercase().as_bytes()).unwrap_or(Method::GET);
         let mut body = job.body.clone();
         let mut url = reqwest::Url::parse(&job.url).map_err(|e| FetchError::Transport(e.to_string()))?;
@@ -197,14 +261,24 @@ impl HttpFetcher {
         }
         loop {
             hops.push(url.to_string());
-            let mut request = client.request(method.clone(), url.clone()).headers(headers.clone());
-            if let Some(body) = &body {
-                request = request.body(body.clone());
-            }
-            let response = match request.send().await {
-                Ok(response) => response,
-                Err(error) if url.scheme() == "https" && is_tunnel_error(&error) && self.gateway.is_some() => {
-                    let gateway = self.gateway.as_deref().unwrap_or_default();
+            let idempotent = matches!(method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE);
+            let sent = self
+                .send(&job.agent, idempotent, |client| {
+                    let mut request = client.request(method.clone(), url.clone()).headers(headers.clone());
+                    if let Some(body) = &body {
+                        request = request.body(body.clone());
+                    }
+                    request
+                })
+                .await;
+            let response = match sent {
+                Ok((response, _)) => response,
+                Err(Unsent::Setup(error)) => return Err(error),
+                Err(Unsent::Request(error, index))
+                    if url.scheme() == "https" && is_tunnel_error(&error) && self.gateways.is_some() =>
+                {
+                    // The gateway that refused the tunnel says why.
+                    let gateway = self.gateways.as_ref().map_or("", |g| g.url(index));
                     let probe = if is_tls(gateway) {
                         match self.credentials.identity(&job.agent) {
                             Some(identity) => {
@@ -219,7 +293,7 @@ impl HttpFetcher {
                     };
                     return Err(probe.unwrap_or_else(|| transport(error)));
                 }
-                Err(error) => return Err(transport(error)),
+                Err(Unsent::Request(error, _)) => return Err(transport(error)),
             };
             if let Some(error) = gateway_refusal(&response) {
                 // The gateway's own answer: its body says why.
@@ -286,6 +360,14 @@ impl HttpFetcher {
             request_id,
         })
     }
+}
+
+/// Why a request got no answer from any gateway.
+enum Unsent {
+    /// No client could be made (a missing credential).
+    Setup(FetchError),
+    /// The last gateway tried failed with this error.
+    Request(reqwest::Error, usize),
 }
 
 fn job_headers(job: &ScrapeJob) -> HeaderMap {

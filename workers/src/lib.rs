@@ -8,6 +8,7 @@ pub mod agent;
 pub mod chromium;
 pub mod credentials;
 pub mod extract;
+pub mod gateways;
 pub mod http;
 mod http_probe;
 pub mod job;

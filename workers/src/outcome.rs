@@ -67,6 +67,11 @@ pub enum FetchError {
     /// back to the queue for a moment (not a failed attempt).
     #[error("every Steel Browser server is busy and the queue for them is full")]
     SteelBusy,
+    /// Enough jobs already wait for this job's host on this scheduler (its
+    /// per-host slots are all in use): back to the queue for a moment, for
+    /// another scheduler or a later turn (not a failed attempt).
+    #[error("the host's slots are all in use and enough jobs already wait for them here")]
+    HostBusy,
     /// The page was loaded, but the gateway never saw it (the browser went
     /// direct, or served it from a cache): the page is not returned.
     #[error("the page did not go through the gateway: {0}")]
@@ -149,7 +154,7 @@ impl FetchError {
             // The browser's set-up lets it around the gateway; another try
             // would go around it again.
             FetchError::BypassedGateway(_) => Disposition::Fail,
-            FetchError::SteelBusy => Disposition::Retry {
+            FetchError::SteelBusy | FetchError::HostBusy => Disposition::Retry {
                 after: Some(Duration::from_secs(1)),
             },
             FetchError::TooLarge { .. }
@@ -176,6 +181,7 @@ impl FetchError {
             FetchError::SteelUnavailable { .. } => "steel_unavailable",
             FetchError::BypassedGateway(_) => "bypassed_gateway",
             FetchError::SteelBusy => "steel_busy",
+            FetchError::HostBusy => "host_busy",
         }
     }
 }

@@ -164,7 +164,7 @@ pub(super) async fn handle(gateway: &Arc<Gateway>, peer: SocketAddr, req: Reques
         }
     };
     if !route.is_change() {
-        return read(gateway, &route);
+        return read(gateway, &route, &actor);
     }
     // The record is reserved before the change: if the audit trail cannot
     // take it, nothing changes (fail closed).
@@ -205,7 +205,7 @@ pub(super) async fn handle(gateway: &Arc<Gateway>, peer: SocketAddr, req: Reques
     }
 }
 
-fn audit_unavailable() -> ApiResponse {
+pub(super) fn audit_unavailable() -> ApiResponse {
     Problem::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "audit_unavailable",
@@ -215,7 +215,7 @@ fn audit_unavailable() -> ApiResponse {
     .into_response()
 }
 
-fn auth_problem(failure: &AuthFailure) -> Problem {
+pub(super) fn auth_problem(failure: &AuthFailure) -> Problem {
     match failure {
         AuthFailure::NotConfigured => Problem::new(
             StatusCode::UNAUTHORIZED,
@@ -251,6 +251,11 @@ const REFUSED_RECORDS_PER_SECOND: u64 = 20;
 
 /// A refused change attempt is itself on the record.
 fn audit_refused(gateway: &Gateway, route: &Route, failure: &AuthFailure, peer: SocketAddr) {
+    audit_refused_action(gateway, route.action(), failure, peer);
+}
+
+/// [`audit_refused`] for any action name (the store routes' too).
+pub(super) fn audit_refused_action(gateway: &Gateway, action: &str, failure: &AuthFailure, peer: SocketAddr) {
     use std::sync::atomic::{AtomicU64, Ordering};
     static WINDOW: AtomicU64 = AtomicU64::new(0);
     static COUNT: AtomicU64 = AtomicU64::new(0);
@@ -261,7 +266,7 @@ fn audit_refused(gateway: &Gateway, route: &Route, failure: &AuthFailure, peer: 
         COUNT.store(0, Ordering::Relaxed);
     }
     if COUNT.fetch_add(1, Ordering::Relaxed) >= REFUSED_RECORDS_PER_SECOND {
-        tracing::warn!(%peer, action = route.action(), "refused control API attempt (over the audit rate for refusals)");
+        tracing::warn!(%peer, action, "refused control API attempt (over the audit rate for refusals)");
         return;
     }
     let Ok(slot) = gateway.audit.reserve() else {
@@ -271,7 +276,7 @@ fn audit_refused(gateway: &Gateway, route: &Route, failure: &AuthFailure, peer: 
         AuthFailure::Forbidden { has, name, .. } => (name.clone(), has.as_str()),
         _ => ("unauthenticated".to_string(), "none"),
     };
-    let mut event = AdminEvent::new(actor, role, route.action());
+    let mut event = AdminEvent::new(actor, role, action);
     event.details.insert("outcome".to_string(), "refused".to_string());
     event.details.insert("peer".to_string(), peer.to_string());
     event
@@ -367,6 +372,9 @@ struct TemporaryBody {
     task: Option<String>,
     #[serde(default)]
     ports: Option<Vec<u16>>,
+    /// Only this team's agents (a team-bound token's own by default).
+    #[serde(default)]
+    team: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -380,6 +388,8 @@ struct RequestBody {
     duration: Option<String>,
     #[serde(default)]
     ports: Option<Vec<u16>>,
+    #[serde(default)]
+    team: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -430,6 +440,7 @@ async fn change(
                 created_by: actor.name.clone(),
                 created_at: now,
                 request_id: None,
+                team: super::tenancy::team_for_new(actor, body.team.as_deref())?,
             })
         }
         Route::RemoveTemporary(id) => {
@@ -437,6 +448,7 @@ async fn change(
             let entry = snapshot
                 .temp_allow(id)
                 .ok_or_else(|| not_found("temporary entry", id))?;
+            super::tenancy::check_team(actor, "temporary entry", id, entry.team.as_deref())?;
             details.insert("id".to_string(), id.clone());
             details.insert("domain".to_string(), entry.domain.clone());
             let key = ControlItem::Allow(entry.clone()).key();
@@ -465,6 +477,7 @@ async fn change(
                 status: RequestStatus::Pending,
                 decided_by: None,
                 decided_at: None,
+                team: super::tenancy::team_for_new(actor, body.team.as_deref())?,
             })
         }
         Route::Approve(id) | Route::Reject(id) => {
@@ -472,6 +485,7 @@ async fn change(
             let body: ApproveBody = parse_body(body, r#"{} or {"duration": "30d"}"#)?;
             let snapshot = store.snapshot();
             let request = snapshot.request(id).ok_or_else(|| not_found("request", id))?;
+            super::tenancy::check_team(actor, "request", id, request.team.as_deref())?;
             let request_revision = snapshot
                 .revision_of(&ControlItem::Request(request.clone()).key())
                 .unwrap_or_default();
@@ -515,6 +529,7 @@ async fn change(
                 created_by: actor.name.clone(),
                 created_at: now,
                 request_id: Some(id.clone()),
+                team: request.team.clone(),
             };
             details.insert("id".to_string(), entry.id.clone());
             answer["allowlist_entry"] = serde_json::to_value(&entry).unwrap_or_default();
@@ -535,6 +550,7 @@ async fn change(
             return Ok((StatusCode::OK, answer));
         }
         Route::EmergencyBlock => {
+            super::tenancy::check_global(actor, "the emergency block")?;
             let body: BlockBody = parse_body(body, r#"{"reason": "Security incident"}"#)?;
             if let Some(block) = store.snapshot().emergency() {
                 return Err(Problem::new(
@@ -552,6 +568,7 @@ async fn change(
             })
         }
         Route::Restore => {
+            super::tenancy::check_global(actor, "the emergency block")?;
             let body: RestoreBody = parse_body(body, r#"{"incident_id": "inc-..."}"#)?;
             let snapshot = store.snapshot();
             let block = snapshot
@@ -574,7 +591,10 @@ async fn change(
             return Ok((StatusCode::OK, serde_json::json!({"restored": body.incident_id})));
         }
         Route::Quarantine => return super::quarantine::quarantine(gateway, actor, body, details).await,
-        Route::Release(agent) => return super::quarantine::release(gateway, agent, body, details).await,
+        Route::Release(agent) => {
+            super::tenancy::check_agent(gateway, actor, agent)?;
+            return super::quarantine::release(gateway, agent, body, details).await;
+        }
         _ => return Err(Problem::new(StatusCode::NOT_FOUND, "no_such_route", "not a change")),
     };
     match &item {
@@ -641,7 +661,7 @@ pub(super) fn store_problem(error: control::ControlError) -> Problem {
     }
 }
 
-fn read(gateway: &Gateway, route: &Route) -> ApiResponse {
+fn read(gateway: &Gateway, route: &Route, actor: &Actor) -> ApiResponse {
     let snapshot = gateway.control.snapshot();
     let now = Utc::now();
     let body = match route {
@@ -654,7 +674,10 @@ fn read(gateway: &Gateway, route: &Route) -> ApiResponse {
         }),
         Route::ListAllowlist => {
             let policy = gateway.policy.load();
-            let temporary: Vec<_> = snapshot.temporary(now).collect();
+            let temporary: Vec<_> = snapshot
+                .temporary(now)
+                .filter(|entry| super::tenancy::visible(actor, entry.team.as_deref()))
+                .collect();
             serde_json::json!({
                 "policy_version": policy.version.as_ref(),
                 "emergency_block": snapshot.emergency(),
@@ -663,7 +686,10 @@ fn read(gateway: &Gateway, route: &Route) -> ApiResponse {
             })
         }
         Route::ListRequests => {
-            let requests: Vec<_> = snapshot.requests().collect();
+            let requests: Vec<_> = snapshot
+                .requests()
+                .filter(|request| super::tenancy::visible(actor, request.team.as_deref()))
+                .collect();
             serde_json::json!({ "requests": requests })
         }
         Route::ListQuarantine => super::quarantine::list(&snapshot),

@@ -9,6 +9,8 @@ mod export;
 pub mod formats;
 mod problem;
 mod quarantine;
+mod store_api;
+mod tenancy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -69,6 +71,11 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: w
 
 async fn route(gateway: &Arc<Gateway>, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.uri().path().starts_with("/v1/") {
+        // The control store's routes (agents, policies, tokens, quotas,
+        // history) have their own module; the runtime control ones stay in `api`.
+        if store_api::owns(req.uri().path()) {
+            return store_api::handle(gateway, peer, req).await;
+        }
         return api::handle(gateway, peer, req).await;
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {

@@ -13,6 +13,9 @@ pub(super) struct Problem {
     pub(super) code: &'static str,
     detail: String,
     hint: Option<String>,
+    /// More members of the answer (a conflict's current version, a policy's
+    /// located errors).
+    extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Problem {
@@ -22,7 +25,13 @@ impl Problem {
             code,
             detail: detail.into(),
             hint: None,
+            extra: serde_json::Map::new(),
         }
+    }
+
+    pub(super) fn with(mut self, key: &str, value: serde_json::Value) -> Problem {
+        self.extra.insert(key.to_string(), value);
+        self
     }
 
     pub(super) fn hint(mut self, hint: impl Into<String>) -> Problem {
@@ -44,6 +53,9 @@ impl Problem {
         });
         if let Some(hint) = self.hint {
             body["hint"] = hint.into();
+        }
+        for (key, value) in self.extra {
+            body[key] = value;
         }
         let mut response = json_response(self.status, &body);
         response.headers_mut().insert(

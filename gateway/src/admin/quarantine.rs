@@ -64,6 +64,7 @@ pub(super) async fn quarantine(
             "e.g. \"agent_id\": \"scraper-001\"",
         ));
     }
+    super::tenancy::check_agent(gateway, actor, agent_id)?;
     let per_minute = match (body.mode, body.per_minute) {
         (HoldMode::Quarantine, _) => None,
         (HoldMode::RateReduction, Some(n)) if PER_MINUTE.contains(&n) => Some(n),

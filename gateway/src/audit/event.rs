@@ -6,13 +6,14 @@
 //! derive `type`, `decision` and `action` from the [`Verdict`] so they can never
 //! disagree with each other.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
 use serde::{Serialize, Serializer};
 
 /// Longest path kept in the audit, in bytes.
@@ -24,28 +25,32 @@ const MAX_METHOD_BYTES: usize = 32;
 
 /// Identifies one request across the audit, logs and the client's error body.
 ///
-/// 32 hex digits: a random 64-bit prefix chosen once per process (so ids from two
-/// replicas or two runs never collide) followed by a 64-bit counter (so generating
-/// one is a single atomic add, no syscall and no lock).
+/// 128 random bits as 32 lowercase hex digits, the form of a W3C trace id
+/// (never all zeros): ids from any number of replicas and restarts do not
+/// collide, and one id tells nothing about the next or about traffic volume.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RequestId {
-    process: u64,
-    sequence: u64,
-}
+pub struct RequestId(u128);
 
-/// A new, process-unique [`RequestId`].
+/// A new random [`RequestId`]. Drawn from a per-thread ChaCha generator
+/// seeded once from the OS: no syscall and no lock per request, and the ids
+/// cannot be predicted from earlier ones (they reach agents in error bodies).
 pub fn new_request_id() -> RequestId {
-    static PROCESS: OnceLock<u64> = OnceLock::new();
-    static SEQUENCE: AtomicU64 = AtomicU64::new(0);
-    RequestId {
-        process: *PROCESS.get_or_init(rand::random::<u64>),
-        sequence: SEQUENCE.fetch_add(1, Ordering::Relaxed),
+    thread_local! {
+        static IDS: RefCell<StdRng> = RefCell::new(StdRng::from_os_rng());
     }
+    IDS.with_borrow_mut(|rng| {
+        loop {
+            let id: u128 = rng.random();
+            if id != 0 {
+                return RequestId(id);
+            }
+        }
+    })
 }
 
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}{:016x}", self.process, self.sequence)
+        write!(f, "{:032x}", self.0)
     }
 }
 
@@ -257,6 +262,9 @@ pub struct EgressEvent {
     /// The client's address, where it identifies the agent (transparent) or
     /// was refused as not the agent's (`source_mismatch`).
     pub client_ip: Option<IpAddr>,
+    /// A refused credential's claimed agent id (unverified; `agent_id` is
+    /// only ever a verified identity).
+    pub claimed_agent_id: Option<String>,
 }
 
 impl EgressEvent {
@@ -301,6 +309,7 @@ impl EgressEvent {
             mode: None,
             original_destination: None,
             client_ip: None,
+            claimed_agent_id: None,
         }
     }
 }
@@ -392,6 +401,8 @@ struct EgressLine<'a> {
     session_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     task_slug: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    claimed_agent_id: Option<&'a str>,
     request: &'a RequestSummary,
     #[serde(skip_serializing_if = "Option::is_none")]
     response: Option<&'a ResponseSummary>,
@@ -507,6 +518,7 @@ impl<'a> From<&'a EgressEvent> for EgressLine<'a> {
             environment: id.environment.as_deref(),
             session_id: id.session_id.as_deref(),
             task_slug: id.task_slug.as_deref(),
+            claimed_agent_id: e.claimed_agent_id.as_deref(),
             request: &e.request,
             response: e.response.as_ref(),
             trace_id: e.trace_id.as_deref(),

@@ -64,8 +64,9 @@ pub const WARN_RATIO: f64 = 0.8;
 pub struct ShipConfig {
     pub nats_url: String,
     pub trail: PathBuf,
-    /// Stream replicas: 1 on a single server, 3 in a cluster.
-    pub replicas: usize,
+    /// Stream replicas: `auto` is 1 on a single server, 3 on a cluster of 3
+    /// or more.
+    pub replicas: clawgress_nats::Replicas,
     /// Unacknowledged bytes allowed before `egress.fail_mode` decides.
     pub wal_max_bytes: u64,
 }
@@ -234,27 +235,28 @@ async fn connect(config: &ShipConfig) -> Result<Link, ShipError> {
         // One quick reconnect at most: after that the connection dies with
         // whatever it had queued, and the shipper resends from its cursor.
         .max_reconnects(1)
-        .connect(&config.nats_url)
+        .connect(clawgress_nats::servers(&config.nats_url))
         .await
         .map_err(|e| ShipError::Connect {
             url: super::super::control::store::redacted(&config.nats_url),
             reason: e.to_string(),
         })?;
+    let replicas = config.replicas.resolve(&client);
     let js = jetstream::new(client.clone());
     for stream in &streams::STREAMS {
         let created = js
-            .get_or_create_stream(streams::config(stream, config.replicas))
+            .get_or_create_stream(streams::config(stream, replicas))
             .await
             .map_err(|e| ShipError::Stream {
                 stream: stream.stream,
                 reason: e.to_string(),
             })?;
         let has = created.cached_info().config.num_replicas.max(1);
-        if has < config.replicas {
+        if has < replicas {
             return Err(ShipError::FewerReplicas {
                 stream: stream.stream,
                 has,
-                wanted: config.replicas,
+                wanted: replicas,
             });
         }
     }

@@ -227,15 +227,31 @@ fn audit_path_is_truncated_on_a_char_boundary() {
 }
 
 #[test]
-fn request_ids_are_unique_32_hex_digits() {
-    let ids: Vec<String> = (0..1000).map(|_| new_request_id().to_string()).collect();
+fn request_ids_are_random_w3c_trace_ids() {
+    let ids: Vec<String> = (0..10_000).map(|_| new_request_id().to_string()).collect();
     let unique: std::collections::HashSet<&String> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len());
     for id in &ids {
         assert_eq!(id.len(), 32);
         assert!(id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert_ne!(id, &"0".repeat(32), "W3C forbids the all-zero trace id");
     }
-    assert_eq!(ids[0][..16], ids[999][..16], "one process prefix");
+    // Random, not a prefix and a counter: no shared prefix, no run of zeros,
+    // and each hex digit about equally common.
+    assert_ne!(ids[0][..16], ids[1][..16]);
+    assert!(ids.iter().all(|id| !id.contains("000000000000")), "a zero run as from a counter");
+    let mut digits = [0usize; 16];
+    for b in ids.iter().flat_map(|id| id.bytes()) {
+        digits[char::from(b).to_digit(16).unwrap() as usize] += 1;
+    }
+    let expected = ids.len() * 32 / 16;
+    assert!(
+        digits.iter().all(|&n| n.abs_diff(expected) < expected / 10),
+        "{digits:?}"
+    );
+    // Other threads draw their own ids.
+    let other = std::thread::spawn(|| new_request_id().to_string()).join().unwrap();
+    assert!(!unique.contains(&other));
 }
 
 // ---- writer and verifier ----

@@ -4,9 +4,13 @@
 //! has passed, the reservation is settled to the usage the provider
 //! reported. Counters are shared through NATS by every replica, and each
 //! change is a compare-and-set, so concurrent requests cannot overspend:
-//! whatever is admitted was reserved first.
+//! whatever is admitted was reserved first. Replicas reserve blocks of a
+//! budget at a time and admit requests from them in memory (`lease`).
 
+pub mod bench;
+pub mod lease;
 pub mod store;
+pub mod usage;
 
 use std::sync::Arc;
 
@@ -55,6 +59,10 @@ pub struct Charged {
     pub mode: BudgetMode,
     /// The request is past this budget and passed by its mode.
     pub over: bool,
+    /// Admitted from this replica's block (of this generation) rather
+    /// than reserved in the shared counter by itself.
+    #[serde(skip)]
+    pub lease: Option<u64>,
 }
 
 /// A budget a request may not go past (hard-stop, or throttle between
@@ -72,7 +80,8 @@ pub struct BudgetExceeded {
     pub limit_cost_usd: Option<f64>,
     pub spent_tokens: u64,
     pub spent_cost_usd: f64,
-    /// In flight: reserved by requests not yet answered.
+    /// In flight: reserved by requests not yet answered, and held in
+    /// replicas' blocks.
     pub reserved_tokens: u64,
     /// What this request needed.
     pub requested_tokens: u64,
@@ -162,12 +171,39 @@ impl BudgetPlan {
             let limit_tokens = rule.tokens.as_ref().map(|t| t.value);
             let limit_micros = rule.cost_usd.as_ref().map(|c| to_micros(c.value));
             let now_ms = now.timestamp_millis();
+            // From this replica's block when it (or a grown one) has room.
+            if let Some(leases) = &store.leases {
+                let need = lease::Need {
+                    tokens,
+                    micros,
+                    limit_tokens,
+                    limit_micros,
+                };
+                match leases.reserve(store, &key, end.timestamp_millis(), need).await {
+                    Ok(Some(generation)) => {
+                        reservation.budgets.push(Charged {
+                            key,
+                            window_end_ms: end.timestamp_millis(),
+                            policy_id,
+                            mode: rule.mode,
+                            over: false,
+                            lease: Some(generation),
+                        });
+                        continue;
+                    }
+                    // No room: the mode decides, below.
+                    Ok(None) => {}
+                    Err(error) => {
+                        self.settle(store, reservation, Some(0)).await;
+                        return Err(BudgetRefusal::Unavailable(error));
+                    }
+                }
+            }
             let outcome = store
                 .update(&key, end.timestamp_millis(), |mut counter| {
-                    let fits = limit_tokens
-                        .is_none_or(|limit| counter.tokens_spent + counter.tokens_reserved + tokens <= limit)
-                        && limit_micros
-                            .is_none_or(|limit| counter.micros_spent + counter.micros_reserved + micros <= limit);
+                    counter.expire_leases(chrono::Utc::now().timestamp_millis());
+                    let fits = limit_tokens.is_none_or(|limit| counter.tokens_committed() + tokens <= limit)
+                        && limit_micros.is_none_or(|limit| counter.micros_committed() + micros <= limit);
                     let over = !fits;
                     let admitted = match (fits, rule.mode) {
                         (true, _) | (false, BudgetMode::SoftStop | BudgetMode::AlertOnly) => true,
@@ -185,7 +221,7 @@ impl BudgetPlan {
                     }
                     counter.tokens_reserved += tokens;
                     counter.micros_reserved += micros;
-                    Ok((counter, (over, counter)))
+                    Ok((counter.clone(), (over, counter)))
                 })
                 .await;
             match outcome {
@@ -195,6 +231,7 @@ impl BudgetPlan {
                     policy_id,
                     mode: rule.mode,
                     over,
+                    lease: None,
                 }),
                 Ok(Err((_, counter))) => {
                     self.settle(store, reservation, Some(0)).await;
@@ -215,7 +252,7 @@ impl BudgetPlan {
                         limit_cost_usd: rule.cost_usd.as_ref().map(|c| c.value),
                         spent_tokens: counter.tokens_spent,
                         spent_cost_usd: from_micros(counter.micros_spent),
-                        reserved_tokens: counter.tokens_reserved,
+                        reserved_tokens: counter.tokens_reserved + counter.tokens_leased(),
                         requested_tokens: tokens,
                         resets_at: end,
                         retry_after_secs,
@@ -263,6 +300,15 @@ pub async fn settle(store: &BudgetStore, reservation: &Reservation, used: Option
         None => (reservation.tokens, reservation.micros),
     };
     for charged in &reservation.budgets {
+        if let (Some(generation), Some(leases)) = (charged.lease, &store.leases) {
+            leases.settle(
+                &charged.key,
+                generation,
+                (reservation.tokens, reservation.micros),
+                (tokens, micros),
+            );
+            continue;
+        }
         let settled = store
             .update(&charged.key, charged.window_end_ms, |mut counter| {
                 counter.tokens_reserved = counter.tokens_reserved.saturating_sub(reservation.tokens);

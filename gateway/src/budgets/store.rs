@@ -1,13 +1,17 @@
 //! Where budget counters live: in memory for a standalone gateway, in a
 //! NATS KV bucket when replicas share them. Every change is a
 //! compare-and-set on the counter's revision, so two replicas reserving at
-//! once cannot both take the last of a budget.
+//! once cannot both take the last of a budget. With NATS, replicas take
+//! blocks of a budget at a time ([`super::lease`]); a counter carries the
+//! blocks each replica holds.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
+use clawgress_nats::{Holder, Replicas};
 use serde::{Deserialize, Serialize};
 
 /// The KV bucket every replica shares.
@@ -20,7 +24,7 @@ const MAX_ATTEMPTS: usize = 64;
 
 /// One budget window's counts. Cost in micro-dollars: integers add up
 /// exactly, across replicas, in any order.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counter {
     pub tokens_spent: u64,
     pub tokens_reserved: u64,
@@ -28,6 +32,60 @@ pub struct Counter {
     pub micros_reserved: u64,
     /// When throttle mode last let a request past the budget (ms since epoch).
     pub throttled_at_ms: i64,
+    /// Blocks of the budget held by replicas, by replica id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub leases: BTreeMap<String, Lease>,
+}
+
+/// A block of a budget one replica holds: it admits requests from it
+/// without asking the store, until it gives it back or it expires.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub tokens: u64,
+    pub micros: u64,
+    /// Expiry, ms since the epoch; renewed while the replica is alive.
+    pub until_ms: i64,
+}
+
+impl Counter {
+    /// Tokens in use or held: spent, reserved by single requests, and in
+    /// every replica's block.
+    pub fn tokens_committed(&self) -> u64 {
+        self.tokens_spent + self.tokens_reserved + self.leases.values().map(|l| l.tokens).sum::<u64>()
+    }
+
+    pub fn micros_committed(&self) -> u64 {
+        self.micros_spent + self.micros_reserved + self.leases.values().map(|l| l.micros).sum::<u64>()
+    }
+
+    /// Held in replicas' blocks (for the refusal's "in flight").
+    pub fn tokens_leased(&self) -> u64 {
+        self.leases.values().map(|l| l.tokens).sum()
+    }
+
+    /// Blocks whose replica stopped renewing them (it died, or lost NATS
+    /// for longer than a block lives) are charged in full: what it admitted
+    /// from them is unknown, and counting it as spent is the answer that
+    /// never overspends.
+    pub fn expire_leases(&mut self, now_ms: i64) {
+        let expired: Vec<String> = self
+            .leases
+            .iter()
+            .filter(|(_, lease)| lease.until_ms <= now_ms)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            if let Some(lease) = self.leases.remove(&id) {
+                self.tokens_spent += lease.tokens;
+                self.micros_spent += lease.micros;
+                tracing::warn!(
+                    replica = %id,
+                    tokens = lease.tokens,
+                    "a budget block expired unreturned (its gateway stopped renewing it); charged in full"
+                );
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,11 +108,26 @@ impl std::fmt::Display for StoreError {
 /// Counters kept in memory before expired windows are swept out.
 const SWEEP_AT: usize = 10_000;
 
-pub enum BudgetStore {
+/// Writes to the store and how many lost a compare-and-set race.
+#[derive(Debug, Default)]
+pub struct CasStats {
+    pub writes: AtomicU64,
+    pub conflicts: AtomicU64,
+}
+
+pub struct BudgetStore {
+    backend: Backend,
+    /// Blocks held by this replica (NATS only, unless asked for).
+    pub(super) leases: Option<super::lease::Leases>,
+    pub stats: CasStats,
+}
+
+enum Backend {
     /// Counter and the end of its window (ms since epoch).
-    Memory(Mutex<HashMap<String, (Counter, i64)>>),
+    Memory(std::sync::Arc<Mutex<HashMap<String, (Counter, i64)>>>),
     Nats {
         url: String,
+        replicas: Replicas,
         // Boxed: the store handle is large and there is one per gateway.
         kv: Box<tokio::sync::OnceCell<kv::Store>>,
     },
@@ -62,14 +135,69 @@ pub enum BudgetStore {
 
 impl BudgetStore {
     pub fn memory() -> Self {
-        BudgetStore::Memory(Mutex::new(HashMap::new()))
+        BudgetStore {
+            backend: Backend::Memory(Default::default()),
+            leases: None,
+            stats: CasStats::default(),
+        }
     }
 
-    pub fn nats(url: &str) -> Self {
-        BudgetStore::Nats {
-            url: url.to_string(),
-            kv: Box::new(tokio::sync::OnceCell::new()),
+    /// Counters in the bucket on `url` (created with `replicas` copies when
+    /// missing), admitted from leased blocks.
+    pub fn nats(url: &str, replicas: Replicas) -> Self {
+        BudgetStore {
+            backend: Backend::Nats {
+                url: url.to_string(),
+                replicas,
+                kv: Box::new(tokio::sync::OnceCell::new()),
+            },
+            leases: Some(super::lease::Leases::new(super::lease::replica_id())),
+            stats: CasStats::default(),
         }
+    }
+
+    /// Every request a compare-and-set of its own (no blocks): the
+    /// behaviour before leases, kept for comparison (`bench-budgets`).
+    pub fn without_leases(mut self) -> Self {
+        self.leases = None;
+        self
+    }
+
+    /// Blocks for this store too, held as `replica` (tests: several
+    /// replicas on one in-memory store).
+    pub fn with_leases(mut self, replica: &str) -> Self {
+        self.leases = Some(super::lease::Leases::new(replica.to_string()));
+        self
+    }
+
+    /// Another replica on the same in-memory counters, with blocks of its
+    /// own (tests).
+    #[cfg(test)]
+    pub(crate) fn another_replica(&self, replica: &str) -> BudgetStore {
+        let Backend::Memory(map) = &self.backend else {
+            panic!("only in-memory stores are shared in tests")
+        };
+        BudgetStore {
+            backend: Backend::Memory(map.clone()),
+            leases: None,
+            stats: CasStats::default(),
+        }
+        .with_leases(replica)
+    }
+
+    pub fn leases(&self) -> bool {
+        self.leases.is_some()
+    }
+
+    /// Opens the bucket now (from the caller's runtime, so the connection
+    /// lives there), when there is one.
+    pub async fn connect(&self) -> Result<(), StoreError> {
+        if let Backend::Nats { url, replicas, kv } = &self.backend {
+            kv.get_or_try_init(|| open(url, *replicas))
+                .await
+                .map_err(StoreError::Unavailable)?;
+        }
+        Ok(())
     }
 
     /// Applies `change` to the counter at `key` atomically. `change` sees
@@ -81,12 +209,13 @@ impl BudgetStore {
         window_end_ms: i64,
         mut change: impl FnMut(Counter) -> Result<(Counter, T), T>,
     ) -> Result<Result<T, T>, StoreError> {
-        match self {
-            BudgetStore::Memory(map) => {
+        match &self.backend {
+            Backend::Memory(map) => {
                 let mut map = map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                let current = map.get(key).map(|(counter, _)| *counter).unwrap_or_default();
+                let current = map.get(key).map(|(counter, _)| counter.clone()).unwrap_or_default();
                 Ok(match change(current) {
                     Ok((next, value)) => {
+                        self.stats.writes.fetch_add(1, Ordering::Relaxed);
                         if map.len() >= SWEEP_AT {
                             let now = chrono::Utc::now().timestamp_millis();
                             map.retain(|_, (_, end)| *end > now);
@@ -97,9 +226,9 @@ impl BudgetStore {
                     Err(value) => Err(value),
                 })
             }
-            BudgetStore::Nats { url, kv } => {
+            Backend::Nats { url, replicas, kv } => {
                 let kv = kv
-                    .get_or_try_init(|| open(url))
+                    .get_or_try_init(|| open(url, *replicas))
                     .await
                     .map_err(StoreError::Unavailable)?;
                 for _ in 0..MAX_ATTEMPTS {
@@ -120,6 +249,7 @@ impl BudgetStore {
                         Err(value) => return Ok(Err(value)),
                     };
                     let bytes = serde_json::to_vec(&next).unwrap_or_default();
+                    self.stats.writes.fetch_add(1, Ordering::Relaxed);
                     let written = match revision {
                         Some(revision) => kv
                             .update(key, bytes.into(), revision)
@@ -135,12 +265,46 @@ impl BudgetStore {
                     match written {
                         Ok(()) => return Ok(Ok(value)),
                         // Another replica wrote first: read again and retry.
-                        Err((true, _)) => continue,
+                        Err((true, _)) => {
+                            self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
                         Err((false, why)) => return Err(StoreError::Unavailable(why)),
                     }
                 }
                 Err(StoreError::Contended)
             }
+        }
+    }
+
+    /// Keeps this replica's blocks until `stop`: usage written back, blocks
+    /// renewed, idle ones given back ([`super::lease::TICK`]). Also opens
+    /// the bucket from this task's runtime, so the NATS connection lives on
+    /// it rather than on whichever proxy worker asks first.
+    pub async fn maintain(self: std::sync::Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let Some(leases) = &self.leases else { return };
+        let mut tick = tokio::time::interval(super::lease::TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if self.connect().await.is_ok() {
+                        leases.tend(&self).await;
+                    }
+                }
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives this replica's blocks back (at shutdown).
+    pub async fn release(&self) {
+        if let Some(leases) = &self.leases {
+            leases.release_all(self).await;
         }
     }
 
@@ -152,11 +316,11 @@ impl BudgetStore {
     }
 }
 
-async fn open(url: &str) -> Result<kv::Store, String> {
+async fn open(url: &str, replicas: Replicas) -> Result<kv::Store, String> {
     let client = async_nats::ConnectOptions::new()
         .name("clawgress-gateway-budgets")
         .connection_timeout(Duration::from_secs(5))
-        .connect(url)
+        .connect(clawgress_nats::servers(url))
         .await
         .map_err(|e| {
             format!(
@@ -164,15 +328,22 @@ async fn open(url: &str) -> Result<kv::Store, String> {
                 crate::control::store::redacted(url)
             )
         })?;
+    let replicas = replicas.resolve(&client);
     let js = jetstream::new(client);
     match js.get_key_value(BUCKET).await {
-        Ok(kv) => Ok(kv),
+        Ok(kv) => {
+            if let Ok(status) = kv.status().await {
+                clawgress_nats::warn_if_fewer(Holder::Bucket(BUCKET), status.info.config.num_replicas.max(1), replicas);
+            }
+            Ok(kv)
+        }
         Err(_) => js
             .create_key_value(kv::Config {
                 bucket: BUCKET.to_string(),
                 description: "Clawgress token and cost budget counters".to_string(),
                 history: 1,
                 max_age: MAX_AGE,
+                num_replicas: replicas,
                 ..Default::default()
             })
             .await

@@ -143,3 +143,138 @@ async fn concurrent_reservations_never_overspend() {
     }
     assert_eq!(admitted, 10000 / 170);
 }
+
+mod leases {
+    use super::*;
+    use crate::budgets::lease::{self, Need, write_block};
+    use crate::budgets::store::{Counter, Lease};
+
+    const T: i64 = 1_000_000;
+
+    fn need(tokens: u64, limit: u64) -> Need {
+        Need {
+            tokens,
+            micros: 0,
+            limit_tokens: Some(limit),
+            limit_micros: None,
+        }
+    }
+
+    #[test]
+    fn a_block_is_sixteen_requests_or_an_eighth_of_what_is_free_never_less_than_asked() {
+        let mut counter = Counter::default();
+        let written = write_block(&mut counter, "a", (0, 0), (0, 0), (0, 0), Some(&need(100, 1_000_000)), true, T);
+        assert!(written.granted);
+        assert_eq!(written.lease.tokens, 1600, "16 requests' worth");
+        // Near the end: an eighth of what is free...
+        let mut counter = Counter {
+            tokens_spent: 990_000,
+            ..Default::default()
+        };
+        let written = write_block(&mut counter, "a", (0, 0), (0, 0), (0, 0), Some(&need(100, 1_000_000)), true, T);
+        assert_eq!(written.lease.tokens, 1250);
+        // ...and at the very end exactly the request, then nothing.
+        let mut counter = Counter {
+            tokens_spent: 999_850,
+            ..Default::default()
+        };
+        let written = write_block(&mut counter, "a", (0, 0), (0, 0), (0, 0), Some(&need(100, 1_000_000)), true, T);
+        assert_eq!(written.lease.tokens, 100);
+        let written = write_block(&mut counter, "b", (0, 0), (0, 0), (0, 0), Some(&need(100, 1_000_000)), true, T);
+        assert!(!written.granted, "50 left, 100 asked");
+        assert_eq!(counter.tokens_committed(), 999_950);
+        // A replica's own block counts against what it may grow into.
+        let mut counter = Counter::default();
+        write_block(&mut counter, "a", (0, 0), (0, 0), (0, 0), Some(&need(400, 1000)), true, T);
+        let written = write_block(&mut counter, "a", (400, 0), (400, 0), (0, 0), Some(&need(400, 1000)), true, T);
+        assert!(written.granted);
+        let written = write_block(&mut counter, "a", (800, 0), (800, 0), (0, 0), Some(&need(400, 1000)), true, T);
+        assert!(!written.granted, "800 of 1000 held and in flight: no room for 400 more");
+        assert_eq!(counter.tokens_committed(), 800);
+    }
+
+    #[test]
+    fn usage_is_written_back_out_of_the_block_and_an_expired_block_is_charged_in_full() {
+        let mut counter = Counter::default();
+        counter.leases.insert(
+            "a".into(),
+            Lease {
+                tokens: 1000,
+                micros: 0,
+                until_ms: T + 5000,
+            },
+        );
+        counter.leases.insert(
+            "dead".into(),
+            Lease {
+                tokens: 700,
+                micros: 0,
+                until_ms: T - 1,
+            },
+        );
+        // a used 300 of its block; 200 more are in flight.
+        let written = write_block(&mut counter, "a", (1000, 0), (200, 0), (300, 0), None, true, T);
+        assert!(!written.lost && written.granted);
+        assert_eq!(written.lease.tokens, 700);
+        assert_eq!(counter.tokens_spent, 300 + 700, "a's usage, and dead's whole block");
+        assert!(!counter.leases.contains_key("dead"));
+        // Given back: the rest of the block is free again.
+        write_block(&mut counter, "a", (700, 0), (0, 0), (100, 0), None, false, T);
+        assert!(counter.leases.is_empty());
+        assert_eq!(counter.tokens_committed(), 1100);
+        // A replica whose block expired learns it lost it.
+        let written = write_block(&mut counter, "a", (700, 0), (0, 0), (50, 0), None, true, T);
+        assert!(written.lost);
+        assert_eq!(counter.tokens_spent, 1100, "its usage was in the charge");
+    }
+
+    /// Four replicas on one store, two hundred requests at once: nothing is
+    /// admitted that was not in someone's block, and (blocks given back)
+    /// nearly the whole budget is usable.
+    #[tokio::test]
+    async fn replicas_with_blocks_never_overspend_and_give_back_what_they_do_not_use() {
+        const LIMIT: u64 = 10_000;
+        let plan = plan(&format!("  - {{scope: agent, window: day, tokens: {LIMIT}, mode: hard-stop}}\n"));
+        let first = Arc::new(BudgetStore::memory().with_leases("r0"));
+        // The other three share the first one's counters, with blocks of their own.
+        let replicas: Vec<Arc<BudgetStore>> = std::iter::once(first.clone())
+            .chain((1..4).map(|i| Arc::new(first.another_replica(&format!("r{i}")))))
+            .collect();
+        let me = Arc::new(identity("a1"));
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..200 {
+            let (plan, store, me) = (plan.clone(), replicas[i % 4].clone(), me.clone());
+            tasks.spawn(async move {
+                let reservation = plan.reserve(&store, &me, &ai(70, 100), now()).await.ok()??;
+                tokio::task::yield_now().await;
+                settle_usage(&store, &reservation, 70, 30).await;
+                Some(())
+            });
+        }
+        let mut admitted = 0u64;
+        while let Some(done) = tasks.join_next().await {
+            admitted += u64::from(done.unwrap().is_some());
+        }
+        assert!(admitted * 170 <= LIMIT, "{admitted} admitted at 170 each");
+        for store in &replicas {
+            store.release().await;
+        }
+        let key = counter_key(&plan.rules[0], "a1", window_bounds(BudgetWindow::Day, now()).0);
+        let counter = replicas[0].read(&key).await.unwrap();
+        assert!(counter.leases.is_empty(), "{counter:?}");
+        assert_eq!(counter.tokens_spent, admitted * 100, "each used 100");
+        // One at a time, the rest of the budget is usable: it is refused
+        // only when less than one reservation is left.
+        let mut more = 0;
+        while plan.reserve(&replicas[more % 4], &me, &ai(70, 100), now()).await.is_ok() {
+            more += 1;
+        }
+        for store in &replicas {
+            store.release().await;
+        }
+        let counter = replicas[0].read(&key).await.unwrap();
+        assert!(counter.tokens_committed() <= LIMIT);
+        assert!(LIMIT - counter.tokens_committed() < 170 * 4, "{counter:?} after {more} more");
+        let _ = lease::TICK;
+    }
+}

@@ -43,6 +43,10 @@ pub struct TempAllow {
     /// added directly.
     #[serde(default)]
     pub request_id: Option<String>,
+    /// The team whose agents it opens the domain to (made by a team-scoped
+    /// operator); `None`: every agent.
+    #[serde(default)]
+    pub team: Option<String>,
 }
 
 /// Where an access request stands.
@@ -72,6 +76,10 @@ pub struct AccessRequest {
     pub decided_by: Option<String>,
     #[serde(default)]
     pub decided_at: Option<DateTime<Utc>>,
+    /// The team that asked (a team-scoped caller); its approval opens the
+    /// domain to that team's agents only.
+    #[serde(default)]
+    pub team: Option<String>,
 }
 
 /// `clawgress egress emergency-block`: every agent is denied until a
@@ -324,15 +332,28 @@ impl ControlSnapshot {
         }
     }
 
-    /// The hot-path question. Allocation-free: an emergency block is one
-    /// branch, and the temporary list is short and scanned in place.
+    /// [`check_for_team`](Self::check_for_team) for an agent of no team:
+    /// only entries that open a domain to every agent count.
     pub fn check(&self, host: &str, port: u16, now: DateTime<Utc>) -> ControlVerdict<'_> {
+        self.check_for_team(host, port, "", now)
+    }
+
+    /// The hot-path question, for an agent of `team`: entries for every
+    /// agent and entries of its own team count. Allocation-free: an
+    /// emergency block is one branch, and the temporary list is short and
+    /// scanned in place.
+    pub fn check_for_team(&self, host: &str, port: u16, team: &str, now: DateTime<Utc>) -> ControlVerdict<'_> {
         if let Some(block) = &self.emergency {
             return ControlVerdict::EmergencyBlock(block);
         }
         self.allows
             .iter()
-            .find(|a| a.entry.expires_at > now && a.entry.ports.contains(&port) && a.pattern.matches(host))
+            .find(|a| {
+                a.entry.expires_at > now
+                    && a.entry.ports.contains(&port)
+                    && a.entry.team.as_deref().is_none_or(|own| own == team)
+                    && a.pattern.matches(host)
+            })
             .map_or(ControlVerdict::NoOpinion, |a| ControlVerdict::TempAllowed(&a.entry))
     }
 

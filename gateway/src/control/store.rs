@@ -108,6 +108,8 @@ pub struct ControlStore {
     blocked: watch::Sender<bool>,
     /// Pacing of rate-reduced agents on this replica.
     reduced: super::hold::ReducedRates,
+    /// Replicas of the bucket when this replica creates it.
+    replicas: clawgress_nats::Replicas,
 }
 
 impl std::fmt::Debug for ControlStore {
@@ -129,6 +131,17 @@ impl ControlStore {
     /// unknown until the bucket is read.
     pub fn start(
         nats_url: Option<String>,
+        state_dir: &Path,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Arc<ControlStore>, String> {
+        Self::start_with(nats_url, clawgress_nats::Replicas::Auto, state_dir, stop)
+    }
+
+    /// [`ControlStore::start`], creating a missing bucket with `replicas`
+    /// copies (an existing one with fewer is used, with a warning).
+    pub fn start_with(
+        nats_url: Option<String>,
+        replicas: clawgress_nats::Replicas,
         state_dir: &Path,
         stop: watch::Receiver<bool>,
     ) -> Result<Arc<ControlStore>, String> {
@@ -159,6 +172,7 @@ impl ControlStore {
             first_attempt_done: AtomicBool::new(false),
             blocked,
             reduced: Default::default(),
+            replicas,
         });
         if let Some(url) = nats_url {
             tokio::spawn(sync_forever(store.clone(), url, stop));
@@ -495,19 +509,27 @@ async fn follow_inner(store: &ControlStore, url: &str) -> Result<Never, (bool, S
     let client = async_nats::ConnectOptions::new()
         .name("clawgress-gateway")
         .connection_timeout(CONNECT_TIMEOUT)
-        .connect(url)
+        .connect(clawgress_nats::servers(url))
         .await
         .map_err(|e| early(format!("cannot connect to NATS at {}: {e}", redacted(url))))?;
     let js = jetstream::new(client.clone());
     // Opened as it is when it exists, so an operator's settings (replicas,
     // placement) are not reset by every gateway start.
+    let replicas = store.replicas.resolve(&client);
     let kv = match js.get_key_value(BUCKET).await {
-        Ok(kv) => kv,
+        Ok(kv) => {
+            if let Ok(status) = kv.status().await {
+                let has = status.info.config.num_replicas.max(1);
+                clawgress_nats::warn_if_fewer(clawgress_nats::Holder::Bucket(BUCKET), has, replicas);
+            }
+            kv
+        }
         Err(_) => js
             .create_key_value(kv::Config {
                 bucket: BUCKET.to_string(),
                 description: "Clawgress runtime control: temporary allows, requests, emergency block".to_string(),
                 history: 5,
+                num_replicas: replicas,
                 ..Default::default()
             })
             .await

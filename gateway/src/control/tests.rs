@@ -15,6 +15,7 @@ fn allow(id: &str, domain: &str, ports: &[u16], hours: i64) -> ControlItem {
         created_by: "alice".to_string(),
         created_at: Utc::now(),
         request_id: None,
+        team: None,
     })
 }
 

@@ -34,6 +34,9 @@ pub const PAGE: &str = include_str!("page.html");
 pub struct Denial {
     pub at: DateTime<Utc>,
     pub agent: Option<String>,
+    /// For a refused credential: the agent id it claimed (unverified).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claimed_agent: Option<String>,
     pub host: Option<String>,
     pub port: Option<u16>,
     pub reason: &'static str,

@@ -76,6 +76,7 @@ fn denials_keep_only_the_latest() {
         dashboard.note_denial(Denial {
             at: Utc::now(),
             agent: Some("a".into()),
+            claimed_agent: None,
             host: Some(format!("h{i}.example")),
             port: Some(443),
             reason: "domain_not_in_allowlist",

@@ -58,8 +58,8 @@ pub(super) fn compile(text: &str, origin: &str, base_dir: &Path) -> Result<Compi
 }
 
 /// Attaches the origin to located messages.
-struct Reporter<'a> {
-    origin: &'a str,
+pub(super) struct Reporter<'a> {
+    pub origin: &'a str,
 }
 
 impl Reporter<'_> {
@@ -67,7 +67,7 @@ impl Reporter<'_> {
         AgentsFileError::at(self.origin, location, message)
     }
 
-    fn yaml(&self, error: &serde_saphyr::Error) -> AgentsFileError {
+    pub(super) fn yaml(&self, error: &serde_saphyr::Error) -> AgentsFileError {
         let location = error.location().unwrap_or(Location::UNKNOWN);
         match error {
             // Refused by `deny_unknown_fields` like any typo, but these deserve a pointed hint.
@@ -111,7 +111,7 @@ impl Reporter<'_> {
     }
 }
 
-fn compile_agents(
+pub(super) fn compile_agents(
     at: &Reporter<'_>,
     agents: Vec<Spanned<AgentDoc>>,
 ) -> Result<(AgentRegistry, SourceMap, SpiffeMap), AgentsFileError> {
@@ -195,6 +195,7 @@ fn compile_agents(
             session_id: None,
         };
         registry.insert(RegisteredAgent {
+            previous_key: None,
             cert_identity: Arc::new(Identity {
                 method: AuthMethod::Certificate,
                 ..identity.clone()

@@ -32,6 +32,33 @@ pub(super) fn authenticate(registry: &AgentRegistry, encoded: &str) -> Result<Ar
     result
 }
 
+/// Longest claimed agent id kept for the audit of a refused credential.
+const MAX_CLAIMED_ID_BYTES: usize = 128;
+
+/// The agent id a Basic credential claims, unverified, for the audit line
+/// of its refusal. Only the part before the first ':' is ever returned, and
+/// only when a key follows it and it looks like an agent id (no blanks or
+/// control characters, bounded): a value without ':' may be a bare key.
+pub(super) fn claimed_agent_id(encoded: &str) -> Option<String> {
+    if encoded.len() > MAX_ENCODED_LEN {
+        return None;
+    }
+    let mut buffer = [0u8; MAX_DECODED_LEN];
+    let claimed = BASIC_BASE64
+        .decode_slice(encoded, &mut buffer)
+        .ok()
+        .and_then(|len| buffer.get(..len))
+        .and_then(|decoded| decoded.iter().position(|&b| b == b':').map(|at| (decoded, at)))
+        .filter(|&(decoded, at)| at > 0 && at <= MAX_CLAIMED_ID_BYTES && at + 1 < decoded.len())
+        .and_then(|(decoded, at)| std::str::from_utf8(&decoded[..at]).ok())
+        .filter(|id| !id.chars().any(|c| c.is_whitespace() || c.is_control()))
+        .map(str::to_string);
+    // As in `authenticate`: the key must not stay on the stack.
+    buffer.fill(0);
+    std::hint::black_box(&buffer);
+    claimed
+}
+
 fn decode_and_verify(
     registry: &AgentRegistry,
     encoded: &str,

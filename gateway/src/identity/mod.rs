@@ -26,6 +26,7 @@ mod registry;
 mod schema;
 mod sources;
 mod spiffe;
+mod store_agents;
 
 #[cfg(test)]
 mod tests;
@@ -89,7 +90,8 @@ impl fmt::Display for AuthMethod {
 /// `Arc` and rebuild it to reload the agents file.
 pub struct IdentityResolver {
     registry: AgentRegistry,
-    jwt: Option<JwtVerifier>,
+    /// Shared with resolvers built over it from the control store's agents.
+    jwt: Option<Arc<JwtVerifier>>,
     sources: sources::SourceMap,
     spiffe: spiffe::SpiffeMap,
 }
@@ -120,10 +122,44 @@ impl IdentityResolver {
         );
         Ok(Self {
             registry: compiled.registry,
-            jwt: compiled.jwt,
+            jwt: compiled.jwt.map(Arc::new),
             sources: compiled.sources,
             spiffe: compiled.spiffe,
         })
+    }
+
+    /// The control store's agents in place of the file's, with this
+    /// resolver's JWT settings (they stay in the agents file, beside the
+    /// key files they name). Refused exactly where the agents file would be.
+    pub fn with_store_agents(&self, agents: &[clawgress_control::Agent]) -> Result<Self, AgentsFileError> {
+        let compiled = store_agents::compile(agents)?;
+        Ok(Self {
+            registry: compiled.registry,
+            jwt: self.jwt.clone(),
+            sources: compiled.sources,
+            spiffe: compiled.spiffe,
+        })
+    }
+
+    /// The agents of agents-file text, checked like the file (errors at
+    /// `origin:line:column`), for an import into the control store.
+    pub fn agents_for_import(text: &str, origin: &str) -> Result<Vec<clawgress_control::NewAgent>, AgentsFileError> {
+        store_agents::from_file_text(text, origin)
+    }
+
+    /// Whether the store may hold `agents`: the agents file's rules.
+    pub fn check_store_agents(agents: &[clawgress_control::Agent]) -> Result<(), String> {
+        store_agents::compile(agents).map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    /// Every listed agent's identity (the admin API's quota view).
+    pub fn identities(&self) -> impl Iterator<Item = &Arc<Identity>> {
+        self.registry.iter().map(|agent| &agent.identity)
+    }
+
+    /// The team of a listed agent.
+    pub fn team_of(&self, agent_id: &str) -> Option<&str> {
+        self.registry.get(agent_id).map(|agent| &*agent.identity.team)
     }
 
     /// The agent whose `sources` hold `ip`: the identity of a redirected
@@ -197,6 +233,15 @@ impl IdentityResolver {
         }
     }
 
+    /// The agent id a refused `Basic` credential claims (never its key), so
+    /// the refusal's audit line says who tried; `None` for other schemes.
+    pub fn claimed_agent_id(proxy_authorization: Option<&http::HeaderValue>) -> Option<String> {
+        match credentials::parse(proxy_authorization?).ok()? {
+            Credentials::Basic(encoded) => basic::claimed_agent_id(encoded),
+            Credentials::Bearer(_) => None,
+        }
+    }
+
     /// Number of agents listed in the agents file (disabled ones included).
     pub fn agent_count(&self) -> usize {
         self.registry.len()
@@ -209,8 +254,8 @@ impl IdentityResolver {
 
     #[cfg(test)]
     fn with_clock(mut self, clock: clock::Clock) -> Self {
-        if let Some(jwt) = self.jwt.take() {
-            self.jwt = Some(jwt.with_clock(clock));
+        if let Some(jwt) = self.jwt.take().and_then(|jwt| Arc::try_unwrap(jwt).ok()) {
+            self.jwt = Some(Arc::new(jwt.with_clock(clock)));
         }
         self
     }
@@ -221,7 +266,7 @@ impl fmt::Debug for IdentityResolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IdentityResolver")
             .field("agents", &self.registry.len())
-            .field("jwt_keys", &self.jwt.as_ref().map_or(0, JwtVerifier::key_count))
+            .field("jwt_keys", &self.jwt.as_ref().map_or(0, |jwt| jwt.key_count()))
             .finish()
     }
 }

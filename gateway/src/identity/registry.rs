@@ -15,6 +15,10 @@ pub(super) struct RegisteredAgent {
     pub identity: Arc<Identity>,
     /// `None`: the agent can only authenticate with a JWT.
     pub key_digest: Option<KeyDigest>,
+    /// The key before a rotation in the control store, accepted until the
+    /// end of its grace period (checked at each request, so it stops on
+    /// time on every replica without another publish).
+    pub previous_key: Option<(KeyDigest, std::time::SystemTime)>,
     pub disabled: bool,
     /// Where the agent may connect from; empty: anywhere.
     pub sources: Vec<ipnet::IpNet>,
@@ -40,6 +44,14 @@ impl AgentRegistry {
         self.agents.get(agent_id)
     }
 
+    pub fn get_mut(&mut self, agent_id: &str) -> Option<&mut RegisteredAgent> {
+        self.agents.get_mut(agent_id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &RegisteredAgent> {
+        self.agents.values()
+    }
+
     pub fn len(&self) -> usize {
         self.agents.len()
     }
@@ -52,8 +64,16 @@ impl AgentRegistry {
         // Hash before the lookup so that an unknown agent costs the same as a known one.
         let presented: KeyDigest = Sha256::digest(api_key).into();
         let agent = self.agents.get(agent_id).ok_or(IdentityError::UnknownAgent)?;
-        let stored = agent.key_digest.as_ref().ok_or(IdentityError::BadApiKey)?;
-        if !digests_equal(&presented, stored) {
+        let current = agent
+            .key_digest
+            .as_ref()
+            .is_some_and(|stored| digests_equal(&presented, stored));
+        let previous = || {
+            agent.previous_key.as_ref().is_some_and(|(stored, until)| {
+                std::time::SystemTime::now() < *until && digests_equal(&presented, stored)
+            })
+        };
+        if !current && !previous() {
             return Err(IdentityError::BadApiKey);
         }
         // Checked after the key so that "disabled" is only revealed to the key's holder.

@@ -48,12 +48,12 @@ impl SourceMap {
                     return Err((
                         entry.at,
                         format!(
-                            "source {} of agent `{}` overlaps {} of agent `{}` (line {})",
+                            "source {} of agent `{}` overlaps {} of agent `{}`{}",
                             entry.net,
                             entry.agent,
                             earlier.net,
                             earlier.agent,
-                            earlier.at.line()
+                            at_line(earlier.at)
                         ),
                         "an address must name one agent: give each agent its own, disjoint CIDRs".to_string(),
                     ));
@@ -79,6 +79,16 @@ impl SourceMap {
 
     pub fn len(&self) -> usize {
         self.nets.len()
+    }
+}
+
+/// ` (line N)` where the entry was written; nothing for agents that come
+/// from the control store, which have no lines.
+pub(super) fn at_line(at: Location) -> String {
+    if at.line() > 0 {
+        format!(" (line {})", at.line())
+    } else {
+        String::new()
     }
 }
 

@@ -51,10 +51,10 @@ impl SpiffeMap {
                 return Err((
                     entry.at,
                     format!(
-                        "SPIFFE ID {} of agent `{}` is already listed for agent `{agent}` (line {})",
+                        "SPIFFE ID {} of agent `{}` is already listed for agent `{agent}`{}",
                         entry.id,
                         entry.agent,
-                        at.line()
+                        super::sources::at_line(*at)
                     ),
                     "a SPIFFE ID must name one agent: remove one of the two entries".to_string(),
                 ));

@@ -50,6 +50,16 @@ pub fn endpoint_of(method: &http::Method, path: &str) -> Option<Endpoint> {
         .flatten()
 }
 
+/// [`analyze`], once the token encodings are loaded: the first AI request
+/// waits for them on a blocking thread, not on the proxy worker, whose
+/// other connections keep moving.
+pub async fn analyze_when_ready(endpoint: Endpoint, body: &[u8]) -> AiRecord {
+    if !clawgress_ai::warmed_up() {
+        let _ = tokio::task::spawn_blocking(clawgress_ai::warm_up).await;
+    }
+    analyze(endpoint, body)
+}
+
 /// Reads a held request body. A body the analyzer cannot read is recorded
 /// as such; the request is not refused for it (the provider will answer).
 pub fn analyze(endpoint: Endpoint, body: &[u8]) -> AiRecord {

@@ -81,6 +81,8 @@ pub async fn inspect_request(
         // Usage is read from the response as it passes; a compressed one
         // would hide it, and a proxy may ask for identity.
         parts.headers.remove(header::ACCEPT_ENCODING);
+        // The token encodings load while the body arrives.
+        clawgress_ai::warm_up_in_background();
     }
     let Some(engine) = engine else {
         return read_ai_only(endpoint, ctx, parts, body, hash_bodies, idle_timeout).await;
@@ -131,7 +133,7 @@ pub async fn inspect_request(
         && rest.is_none()
         && header_str(parts, header::CONTENT_ENCODING).is_none()
     {
-        ctx.ai = Some(ai::analyze(endpoint, &held));
+        ctx.ai = Some(ai::analyze_when_ready(endpoint, &held).await);
     }
     if let Some(rest) = rest {
         oversize(engine, ctx, Unreadable::TooLarge { limit })?;
@@ -185,7 +187,7 @@ async fn read_ai_only(
         return Ok(Outbound::Streamed(body));
     };
     if body.is_end_stream() || declared_length(parts).is_some_and(|length| length > ai::MAX_AI_BODY) {
-        ctx.ai = Some(ai::analyze(endpoint, b""));
+        ctx.ai = Some(ai::analyze_when_ready(endpoint, b"").await);
         return Ok(Outbound::Streamed(body));
     }
     let charge = if declared_length(parts).is_none() {
@@ -199,7 +201,7 @@ async fn read_ai_only(
                 ctx.body_sha256 = Some(hex::encode(Sha256::digest(&held)));
             }
             if header_str(parts, header::CONTENT_ENCODING).is_none() {
-                ctx.ai = Some(ai::analyze(endpoint, &held));
+                ctx.ai = Some(ai::analyze_when_ready(endpoint, &held).await);
             }
             Ok(Outbound::Buffered(held))
         }

@@ -9,6 +9,7 @@
 
 pub mod body;
 mod forward;
+pub mod head;
 mod intercept;
 pub mod mtls;
 pub mod server;
@@ -236,9 +237,13 @@ async fn admit(
     // redirected connection, the source address alone.
     let identity = match entry {
         Entry::Explicit => {
-            let identity = identities
-                .identify(req.headers().get(header::PROXY_AUTHORIZATION))
-                .map_err(Refusal::Identity)?;
+            let credential = req.headers().get(header::PROXY_AUTHORIZATION);
+            let identity = identities.identify(credential).map_err(|error| {
+                // The refusal's audit line still says where the request was
+                // going and whom it claimed to be.
+                note_unidentified(ctx, &target, credential);
+                Refusal::Identity(error)
+            })?;
             ctx.identity = Some(identity.clone());
             if let Err(mismatch) = identities.check_source(&identity, ctx.client.ip()) {
                 ctx.record_client = true;
@@ -254,6 +259,25 @@ async fn admit(
         return Err(Refusal::Request(RequestProblem::ProxyLoop));
     }
     decide(gateway, policy, ctx, identity, target).await
+}
+
+/// What a request refused for its credential tells the audit: the
+/// destination it asked for (normalized when the host parses) and the agent
+/// id a Basic credential claims, never its key.
+fn note_unidentified(ctx: &mut RequestContext, target: &Target<'_>, credential: Option<&http::HeaderValue>) {
+    let host: Arc<str> = match parse_host(target.host) {
+        Ok(Host::Domain(name)) => Arc::from(name.as_str()),
+        Ok(Host::Ip(ip)) => Arc::from(ip.to_string()),
+        Err(_) => Arc::from(target.host),
+    };
+    ctx.destination = Some(Destination {
+        host,
+        port: target.port,
+        protocol: target.protocol,
+        path: target.path.clone(),
+        addr: None,
+    });
+    ctx.claimed_agent = crate::identity::IdentityResolver::claimed_agent_id(credential);
 }
 
 /// Classify and decide for an identified agent: the policy, temporary
@@ -357,7 +381,11 @@ pub(crate) async fn decide(
     let matched = match matched {
         MatchOutcome::Deny(denial) if denial.reason.is_open_to_temporary() => {
             // Only a denial pays for a look at the temporary entries.
-            match gateway.control.snapshot().check(&host_text, port, now) {
+            match gateway
+                .control
+                .snapshot()
+                .check_for_team(&host_text, port, &identity.team, now)
+            {
                 ControlVerdict::TempAllowed(entry) => MatchOutcome::Allow(temporary_allow(entry)),
                 _ => MatchOutcome::Deny(denial),
             }

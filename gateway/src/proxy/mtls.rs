@@ -28,7 +28,7 @@ use crate::identity::{CertificateProblem, Identity, IdentityError, IdentityResol
 use crate::mtls::{ClientCertRecord, ClientCertificate, Handshake, MtlsAcceptor, MtlsPeer};
 
 /// Largest request head accepted, as on the explicit port.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
+use super::head::MAX_HEAD_BYTES;
 
 /// Accepts connections until `shutdown`, then waits up to `drain` for open
 /// ones (and open tunnels).
@@ -48,6 +48,11 @@ pub async fn serve(
         .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
     loop {
+        // At --max-connections, stop accepting until one ends.
+        let slot = tokio::select! {
+            slot = gateway.connections.slot() => match slot { Some(slot) => slot, None => break },
+            _ = shutdown.changed() => break,
+        };
         let (stream, client) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -64,7 +69,8 @@ pub async fn serve(
         let stopping = shutdown.clone();
         tokio::spawn(async move {
             let active = gateway.metrics.connection_opened(crate::metrics::ListenerLabel::Mtls);
-            connection(gateway, acceptor, builder, stream, client, header_timeout, stopping).await;
+            let accepted = Accepted { stream, client, slot };
+            connection(gateway, acceptor, builder, accepted, header_timeout, stopping).await;
             drop((active, open));
         });
     }
@@ -79,15 +85,22 @@ pub async fn serve(
     }
 }
 
+/// A connection just accepted, with its --max-connections slot.
+struct Accepted {
+    stream: TcpStream,
+    client: SocketAddr,
+    slot: crate::resources::ConnectionSlot,
+}
+
 async fn connection(
     gateway: Arc<Gateway>,
     acceptor: Arc<MtlsAcceptor>,
     builder: http1::Builder,
-    stream: TcpStream,
-    client: SocketAddr,
+    accepted: Accepted,
     header_timeout: Duration,
     mut stopping: watch::Receiver<bool>,
 ) {
+    let Accepted { stream, client, slot } = accepted;
     let local = stream
         .local_addr()
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |addr| addr.ip());
@@ -128,10 +141,18 @@ async fn connection(
         handshake.generation,
         acceptor.clone(),
     ));
+    // Heads hyper would refuse with a bare 400 are refused here (head.rs).
+    let guard = super::head::HeadGuard::new();
+    let tls = super::head::Guarded::new(tls, guard.clone());
     let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-        let (gateway, peer) = (gateway.clone(), peer.clone());
+        let (gateway, peer, guard, slot) = (gateway.clone(), peer.clone(), guard.clone(), slot.clone());
         async move {
+            if let Some(refused) = guard.refusal(&req) {
+                return Ok(super::head::refuse(&gateway, client, Entry::Mtls, refused).await);
+            }
             req.extensions_mut().insert(peer.clone());
+            // A CONNECT's tunnel outlives the connection task: it keeps the slot.
+            req.extensions_mut().insert(slot);
             let mut response = handle_entry(gateway, client, Entry::Mtls, req).await;
             if peer.is_refused() {
                 // Revoked (or expired) since the handshake: this answer is

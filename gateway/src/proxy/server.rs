@@ -13,8 +13,7 @@ use tokio::sync::watch;
 
 use crate::Gateway;
 
-/// Largest request head accepted (request line plus headers).
-const MAX_HEAD_BYTES: usize = 64 * 1024;
+use super::head::{Guarded, HeadGuard, MAX_HEAD_BYTES};
 
 /// What a listener serves.
 #[derive(Debug, Clone)]
@@ -119,6 +118,11 @@ async fn serve(
         .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
     loop {
+        // At --max-connections, stop accepting until one ends.
+        let slot = tokio::select! {
+            slot = gateway.connections.slot() => match slot { Some(slot) => slot, None => break },
+            _ = shutdown.changed() => break,
+        };
         let (stream, client) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -134,9 +138,21 @@ async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let gateway_for_conn = gateway.clone();
-        let service = service_fn(move |req| {
-            let gateway = gateway_for_conn.clone();
-            async move { Ok::<_, std::convert::Infallible>(crate::proxy::handle(gateway, client, req).await) }
+        // Heads hyper would refuse with a bare 400 are refused here, with
+        // a reason and an audit line (head.rs).
+        let guard = HeadGuard::new();
+        let stream = Guarded::new(stream, guard.clone());
+        let tunnel_slot = slot.clone();
+        let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            let (gateway, guard) = (gateway_for_conn.clone(), guard.clone());
+            // A CONNECT's tunnel outlives this connection task: it keeps the slot.
+            req.extensions_mut().insert(tunnel_slot.clone());
+            async move {
+                Ok::<_, std::convert::Infallible>(match guard.refusal(&req) {
+                    Some(refused) => super::head::refuse(&gateway, client, super::Entry::Explicit, refused).await,
+                    None => crate::proxy::handle(gateway, client, req).await,
+                })
+            }
         });
         let mut conn = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
         let active = gateway.metrics.connection_opened(crate::metrics::ListenerLabel::Proxy);
@@ -155,7 +171,7 @@ async fn serve(
             if let Err(error) = ended {
                 tracing::debug!(%error, %client, "proxy connection ended with an error");
             }
-            drop((active, open));
+            drop((active, open, slot));
         });
     }
     drop(listener);

@@ -107,6 +107,11 @@ pub async fn serve(
 ) {
     let open = Arc::new(());
     loop {
+        // At --max-connections, stop accepting until one ends.
+        let slot = tokio::select! {
+            slot = gateway.connections.slot() => match slot { Some(slot) => slot, None => break },
+            _ = shutdown.changed() => break,
+        };
         let (stream, client) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -126,7 +131,7 @@ pub async fn serve(
                 .metrics
                 .connection_opened(crate::metrics::ListenerLabel::Transparent);
             connection(gateway, stream, client, header_timeout, stopping).await;
-            drop((active, open));
+            drop((active, open, slot));
         });
     }
     drop(listener);
@@ -236,10 +241,17 @@ async fn http(arrival: Arrival, stream: Replayed<TcpStream>, header_timeout: Dur
         client,
         original,
     } = arrival;
+    // Heads hyper would refuse with a bare 400 are refused here (head.rs).
+    let guard = super::head::HeadGuard::new();
+    let stream = super::head::Guarded::new(stream, guard.clone());
     let service = service_fn(move |req| {
-        let gateway = gateway.clone();
+        let (gateway, guard) = (gateway.clone(), guard.clone());
+        let entry = Entry::Transparent { original };
         async move {
-            Ok::<_, std::convert::Infallible>(handle_entry(gateway, client, Entry::Transparent { original }, req).await)
+            Ok::<_, std::convert::Infallible>(match guard.refusal(&req) {
+                Some(refused) => super::head::refuse(&gateway, client, entry, refused).await,
+                None => handle_entry(gateway, client, entry, req).await,
+            })
         }
     });
     let served = hyper::server::conn::http1::Builder::new()

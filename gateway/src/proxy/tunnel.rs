@@ -70,6 +70,8 @@ pub(super) async fn open(
     let hello_timeout = policy.request_timeout;
 
     let on_upgrade = hyper::upgrade::on(&mut req);
+    // The client connection's --max-connections slot, held as long as the tunnel.
+    let connection_slot = req.extensions_mut().remove::<crate::resources::ConnectionSlot>();
     let transfer = Arc::new(Transfer::default());
     let mut finisher = Finisher::new(gateway.clone(), ctx, slot, transfer.clone());
     finisher.served(StatusCode::OK.as_u16());
@@ -107,7 +109,7 @@ pub(super) async fn open(
         // The tunnel's bytes passed as they came; its record is written
         // at its end and nothing after it waits for that.
         finisher.finish().detach();
-        drop(open);
+        drop((open, connection_slot));
     });
     *response.status_mut() = StatusCode::OK;
     response

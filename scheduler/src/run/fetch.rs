@@ -82,9 +82,13 @@ pub(super) async fn execute(shared: &Shared, job: &Job, slot: &Slot) -> Result<D
             }
         }
     }
-    let turn = shared.hosts.semaphore(&host, shared.config.per_domain);
-    let _turn = turn.acquire_owned().await;
-    shared.hosts.polite(&host, shared.config.politeness).await;
+    // The host's slot (shared by every scheduler) and politeness gap; the
+    // job gives its pool slot back while it waits for them.
+    let _turn = shared
+        .hosts
+        .turn(&host, slot)
+        .await
+        .map_err(|_| FetchError::HostBusy)?;
     if shared.config.dry_run {
         return Ok(Done {
             summary: Some(FetchSummary {

@@ -144,7 +144,7 @@ pub async fn run(config: DnsServerConfig, shutdown: impl std::future::Future<Out
             crate::audit::ship::ShipConfig {
                 nats_url: url.to_string(),
                 trail: config.audit.clone(),
-                replicas: 1,
+                replicas: clawgress_nats::Replicas::Fixed(1),
                 wal_max_bytes: crate::integrity::WAL_MAX_BYTES,
             },
             writer.written(),
@@ -183,7 +183,7 @@ pub async fn run(config: DnsServerConfig, shutdown: impl std::future::Future<Out
     let tcp_slots = Arc::new(Semaphore::new(listen::MAX_TCP_CONNECTIONS as usize));
     let mut udp_sockets = vec![udp.into_std()?];
     udp_sockets.extend(listen::more_udp(dns_addr, config.workers.max(1) - 1)?);
-    let udp_workers = listen::spawn_udp_workers(udp_sockets, &handler, &udp_slots, &stopped, config.drain)
+    let udp_workers = listen::spawn_udp_workers(udp_sockets, &handler, &udp_slots, &stopped, crate::stopping::in_flight(config.drain))
         .context("cannot start the DNS workers")?;
     let tcp_loop = tokio::spawn(listen::serve_tcp(
         tcp,
@@ -215,36 +215,38 @@ pub async fn run(config: DnsServerConfig, shutdown: impl std::future::Future<Out
     announce(&lines);
 
     shutdown.await;
+    // Within --drain-timeout whatever NATS or the upstream resolver do.
+    let budget = crate::stopping::Budget::start(config.drain);
     tracing::info!("shutting down: no new queries, draining those in flight");
     let _ = stop.send(true);
-    let _ = tokio::task::spawn_blocking(move || {
-        for worker in udp_workers {
-            let _ = worker.join();
-        }
-    })
+    budget.join_threads("the UDP workers", udp_workers).await;
+    budget.join("the TCP listener", tcp_loop).await;
+    let in_flight = crate::stopping::in_flight(config.drain).min(budget.left());
+    let udp_done = listen::drained(&udp_slots, listen::MAX_IN_FLIGHT, in_flight).await;
+    let tcp_done = listen::drained(
+        &tcp_slots,
+        listen::MAX_TCP_CONNECTIONS,
+        in_flight.min(budget.left()),
+    )
     .await;
-    let _ = tcp_loop.await;
-    let deadline = tokio::time::Instant::now() + config.drain;
-    let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
-    let udp_done = listen::drained(&udp_slots, listen::MAX_IN_FLIGHT, left()).await;
-    let tcp_done = listen::drained(&tcp_slots, listen::MAX_TCP_CONNECTIONS, left()).await;
     if !(udp_done && tcp_done) {
         tracing::warn!("queries still in flight after the drain; their audit lines may be missing");
     }
     if let Some(task) = metrics_task {
-        let _ = task.await;
+        budget.join("the metrics server", task).await;
     }
-    let _ = watcher.await;
+    budget.join("the policy file watcher", watcher).await;
     drop(handler);
     // Slots still held by queries that outlived the drain would hold the
     // writer up; what is queued is written either way.
-    let flushed = tokio::time::timeout(left() + Duration::from_secs(2), writer.shutdown()).await;
+    let flushed = budget.bound("the audit writer", writer.shutdown()).await;
     if let Some(shipper) = shipper {
-        shipper.finish(Duration::from_secs(5)).await;
+        let grace = (budget.left() / 2).min(Duration::from_secs(5));
+        budget.bound("the audit shipper", shipper.finish(grace)).await;
     }
     match flushed {
-        Ok(result) => result.context("the audit trail could not be flushed")?,
-        Err(_) => tracing::warn!("the audit trail was not flushed in time"),
+        Some(result) => result.context("the audit trail could not be flushed")?,
+        None => tracing::warn!("the audit trail was not flushed in time"),
     }
     Ok(())
 }

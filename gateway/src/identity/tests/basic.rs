@@ -179,3 +179,22 @@ fn reason_codes_are_stable() {
         assert_eq!(error.reason(), reason, "{error:?}");
     }
 }
+
+#[test]
+fn a_refused_basic_credential_names_the_agent_it_claims_never_the_key() {
+    use crate::identity::IdentityResolver;
+    let claimed = |value: HeaderValue| IdentityResolver::claimed_agent_id(Some(&value));
+    assert_eq!(claimed(basic("scraper-001", "wrong-key")).as_deref(), Some("scraper-001"));
+    // Agent ids cannot hold ':'; keys can, and stay out.
+    assert_eq!(claimed(basic("nobody", "k:e:y")).as_deref(), Some("nobody"));
+    let encoded = |raw: &str| header(&format!("Basic {}", STANDARD.encode(raw)));
+    // No ':' at all: the value may be a bare key, so nothing is claimed.
+    assert_eq!(claimed(encoded("sk-a-bare-key")), None);
+    assert_eq!(claimed(encoded(":key")), None);
+    assert_eq!(claimed(encoded("agent:")), None);
+    assert_eq!(claimed(encoded("two words:key")), None);
+    assert_eq!(claimed(encoded(&format!("{}:key", "a".repeat(129)))), None);
+    assert_eq!(claimed(header("Basic !!!")), None);
+    assert_eq!(claimed(header("Bearer eyJhbGciOiJIUzI1NiJ9.e30.c2ln")), None);
+    assert_eq!(IdentityResolver::claimed_agent_id(None), None);
+}

@@ -260,6 +260,7 @@ async fn a_live_temporary_allow_opens_a_name() {
         created_by: "tester".to_string(),
         created_at: now,
         request_id: None,
+        team: None,
     };
     h.control
         .create(ControlItem::Allow(entry))
