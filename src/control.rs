@@ -174,10 +174,7 @@ enum PolicyCommand {
     },
     /// What changes from one version to another: the allowlist summary and
     /// a unified diff [default: from the active version].
-    Diff {
-        from: String,
-        to: Option<String>,
-    },
+    Diff { from: String, to: Option<String> },
     /// Make a version the one in force on every replica (maintainer).
     Activate {
         id: String,

@@ -358,7 +358,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 },
             };
             let shutdown = shutdown::Shutdown::install(config.drain)?;
-            shutdown::block_on(clawgress_gateway::run(config, async move { shutdown.requested().await }))??;
+            shutdown::block_on(clawgress_gateway::run(
+                config,
+                async move { shutdown.requested().await },
+            ))??;
             Ok(ExitCode::SUCCESS)
         }
         Command::Egress(args) => egress::run(args),

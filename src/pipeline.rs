@@ -39,7 +39,12 @@ pub struct SchedulerArgs {
     /// a refusal is final). Or `none` for workers behind the host edge
     /// (nftables sends their traffic to the transparent gateway, which
     /// knows the agent by the worker's address).
-    #[arg(long, env = "CLAWGRESS_GATEWAY", default_value = "http://127.0.0.1:3128", value_name = "URL[,URL...]")]
+    #[arg(
+        long,
+        env = "CLAWGRESS_GATEWAY",
+        default_value = "http://127.0.0.1:3128",
+        value_name = "URL[,URL...]"
+    )]
     pub gateway: String,
     /// Agent credentials (YAML `agents: {id: key}`); also CLAWGRESS_AGENT_KEY_<ID>.
     #[arg(long, env = "CLAWGRESS_CREDENTIALS")]

@@ -248,7 +248,9 @@ impl Store {
         .await?;
         if updated.rows_affected() != 1 {
             // Unreachable while writers are serialized; never half-applied.
-            return Err(StoreError::Database(format!("agent '{id}' changed under the write lock")));
+            return Err(StoreError::Database(format!(
+                "agent '{id}' changed under the write lock"
+            )));
         }
         let mut detail = detail;
         if before_team != agent.team {

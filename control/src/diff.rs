@@ -62,14 +62,26 @@ impl AllowlistChanges {
                 "ports {} protocols {}{}",
                 rule["ports"],
                 rule["protocols"],
-                rule.get("expires").filter(|v| !v.is_null()).map_or(String::new(), |e| format!(" expires {e}"))
+                rule.get("expires")
+                    .filter(|v| !v.is_null())
+                    .map_or(String::new(), |e| format!(" expires {e}"))
             )
         };
         for rule in &self.added {
-            out.push_str(&format!("+ allow {} {} ({})\n", rule.group, rule.domain, show(&rule.rule)));
+            out.push_str(&format!(
+                "+ allow {} {} ({})\n",
+                rule.group,
+                rule.domain,
+                show(&rule.rule)
+            ));
         }
         for rule in &self.removed {
-            out.push_str(&format!("- allow {} {} ({})\n", rule.group, rule.domain, show(&rule.rule)));
+            out.push_str(&format!(
+                "- allow {} {} ({})\n",
+                rule.group,
+                rule.domain,
+                show(&rule.rule)
+            ));
         }
         for change in &self.changed {
             out.push_str(&format!(
@@ -147,7 +159,10 @@ pub fn allowlist_changes(a: &PolicyDocument, b: &PolicyDocument) -> AllowlistCha
         }
     }
     let blocked = |doc: &PolicyDocument| -> std::collections::BTreeSet<String> {
-        doc.project_blocklist.iter().map(|b| b.domain.value.to_string()).collect()
+        doc.project_blocklist
+            .iter()
+            .map(|b| b.domain.value.to_string())
+            .collect()
     };
     let (block_a, block_b) = (blocked(a), blocked(b));
     changes.blocklist_added = block_b.difference(&block_a).cloned().collect();

@@ -11,11 +11,7 @@ use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 
 /// Version, description, SQL; in order. A released migration is never
 /// edited: sqlx refuses a database whose applied checksum differs.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "control store",
-    include_str!("../migrations/0001_control_store.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "control store", include_str!("../migrations/0001_control_store.sql"))];
 
 /// The embedded list as sqlx's migrator reads migrations. (Built without
 /// sqlx's `migrate!` macro, which would need its compile-time machinery.)

@@ -199,7 +199,9 @@ impl Store {
         if current.version != expected {
             return Err(StoreError::Stale {
                 what: "the active policy",
-                id: current.active_id.map_or("none".to_string(), |id| format!("version {id}")),
+                id: current
+                    .active_id
+                    .map_or("none".to_string(), |id| format!("version {id}")),
                 expected,
                 current: current.version,
             });
@@ -248,14 +250,16 @@ impl Store {
             Activate::Version(_) => "activate",
             Activate::Rollback => "rollback",
         };
-        sqlx::query("INSERT INTO policy_activations (revision, policy_id, action, at, actor) VALUES ($1, $2, $3, $4, $5)")
-            .bind(revision)
-            .bind(target)
-            .bind(action)
-            .bind(millis(Utc::now()))
-            .bind(author.name.as_str())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO policy_activations (revision, policy_id, action, at, actor) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(revision)
+        .bind(target)
+        .bind(action)
+        .bind(millis(Utc::now()))
+        .bind(author.name.as_str())
+        .execute(&mut *tx)
+        .await?;
         record(
             &mut tx,
             Change {

@@ -33,7 +33,10 @@ fn no_shared_sources(agents: &[Agent]) -> Result<(), String> {
     for agent in agents {
         for source in &agent.sources {
             if let Some(other) = seen.insert(source.clone(), agent.id.clone()) {
-                return Err(format!("source {source} of agent `{}` overlaps agent `{other}`", agent.id));
+                return Err(format!(
+                    "source {source} of agent `{}` overlaps agent `{other}`",
+                    agent.id
+                ));
             }
         }
     }
@@ -117,7 +120,13 @@ async fn a_stale_version_is_refused_and_nothing_is_half_applied() {
 async fn stale_versions(store: &Store) {
     let mia = author("mia");
     store
-        .create_agents(&mia, vec![spec("a-1", "data", &["10.0.0.0/24"])], false, "create", CHECK)
+        .create_agents(
+            &mia,
+            vec![spec("a-1", "data", &["10.0.0.0/24"])],
+            false,
+            "create",
+            CHECK,
+        )
         .await
         .unwrap();
     let (updated, revision) = store
@@ -142,7 +151,14 @@ async fn stale_versions(store: &Store) {
         .await
         .unwrap_err();
     assert!(
-        matches!(stale, StoreError::Stale { expected: 1, current: 2, .. }),
+        matches!(
+            stale,
+            StoreError::Stale {
+                expected: 1,
+                current: 2,
+                ..
+            }
+        ),
         "{stale}"
     );
     assert!(stale.to_string().contains("\"version\": 2"), "{stale}");
@@ -152,7 +168,10 @@ async fn stale_versions(store: &Store) {
     let refused = store
         .create_agents(
             &mia,
-            vec![spec("a-2", "data", &["10.0.1.0/24"]), spec("a-3", "data", &["10.0.0.0/24"])],
+            vec![
+                spec("a-2", "data", &["10.0.1.0/24"]),
+                spec("a-3", "data", &["10.0.0.0/24"]),
+            ],
             false,
             "create",
             CHECK,
@@ -258,18 +277,36 @@ async fn policy_versions_activate_roll_back_and_publish_snapshots() {
 async fn policy_versions(store: &Store) {
     let mia = author("mia");
     assert!(store.snapshot(Kind::Policy).await.unwrap().is_none());
-    let (a, _) = store.upload_policy(&mia, upload("a.yaml", POLICY_A, "aaaa")).await.unwrap();
-    let (b, _) = store.upload_policy(&mia, upload("b.yaml", POLICY_B, "bbbb")).await.unwrap();
+    let (a, _) = store
+        .upload_policy(&mia, upload("a.yaml", POLICY_A, "aaaa"))
+        .await
+        .unwrap();
+    let (b, _) = store
+        .upload_policy(&mia, upload("b.yaml", POLICY_B, "bbbb"))
+        .await
+        .unwrap();
     assert_eq!((a.id, b.id), (1, 2));
-    let duplicate = store.upload_policy(&mia, upload("c.yaml", POLICY_A, "aaaa")).await.unwrap_err();
+    let duplicate = store
+        .upload_policy(&mia, upload("c.yaml", POLICY_A, "aaaa"))
+        .await
+        .unwrap_err();
     assert!(duplicate.to_string().contains("version 1"), "{duplicate}");
     // Uploaded is not active: gateways keep their file.
     assert!(store.snapshot(Kind::Policy).await.unwrap().is_none());
 
     let ok = |_: &PolicyVersion, _: &str| Ok(());
     let (state, _, _) = store.activate_policy(&mia, Activate::Version(1), 0, ok).await.unwrap();
-    assert_eq!(state, PolicyState { active_id: Some(1), version: 1 });
-    let stale = store.activate_policy(&mia, Activate::Version(2), 0, ok).await.unwrap_err();
+    assert_eq!(
+        state,
+        PolicyState {
+            active_id: Some(1),
+            version: 1
+        }
+    );
+    let stale = store
+        .activate_policy(&mia, Activate::Version(2), 0, ok)
+        .await
+        .unwrap_err();
     assert!(matches!(stale, StoreError::Stale { current: 1, .. }), "{stale}");
     let refused = store
         .activate_policy(&mia, Activate::Version(2), 1, |_, _| Err("expired".to_string()))
@@ -366,6 +403,9 @@ fn the_diff_reads_as_a_unified_diff_and_lists_rule_changes() {
 
 #[test]
 fn urls_are_shown_without_passwords() {
-    assert_eq!(redacted("postgres://app:s3cret@db:5432/x"), "postgres://app:***@db:5432/x");
+    assert_eq!(
+        redacted("postgres://app:s3cret@db:5432/x"),
+        "postgres://app:***@db:5432/x"
+    );
     assert_eq!(redacted("sqlite:///var/lib/c.db"), "sqlite:///var/lib/c.db");
 }

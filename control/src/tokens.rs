@@ -103,10 +103,14 @@ impl Store {
             .bind(name)
             .fetch_optional(&mut *tx)
             .await?;
-        let current = row.as_ref().map(token).transpose()?.ok_or_else(|| StoreError::NotFound {
-            what: "token",
-            id: name.to_string(),
-        })?;
+        let current = row
+            .as_ref()
+            .map(token)
+            .transpose()?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "token",
+                id: name.to_string(),
+            })?;
         if current.version != expected {
             return Err(StoreError::Stale {
                 what: "token",

@@ -47,7 +47,10 @@ fn default_bundle_loads_with_only_the_expected_warnings() {
 fn warnings_are_summed_up_in_one_line_with_the_command_that_lists_them() {
     let bundle = load_str_at(DEFAULT_YAML, "policies/default.yaml", today()).unwrap();
     let summary = bundle.warnings_summary().unwrap();
-    assert!(summary.starts_with("policies/default.yaml: 4 policy warnings"), "{summary}");
+    assert!(
+        summary.starts_with("policies/default.yaml: 4 policy warnings"),
+        "{summary}"
+    );
     assert!(summary.ends_with("`clawgress policy check policies/default.yaml` lists them with their lines and fixes"));
     assert!(!summary.contains('\n'));
     let clean = load_str_at("egress:\n  default_action: deny\n", "clean.yaml", today()).unwrap();

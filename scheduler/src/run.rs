@@ -177,12 +177,12 @@ pub async fn run(
     let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
     let (cancel_tx, cancel) = watch::channel(false);
     let host_slots = match config.politeness_scope {
-        PolitenessScope::Shared => Some(crate::hosts::shared::SharedSlots::open(&js, replicas).await.map_err(|reason| {
-            streams::SetupError::Create {
+        PolitenessScope::Shared => Some(crate::hosts::shared::SharedSlots::open(&js, replicas).await.map_err(
+            |reason| streams::SetupError::Create {
                 name: crate::hosts::shared::BUCKET.to_string(),
                 reason: format!("{reason} (or run with --politeness-scope local)"),
-            }
-        })?),
+            },
+        )?),
         PolitenessScope::Local => None,
     };
     let hosts = Hosts::new(
@@ -466,4 +466,3 @@ fn supported(job: Job, backends: &Backends) -> Result<Job, JobError> {
         Job::Scrape(_) => Ok(job),
     }
 }
-

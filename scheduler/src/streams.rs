@@ -6,8 +6,8 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::{AckPolicy, pull};
 use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, Context};
-pub use clawgress_nats::Replicas;
 use clawgress_nats::Holder;
+pub use clawgress_nats::Replicas;
 use clawgress_workers::job::{JobKind, Priority};
 
 pub const JOBS: &str = "JOBS";

@@ -47,7 +47,11 @@ fn propagation(value: &Value, status: StatusCode) -> String {
         format!(
             "committed at store revision {}, not yet in force everywhere ({}); the gateway keeps publishing it\n",
             p["revision"],
-            if p["published"] == true { "published" } else { "NATS unreachable" }
+            if p["published"] == true {
+                "published"
+            } else {
+                "NATS unreachable"
+            }
         )
     } else {
         format!("in force (store revision {})\n", p["revision"])
@@ -255,7 +259,11 @@ pub(super) fn summary(command: &ControlCommand, value: &Value, status: StatusCod
                 false => format!(
                     "store: {} ({})\n",
                     s(&holder["database"]),
-                    if holder["open"] == true { "open".to_string() } else { format!("not reachable: {}", s(&holder["error"])) }
+                    if holder["open"] == true {
+                        "open".to_string()
+                    } else {
+                        format!("not reachable: {}", s(&holder["error"]))
+                    }
                 ),
             });
             if !value["bucket"].is_null() {

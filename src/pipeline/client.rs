@@ -200,7 +200,10 @@ fn jobs_to_submit(args: &SubmitArgs) -> anyhow::Result<Vec<Job>> {
     if !errors.is_empty() {
         let more = errors.len().saturating_sub(MAX_LINE_ERRORS);
         errors.truncate(MAX_LINE_ERRORS);
-        let mut message = format!("{name}: fix these lines (one JSON job per line):\n  {}", errors.join("\n  "));
+        let mut message = format!(
+            "{name}: fix these lines (one JSON job per line):\n  {}",
+            errors.join("\n  ")
+        );
         if more > 0 {
             message.push_str(&format!("\n  ... and {more} more"));
         }
@@ -251,7 +254,10 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
             if let Some(traceparent) = clawgress_telemetry::traceparent(&span) {
                 headers.insert(clawgress_telemetry::TRACEPARENT, traceparent.as_str());
             }
-            acks.push_back((job, js.publish_with_headers(subject, headers, job.to_json().into()).await?));
+            acks.push_back((
+                job,
+                js.publish_with_headers(subject, headers, job.to_json().into()).await?,
+            ));
             let last = index + 1 == jobs.len();
             while acks.len() >= WINDOW || (last && !acks.is_empty()) {
                 let Some((acked, ack)) = acks.pop_front() else { break };
@@ -325,7 +331,9 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
                 }
                 None => bail!("the results stream ended before every result came"),
             };
-            let Ok(result) = serde_json::from_slice::<JobResult>(&message.payload) else { continue };
+            let Ok(result) = serde_json::from_slice::<JobResult>(&message.payload) else {
+                continue;
+            };
             // Counted once per job, even if a redelivery republished it.
             if !wanted.contains(result.job_id.as_str()) || !answered.insert(result.job_id.clone()) {
                 continue;
@@ -398,7 +406,10 @@ pub fn results(args: ResultsArgs) -> anyhow::Result<ExitCode> {
         if seen == 0 {
             match &args.job {
                 Some(id) => eprintln!("no result for job {id} (yet)"),
-                None => eprintln!("no results yet; publish a job with `{} submit --url URL`", print::program()),
+                None => eprintln!(
+                    "no results yet; publish a job with `{} submit --url URL`",
+                    print::program()
+                ),
             }
         }
         Ok(ExitCode::SUCCESS)

@@ -250,7 +250,9 @@ impl Tally {
         }
         let _ = write!(line, " (exit {})", self.exit_code());
         if self.failed > 0 {
-            line.push_str("\n  failed jobs are in the dead-letter queue: `clawgress dlq list`, `clawgress dlq replay ID`");
+            line.push_str(
+                "\n  failed jobs are in the dead-letter queue: `clawgress dlq list`, `clawgress dlq replay ID`",
+            );
         }
         if self.denied > 0 {
             line.push_str(
@@ -283,7 +285,10 @@ pub fn program() -> String {
     if on_path.as_deref() == Some(exe.as_path()) {
         return "clawgress".to_string();
     }
-    match std::env::current_dir().ok().and_then(|cwd| exe.strip_prefix(cwd).ok().map(PathBuf::from)) {
+    match std::env::current_dir()
+        .ok()
+        .and_then(|cwd| exe.strip_prefix(cwd).ok().map(PathBuf::from))
+    {
         Some(relative) => relative.display().to_string(),
         None => exe.display().to_string(),
     }

@@ -76,7 +76,11 @@ impl Site {
 }
 
 async fn api(gw: &GatewayProc, method: &str, path: &str, token: &str, body: &serde_json::Value) -> RawResponse {
-    let body = if body.is_null() { String::new() } else { body.to_string() };
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\nAuthorization: Bearer {token}",
         body.len()
@@ -133,19 +137,35 @@ async fn store_agents_work_through_the_proxy_and_a_rotated_key_stops_after_its_g
     let gw = site.gateway(&["--database"]);
 
     // Before the store holds agents, the agents file is in force.
-    assert_eq!(raw::send(gw.proxy, &site.get("site.test", SCRAPER), b"").await.status, 200);
+    assert_eq!(
+        raw::send(gw.proxy, &site.get("site.test", SCRAPER), b"").await.status,
+        200
+    );
 
     // Created through the CLI: the key is printed once, the store keeps its digest.
     let out = control_cli(
         &gw,
         OPERATOR,
         &[
-            "agents", "create", "store-001", "--team", "data", "--project", "crawl", "--environment", "dev",
-            "--role", "scraper",
+            "agents",
+            "create",
+            "store-001",
+            "--team",
+            "data",
+            "--project",
+            "crawl",
+            "--environment",
+            "dev",
+            "--role",
+            "scraper",
         ],
     );
     let printed = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{printed}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(printed.contains("agent store-001 created"), "{printed}");
     let key = printed
         .split_whitespace()
@@ -154,7 +174,10 @@ async fn store_agents_work_through_the_proxy_and_a_rotated_key_stops_after_its_g
         .to_string();
     assert!(printed.contains("in force (store revision 1)"), "{printed}");
     let db = std::fs::read(gw.dir.path().join("state/control.db")).unwrap();
-    assert!(!db.windows(key.len()).any(|w| w == key.as_bytes()), "the key itself is stored");
+    assert!(
+        !db.windows(key.len()).any(|w| w == key.as_bytes()),
+        "the key itself is stored"
+    );
 
     let ok = raw::send(gw.proxy, &site.get("site.test", ("store-001", &key)), b"").await;
     assert_eq!(ok.status, 200, "{}", text(&ok));
@@ -163,7 +186,10 @@ async fn store_agents_work_through_the_proxy_and_a_rotated_key_stops_after_its_g
     assert_eq!(line["team_id"], "data");
     assert!(line["policy_version"].is_string());
     // The store's registry replaces the file's.
-    assert_eq!(raw::send(gw.proxy, &site.get("site.test", SCRAPER), b"").await.status, 407);
+    assert_eq!(
+        raw::send(gw.proxy, &site.get("site.test", SCRAPER), b"").await.status,
+        407
+    );
 
     // A stale version is refused with the current one; nothing changes.
     let rotate = serde_json::json!({"version": 1, "grace": "2s"});
@@ -176,18 +202,36 @@ async fn store_agents_work_through_the_proxy_and_a_rotated_key_stops_after_its_g
     assert_eq!(stale.reason(), "version_conflict");
     assert_eq!(stale.json()["current_version"], 2);
     assert!(stale.json()["detail"].as_str().unwrap().contains("version 2, not 1"));
-    let missing = api(&gw, "PATCH", "/v1/agents/store-001", OPERATOR, &serde_json::json!({"disabled": true})).await;
+    let missing = api(
+        &gw,
+        "PATCH",
+        "/v1/agents/store-001",
+        OPERATOR,
+        &serde_json::json!({"disabled": true}),
+    )
+    .await;
     assert_eq!((missing.status, missing.reason().as_str()), (428, "version_required"));
 
     // Both keys work during the grace period; then only the new one.
     let old = raw::send(gw.proxy, &site.get("site.test", ("store-001", &key)), b"").await;
     assert_eq!(old.status, 200, "{}", text(&old));
-    assert_eq!(raw::send(gw.proxy, &site.get("site.test", ("store-001", &new_key)), b"").await.status, 200);
+    assert_eq!(
+        raw::send(gw.proxy, &site.get("site.test", ("store-001", &new_key)), b"")
+            .await
+            .status,
+        200
+    );
     // (Waited out rather than polled: site.test's rate limit is 100/min.)
-    tokio::time::sleep((rotated_at + Duration::from_millis(2300)).saturating_duration_since(std::time::Instant::now())).await;
+    tokio::time::sleep((rotated_at + Duration::from_millis(2300)).saturating_duration_since(std::time::Instant::now()))
+        .await;
     let old = raw::send(gw.proxy, &site.get("site.test", ("store-001", &key)), b"").await;
     assert_eq!((old.status, old.reason().as_str()), (407, "bad_api_key"));
-    assert_eq!(raw::send(gw.proxy, &site.get("site.test", ("store-001", &new_key)), b"").await.status, 200);
+    assert_eq!(
+        raw::send(gw.proxy, &site.get("site.test", ("store-001", &new_key)), b"")
+            .await
+            .status,
+        200
+    );
 
     // Disabled by If-Match, refused at once.
     let head = format!(
@@ -213,7 +257,14 @@ async fn store_agents_work_through_the_proxy_and_a_rotated_key_stops_after_its_g
     );
 
     // Every change is in the history and on the audit trail; viewers read, not write.
-    let history = api(&gw, "GET", "/v1/history?target=store-001", VIEWER, &serde_json::Value::Null).await;
+    let history = api(
+        &gw,
+        "GET",
+        "/v1/history?target=store-001",
+        VIEWER,
+        &serde_json::Value::Null,
+    )
+    .await;
     let actions: Vec<String> = history.json()["history"]
         .as_array()
         .unwrap()
@@ -221,7 +272,12 @@ async fn store_agents_work_through_the_proxy_and_a_rotated_key_stops_after_its_g
         .map(|h| h["action"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(actions, ["update", "rotate", "create"]);
-    assert_eq!(api(&gw, "POST", "/v1/agents", VIEWER, &new_agent("x", "data")).await.status, 403);
+    assert_eq!(
+        api(&gw, "POST", "/v1/agents", VIEWER, &new_agent("x", "data"))
+            .await
+            .status,
+        403
+    );
     for action in ["agent_create", "agent_rotate", "agent_update"] {
         let line = gw
             .wait_audit(|l| l["type"] == "admin_action" && l["action"] == action && l["details"]["outcome"] == "ok")
@@ -230,7 +286,10 @@ async fn store_agents_work_through_the_proxy_and_a_rotated_key_stops_after_its_g
         assert!(line["details"]["store_revision"].is_string());
     }
     let trail = std::fs::read_to_string(&gw.audit).unwrap();
-    assert!(!trail.contains(&key) && !trail.contains(&new_key), "a key reached the audit trail");
+    assert!(
+        !trail.contains(&key) && !trail.contains(&new_key),
+        "a key reached the audit trail"
+    );
     assert!(!gw.log().contains(&new_key), "a key reached the log");
 }
 
@@ -242,7 +301,9 @@ async fn policy_versions_are_validated_activated_and_rolled_back() {
     assert_eq!(raw::send(gw.proxy, &unlisted, b"").await.status, 403);
 
     // Refused exactly like `policy check`: file:line:column.
-    let broken = site.policy.replacen("  default_action: deny\n", "  default_action: maybe\n", 1);
+    let broken = site
+        .policy
+        .replacen("  default_action: deny\n", "  default_action: maybe\n", 1);
     let refused = api(
         &gw,
         "POST",
@@ -262,9 +323,17 @@ async fn policy_versions_are_validated_activated_and_rolled_back() {
     std::fs::write(&base, &site.policy).unwrap();
     std::fs::write(&wider, site.policy_with_unlisted()).unwrap();
     for (file, id) in [(&base, "1"), (&wider, "2")] {
-        let out = control_cli(&gw, OPERATOR, &["policy", "upload", file.to_str().unwrap(), "--comment", "test"]);
+        let out = control_cli(
+            &gw,
+            OPERATOR,
+            &["policy", "upload", file.to_str().unwrap(), "--comment", "test"],
+        );
         let printed = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{printed}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{printed}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(printed.contains(&format!("uploaded as version {id}")), "{printed}");
     }
     // Uploaded is not in force.
@@ -275,7 +344,10 @@ async fn policy_versions_are_validated_activated_and_rolled_back() {
     let diff = control_cli(&gw, VIEWER, &["policy", "diff", "1", "2"]);
     let printed = String::from_utf8_lossy(&diff.stdout);
     assert!(printed.contains("+ allow local_sites unlisted.test"), "{printed}");
-    assert!(printed.contains("--- v1 base.yaml") && printed.contains("+    - domain: \"unlisted.test\""), "{printed}");
+    assert!(
+        printed.contains("--- v1 base.yaml") && printed.contains("+    - domain: \"unlisted.test\""),
+        "{printed}"
+    );
 
     // Operators upload; maintainers activate, naming the activation version.
     let activate = |id: &str, version: i64| {
@@ -284,7 +356,15 @@ async fn policy_versions_are_validated_activated_and_rolled_back() {
         async move { api(gw, "POST", &path, MAINTAINER, &serde_json::json!({"version": version})).await }
     };
     assert_eq!(
-        api(&gw, "POST", "/v1/policies/2/activate", OPERATOR, &serde_json::json!({"version": 0})).await.status,
+        api(
+            &gw,
+            "POST",
+            "/v1/policies/2/activate",
+            OPERATOR,
+            &serde_json::json!({"version": 0})
+        )
+        .await
+        .status,
         403
     );
     assert_eq!(activate("1", 0).await.status, 200);
@@ -305,13 +385,23 @@ async fn policy_versions_are_validated_activated_and_rolled_back() {
 
     let out = control_cli(&gw, MAINTAINER, &["policy", "rollback", "--version", "2"]);
     let printed = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{printed}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(printed.contains("version 1 ") && printed.contains("in force"), "{printed}");
+    assert!(
+        out.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        printed.contains("version 1 ") && printed.contains("in force"),
+        "{printed}"
+    );
     assert_eq!(raw::send(gw.proxy, &unlisted, b"").await.status, 403);
     let history = control_cli(&gw, VIEWER, &["policy", "history"]);
     let printed = String::from_utf8_lossy(&history.stdout);
     assert!(printed.contains("active: 1   activation version: 3"), "{printed}");
-    assert!(printed.contains("rollback v1") && printed.contains("activate v2"), "{printed}");
+    assert!(
+        printed.contains("rollback v1") && printed.contains("activate v2"),
+        "{printed}"
+    );
     gw.wait_audit(|l| l["action"] == "policy_rollback" && l["details"]["outcome"] == "ok")
         .await;
 }
@@ -325,7 +415,9 @@ async fn a_gateway_that_takes_signed_bundles_refuses_an_unsigned_upload() {
         let out = cmd.output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     };
-    ok(std::process::Command::new(&bin).args(["keys", "init", "--dir"]).arg(keys.path()));
+    ok(std::process::Command::new(&bin)
+        .args(["keys", "init", "--dir"])
+        .arg(keys.path()));
     let signed = keys.path().join("policy.yaml");
     std::fs::write(&signed, &site.policy).unwrap();
     ok(std::process::Command::new(&bin)

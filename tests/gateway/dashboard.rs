@@ -167,12 +167,18 @@ async fn the_dashboard_page_shows_what_the_gateway_reports() {
         document.select(&selector).map(|e| e.text().collect()).collect()
     };
     // Top agents count the 429s in a column of their own.
-    assert_eq!(text("#agents th"), ["agent", "requests", "allowed", "denied", "429 rate-limited"]);
+    assert_eq!(
+        text("#agents th"),
+        ["agent", "requests", "allowed", "denied", "429 rate-limited"]
+    );
     let scraper_row = text("#agents tbody tr:first-child td");
     assert_eq!(scraper_row, [SCRAPER.0, "19", "14", "3", "2"], "{html}");
     // The footnote says what the success rate leaves out.
     let note = text("#note-slo").concat();
-    assert!(note.contains("Rate-limited (429)") && note.contains("excluded"), "{note}");
+    assert!(
+        note.contains("Rate-limited (429)") && note.contains("excluded"),
+        "{note}"
+    );
     // Sparklines have scales: top and bottom values, and their time span.
     assert!(text("#spark-rate-hi")[0].ends_with(" req/s"), "{html}");
     assert_eq!(text("#spark-rate-lo")[0], "0.00 req/s");
@@ -192,7 +198,10 @@ async fn the_dashboard_page_shows_what_the_gateway_reports() {
     };
     assert!(shape(time), "{time}");
     let updated = text("#status").concat();
-    assert!(updated.starts_with("updated ") && updated.ends_with(" UTC"), "{updated}");
+    assert!(
+        updated.starts_with("updated ") && updated.ends_with(" UTC"),
+        "{updated}"
+    );
     assert!(shape(&updated["updated ".len()..updated.len() - 4]), "{updated}");
 
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");

@@ -38,11 +38,26 @@ async fn heads_hyper_cannot_parse_get_a_reason_an_audit_line_and_a_metric() {
     let auth = basic(SCRAPER.0, SCRAPER.1);
     let cases: Vec<(String, u16)> = vec![
         // A percent-encoded host, a host that is not ASCII.
-        (format!("GET http://%31%32%37.0.0.1:{port}/ HTTP/1.1\r\nProxy-Authorization: {auth}\r\n\r\n"), 400),
-        (format!("GET http://sité.test:{port}/ HTTP/1.1\r\nProxy-Authorization: {auth}\r\n\r\n"), 400),
-        ("GET http://site.test/ HTTP/1.1\r\nBad Header: x\r\n\r\n".to_string(), 400),
-        ("POST http://site.test/ HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n".to_string(), 400),
-        (format!("GET http://site.test/ HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(70_000)), 431),
+        (
+            format!("GET http://%31%32%37.0.0.1:{port}/ HTTP/1.1\r\nProxy-Authorization: {auth}\r\n\r\n"),
+            400,
+        ),
+        (
+            format!("GET http://sité.test:{port}/ HTTP/1.1\r\nProxy-Authorization: {auth}\r\n\r\n"),
+            400,
+        ),
+        (
+            "GET http://site.test/ HTTP/1.1\r\nBad Header: x\r\n\r\n".to_string(),
+            400,
+        ),
+        (
+            "POST http://site.test/ HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n".to_string(),
+            400,
+        ),
+        (
+            format!("GET http://site.test/ HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(70_000)),
+            431,
+        ),
     ];
     for (head, status) in cases {
         let shown = head.chars().take(80).collect::<String>();
@@ -64,9 +79,9 @@ async fn heads_hyper_cannot_parse_get_a_reason_an_audit_line_and_a_metric() {
     }
     let metrics = w.gw.metrics().await;
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("http_client_requests_total") && l.contains("reason=\"malformed_request\"") && !l.ends_with(" 0")),
+        metrics.lines().any(|l| l.starts_with("http_client_requests_total")
+            && l.contains("reason=\"malformed_request\"")
+            && !l.ends_with(" 0")),
         "no malformed_request in the metrics"
     );
     // Valid traffic on the same listener, keep-alive and a body, is untouched.
@@ -102,8 +117,29 @@ impl Rng {
 
 /// Bytes a mutation puts in: the ones parsers trip on.
 const NASTY: &[&[u8]] = &[
-    b"%", b"%31", b" ", b"\t", b"\r", b"\n", b"\0", b"\x7f", b"\xff", "é".as_bytes(), b"@", b"[", b"]", b":", b"\"",
-    b"{", b"/", b"?", b"#", b"\\", b"..", b"HTTP/1.1", b"\x01",
+    b"%",
+    b"%31",
+    b" ",
+    b"\t",
+    b"\r",
+    b"\n",
+    b"\0",
+    b"\x7f",
+    b"\xff",
+    "é".as_bytes(),
+    b"@",
+    b"[",
+    b"]",
+    b":",
+    b"\"",
+    b"{",
+    b"/",
+    b"?",
+    b"#",
+    b"\\",
+    b"..",
+    b"HTTP/1.1",
+    b"\x01",
 ];
 
 const HEADERS: &[&str] = &[
@@ -215,7 +251,11 @@ async fn fuzzed_request_heads_get_a_proxied_answer_or_a_reason_never_a_bare_400(
             let reason = body["reason"].as_str().unwrap_or_default().to_string();
             assert!(!reason.is_empty(), "{shown}: no reason: {body}");
             malformed += usize::from(reason == "malformed_request");
-            refused.push((body["request_id"].as_str().unwrap_or_default().to_string(), reason, shown));
+            refused.push((
+                body["request_id"].as_str().unwrap_or_default().to_string(),
+                reason,
+                shown,
+            ));
         } else {
             proxied += 1;
         }
@@ -224,7 +264,10 @@ async fn fuzzed_request_heads_get_a_proxied_answer_or_a_reason_never_a_bare_400(
         "fuzz: {rounds} heads, seed {seed:#x}: {} refused ({malformed} malformed_request), {proxied} proxied",
         refused.len()
     );
-    assert!(malformed > rounds / 10, "the fuzz reaches the parser: {malformed} of {rounds}");
+    assert!(
+        malformed > rounds / 10,
+        "the fuzz reaches the parser: {malformed} of {rounds}"
+    );
     // Every refusal is in the audit trail, with its reason.
     for (request_id, reason, shown) in refused {
         let line = w.gw.audit_for(&request_id).await;

@@ -119,7 +119,11 @@ async fn a_killed_scheduler_leaves_no_browser_and_no_profile_behind() {
         .arg(&file)
         .output()
         .expect("clawgress submit");
-    assert!(submitted.status.success(), "{}", String::from_utf8_lossy(&submitted.stderr));
+    assert!(
+        submitted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&submitted.stderr)
+    );
 
     // The pages are loading (the origin holds them): the browser is busy.
     let needle = format!("--user-data-dir={}/clawgress-browser-", s.dir.path().display());

@@ -121,7 +121,9 @@ impl Pipeline {
 
 impl Drop for Pipeline {
     fn drop(&mut self) {
-        self.kill_scheduler();
+        if let Some(mut child) = self.scheduler.take() {
+            support::stop_child(&mut child, Duration::from_secs(10));
+        }
     }
 }
 
@@ -502,7 +504,15 @@ async fn a_dry_run_answers_thousands_of_jobs_without_fetching_anything() {
     let file = p.dir.path().join("dry.jsonl");
     std::fs::write(&file, jobs.join("\n")).unwrap();
     let output = tokio::process::Command::new(support::clawgress_bin())
-        .args(["submit", "--nats", &p.nats.url, "--wait", "--wait-secs", "120", "--json"])
+        .args([
+            "submit",
+            "--nats",
+            &p.nats.url,
+            "--wait",
+            "--wait-secs",
+            "120",
+            "--json",
+        ])
         .arg(&file)
         .output()
         .await
@@ -587,7 +597,10 @@ async fn clawgress_up_runs_the_demo_job_and_stops_everything_on_ctrl_c() {
     assert!(shown("200 via http in "), "{block:#?}");
     assert!(shown("request "), "{block:#?}");
     // No JSON and no nanoseconds for people.
-    assert!(block.iter().all(|l| !l.contains('{') && !l.contains(".000")), "{block:#?}");
+    assert!(
+        block.iter().all(|l| !l.contains('{') && !l.contains(".000")),
+        "{block:#?}"
+    );
     // Through the gateway, as the demo's agent.
     let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
     assert!(

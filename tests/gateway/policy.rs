@@ -32,7 +32,11 @@ async fn missing_bad_unknown_and_disabled_credentials_get_407() {
         assert_eq!(line["request"]["domain"], "site.test", "{line}");
         assert_eq!(line["request"]["port"], w.origin.addr.port(), "{line}");
         assert_eq!(line["request"]["path"], "/hello", "{line}");
-        assert_eq!(line["claimed_agent_id"].as_str(), auth.map(|(agent, _)| agent), "{line}");
+        assert_eq!(
+            line["claimed_agent_id"].as_str(),
+            auth.map(|(agent, _)| agent),
+            "{line}"
+        );
         assert!(line.get("agent_id").is_none(), "{line}");
     }
     let malformed = raw::send(

@@ -37,7 +37,11 @@ impl Loads {
     }
 
     fn starts(&self, host: &str) -> Vec<Instant> {
-        self.0.lock().unwrap().get(host).map_or_else(Vec::new, |l| l.starts.clone())
+        self.0
+            .lock()
+            .unwrap()
+            .get(host)
+            .map_or_else(Vec::new, |l| l.starts.clone())
     }
 }
 
@@ -81,7 +85,9 @@ async fn origin() -> (std::net::SocketAddr, Loads) {
                         ))))
                     }
                 });
-                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
             });
         }
     });
@@ -116,7 +122,16 @@ impl Two {
                 .args(["scheduler", "--nats", &nats.url, "--gateway", &gw.proxy_url()])
                 .arg("--credentials")
                 .arg(&credentials)
-                .args(["--concurrency", "8", "--per-domain", "2", "--chromium", "none", "--ack-wait-secs", "10"])
+                .args([
+                    "--concurrency",
+                    "8",
+                    "--per-domain",
+                    "2",
+                    "--chromium",
+                    "none",
+                    "--ack-wait-secs",
+                    "10",
+                ])
                 .args(extra)
                 .env("CLAWGRESS_LOG", "info")
                 .stdout(std::process::Stdio::null())
@@ -239,19 +254,34 @@ async fn a_flood_for_one_host_holds_its_slots_across_schedulers_and_never_delays
     let deadline = Instant::now() + Duration::from_secs(60);
     while finished < 300 {
         let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "{finished} of 300 flood results; schedulers:\n{}", two.logs());
+        assert!(
+            !left.is_zero(),
+            "{finished} of 300 flood results; schedulers:\n{}",
+            two.logs()
+        );
         if let Ok(Some(_)) = tokio::time::timeout(left, done.next()).await {
             finished += 1;
         }
     }
-    assert_eq!(two.loads.most("flood.wild.test"), 2, "per-host slots hold across both schedulers");
-    let served: usize = two.gw.audit_lines().iter().filter(|l| l["request"]["path"] == "/slow/50").count();
+    assert_eq!(
+        two.loads.most("flood.wild.test"),
+        2,
+        "per-host slots hold across both schedulers"
+    );
+    let served: usize = two
+        .gw
+        .audit_lines()
+        .iter()
+        .filter(|l| l["request"]["path"] == "/slow/50")
+        .count();
     assert_eq!(served, 300);
 }
 
 #[tokio::test]
 async fn starts_at_one_host_are_spaced_across_schedulers() {
-    let Some(two) = Two::start(&["--politeness-ms", "100"]).await else { return };
+    let Some(two) = Two::start(&["--politeness-ms", "100"]).await else {
+        return;
+    };
     let client = async_nats::connect(&two.nats.url).await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -279,5 +309,8 @@ async fn starts_at_one_host_are_spaced_across_schedulers() {
     // only its own starts would take about half that).
     let span = starts[JOBS - 1] - starts[0];
     println!("{JOBS} starts at one host across two schedulers took {span:?}");
-    assert!(span >= Duration::from_millis(100 * (JOBS as u64 - 1) * 8 / 10), "{span:?}");
+    assert!(
+        span >= Duration::from_millis(100 * (JOBS as u64 - 1) * 8 / 10),
+        "{span:?}"
+    );
 }

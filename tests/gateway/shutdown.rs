@@ -57,7 +57,10 @@ impl Proc {
     pub(super) fn line(&mut self, prefix: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            match self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
                 Ok(line) if line.starts_with(prefix) => return line,
                 Ok(_) => {}
                 Err(_) => panic!("no line '{prefix}...' within 30 s; log:\n{}", self.log()),
@@ -127,13 +130,15 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        support::stop_child(&mut self.child, Duration::from_secs(10));
     }
 }
 
 fn signal(pid: u32, name: &str) {
-    let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status();
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status();
     assert!(status.is_ok_and(|s| s.success()), "kill -{name} {pid} failed");
 }
 
@@ -209,7 +214,10 @@ impl Setup {
     pub(super) async fn held_request(&self, proxy: SocketAddr) -> TcpStream {
         let before = self.origin.requests.load(std::sync::atomic::Ordering::SeqCst);
         let mut stream = TcpStream::connect(proxy).await.expect("connect to the proxy");
-        let head = get(&format!("http://site.test:{}/hold", self.origin.addr.port()), Some(SCRAPER));
+        let head = get(
+            &format!("http://site.test:{}/hold", self.origin.addr.port()),
+            Some(SCRAPER),
+        );
         tokio::io::AsyncWriteExt::write_all(&mut stream, format!("{head}\r\n\r\n").as_bytes())
             .await
             .expect("write");

@@ -133,10 +133,12 @@ struct Edge {
     gateway: GatewayProc,
     dns: support::Killed,
     dns_audit: std::path::PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 fn edge(lab: &Lab) -> Edge {
-    let dir = tempfile::tempdir().unwrap().keep();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
     let policy = dir.join("policy.yaml");
     let agents = dir.join("agents.yaml");
     std::fs::write(&policy, lab_policy()).unwrap();
@@ -197,6 +199,7 @@ fn edge(lab: &Lab) -> Edge {
         gateway,
         dns: support::Killed(dns),
         dns_audit,
+        _dir: tmp,
     }
 }
 

@@ -16,14 +16,35 @@ pub mod upstream;
 
 use std::path::PathBuf;
 
-/// A child process killed (and reaped) when the test ends, however it ends.
+/// A child process stopped (and reaped) when the test ends, however it ends.
 pub struct Killed(pub std::process::Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        stop_child(&mut self.0, std::time::Duration::from_secs(10));
     }
+}
+
+/// Asks a child to stop (SIGTERM) and kills it if it has not within
+/// `within`. A process killed outright cannot clean up after itself (a
+/// scheduler's browser profiles stay behind until the next one starts),
+/// and the suite fails on anything left behind.
+pub fn stop_child(child: &mut std::process::Child, within: std::time::Duration) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    if let Some(pid) = i32::try_from(child.id()).ok().and_then(rustix::process::Pid::from_raw) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Where skips are recorded, for `make test`'s summary (see [`skip`]).

@@ -115,7 +115,14 @@ impl Postgres {
         let child = command(&self.bin, "postgres", self.as_postgres)
             .arg("-D")
             .arg(&self.data)
-            .args(["-p", &self.port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+            ])
             .arg("-k")
             .arg(self.dir.path())
             .stdout(Stdio::null())

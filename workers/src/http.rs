@@ -261,7 +261,10 @@ impl HttpFetcher {
         }
         loop {
             hops.push(url.to_string());
-            let idempotent = matches!(method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE);
+            let idempotent = matches!(
+                method,
+                Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+            );
             let sent = self
                 .send(&job.agent, idempotent, |client| {
                     let mut request = client.request(method.clone(), url.clone()).headers(headers.clone());

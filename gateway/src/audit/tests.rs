@@ -239,7 +239,10 @@ fn request_ids_are_random_w3c_trace_ids() {
     // Random, not a prefix and a counter: no shared prefix, no run of zeros,
     // and each hex digit about equally common.
     assert_ne!(ids[0][..16], ids[1][..16]);
-    assert!(ids.iter().all(|id| !id.contains("000000000000")), "a zero run as from a counter");
+    assert!(
+        ids.iter().all(|id| !id.contains("000000000000")),
+        "a zero run as from a counter"
+    );
     let mut digits = [0usize; 16];
     for b in ids.iter().flat_map(|id| id.bytes()) {
         digits[char::from(b).to_digit(16).unwrap() as usize] += 1;

@@ -50,7 +50,10 @@ pub(super) fn compile(agents: &[Agent]) -> Result<Compiled, AgentsFileError> {
         if hex::decode_to_slice(digest, &mut parsed).is_err() {
             return Err(AgentsFileError::unlocated(
                 ORIGIN,
-                format!("agent `{}` has a previous key digest that is not 64 hex characters", agent.id),
+                format!(
+                    "agent `{}` has a previous key digest that is not 64 hex characters",
+                    agent.id
+                ),
             ));
         }
         let until = SystemTime::UNIX_EPOCH + Duration::from_millis(until.timestamp_millis().max(0) as u64);
@@ -96,7 +99,10 @@ pub(super) fn from_file_text(text: &str, origin: &str) -> Result<Vec<clawgress_c
     // The file's own rules, with its lines.
     compile_agents(&at, doc.agents)?;
     if agents.is_empty() {
-        return Err(AgentsFileError::unlocated(origin, "the file lists no agents under `agents:`"));
+        return Err(AgentsFileError::unlocated(
+            origin,
+            "the file lists no agents under `agents:`",
+        ));
     }
     Ok(agents)
 }

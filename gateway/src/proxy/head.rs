@@ -29,8 +29,8 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf as _, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-pub use check::{MAX_HEAD_BYTES, Malformed};
 use check::{Checked, check};
+pub use check::{MAX_HEAD_BYTES, Malformed};
 
 /// What follows a head that passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

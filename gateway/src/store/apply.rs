@@ -96,7 +96,11 @@ pub fn apply(gateway: &Gateway, snapshot: Snapshot) -> bool {
         }
         Snapshot::Tokens(tokens) => {
             gateway.admin_tokens.set_store_tokens(&tokens.tokens);
-            tracing::info!(revision = tokens.revision, tokens = tokens.tokens.len(), "control API tokens from the store in force");
+            tracing::info!(
+                revision = tokens.revision,
+                tokens = tokens.tokens.len(),
+                "control API tokens from the store in force"
+            );
             true
         }
         Snapshot::Policy(policy) => apply_policy(gateway, policy),

@@ -70,7 +70,9 @@ pub(super) async fn put_if_newer(kv: &kv::Store, snapshot: &Snapshot) -> Result<
             Err((false, error)) => return Err(error),
         }
     }
-    Err(format!("the {key} snapshot kept changing under the publish; retrying later"))
+    Err(format!(
+        "the {key} snapshot kept changing under the publish; retrying later"
+    ))
 }
 
 /// Follows the bucket for the gateway's life: catch up (the latest value of

@@ -30,9 +30,12 @@ pub fn load(path: &Path) -> Result<Option<Applied>, String> {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(format!("cannot read the store snapshot {}: {error}", path.display())),
     };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| format!("the store snapshot {} is unreadable ({e}); move it aside", path.display()))
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        format!(
+            "the store snapshot {} is unreadable ({e}); move it aside",
+            path.display()
+        )
+    })
 }
 
 /// Temporary file, sync, rename: a crash leaves the old copy or the new one.

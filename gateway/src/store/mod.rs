@@ -340,7 +340,10 @@ pub async fn after_commit(gateway: &Gateway, kind: Kind, revision: i64) -> Propa
     let published = match publish::publish(gateway, db, kind).await {
         Ok(()) => true,
         Err(error) => {
-            tracing::warn!(kind = kind.key(), "the change is committed but not yet published ({error}); the publisher retries");
+            tracing::warn!(
+                kind = kind.key(),
+                "the change is committed but not yet published ({error}); the publisher retries"
+            );
             link.nudge.notify_one();
             false
         }

@@ -80,7 +80,11 @@ pub(super) async fn publish(gateway: &Gateway, db: &clawgress_control::Store, ki
     match db.snapshot(kind).await.map_err(|e| e.to_string())? {
         Some(snapshot) => {
             if super::bucket::put_if_newer(&kv, &snapshot).await? {
-                tracing::info!(kind = kind.key(), revision = snapshot.revision(), "store snapshot published");
+                tracing::info!(
+                    kind = kind.key(),
+                    revision = snapshot.revision(),
+                    "store snapshot published"
+                );
             }
             Ok(())
         }

@@ -194,7 +194,11 @@ impl Hosts {
             let limit = self.limit();
             table.retain(|_, h| {
                 let held = h.held.load(Ordering::SeqCst);
-                let unused = if shared { held == 0 } else { h.permits.available_permits() as u32 == limit };
+                let unused = if shared {
+                    held == 0
+                } else {
+                    h.permits.available_permits() as u32 == limit
+                };
                 !(unused && h.waiting.load(Ordering::SeqCst) == 0 && Arc::strong_count(h) == 1)
             });
         }
@@ -226,7 +230,9 @@ impl Hosts {
                 // overtaking this one. A host whose slots are all in use
                 // means a real wait: the place goes back at once.
                 let quick = if host.held.load(Ordering::SeqCst) == 0 {
-                    tokio::time::timeout(FIRST_ASK, host.permits.clone().acquire_owned()).await.ok()
+                    tokio::time::timeout(FIRST_ASK, host.permits.clone().acquire_owned())
+                        .await
+                        .ok()
                 } else {
                     None
                 };
@@ -277,7 +283,10 @@ impl Hosts {
         }
         if let Some(shared) = &self.shared {
             let _writer = host.writer.lock().await;
-            match shared.update(&host.key, |r| r.reserve_start(gap, shared::now_ms())).await {
+            match shared
+                .update(&host.key, |r| r.reserve_start(gap, shared::now_ms()))
+                .await
+            {
                 Ok(delay) => return delay,
                 Err(error) => tracing::debug!(host = %host.key, %error, "spacing this start locally"),
             }
@@ -351,7 +360,11 @@ impl Hosts {
         let Some(shared) = &self.shared else { return };
         let hosts: Vec<Arc<Host>> = {
             let table = self.table.lock().unwrap_or_else(|p| p.into_inner());
-            table.values().filter(|h| h.held.load(Ordering::SeqCst) > 0 || h.dirty.load(Ordering::SeqCst)).cloned().collect()
+            table
+                .values()
+                .filter(|h| h.held.load(Ordering::SeqCst) > 0 || h.dirty.load(Ordering::SeqCst))
+                .cloned()
+                .collect()
         };
         let now = shared::now_ms();
         for host in hosts {
@@ -380,7 +393,10 @@ impl Hosts {
                     host.to_release.store(excess - freed, Ordering::SeqCst);
                 }
             }
-            let due = host.last_written.lock().map_or(true, |t| t.elapsed() >= shared::RENEW_EVERY);
+            let due = host
+                .last_written
+                .lock()
+                .map_or(true, |t| t.elapsed() >= shared::RENEW_EVERY);
             if host.dirty.load(Ordering::SeqCst) || due {
                 self.write_hold(shared, &host).await;
             }
@@ -393,7 +409,10 @@ impl Hosts {
         let free = host.permits.available_permits() as u32;
         let wants = host.waiting.load(Ordering::SeqCst).saturating_sub(free);
         host.dirty.store(false, Ordering::SeqCst);
-        match shared.update(&host.key, |r| r.set(&shared.me, held, wants, shared::now_ms())).await {
+        match shared
+            .update(&host.key, |r| r.set(&shared.me, held, wants, shared::now_ms()))
+            .await
+        {
             Ok(()) => mark_written(host),
             Err(error) => {
                 host.dirty.store(true, Ordering::SeqCst);
@@ -407,7 +426,11 @@ impl Hosts {
         let Some(shared) = &self.shared else { return };
         let hosts: Vec<Arc<Host>> = {
             let table = self.table.lock().unwrap_or_else(|p| p.into_inner());
-            table.values().filter(|h| h.held.load(Ordering::SeqCst) > 0).cloned().collect()
+            table
+                .values()
+                .filter(|h| h.held.load(Ordering::SeqCst) > 0)
+                .cloned()
+                .collect()
         };
         for host in hosts {
             host.forget_free(u32::MAX);
@@ -418,7 +441,10 @@ impl Hosts {
     /// Jobs waiting for a host slot on this scheduler.
     pub fn waiting(&self) -> u64 {
         let table = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        table.values().map(|h| u64::from(h.waiting.load(Ordering::SeqCst))).sum()
+        table
+            .values()
+            .map(|h| u64::from(h.waiting.load(Ordering::SeqCst)))
+            .sum()
     }
 
     pub fn shared(&self) -> Option<&Arc<SharedSlots>> {

@@ -138,7 +138,9 @@ pub fn key(host: &str) -> String {
     let plain = !host.is_empty()
         && !host.starts_with('.')
         && !host.ends_with('.')
-        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
         && !host.contains("..");
     if plain {
         host
@@ -220,9 +222,10 @@ impl SharedSlots {
         for _ in 0..MAX_ATTEMPTS {
             let entry = self.kv.entry(key).await.map_err(|e| e.to_string())?;
             let (mut record, revision) = match &entry {
-                Some(entry) if entry.operation == kv::Operation::Put => {
-                    (serde_json::from_slice(&entry.value).unwrap_or_default(), Some(entry.revision))
-                }
+                Some(entry) if entry.operation == kv::Operation::Put => (
+                    serde_json::from_slice(&entry.value).unwrap_or_default(),
+                    Some(entry.revision),
+                ),
                 Some(entry) => (Record::default(), Some(entry.revision)),
                 None => (Record::default(), None),
             };
@@ -310,7 +313,14 @@ mod tests {
         assert!(record.take("b", 0, 1, 2, NOW));
         // Both slots are held: c only says it wants one.
         assert!(!record.take("c", 0, 3, 2, NOW));
-        assert_eq!(record.holds["c"], Hold { slots: 0, wants: 3, until_ms: NOW + 20_000 });
+        assert_eq!(
+            record.holds["c"],
+            Hold {
+                slots: 0,
+                wants: 3,
+                until_ms: NOW + 20_000
+            }
+        );
         assert!(record.others_want("a", NOW));
         assert_eq!(record.fair_share("a", 2, NOW), 1);
         // a gives its slot back: c gets it.

@@ -17,7 +17,10 @@ fn local(per_domain: usize, politeness: Duration, queue: usize) -> Arc<Hosts> {
 }
 
 fn slot(pool: &Arc<Semaphore>) -> Slot {
-    Slot::new(pool.clone().try_acquire_owned().expect("a free pool slot"), pool.clone())
+    Slot::new(
+        pool.clone().try_acquire_owned().expect("a free pool slot"),
+        pool.clone(),
+    )
 }
 
 #[tokio::test]

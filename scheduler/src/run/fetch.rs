@@ -84,11 +84,7 @@ pub(super) async fn execute(shared: &Shared, job: &Job, slot: &Slot) -> Result<D
     }
     // The host's slot (shared by every scheduler) and politeness gap; the
     // job gives its pool slot back while it waits for them.
-    let _turn = shared
-        .hosts
-        .turn(&host, slot)
-        .await
-        .map_err(|_| FetchError::HostBusy)?;
+    let _turn = shared.hosts.turn(&host, slot).await.map_err(|_| FetchError::HostBusy)?;
     if shared.config.dry_run {
         return Ok(Done {
             summary: Some(FetchSummary {

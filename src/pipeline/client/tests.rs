@@ -59,7 +59,10 @@ fn bad_flags_are_named_with_the_fix() {
         }
     };
     let fetch = error(&["--url", "http://x/", "--fetch", "browser"]);
-    assert!(fetch.contains("[possible values: http, chromium, steel, auto]"), "{fetch}");
+    assert!(
+        fetch.contains("[possible values: http, chromium, steel, auto]"),
+        "{fetch}"
+    );
     let priority = error(&["--url", "http://x/", "--priority", "urgent"]);
     assert!(priority.contains("[possible values: high, normal, low]"), "{priority}");
     // Flags that only shape a --url job say so when given with a file.
@@ -99,7 +102,10 @@ fn a_jobs_file_is_checked_whole_and_every_bad_line_named() {
     let missing = jobs_to_submit(&submit_args(&["/nonexistent/jobs.jsonl"]))
         .unwrap_err()
         .to_string();
-    assert!(missing.contains("cannot open the jobs file /nonexistent/jobs.jsonl"), "{missing}");
+    assert!(
+        missing.contains("cannot open the jobs file /nonexistent/jobs.jsonl"),
+        "{missing}"
+    );
 
     let many: Vec<String> = (0..15).map(|_| "{".to_string()).collect();
     std::fs::write(&file, many.join("\n")).unwrap();

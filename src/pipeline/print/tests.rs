@@ -7,8 +7,8 @@ use super::*;
 fn result(status: ResultStatus) -> JobResult {
     let mut result = JobResult::finished("job-1", JobKind::Scrape, status, 1, Instant::now());
     // Nanoseconds, as the scheduler stamps them: never shown to people.
-    result.finished_at = chrono::Utc.with_ymd_and_hms(2026, 12, 6, 3, 28, 45).unwrap()
-        + chrono::Duration::nanoseconds(834_390_784);
+    result.finished_at =
+        chrono::Utc.with_ymd_and_hms(2026, 12, 6, 3, 28, 45).unwrap() + chrono::Duration::nanoseconds(834_390_784);
     result.duration_ms = 8;
     result
 }
@@ -50,9 +50,10 @@ fn an_ok_result_shows_status_fetch_request_and_fields() {
     assert!(!text.contains("834"), "no nanoseconds: {text}");
     // A redirect shows where the page really came from.
     ok.fetch.as_mut().unwrap().final_url = "http://localhost:3002/home".to_string();
-    assert!(human(&ok, Some("http://localhost:3002/"), false).starts_with(
-        "ok       job-1  http://localhost:3002/ -> http://localhost:3002/home\n"
-    ));
+    assert!(
+        human(&ok, Some("http://localhost:3002/"), false)
+            .starts_with("ok       job-1  http://localhost:3002/ -> http://localhost:3002/home\n")
+    );
     // Colour only wraps the status word.
     assert!(human(&ok, None, true).starts_with("\x1b[32mok      \x1b[0m job-1"));
 }
@@ -76,10 +77,16 @@ fn refusals_say_why_and_what_to_do() {
     invalid.error = Some(ResultError {
         field: Some("fetch".to_string()),
         hint: Some("start the scheduler with --steel URL".to_string()),
-        ..error("validation", "fetch: this worker has no Steel Browser server configured")
+        ..error(
+            "validation",
+            "fetch: this worker has no Steel Browser server configured",
+        )
     });
     let text = human(&invalid, None, false);
-    assert!(text.contains("fetch: this worker has no Steel Browser server configured"), "{text}");
+    assert!(
+        text.contains("fetch: this worker has no Steel Browser server configured"),
+        "{text}"
+    );
     assert!(text.contains("fix: start the scheduler with --steel URL"), "{text}");
 
     let mut failed = result(ResultStatus::Failed);
@@ -127,10 +134,18 @@ fn the_worst_outcome_sets_the_exit_code() {
     assert_eq!(tally(1, 1, 1, 1, 0).exit_code(), 1, "a failure outranks everything");
     assert_eq!(tally(1, 1, 0, 0, 1).exit_code(), 1, "so does a missing result");
     let summary = tally(1, 1, 0, 1, 0).summary();
-    assert!(summary.starts_with("3 jobs: 1 ok, 1 denied, 0 invalid, 1 failed (exit 1)"), "{summary}");
+    assert!(
+        summary.starts_with("3 jobs: 1 ok, 1 denied, 0 invalid, 1 failed (exit 1)"),
+        "{summary}"
+    );
     assert!(summary.contains("clawgress dlq list"), "{summary}");
     let mut counted = Tally::default();
-    for status in [ResultStatus::Ok, ResultStatus::Denied, ResultStatus::Failed, ResultStatus::Invalid] {
+    for status in [
+        ResultStatus::Ok,
+        ResultStatus::Denied,
+        ResultStatus::Failed,
+        ResultStatus::Invalid,
+    ] {
         counted.add(status);
     }
     assert_eq!(counted, tally(1, 1, 1, 1, 0));
@@ -146,7 +161,13 @@ fn the_exit_codes_are_documented_in_help() {
         .expect("submit")
         .render_long_help()
         .to_string();
-    for code in ["0  every job ok", "1  a job failed", "2  nothing was published", "3  a job was denied", "4  a job was answered invalid"] {
+    for code in [
+        "0  every job ok",
+        "1  a job failed",
+        "2  nothing was published",
+        "3  a job was denied",
+        "4  a job was answered invalid",
+    ] {
         assert!(help.contains(code), "{code} missing from:\n{help}");
     }
     assert!(help.contains("--wait-for h1"), "{help}");

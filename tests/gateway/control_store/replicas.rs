@@ -29,7 +29,9 @@ async fn two_replicas_apply_store_changes_and_keep_serving_without_the_holder() 
     // The replica that does not hold the store says where to go.
     let elsewhere = api(&replica, "GET", "/v1/agents", VIEWER, &serde_json::Value::Null).await;
     assert_eq!((elsewhere.status, elsewhere.reason().as_str()), (503, "store_not_here"));
-    let status = api(&replica, "GET", "/v1/store", VIEWER, &serde_json::Value::Null).await.json();
+    let status = api(&replica, "GET", "/v1/store", VIEWER, &serde_json::Value::Null)
+        .await
+        .json();
     assert_eq!(status["agents_from"], "store", "{status}");
 
     // A team-bound operator: its own team's agents only.
@@ -42,7 +44,12 @@ async fn two_replicas_apply_store_changes_and_keep_serving_without_the_holder() 
         &serde_json::json!({"version": 1, "disabled": true}),
     )
     .await;
-    assert_eq!((touch.status, touch.reason().as_str()), (403, "team_not_allowed"), "{}", text(&touch));
+    assert_eq!(
+        (touch.status, touch.reason().as_str()),
+        (403, "team_not_allowed"),
+        "{}",
+        text(&touch)
+    );
     let rotate = api(
         &holder,
         "POST",
@@ -53,7 +60,15 @@ async fn two_replicas_apply_store_changes_and_keep_serving_without_the_holder() 
     .await;
     assert_eq!(rotate.status, 403);
     assert_eq!(
-        api(&holder, "POST", "/v1/agents", DATA_OPERATOR, &new_agent("sneaky", "builders")).await.status,
+        api(
+            &holder,
+            "POST",
+            "/v1/agents",
+            DATA_OPERATOR,
+            &new_agent("sneaky", "builders")
+        )
+        .await
+        .status,
         403
     );
     let moved = api(
@@ -66,8 +81,15 @@ async fn two_replicas_apply_store_changes_and_keep_serving_without_the_holder() 
     .await;
     assert_eq!(moved.status, 403, "{}", text(&moved));
     create_agent(&holder, DATA_OPERATOR, "data-002", "data").await;
-    let listed = api(&holder, "GET", "/v1/agents", DATA_OPERATOR, &serde_json::Value::Null).await.json();
-    let ids: Vec<&str> = listed["agents"].as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap()).collect();
+    let listed = api(&holder, "GET", "/v1/agents", DATA_OPERATOR, &serde_json::Value::Null)
+        .await
+        .json();
+    let ids: Vec<&str> = listed["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["data-002", "roaming-001"]);
     // Its temporary allows open domains to its team's agents only.
     let temp = serde_json::json!({"domain": "unlisted.test", "duration": "1h", "reason": "team test", "ports": [site.origin.addr.port()]});
@@ -75,9 +97,21 @@ async fn two_replicas_apply_store_changes_and_keep_serving_without_the_holder() 
     assert_eq!(added.status, 201, "{}", text(&added));
     assert_eq!(added.json()["team"], "data");
     until_status(&replica, &site.get("unlisted.test", ("roaming-001", &key)), 200).await;
-    let other_team = raw::send(replica.proxy, &site.get("unlisted.test", ("builder-009", &builder_key)), b"").await;
+    let other_team = raw::send(
+        replica.proxy,
+        &site.get("unlisted.test", ("builder-009", &builder_key)),
+        b"",
+    )
+    .await;
     assert_eq!(other_team.status, 403, "{}", text(&other_team));
-    let block = api(&holder, "POST", "/v1/emergency-block", DATA_OPERATOR, &serde_json::json!({"reason": "x"})).await;
+    let block = api(
+        &holder,
+        "POST",
+        "/v1/emergency-block",
+        DATA_OPERATOR,
+        &serde_json::json!({"reason": "x"}),
+    )
+    .await;
     assert_eq!(block.status, 403);
 
     // The holder goes away with its database: the replica keeps serving.
@@ -92,8 +126,18 @@ async fn two_replicas_apply_store_changes_and_keep_serving_without_the_holder() 
     drop(nats);
     let state = replica_state.display().to_string();
     let restarted = site.gateway(&["--nats", "nats://127.0.0.1:1", "--state-dir", &state]);
-    assert_eq!(raw::send(restarted.proxy, &head, b"").await.status, 200, "{}", restarted.log());
-    assert_eq!(raw::send(restarted.proxy, &site.get("site.test", SCRAPER), b"").await.status, 407);
+    assert_eq!(
+        raw::send(restarted.proxy, &head, b"").await.status,
+        200,
+        "{}",
+        restarted.log()
+    );
+    assert_eq!(
+        raw::send(restarted.proxy, &site.get("site.test", SCRAPER), b"")
+            .await
+            .status,
+        407
+    );
 }
 
 #[tokio::test]
@@ -105,7 +149,9 @@ async fn a_postgresql_store_down_stops_changes_not_traffic() {
     let url = postgres.database("clawgress");
     let gw = site.gateway(&["--database", &url]);
     assert!(
-        api(&gw, "GET", "/v1/store", VIEWER, &serde_json::Value::Null).await.json()["holder"]["database"]
+        api(&gw, "GET", "/v1/store", VIEWER, &serde_json::Value::Null)
+            .await
+            .json()["holder"]["database"]
             .as_str()
             .unwrap()
             .starts_with("postgres://clawgress"),
@@ -118,7 +164,12 @@ async fn a_postgresql_store_down_stops_changes_not_traffic() {
     // Traffic goes on from the snapshot in force; changes wait.
     assert_eq!(raw::send(gw.proxy, &head, b"").await.status, 200);
     let refused = api(&gw, "POST", "/v1/agents", OPERATOR, &new_agent("pg-002", "data")).await;
-    assert_eq!((refused.status, refused.reason().as_str()), (503, "store_unavailable"), "{}", text(&refused));
+    assert_eq!(
+        (refused.status, refused.reason().as_str()),
+        (503, "store_unavailable"),
+        "{}",
+        text(&refused)
+    );
     assert!(text(&refused).contains("keep serving"), "{}", text(&refused));
 
     // Restarted while the database is down: from its last snapshot.
@@ -139,6 +190,8 @@ async fn a_postgresql_store_down_stops_changes_not_traffic() {
         assert!(std::time::Instant::now() < deadline, "{}", text(&created));
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let listed = api(&again, "GET", "/v1/agents", VIEWER, &serde_json::Value::Null).await.json();
+    let listed = api(&again, "GET", "/v1/agents", VIEWER, &serde_json::Value::Null)
+        .await
+        .json();
     assert_eq!(listed["agents"].as_array().unwrap().len(), 2);
 }

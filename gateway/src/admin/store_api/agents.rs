@@ -145,8 +145,12 @@ async fn fetch(call: &Call<'_>, id: &str) -> Result<Agent, Problem> {
     match agent {
         Some(agent) if visible(call, &agent) => Ok(agent),
         Some(agent) => Err(tenancy_refusal(call, &agent)),
-        None => Err(Problem::new(StatusCode::NOT_FOUND, "not_found", format!("no agent '{id}' in the store"))
-            .hint("list them with `clawgress control agents list`")),
+        None => Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no agent '{id}' in the store"),
+        )
+        .hint("list them with `clawgress control agents list`")),
     }
 }
 
@@ -256,8 +260,10 @@ async fn import(call: &mut Call<'_>) -> Answer {
         .create_agents(&call.author(), specs, body.skip_existing, "import", &validate)
         .await
         .map_err(store_problem)?;
-    call.details.insert("imported".to_string(), created.agents.len().to_string());
-    call.details.insert("skipped".to_string(), created.skipped.len().to_string());
+    call.details
+        .insert("imported".to_string(), created.agents.len().to_string());
+    call.details
+        .insert("skipped".to_string(), created.skipped.len().to_string());
     let answer = serde_json::json!({
         "imported": created.agents.iter().map(Agent::view).collect::<Vec<_>>(),
         "skipped": created.skipped,

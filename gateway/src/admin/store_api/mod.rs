@@ -297,12 +297,10 @@ fn not_here(why: &NotAvailable) -> Problem {
             "this gateway does not hold the control store",
         )
         .hint("send store requests to the gateway started with --database (it applies here from NATS all the same)"),
-        NotAvailable::Opening(error) => Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
-            error.clone(),
-        )
-        .hint("gateways keep serving the last published snapshot; retry once the database is back"),
+        NotAvailable::Opening(error) => {
+            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", error.clone())
+                .hint("gateways keep serving the last published snapshot; retry once the database is back")
+        }
     }
 }
 
@@ -312,8 +310,9 @@ pub(super) fn store_problem(error: StoreError) -> Problem {
     match error {
         StoreError::NotFound { .. } => Problem::new(StatusCode::NOT_FOUND, "not_found", detail),
         StoreError::Exists { .. } => Problem::new(StatusCode::CONFLICT, "already_exists", detail),
-        StoreError::Stale { current, .. } => Problem::new(StatusCode::CONFLICT, "version_conflict", detail)
-            .with("current_version", current.into()),
+        StoreError::Stale { current, .. } => {
+            Problem::new(StatusCode::CONFLICT, "version_conflict", detail).with("current_version", current.into())
+        }
         StoreError::Conflict(_) => Problem::new(StatusCode::CONFLICT, "conflict", detail),
         StoreError::Invalid(_) => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", detail),
         StoreError::Unavailable(_) => Problem::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", detail)

@@ -100,9 +100,8 @@ fn validate(call: &Call<'_>, text: &str, origin: &str) -> Result<(PolicyBundle, 
         )
         .hint("create one with `clawgress ca init` and start the gateway with --ca-dir"));
     }
-    PolicySnapshot::build(&bundle, None).map_err(|e| {
-        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_policy", format!("{e:#}"))
-    })?;
+    PolicySnapshot::build(&bundle, None)
+        .map_err(|e| Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_policy", format!("{e:#}")))?;
     Ok((bundle, signed_by))
 }
 
@@ -112,7 +111,10 @@ fn invalid_policy(error: &PolicyError) -> Problem {
             "unsigned_policy",
             "this gateway takes signed bundles only (--policy-key): sign with `clawgress policy sign --key KEY FILE`",
         ),
-        _ => ("invalid_policy", "fix the file and upload again; `clawgress policy check FILE` shows the same"),
+        _ => (
+            "invalid_policy",
+            "fix the file and upload again; `clawgress policy check FILE` shows the same",
+        ),
     };
     let errors: Vec<_> = error
         .diagnostics()
@@ -190,15 +192,15 @@ async fn diff(call: &Call<'_>) -> Answer {
     let named = |name: &str| query_value(call.query, name);
     let to = match named("to") {
         Some(text) => version_id(call, &text).await?,
-        None => state.active_id.ok_or_else(|| {
-            Problem::bad("no version is active, so `to` must be named", "e.g. ?from=1&to=2")
-        })?,
+        None => state
+            .active_id
+            .ok_or_else(|| Problem::bad("no version is active, so `to` must be named", "e.g. ?from=1&to=2"))?,
     };
     let from = match named("from") {
         Some(text) => version_id(call, &text).await?,
-        None => state.active_id.ok_or_else(|| {
-            Problem::bad("no version is active, so `from` must be named", "e.g. ?from=1&to=2")
-        })?,
+        None => state
+            .active_id
+            .ok_or_else(|| Problem::bad("no version is active, so `from` must be named", "e.g. ?from=1&to=2"))?,
     };
     let (a, a_text) = text_of(call, from).await?;
     let (b, b_text) = text_of(call, to).await?;

@@ -18,9 +18,7 @@ pub(super) async fn read(call: &Call<'_>) -> Answer {
         ));
     };
     let identities = gateway.identities.load_full();
-    let usage = plan
-        .usage(&gateway.budget_store, &identities, chrono::Utc::now())
-        .await;
+    let usage = plan.usage(&gateway.budget_store, &identities, chrono::Utc::now()).await;
     let actor = call.actor;
     let visible_projects: std::collections::BTreeSet<&str> = identities
         .identities()

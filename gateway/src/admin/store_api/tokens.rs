@@ -78,7 +78,10 @@ pub(super) async fn handle(route: &Route, call: &mut Call<'_>) -> Answer {
                 ));
             }
             if body.teams.iter().any(|t| t.trim().is_empty() || t.trim() != t) {
-                return Err(Problem::bad("a team in `teams` is empty or has surrounding spaces", "e.g. \"teams\": [\"data\"]"));
+                return Err(Problem::bad(
+                    "a team in `teams` is empty or has surrounding spaces",
+                    "e.g. \"teams\": [\"data\"]",
+                ));
             }
             if call.gateway.admin_tokens.file_names(&name) {
                 return Err(Problem::new(

@@ -183,8 +183,14 @@ pub async fn run(config: DnsServerConfig, shutdown: impl std::future::Future<Out
     let tcp_slots = Arc::new(Semaphore::new(listen::MAX_TCP_CONNECTIONS as usize));
     let mut udp_sockets = vec![udp.into_std()?];
     udp_sockets.extend(listen::more_udp(dns_addr, config.workers.max(1) - 1)?);
-    let udp_workers = listen::spawn_udp_workers(udp_sockets, &handler, &udp_slots, &stopped, crate::stopping::in_flight(config.drain))
-        .context("cannot start the DNS workers")?;
+    let udp_workers = listen::spawn_udp_workers(
+        udp_sockets,
+        &handler,
+        &udp_slots,
+        &stopped,
+        crate::stopping::in_flight(config.drain),
+    )
+    .context("cannot start the DNS workers")?;
     let tcp_loop = tokio::spawn(listen::serve_tcp(
         tcp,
         handler.clone(),
@@ -223,12 +229,7 @@ pub async fn run(config: DnsServerConfig, shutdown: impl std::future::Future<Out
     budget.join("the TCP listener", tcp_loop).await;
     let in_flight = crate::stopping::in_flight(config.drain).min(budget.left());
     let udp_done = listen::drained(&udp_slots, listen::MAX_IN_FLIGHT, in_flight).await;
-    let tcp_done = listen::drained(
-        &tcp_slots,
-        listen::MAX_TCP_CONNECTIONS,
-        in_flight.min(budget.left()),
-    )
-    .await;
+    let tcp_done = listen::drained(&tcp_slots, listen::MAX_TCP_CONNECTIONS, in_flight.min(budget.left())).await;
     if !(udp_done && tcp_done) {
         tracing::warn!("queries still in flight after the drain; their audit lines may be missing");
     }

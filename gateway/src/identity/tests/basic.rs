@@ -184,7 +184,10 @@ fn reason_codes_are_stable() {
 fn a_refused_basic_credential_names_the_agent_it_claims_never_the_key() {
     use crate::identity::IdentityResolver;
     let claimed = |value: HeaderValue| IdentityResolver::claimed_agent_id(Some(&value));
-    assert_eq!(claimed(basic("scraper-001", "wrong-key")).as_deref(), Some("scraper-001"));
+    assert_eq!(
+        claimed(basic("scraper-001", "wrong-key")).as_deref(),
+        Some("scraper-001")
+    );
     // Agent ids cannot hold ':'; keys can, and stay out.
     assert_eq!(claimed(basic("nobody", "k:e:y")).as_deref(), Some("nobody"));
     let encoded = |raw: &str| header(&format!("Basic {}", STANDARD.encode(raw)));

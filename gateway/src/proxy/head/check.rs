@@ -71,7 +71,10 @@ pub enum Checked {
     Partial,
     /// A head of `len` bytes that hyper will accept; `then` says how to
     /// find the next head.
-    Head { len: usize, then: Framing },
+    Head {
+        len: usize,
+        then: Framing,
+    },
     Malformed(Malformed),
 }
 
@@ -80,7 +83,9 @@ pub fn check(bytes: &[u8]) -> Checked {
     let mut request = httparse::Request::new(&mut headers);
     let len = match request.parse(bytes) {
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if bytes.len() >= MAX_HEAD_BYTES => return Checked::Malformed(Malformed::TooLarge),
+        Ok(httparse::Status::Partial) if bytes.len() >= MAX_HEAD_BYTES => {
+            return Checked::Malformed(Malformed::TooLarge);
+        }
         Ok(httparse::Status::Partial) => return Checked::Partial,
         Err(error) => {
             return Checked::Malformed(match error {

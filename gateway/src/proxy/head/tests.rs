@@ -24,10 +24,16 @@ fn framing(head: &[u8]) -> Framing {
 
 #[test]
 fn heads_hyper_accepts_pass_with_their_framing() {
-    assert_eq!(framing(b"GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n"), Framing::Head);
+    assert_eq!(
+        framing(b"GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n"),
+        Framing::Head
+    );
     assert_eq!(framing(b"GET http://a.test/ HTTP/1.0\n\n"), Framing::Head);
     assert_eq!(framing(b"CONNECT a.test:443 HTTP/1.1\r\n\r\n"), Framing::Opaque);
-    assert_eq!(framing(b"POST http://a/ HTTP/1.1\r\nContent-Length: 5\r\n\r\n"), Framing::Length(5));
+    assert_eq!(
+        framing(b"POST http://a/ HTTP/1.1\r\nContent-Length: 5\r\n\r\n"),
+        Framing::Length(5)
+    );
     assert_eq!(
         framing(b"POST http://a/ HTTP/1.1\r\nContent-Length: 5\r\ncontent-length: 5\r\n\r\n"),
         Framing::Length(5)
@@ -36,24 +42,51 @@ fn heads_hyper_accepts_pass_with_their_framing() {
         framing(b"POST http://a/ HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 9\r\n\r\n"),
         Framing::Chunked
     );
-    assert_eq!(framing(b"GET http://a/ HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"), Framing::Opaque);
+    assert_eq!(
+        framing(b"GET http://a/ HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"),
+        Framing::Opaque
+    );
     // Leading empty lines are skipped, as by hyper; obs-text values pass.
-    assert_eq!(framing(b"\r\nGET http://a/ HTTP/1.1\r\nX: caf\xe9\r\n\r\n"), Framing::Head);
+    assert_eq!(
+        framing(b"\r\nGET http://a/ HTTP/1.1\r\nX: caf\xe9\r\n\r\n"),
+        Framing::Head
+    );
     assert_eq!(check(b"GET http://a/ HTTP/1.1\r\nHost: a"), Checked::Partial);
 }
 
 #[test]
 fn heads_hyper_refuses_are_named() {
-    assert_eq!(malformed(b"GET http://%31%32%37.0.0.1/ HTTP/1.1\r\n\r\n"), Malformed::Target);
-    assert_eq!(malformed("GET http://exämple.test/ HTTP/1.1\r\n\r\n".as_bytes()), Malformed::Target);
+    assert_eq!(
+        malformed(b"GET http://%31%32%37.0.0.1/ HTTP/1.1\r\n\r\n"),
+        Malformed::Target
+    );
+    assert_eq!(
+        malformed("GET http://exämple.test/ HTTP/1.1\r\n\r\n".as_bytes()),
+        Malformed::Target
+    );
     assert_eq!(malformed(b"GET http://[::1/ HTTP/1.1\r\n\r\n"), Malformed::Target);
     assert_eq!(malformed(b"G(T http://a/ HTTP/1.1\r\n\r\n"), Malformed::Method);
     assert_eq!(malformed(b"GET http://a/ HTTP/2.0\r\n\r\n"), Malformed::Version);
-    assert_eq!(malformed(b"GET http://a/ HTTP/1.1\r\nBad Name: x\r\n\r\n"), Malformed::HeaderName);
-    assert_eq!(malformed(b"GET http://a/ HTTP/1.1\r\nX: a\x01b\r\n\r\n"), Malformed::HeaderValue);
-    assert_eq!(malformed(b"GET http://a/ HTTP/1.1\rX: y\r\n\r\n"), Malformed::LineEnding);
-    assert_eq!(malformed(b"POST http://a/ HTTP/1.1\r\nContent-Length: 1x\r\n\r\n"), Malformed::ContentLength);
-    assert_eq!(malformed(b"POST http://a/ HTTP/1.1\r\nContent-Length: +1\r\n\r\n"), Malformed::ContentLength);
+    assert_eq!(
+        malformed(b"GET http://a/ HTTP/1.1\r\nBad Name: x\r\n\r\n"),
+        Malformed::HeaderName
+    );
+    assert_eq!(
+        malformed(b"GET http://a/ HTTP/1.1\r\nX: a\x01b\r\n\r\n"),
+        Malformed::HeaderValue
+    );
+    assert_eq!(
+        malformed(b"GET http://a/ HTTP/1.1\rX: y\r\n\r\n"),
+        Malformed::LineEnding
+    );
+    assert_eq!(
+        malformed(b"POST http://a/ HTTP/1.1\r\nContent-Length: 1x\r\n\r\n"),
+        Malformed::ContentLength
+    );
+    assert_eq!(
+        malformed(b"POST http://a/ HTTP/1.1\r\nContent-Length: +1\r\n\r\n"),
+        Malformed::ContentLength
+    );
     assert_eq!(
         malformed(b"POST http://a/ HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
         Malformed::ContentLength
@@ -62,10 +95,19 @@ fn heads_hyper_refuses_are_named() {
         malformed(b"POST http://a/ HTTP/1.1\r\nContent-Length: 18446744073709551615\r\n\r\n"),
         Malformed::ContentLength
     );
-    assert_eq!(malformed(b"POST http://a/ HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"), Malformed::TransferEncoding);
-    assert_eq!(malformed(b"POST http://a/ HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"), Malformed::TransferEncoding);
+    assert_eq!(
+        malformed(b"POST http://a/ HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"),
+        Malformed::TransferEncoding
+    );
+    assert_eq!(
+        malformed(b"POST http://a/ HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
+        Malformed::TransferEncoding
+    );
     let many: String = (0..101).map(|i| format!("X-{i}: y\r\n")).collect();
-    assert_eq!(malformed(format!("GET http://a/ HTTP/1.1\r\n{many}\r\n").as_bytes()), Malformed::TooManyHeaders);
+    assert_eq!(
+        malformed(format!("GET http://a/ HTTP/1.1\r\n{many}\r\n").as_bytes()),
+        Malformed::TooManyHeaders
+    );
     let big = format!("GET http://a/ HTTP/1.1\r\nX: {}\r\n", "y".repeat(70_000));
     assert_eq!(malformed(big.as_bytes()), Malformed::TooLarge);
     assert_eq!(Malformed::TooLarge.status(), 431);
@@ -104,7 +146,10 @@ async fn a_bad_head_becomes_a_stand_in_that_only_its_guard_recognizes() {
     let (seen, guard) = through(&input).await;
     assert!(seen.starts_with(good));
     let stand_in = String::from_utf8_lossy(&seen[good.len()..]).to_string();
-    assert!(stand_in.starts_with("GET http://clawgress.invalid/ HTTP/1.1\r\n"), "{stand_in}");
+    assert!(
+        stand_in.starts_with("GET http://clawgress.invalid/ HTTP/1.1\r\n"),
+        "{stand_in}"
+    );
     assert!(stand_in.contains("connection: close"));
     assert!(!stand_in.contains("%31"), "nothing after the bad head reaches hyper");
     let token = stand_in
