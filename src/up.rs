@@ -34,6 +34,11 @@ pub struct UpArgs {
     /// State directory (audit trail, control state).
     #[arg(long, env = "CLAWGRESS_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// The control plane's store, for the web console and `clawgress
+    /// control`: SQLite in the state directory (control.db), a
+    /// sqlite:///PATH or postgres://... URL, or `none` for the files alone.
+    #[arg(long, env = "CLAWGRESS_DATABASE", value_name = "URL", default_value = "sqlite")]
+    pub database: String,
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
     /// Serve a demo site on 127.0.0.1:3002 and scrape it once.
@@ -228,7 +233,7 @@ async fn run_platform(
         mtls: None,
         integrity: Default::default(),
         replicas: clawgress_nats::Replicas::Auto,
-        database: None,
+        database: (args.database != "none").then(|| clawgress_gateway::store::database_url(&args.database, state_dir)),
     };
     // The gateway stops after the scheduler has drained: in-flight jobs
     // still need it.
@@ -303,8 +308,9 @@ async fn run_platform(
         "           (`make install` puts `clawgress` on your PATH)\n"
     };
     eprintln!(
-        "\nClawgress is up.\n  proxy     http://{}\n  dashboard http://{}/dashboard\n  metrics   http://{}/metrics (scheduler: http://{}/metrics)\n{steel_line}  control   http://{}/v1/  ({cli} egress list{} --token viewer-demo-token)\n  NATS      {}\n  audit     {}\nSubmit:    {submit}\n{install}Checks:    CLAWGRESS_SYNTHETIC_KEY=scraper-001-demo-key CLAWGRESS_ADMIN_TOKEN=viewer-demo-token {cli} synthetic run synthetic/checks.yaml --serve-fixtures\nCtrl-C stops everything.\n",
+        "\nClawgress is up.\n  proxy     http://{}\n  console   http://{}/console  (log in with maintainer-demo-token)\n  dashboard http://{}/dashboard\n  metrics   http://{}/metrics (scheduler: http://{}/metrics)\n{steel_line}  control   http://{}/v1/  ({cli} egress list{} --token viewer-demo-token)\n  NATS      {}\n  audit     {}\nSubmit:    {submit}\n{install}Checks:    CLAWGRESS_SYNTHETIC_KEY=scraper-001-demo-key CLAWGRESS_ADMIN_TOKEN=viewer-demo-token {cli} synthetic run synthetic/checks.yaml --serve-fixtures\nCtrl-C stops everything.\n",
         args.listen,
+        args.admin,
         args.admin,
         args.admin,
         args.scheduler_metrics,

@@ -162,10 +162,11 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
     let (audit, writer) = config
         .integrity
         .start_writer(&config.audit, config.audit_queue, metrics.audit())?;
-    let shipper = config
-        .nats_url
-        .as_deref()
-        .map(|url| config.integrity.start_shipper(url, config.replicas, &config.audit, &audit, &writer));
+    let shipper = config.nats_url.as_deref().map(|url| {
+        config
+            .integrity
+            .start_shipper(url, config.replicas, &config.audit, &audit, &writer)
+    });
 
     let proxy_listeners = proxy::server::bind_listeners(config.listen, config.workers).with_context(|| {
         format!(
@@ -206,8 +207,13 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
     let admin_addr = admin_listener.local_addr()?;
 
     let (stop, stopped) = watch::channel(false);
-    let control = control::ControlStore::start_with(config.nats_url.clone(), config.replicas, &config.state_dir, stopped.clone())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let control = control::ControlStore::start_with(
+        config.nats_url.clone(),
+        config.replicas,
+        &config.state_dir,
+        stopped.clone(),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     control.first_sync(Duration::from_secs(5)).await;
     let snapshot_limits = snapshot.containment_limits();
     let gateway_registry = metrics.registry().clone();
@@ -219,6 +225,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
             config.nats_url.clone(),
             &config.state_dir,
             config.policy.clone(),
+            config.agents.clone(),
             identities,
         ),
         audit,
@@ -346,7 +353,10 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
     };
     let mut store_lines = Vec::new();
     if let Some(holder) = gateway.store.holder() {
-        store_lines.push(format!("store database {} (agents, policies, tokens under /v1/)", holder.shown));
+        store_lines.push(format!(
+            "store database {} (agents, policies, tokens under /v1/)",
+            holder.shown
+        ));
     }
     let mut lines = vec![
         format!("proxy listening on {proxy_addr} ({} workers)", config.workers.max(1)),
@@ -397,7 +407,9 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
     }
     match flushed {
         Some(flushed) => flushed.context("the audit trail could not be flushed")?,
-        None => tracing::warn!("the audit trail was not flushed within the drain timeout; records still queued are lost"),
+        None => {
+            tracing::warn!("the audit trail was not flushed within the drain timeout; records still queued are lost")
+        }
     }
     Ok(())
 }

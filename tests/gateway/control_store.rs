@@ -136,11 +136,16 @@ async fn store_agents_work_through_the_proxy_and_a_rotated_key_stops_after_its_g
     let site = Site::new().await;
     let gw = site.gateway(&["--database"]);
 
-    // Before the store holds agents, the agents file is in force.
+    // The empty store starts with the agents file's agents: nobody the
+    // file lets in is locked out by the first agent the store gets.
     assert_eq!(
         raw::send(gw.proxy, &site.get("site.test", SCRAPER), b"").await.status,
         200
     );
+    let seeded = api(&gw, "GET", "/v1/agents/scraper-001", OPERATOR, &serde_json::Value::Null).await;
+    assert_eq!(seeded.status, 200, "{}", text(&seeded));
+    let history = api(&gw, "GET", "/v1/history?kind=agent", OPERATOR, &serde_json::Value::Null).await;
+    assert!(text(&history).contains("import"), "{}", text(&history));
 
     // Created through the CLI: the key is printed once, the store keeps its digest.
     let out = control_cli(
@@ -172,7 +177,7 @@ async fn store_agents_work_through_the_proxy_and_a_rotated_key_stops_after_its_g
         .find(|word| word.starts_with("cgk_"))
         .unwrap_or_else(|| panic!("no key in {printed}"))
         .to_string();
-    assert!(printed.contains("in force (store revision 1)"), "{printed}");
+    assert!(printed.contains("in force (store revision 2)"), "{printed}");
     let db = std::fs::read(gw.dir.path().join("state/control.db")).unwrap();
     assert!(
         !db.windows(key.len()).any(|w| w == key.as_bytes()),
@@ -185,10 +190,10 @@ async fn store_agents_work_through_the_proxy_and_a_rotated_key_stops_after_its_g
     assert_eq!(line["agent_id"], "store-001");
     assert_eq!(line["team_id"], "data");
     assert!(line["policy_version"].is_string());
-    // The store's registry replaces the file's.
+    // The file's agents are the store's now, and still in force.
     assert_eq!(
         raw::send(gw.proxy, &site.get("site.test", SCRAPER), b"").await.status,
-        407
+        200
     );
 
     // A stale version is refused with the current one; nothing changes.

@@ -397,6 +397,9 @@ struct RequestBody {
 struct ApproveBody {
     #[serde(default)]
     duration: Option<String>,
+    /// Why it was approved or rejected; kept on the audit line.
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -482,7 +485,7 @@ async fn change(
         }
         Route::Approve(id) | Route::Reject(id) => {
             let approve = matches!(route, Route::Approve(_));
-            let body: ApproveBody = parse_body(body, r#"{} or {"duration": "30d"}"#)?;
+            let body: ApproveBody = parse_body(body, r#"{} or {"duration": "30d", "reason": "..."}"#)?;
             let snapshot = store.snapshot();
             let request = snapshot.request(id).ok_or_else(|| not_found("request", id))?;
             super::tenancy::check_team(actor, "request", id, request.team.as_deref())?;
@@ -506,6 +509,9 @@ async fn change(
             decided.decided_at = Some(now);
             details.insert("request_id".to_string(), id.clone());
             details.insert("domain".to_string(), request.domain.clone());
+            if let Some(reason) = body.reason.as_deref().map(str::trim).filter(|r| !r.is_empty()) {
+                details.insert("decision_reason".to_string(), reason.chars().take(500).collect());
+            }
             let mut answer = serde_json::json!({"request": decided});
             if !approve {
                 store

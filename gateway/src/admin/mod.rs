@@ -5,6 +5,10 @@
 
 mod api;
 pub mod auth;
+// The web console lives beside the admin port's other pages but reuses
+// this module's token check, problems and audit helpers.
+#[path = "../console/mod.rs"]
+mod console;
 mod export;
 pub mod formats;
 mod problem;
@@ -69,8 +73,16 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: w
     }
 }
 
-async fn route(gateway: &Arc<Gateway>, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(gateway: &Arc<Gateway>, peer: SocketAddr, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if console::owns(req.uri().path()) {
+        return console::handle(gateway, peer, req).await;
+    }
     if req.uri().path().starts_with("/v1/") {
+        // A console session's cookie becomes its token here, so the routes
+        // below authorize it exactly as they would the token.
+        if let Some(refused) = console::session_to_bearer(gateway, peer, &mut req) {
+            return refused;
+        }
         // The control store's routes (agents, policies, tokens, quotas,
         // history) have their own module; the runtime control ones stay in `api`.
         if store_api::owns(req.uri().path()) {
@@ -135,7 +147,7 @@ async fn route(gateway: &Arc<Gateway>, peer: SocketAddr, req: Request<Incoming>)
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /dashboard, /metrics, /healthz, /readyz or the control API under /v1/\n",
+            "not found; try /console, /dashboard, /metrics, /healthz, /readyz or the control API under /v1/\n",
         ),
     }
 }

@@ -85,6 +85,8 @@ pub struct StoreLink {
     /// The agents file's registry (its agents and its JWT settings): what
     /// store agents are laid over, and what is in force without them.
     pub file_identities: ArcSwap<IdentityResolver>,
+    /// The `--agents` file: an empty store starts with its agents.
+    pub agents_file: PathBuf,
     applied: Mutex<lkg::Applied>,
     /// The bucket has been read once since start.
     synced: AtomicBool,
@@ -108,6 +110,7 @@ impl StoreLink {
         nats_url: Option<String>,
         state_dir: &std::path::Path,
         policy_file: PathBuf,
+        agents_file: PathBuf,
         file_identities: Arc<IdentityResolver>,
     ) -> StoreLink {
         let policy_dir = match policy_file.parent() {
@@ -126,6 +129,7 @@ impl StoreLink {
             policy_file,
             policy_dir,
             file_identities: ArcSwap::new(file_identities),
+            agents_file,
             applied: Mutex::new(lkg::Applied::default()),
             synced: AtomicBool::new(false),
             nudge: Notify::new(),

@@ -52,6 +52,7 @@ pub(super) async fn open_database(gateway: Arc<Gateway>, mut stop: watch::Receiv
     *lock(&holder.last_error) = None;
     let _ = holder.db.set(db);
     let Ok(db) = gateway.store.db() else { return };
+    seed_agents(&gateway, db).await;
     if gateway.store.nats_url.is_none() {
         for kind in Kind::ALL {
             match db.snapshot(kind).await {
@@ -65,6 +66,64 @@ pub(super) async fn open_database(gateway: Arc<Gateway>, mut stop: watch::Receiv
     } else {
         gateway.store.nudge.notify_one();
     }
+}
+
+/// A store that holds no agent starts with the agents file's. Store agents
+/// replace the file's, so without this the first agent created in a new
+/// store would lock out every agent of the file, and the workers using
+/// their keys. An empty store means "the file is in force" either way, so
+/// this changes nothing until the store is used, and it is recorded like
+/// an import by hand (`admin_action` `agent_import`, a history row).
+async fn seed_agents(gateway: &Gateway, db: &clawgress_control::Store) {
+    match db.agents().await {
+        Ok(agents) if agents.is_empty() => {}
+        Ok(_) => return,
+        Err(error) => {
+            tracing::warn!("cannot read the store's agents: {error}");
+            return;
+        }
+    }
+    let path = &gateway.store.agents_file;
+    let origin = path.display().to_string();
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return;
+    };
+    let specs = match crate::identity::IdentityResolver::agents_for_import(&text, &origin) {
+        Ok(specs) if !specs.is_empty() => specs,
+        Ok(_) => return,
+        Err(error) => {
+            tracing::warn!("the empty control store keeps no agents of {origin}: {error}");
+            return;
+        }
+    };
+    let Ok(slot) = gateway.audit.reserve() else {
+        tracing::warn!("the audit trail cannot take a record: the empty control store is not seeded from {origin}");
+        return;
+    };
+    let author = clawgress_control::Author {
+        name: "clawgress".to_string(),
+        role: "system".to_string(),
+    };
+    let validate = |agents: &[clawgress_control::Agent]| crate::identity::IdentityResolver::check_store_agents(agents);
+    let mut event = crate::audit::AdminEvent::new("clawgress", "system", "agent_import");
+    event.details.insert("file".to_string(), origin.clone());
+    match db.create_agents(&author, specs, true, "import", &validate).await {
+        Ok(created) => {
+            tracing::info!(
+                "the empty control store starts with the {} agents of {origin}",
+                created.agents.len()
+            );
+            event
+                .details
+                .insert("imported".to_string(), created.agents.len().to_string());
+            event.details.insert("outcome".to_string(), "ok".to_string());
+        }
+        Err(error) => {
+            tracing::warn!("the empty control store keeps no agents of {origin}: {error}");
+            event.details.insert("outcome".to_string(), "failed".to_string());
+        }
+    }
+    slot.record(event);
 }
 
 /// Publishes the committed snapshot of `kind`, if the bucket is behind.

@@ -90,7 +90,9 @@ async fn two_replicas_apply_store_changes_and_keep_serving_without_the_holder() 
         .iter()
         .map(|a| a["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, ["data-002", "roaming-001"]);
+    // Team data's: the two made here and the two the store was seeded
+    // with from the agents file; never team builders'.
+    assert_eq!(ids, ["data-002", "retired-001", "roaming-001", "scraper-001"]);
     // Its temporary allows open domains to its team's agents only.
     let temp = serde_json::json!({"domain": "unlisted.test", "duration": "1h", "reason": "team test", "ports": [site.origin.addr.port()]});
     let added = api(&holder, "POST", "/v1/allowlist/temporary", DATA_OPERATOR, &temp).await;
@@ -114,6 +116,18 @@ async fn two_replicas_apply_store_changes_and_keep_serving_without_the_holder() 
     .await;
     assert_eq!(block.status, 403);
 
+    // Deleted in the store (the agents file still lists it): refused everywhere.
+    let deleted = api(
+        &holder,
+        "DELETE",
+        "/v1/agents/scraper-001",
+        OPERATOR,
+        &serde_json::json!({"version": 1}),
+    )
+    .await;
+    assert_eq!(deleted.status, 200, "{}", text(&deleted));
+    until_status(&replica, &site.get("site.test", SCRAPER), 407).await;
+
     // The holder goes away with its database: the replica keeps serving.
     let replica_state = replica.dir.path().join("state");
     drop(holder);
@@ -132,6 +146,7 @@ async fn two_replicas_apply_store_changes_and_keep_serving_without_the_holder() 
         "{}",
         restarted.log()
     );
+    // The store's registry, not the file's: the deleted agent stays out.
     assert_eq!(
         raw::send(restarted.proxy, &site.get("site.test", SCRAPER), b"")
             .await
@@ -193,5 +208,6 @@ async fn a_postgresql_store_down_stops_changes_not_traffic() {
     let listed = api(&again, "GET", "/v1/agents", VIEWER, &serde_json::Value::Null)
         .await
         .json();
-    assert_eq!(listed["agents"].as_array().unwrap().len(), 2);
+    // The agents file's three (the empty store was seeded) and the two made here.
+    assert_eq!(listed["agents"].as_array().unwrap().len(), 5);
 }

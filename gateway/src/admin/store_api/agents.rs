@@ -107,6 +107,14 @@ struct UpdateBody {
     disabled: Option<bool>,
 }
 
+/// A delete names its version like any change (or by If-Match).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteBody {
+    #[serde(default)]
+    version: Option<i64>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RotateBody {
@@ -181,7 +189,8 @@ pub(super) async fn handle(route: &Route, call: &mut Call<'_>) -> Answer {
         Route::Update(id) => update(call, id).await,
         Route::Rotate(id) => rotate(call, id).await,
         Route::Delete(id) => {
-            let version = call.version(None)?;
+            let body: DeleteBody = parse(call.body, r#"{"version": 3}"#)?;
+            let version = call.version(body.version)?;
             call.details.insert("agent_id".to_string(), id.clone());
             let agent = fetch(call, id).await?;
             let (deleted, revision) = call
