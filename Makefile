@@ -1,5 +1,5 @@
 # The two commands the README opens with. Each installs what it needs.
-.PHONY: up install test deb lab bench-analyze bench-proxy bench-limits bench-pipeline bench-inspection bench-observability bench-synthetic bench-edge bench-steel bench-audit
+.PHONY: up install test deb lab cluster bench-budgets bench-analyze bench-proxy bench-limits bench-pipeline bench-inspection bench-observability bench-synthetic bench-edge bench-steel bench-audit bench-browser bench-tunnels soak
 
 # The gateway with the shipped policy and the example agents, on
 # 127.0.0.1:3128 (proxy) and 127.0.0.1:9128 (admin). Ctrl-C stops it.
@@ -37,6 +37,20 @@ lab:
 	./deploy/local/prereqs.sh build nftables dnsmasq
 	cargo build --release --locked
 	./deploy/lab/lab.sh
+
+# Scale-out on this machine: three nats-servers (a JetStream cluster), two
+# gateways and two schedulers on loopback (README: Scale-out). Ctrl-C stops them.
+cluster:
+	./deploy/local/prereqs.sh build nats
+	cargo build --release --locked
+	./deploy/local/cluster.sh
+
+# Issue 16: four gateway replicas on one hot token budget over a real
+# nats-server: CAS conflicts/s with leased blocks vs a CAS per request.
+bench-budgets:
+	./deploy/local/prereqs.sh build nats
+	cargo build --release --locked
+	./gateway/bench/budgets.sh
 
 # Direct vs Clawgress vs Squid 5.7, side by side (see BENCHMARKS.md).
 bench-proxy:
@@ -99,6 +113,27 @@ bench-audit:
 	./deploy/local/prereqs.sh build nats
 	cargo build --release --locked
 	BENCH_NATS=1 ./gateway/bench/audit.sh
+
+# Issue 16: Chromium jobs vs Crawlee's PuppeteerCrawler on the same pages,
+# gateway and browser binary: pages/s, p95 and peak RSS side by side.
+bench-browser:
+	./deploy/local/prereqs.sh build nats chromium node
+	cargo build --release --locked
+	./gateway/bench/browser.sh
+
+# Issue 16: 10,000 CONNECT tunnels held through the gateway: RSS per
+# tunnel, and a request's latency while they are open (BENCHMARKS.md).
+bench-tunnels:
+	./deploy/local/prereqs.sh build
+	cargo build --release --locked
+	./gateway/bench/tunnels.sh
+
+# Issue 16: mixed load for SOAK_MINUTES (10): http and Chromium jobs,
+# CONNECT, denials and rate limits; the drift of RSS, fds, threads and p99.
+soak:
+	./deploy/local/prereqs.sh build nats chromium
+	cargo build --release --locked
+	./gateway/bench/soak.sh
 
 # Issue 15: `clawgress analyze` events/s on one core over a synthetic trail,
 # against the gateway's peak request rate (see BENCHMARKS.md).

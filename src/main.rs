@@ -99,6 +99,9 @@ enum Command {
     BenchDlp(bench::dlp::DlpBenchArgs),
     /// What the AI analyzer costs: a prompt's token estimate, a whole request read.
     BenchTokens(bench::tokens::TokensBenchArgs),
+    /// Gateway replicas on one hot token budget over NATS: CAS conflicts/s
+    /// with leased blocks and with a compare-and-set per request.
+    BenchBudgets(bench::budgets::BudgetsBenchArgs),
 }
 
 #[derive(clap::Subcommand)]
@@ -445,6 +448,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::BenchTokens(args) => {
             bench::tokens::run(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        // Every replica's tasks on one core, as the other load generators.
+        Command::BenchBudgets(args) => {
+            single_thread_runtime()?.block_on(bench::budgets::run(args))?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -113,9 +113,7 @@ pub fn warm_up() {
 pub fn warm_up_in_background() {
     static STARTED: std::sync::Once = std::sync::Once::new();
     STARTED.call_once(|| {
-        let _ = std::thread::Builder::new()
-            .name("tokenizer-load".into())
-            .spawn(warm_up);
+        let _ = std::thread::Builder::new().name("tokenizer-load".into()).spawn(warm_up);
     });
 }
 

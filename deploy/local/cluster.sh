@@ -38,16 +38,39 @@ done
 GATEWAYS="http://127.0.0.1:3128,http://127.0.0.1:3138"
 
 PIDS=()
+# stop_wait SECONDS PID...: until they have exited; then kill -9 what is left.
+stop_wait() {
+    local seconds=$1 tick=0 pid alive
+    shift
+    while :; do
+        alive=()
+        for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive+=("$pid"); done
+        [ "${#alive[@]}" = 0 ] && return 0
+        if [ "$tick" -ge $((seconds * 10)) ]; then
+            echo "still running after $seconds s, killed: ${alive[*]}" >&2
+            kill -KILL "${alive[@]}" 2>/dev/null || true
+            return 0
+        fi
+        tick=$((tick + 1))
+        sleep 0.1
+    done
+}
 cleanup() {
     trap - EXIT INT TERM
     echo "stopping: schedulers, then gateways, then NATS" >&2
+    local name pid stopping=()
     for name in scheduler-1 scheduler-2 gateway-1 gateway-2 site nats-1 nats-2 nats-3; do
-        [ -f "$DIR/$name.pid" ] && kill -INT "$(cat "$DIR/$name.pid")" 2>/dev/null || true
-        # Schedulers drain before the gateways they fetch through go.
-        case $name in scheduler-2 | gateway-2) sleep 1 ;; esac
+        [ -f "$DIR/$name.pid" ] || continue
+        pid=$(cat "$DIR/$name.pid")
+        kill -INT "$pid" 2>/dev/null && stopping+=("$pid")
+        # Schedulers drain (--drain-timeout, 30 s) before the gateways they
+        # fetch through go, and the gateways before NATS.
+        case $name in scheduler-2 | site) stop_wait 35 "${stopping[@]}" ;; esac
     done
+    stop_wait 35 "${stopping[@]}" "${PIDS[@]}"
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
     rm -f "$DIR"/*.pid
+    echo "stopped" >&2
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -66,7 +89,11 @@ wait_port() {
 start() {
     local name=$1
     shift
-    "$@" >>"$DIR/$name.log" 2>&1 &
+    # Checks read only this run's lines: the logs are appended to.
+    echo "--- cluster.sh: starting $(date -u +%FT%TZ)" >>"$DIR/$name.log"
+    # A session of its own: Ctrl-C reaches this script only, which stops
+    # the processes in order (a second SIGINT would make them skip the drain).
+    setsid "$@" >>"$DIR/$name.log" 2>&1 </dev/null &
     PIDS+=($!)
     echo $! >"$DIR/$name.pid"
     printf '%s\t%q' "$name" "$1" >>"$DIR/commands"
@@ -83,6 +110,22 @@ for i in 1 2 3; do
         --cluster_name clawgress --cluster "nats://127.0.0.1:$((BASE + 2000 + i - 1))" --routes "$ROUTES"
 done
 for i in 1 2 3; do wait_port "nats-$i" $((BASE + i - 1)); done
+# JetStream answers once the servers have elected a metadata leader (up to
+# tens of seconds on a fresh cluster); the gateways and schedulers need it at
+# start. Only this run's lines count: the logs are appended to.
+elected() {
+    local log
+    for log in "$DIR"/nats-[123].log; do
+        awk '/cluster.sh: starting/ { found = 0 } /new metadata leader/ { found = 1 } END { exit !found }' "$log" && return 0
+    done
+    return 1
+}
+tries=0
+until elected; do
+    tries=$((tries + 1))
+    [ "$tries" -lt 900 ] || { echo "error: the NATS cluster elected no JetStream leader in 90 s; see $DIR/nats-*.log" >&2; exit 1; }
+    sleep 0.1
+done
 
 start site "$BIN" bench-target --listen 127.0.0.1:3002 --html --size 2048
 for i in 1 2; do
@@ -95,6 +138,17 @@ for i in 1 2; do
 done
 wait_port gateway-1 3128
 wait_port gateway-2 3138
+# The schedulers create the replicated streams at start and stop if
+# JetStream cannot yet place them; a gateway whose control store has synced
+# has created (or found) its replicated bucket, so JetStream can.
+for i in 1 2; do
+    tries=0
+    until awk '/cluster.sh: starting/ { found = 0 } /control store synced/ { found = 1 } END { exit !found }' "$DIR/gateway-$i.log"; do
+        tries=$((tries + 1))
+        [ "$tries" -lt 900 ] || { echo "error: gateway-$i has no control store after 90 s; see $DIR/gateway-$i.log" >&2; exit 1; }
+        sleep 0.1
+    done
+done
 for i in 1 2; do
     start "scheduler-$i" "$BIN" scheduler --nats "$NATS_URLS" --gateway "$GATEWAYS" \
         --credentials policies/credentials.example.yaml --metrics "127.0.0.1:$((9129 + (i - 1) * 10))" \
@@ -109,7 +163,7 @@ cat >"$DIR/restart" <<'EOF'
 set -euo pipefail
 dir=$(cd "$(dirname "$0")" && pwd)
 line=$(grep -P "^$1\t" "$dir/commands") || { echo "no process named $1 (see $dir/commands)" >&2; exit 1; }
-eval "${line#*$'\t'}" >>"$dir/$1.log" 2>&1 &
+eval "setsid ${line#*$'\t'}" >>"$dir/$1.log" 2>&1 </dev/null &
 echo $! >"$dir/$1.pid"
 echo "$1 started again (pid $!)"
 EOF
@@ -128,10 +182,21 @@ Control:  CLAWGRESS_ADMIN_TOKEN=maintainer-demo-token $BIN egress emergency-bloc
 Ctrl-C stops everything.
 EOF
 
-# Runs until Ctrl-C, or until every process has gone.
+# Runs until Ctrl-C, or until every process has gone; says when one exits.
+declare -A reported=()
 while true; do
     alive=0
     for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    for file in "$DIR"/*.pid; do
+        [ -f "$file" ] || continue
+        name=$(basename "$file" .pid) pid=$(cat "$file")
+        if kill -0 "$pid" 2>/dev/null; then
+            alive=1 reported[$name]=
+        elif [ -z "${reported[$name]:-}" ]; then
+            reported[$name]=1
+            echo "$name (pid $pid) exited; see $DIR/$name.log, start it again with $DIR/restart $name" >&2
+        fi
+    done
     [ "$alive" = 1 ] || break
     sleep 1
 done

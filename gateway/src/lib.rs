@@ -227,6 +227,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
             config.policy.clone(),
             config.agents.clone(),
             identities,
+            config.replicas,
         ),
         audit,
         metrics,

@@ -45,7 +45,9 @@ impl OpenFiles {
 
 /// The descriptors `max_connections` need.
 pub fn files_needed(max_connections: usize) -> u64 {
-    (max_connections as u64).saturating_mul(2).saturating_add(RESERVED_FILES)
+    (max_connections as u64)
+        .saturating_mul(2)
+        .saturating_add(RESERVED_FILES)
 }
 
 /// Raises the soft open-files limit to the hard one (no privilege needed),

@@ -192,6 +192,9 @@ mod tests {
         assert!(warning.contains("nats stream edit JOBS --replicas 3"), "{warning}");
         let warning = fewer_replicas(Holder::Bucket("clawgress-control"), 1, 3).unwrap();
         assert!(warning.contains("KV bucket clawgress-control"), "{warning}");
-        assert!(warning.contains("nats stream edit KV_clawgress-control --replicas 3"), "{warning}");
+        assert!(
+            warning.contains("nats stream edit KV_clawgress-control --replicas 3"),
+            "{warning}"
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! (the origin it fetches from). Both share one 2-core machine with the proxy
 //! under test, so both avoid per-request allocation and logging.
 
+pub mod budgets;
 pub mod control;
 pub mod dlp;
 mod endpoint;

@@ -7,7 +7,8 @@
 //! exactly one final result. Each kill's time until throughput recovers is
 //! printed. During the node outage, 200 concurrent AI calls across both
 //! gateways never overspend their shared token budget, and an emergency
-//! block reaches both gateways within a second.
+//! block reaches both gateways within a second. `CLAWGRESS_CHAOS_LOG`
+//! sets the schedulers' log filter (`CLAWGRESS_LOG`; default `info`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,6 +21,9 @@ use support::nats_cluster::NatsCluster;
 
 use super::*;
 
+mod progress;
+use progress::*;
+
 /// Distinct hosts the jobs go to (each has its own per-host slots).
 const HOSTS: usize = 40;
 const MAINTAINER: &str = "chaos-maintainer-token";
@@ -30,33 +34,6 @@ fn job_count() -> usize {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(20_000)
-}
-
-/// Result messages as they arrive: when, and for which job.
-#[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<(Instant, String)>>>);
-
-impl Seen {
-    fn count(&self) -> usize {
-        self.0.lock().unwrap().len()
-    }
-
-    /// Results per second over the `window` before `at`.
-    fn rate(&self, at: Instant, window: Duration) -> f64 {
-        let seen = self.0.lock().unwrap();
-        let from = at.checked_sub(window).unwrap_or(at);
-        let n = seen.iter().rev().take_while(|(t, _)| *t >= from).filter(|(t, _)| *t <= at).count();
-        n as f64 / window.as_secs_f64()
-    }
-
-    /// Publications per job id (a job run twice publishes twice).
-    fn per_job(&self) -> HashMap<String, usize> {
-        let mut per = HashMap::new();
-        for (_, id) in self.0.lock().unwrap().iter() {
-            *per.entry(id.clone()).or_insert(0) += 1;
-        }
-        per
-    }
 }
 
 struct Cluster {
@@ -77,9 +54,16 @@ impl Cluster {
         let dns = TestDns::start(&[]).await;
         let port = origin.addr.port();
         let hosts: String = (0..HOSTS).map(|i| format!("    h{i}.wild.test: 127.0.0.1\n")).collect();
-        // Many concurrent fetches by one agent: containment is not under test.
+        // Many concurrent fetches by one agent, and no gateway-wide rate
+        // limit (10,000/min by default): neither is under test, and a
+        // limiter's burst followed by its pace would read as a throughput
+        // that never recovers.
         let policy = policy_yaml(port, 1, 1, dns.addr, "enforce")
             .replace("max_concurrent_requests: 10", "max_concurrent_requests: 1000")
+            .replace(
+                "  throttle_action: reject",
+                "  global: {default: 1000000/min, burst: 100000}\n  throttle_action: reject",
+            )
             + &hosts
             + &format!("budgets:\n  rules:\n    - {{scope: agent, window: day, tokens: {BUDGET}, mode: hard-stop}}\n");
         let dir = tempfile::tempdir().unwrap();
@@ -146,11 +130,29 @@ impl Cluster {
             .open(self.dir.path().join(format!("scheduler-{i}.log")))
             .unwrap();
         let child = std::process::Command::new(support::clawgress_bin())
-            .args(["scheduler", "--nats", &self.nats.urls(), "--gateway", &self.gateway_list()])
+            .args([
+                "scheduler",
+                "--nats",
+                &self.nats.urls(),
+                "--gateway",
+                &self.gateway_list(),
+            ])
             .arg("--credentials")
             .arg(self.dir.path().join("credentials.yaml"))
-            .args(["--concurrency", "48", "--per-domain", "4", "--ack-wait-secs", "5", "--chromium", "none"])
-            .env("CLAWGRESS_LOG", "info")
+            .args([
+                "--concurrency",
+                "48",
+                "--per-domain",
+                "4",
+                "--ack-wait-secs",
+                "5",
+                "--chromium",
+                "none",
+            ])
+            .env(
+                "CLAWGRESS_LOG",
+                std::env::var("CLAWGRESS_CHAOS_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
@@ -163,13 +165,26 @@ impl Cluster {
         for i in 0..2 {
             let log = std::fs::read_to_string(self.dir.path().join(format!("scheduler-{i}.log"))).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            out.push_str(&format!("--- scheduler {i}\n{}\n", tail.into_iter().rev().collect::<Vec<_>>().join("\n")));
+            out.push_str(&format!(
+                "--- scheduler {i}\n{}\n",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            ));
         }
         for (i, gateway) in self.gateways.iter().enumerate() {
             if let Some(gateway) = gateway {
-                let log = gateway.log();
+                // Without the store-bucket retries (another feature's; they
+                // drown the lines that tell what happened here).
+                let log: String = gateway
+                    .log()
+                    .lines()
+                    .filter(|l| !l.contains("store::bucket"))
+                    .map(|l| format!("{l}\n"))
+                    .collect();
                 let tail: Vec<&str> = log.lines().rev().take(20).collect();
-                out.push_str(&format!("--- gateway {i}\n{}\n", tail.into_iter().rev().collect::<Vec<_>>().join("\n")));
+                out.push_str(&format!(
+                    "--- gateway {i}\n{}\n",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                ));
             }
         }
         out
@@ -188,35 +203,6 @@ impl Cluster {
 async fn leader(js: &async_nats::jetstream::Context, stream: &str) -> Option<String> {
     let mut stream = js.get_stream(stream).await.ok()?;
     stream.info().await.ok()?.cluster.as_ref()?.leader.clone()
-}
-
-/// Waits until results flow at half the `before` rate again (over a
-/// second); returns how long that took from `since`.
-async fn recovery(seen: &Seen, since: Instant, before: f64, what: &str, cluster: &Cluster) -> Duration {
-    let deadline = since + Duration::from_secs(90);
-    loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = Instant::now();
-        // Only windows that begin after the kill count.
-        if now >= since + Duration::from_secs(1) && seen.rate(now, Duration::from_secs(1)) >= before / 2.0 {
-            return (now - Duration::from_secs(1)).saturating_duration_since(since);
-        }
-        assert!(
-            now < deadline,
-            "throughput did not recover after {what} (before: {before:.0}/s, now {:.0}/s)\n{}",
-            seen.rate(now, Duration::from_secs(1)),
-            cluster.logs()
-        );
-    }
-}
-
-/// Waits until `fraction` of `total` results are in.
-async fn until_done(seen: &Seen, total: usize, fraction: f64, cluster: &Cluster) {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while (seen.count() as f64) < fraction * total as f64 {
-        assert!(Instant::now() < deadline, "{} of {total} results\n{}", seen.count(), cluster.logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn ai_call(port: u16) -> (String, String) {
@@ -245,7 +231,7 @@ async fn budget_burst(cluster: &Cluster) {
     }
     let mut statuses: HashMap<u16, usize> = HashMap::new();
     while let Some(response) = calls.join_next().await {
-        let response = response.unwrap();
+        let response = response.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
         assert!(
             matches!(response.status, 200 | 429 | 503),
             "{} {}",
@@ -277,7 +263,10 @@ async fn budget_burst(cluster: &Cluster) {
     println!("budget burst during the node outage: {statuses:?}; {served} served, {used} tokens used of {BUDGET}");
     assert_eq!(served, statuses.get(&200).copied().unwrap_or(0));
     assert!(served > 0, "{statuses:?}");
-    assert!(used <= BUDGET, "{used} tokens used across both gateways, budget {BUDGET}");
+    assert!(
+        used <= BUDGET,
+        "{used} tokens used across both gateways, budget {BUDGET}"
+    );
 }
 
 async fn admin(gateway: &GatewayProc, path: &str, body: &str) -> raw::RawResponse {
@@ -303,8 +292,10 @@ async fn block_and_restore(cluster: &Cluster) {
     // made: the operator looks and tries again, as this does.
     let deadline = Instant::now() + Duration::from_secs(30);
     let (incident, sent) = loop {
+        let asked = Instant::now();
         let blocked = admin(a, "/v1/emergency-block", r#"{"reason": "chaos drill"}"#).await;
         let sent = Instant::now();
+        println!("emergency block answered {} in {:?}", blocked.status, asked.elapsed());
         match blocked.status {
             201 => break (blocked.json()["incident_id"].as_str().unwrap().to_string(), sent),
             409 => {
@@ -315,7 +306,10 @@ async fn block_and_restore(cluster: &Cluster) {
                 )
                 .await
                 .json();
-                break (status["emergency_block"]["incident_id"].as_str().unwrap().to_string(), sent);
+                break (
+                    status["emergency_block"]["incident_id"].as_str().unwrap().to_string(),
+                    sent,
+                );
             }
             503 => {
                 println!("emergency block not confirmed yet ({}); again", blocked.reason());
@@ -333,12 +327,21 @@ async fn block_and_restore(cluster: &Cluster) {
                 took.push(sent.elapsed());
                 break;
             }
-            assert!(sent.elapsed() < Duration::from_secs(10), "the block never reached {}", gateway.proxy);
+            assert!(
+                sent.elapsed() < Duration::from_secs(10),
+                "the block never reached {}\n{}",
+                gateway.proxy,
+                cluster.logs()
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
     println!("emergency block during the node outage reached the gateways in {took:?}");
-    assert!(took.iter().all(|t| *t < Duration::from_secs(1)), "{took:?}");
+    assert!(
+        took.iter().all(|t| *t < Duration::from_secs(1)),
+        "{took:?}\n{}",
+        cluster.logs()
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let restored = admin(b, "/v1/restore", &format!(r#"{{"incident_id": "{incident}"}}"#)).await;
@@ -382,7 +385,9 @@ async fn read_all(js: &async_nats::jetstream::Context, stream: &str, subject: &s
 
 #[tokio::test]
 async fn a_cluster_loses_no_job_to_a_killed_nats_server_scheduler_or_gateway() {
-    let Some(mut cluster) = Cluster::start().await else { return };
+    let Some(mut cluster) = Cluster::start().await else {
+        return;
+    };
     let total = job_count();
     let client = async_nats::connect(cluster.nats.url(0)).await.unwrap();
     let js = async_nats::jetstream::new(client);
@@ -398,7 +403,13 @@ async fn a_cluster_loses_no_job_to_a_killed_nats_server_scheduler_or_gateway() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(jobs.config.num_replicas, 3, "JOBS is replicated on the 3-node cluster");
-    for stream in ["RESULTS", "DLQ", "KV_clawgress-control", "KV_clawgress-hosts", "KV_clawgress-budgets"] {
+    for stream in [
+        "RESULTS",
+        "DLQ",
+        "KV_clawgress-control",
+        "KV_clawgress-hosts",
+        "KV_clawgress-budgets",
+    ] {
         let mut found = loop {
             match js.get_stream(stream).await {
                 Ok(found) => break found,
@@ -414,15 +425,25 @@ async fn a_cluster_loses_no_job_to_a_killed_nats_server_scheduler_or_gateway() {
     let victim = cluster.nats.index_of(&victim_name).expect("a node of ours");
     let watcher = (0..3).find(|&i| i != victim).unwrap();
     let watch_client = async_nats::connect(cluster.nats.url(watcher)).await.unwrap();
+    // Progress is what RESULTS stores; every publication is also counted,
+    // to report jobs run twice.
     let seen = Seen::default();
+    seen.follow(async_nats::jetstream::new(watch_client.clone()));
+    let publications = Publications::default();
     let mut results = watch_client.subscribe("results.>").await.unwrap();
     watch_client.flush().await.unwrap();
     {
-        let seen = seen.clone();
+        let publications = publications.clone();
         tokio::spawn(async move {
             while let Some(message) = results.next().await {
-                let id = message.subject.as_str().rsplit('.').next().unwrap_or_default().to_string();
-                seen.0.lock().unwrap().push((Instant::now(), id));
+                let id = message
+                    .subject
+                    .as_str()
+                    .rsplit('.')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                *publications.0.lock().unwrap().entry(id).or_default() += 1;
             }
         });
     }
@@ -445,7 +466,7 @@ async fn a_cluster_loses_no_job_to_a_killed_nats_server_scheduler_or_gateway() {
     println!("published {total} jobs in {:?}", published.elapsed());
 
     // 1. kill -9 the JOBS leader; during the outage, budgets and the block.
-    until_done(&seen, total, 0.15, &cluster).await;
+    until_done(&seen, total, total * 15 / 100, &cluster).await;
     let victim = match leader(&js, "JOBS").await.and_then(|n| cluster.nats.index_of(&n)) {
         Some(now) if now != watcher => now,
         _ => victim,
@@ -453,40 +474,52 @@ async fn a_cluster_loses_no_job_to_a_killed_nats_server_scheduler_or_gateway() {
     let before = seen.rate(Instant::now(), Duration::from_secs(2));
     let killed = Instant::now();
     cluster.nats.kill(victim);
-    let took = recovery(&seen, killed, before, "the nats-server kill", &cluster).await;
-    println!(
-        "kill -9 nats-server {} (JOBS leader): throughput {before:.0}/s before, back to half of it after {took:?}",
-        cluster.nats.name(victim)
+    let took = recovery(&seen, killed, before, "the nats-server kill", total, &cluster).await;
+    recovered(
+        &format!("kill -9 nats-server {} (JOBS leader)", cluster.nats.name(victim)),
+        before,
+        took,
     );
+    // The outage as it lasts: the buckets have failed over to the two live
+    // servers. (Before that, in the election after the kill, a request
+    // waits for it: up to 12 s, longer than this test's client waits.)
+    let victim_name = cluster.nats.name(victim).to_string();
+    for bucket in ["KV_clawgress-budgets", "KV_clawgress-control"] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while leader(&js, bucket).await.is_none_or(|l| l == victim_name) {
+            assert!(Instant::now() < deadline, "{bucket} has no leader 30 s after the kill");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     budget_burst(&cluster).await;
     block_and_restore(&cluster).await;
     cluster.nats.restart(victim);
     let down_for = killed.elapsed();
 
     // 2. kill -9 a scheduler, then start it again.
-    until_done(&seen, total, 0.45, &cluster).await;
+    until_done(&seen, total, next_step(&seen, total), &cluster).await;
     let before = seen.rate(Instant::now(), Duration::from_secs(2));
     let killed = Instant::now();
     cluster.schedulers[1] = None;
-    let took_scheduler = recovery(&seen, killed, before, "the scheduler kill", &cluster).await;
-    println!("kill -9 scheduler: throughput {before:.0}/s before, back to half of it after {took_scheduler:?}");
+    let took = recovery(&seen, killed, before, "the scheduler kill", total, &cluster).await;
+    recovered("kill -9 scheduler", before, took);
     cluster.schedulers[1] = Some(cluster.scheduler(1));
 
     // 3. kill -9 a gateway; the workers go on through the other.
-    until_done(&seen, total, 0.65, &cluster).await;
+    until_done(&seen, total, next_step(&seen, total), &cluster).await;
     let before = seen.rate(Instant::now(), Duration::from_secs(2));
     let killed = Instant::now();
     if let Some(mut gateway) = cluster.gateways[1].take() {
         let _ = gateway.child.kill();
         let _ = gateway.child.wait();
     }
-    let took_gateway = recovery(&seen, killed, before, "the gateway kill", &cluster).await;
-    println!("kill -9 gateway: throughput {before:.0}/s before, back to half of it after {took_gateway:?}");
+    let took = recovery(&seen, killed, before, "the gateway kill", total, &cluster).await;
+    recovered("kill -9 gateway", before, took);
 
     // Every job answered, exactly once.
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let answered = seen.per_job().keys().filter(|id| id.starts_with("c-")).count();
+        let answered = seen.count();
         if answered >= total {
             break;
         }
@@ -504,7 +537,10 @@ async fn a_cluster_loses_no_job_to_a_killed_nats_server_scheduler_or_gateway() {
     let stored = read_all(&js, "RESULTS", "results.>").await;
     let mut by_job: HashMap<String, Vec<&serde_json::Value>> = HashMap::new();
     for result in &stored {
-        by_job.entry(result["job_id"].as_str().unwrap().to_string()).or_default().push(result);
+        by_job
+            .entry(result["job_id"].as_str().unwrap().to_string())
+            .or_default()
+            .push(result);
     }
     let letters = read_all(&js, "DLQ", "dlq.>").await;
     let mut dead: HashMap<String, usize> = HashMap::new();
@@ -527,9 +563,12 @@ async fn a_cluster_loses_no_job_to_a_killed_nats_server_scheduler_or_gateway() {
         }
         *statuses.entry(status).or_default() += 1;
     }
-    let twice = seen.per_job().values().filter(|n| **n > 1).count();
+    let twice = publications.0.lock().unwrap().values().filter(|n| **n > 1).count();
     println!(
         "final results: {statuses:?}; {twice} job(s) published a result twice (run again after a lost ack), stored once"
     );
-    assert!(statuses.get("ok").copied().unwrap_or(0) * 10 >= total * 9, "{statuses:?}");
+    assert!(
+        statuses.get("ok").copied().unwrap_or(0) * 10 >= total * 9,
+        "{statuses:?}"
+    );
 }

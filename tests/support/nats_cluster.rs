@@ -106,7 +106,10 @@ impl NatsCluster {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "JetStream did not come up on the cluster within 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "JetStream did not come up on the cluster within 30 s"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -134,7 +137,9 @@ impl NatsCluster {
 
     /// Servers running now.
     pub fn live(&self) -> Vec<usize> {
-        (0..self.nodes.len()).filter(|&i| self.nodes[i].child.is_some()).collect()
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].child.is_some())
+            .collect()
     }
 
     /// `kill -9` server `i`.

@@ -49,7 +49,9 @@ impl Gateways {
     pub fn check(list: &str) -> Result<(), String> {
         for url in Gateways::new(list).urls {
             let parsed = reqwest::Url::parse(&url).map_err(|e| {
-                format!("--gateway {url}: {e}; give the proxy's URL, e.g. http://127.0.0.1:3128 (several: comma-separated)")
+                format!(
+                    "--gateway {url}: {e}; give the proxy's URL, e.g. http://127.0.0.1:3128 (several: comma-separated)"
+                )
             })?;
             if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
                 return Err(format!(
@@ -89,8 +91,9 @@ impl Gateways {
         let n = self.urls.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
         let now = Instant::now();
-        let (mut up, mut down): (Vec<usize>, Vec<usize>) =
-            (0..n).map(|i| (start + i) % n).partition(|&i| !self.passed_over(i, now));
+        let (mut up, mut down): (Vec<usize>, Vec<usize>) = (0..n)
+            .map(|i| (start + i) % n)
+            .partition(|&i| !self.passed_over(i, now));
         up.append(&mut down);
         up
     }
@@ -165,9 +168,14 @@ pub fn not_answered(error: &reqwest::Error, idempotent: bool) -> bool {
         source = cause.source();
     }
     let text = text.to_ascii_lowercase();
-    ["connection closed before message completed", "connection reset", "broken pipe", "unexpected eof"]
-        .iter()
-        .any(|sign| text.contains(sign))
+    [
+        "connection closed before message completed",
+        "connection reset",
+        "broken pipe",
+        "unexpected eof",
+    ]
+    .iter()
+    .any(|sign| text.contains(sign))
 }
 
 #[cfg(test)]

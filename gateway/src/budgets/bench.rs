@@ -93,8 +93,13 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
     let mut tasks = tokio::task::JoinSet::new();
     for store in &stores {
         for _ in 0..config.concurrency.max(1) {
-            let (store, plan, identity, ai, counts) =
-                (store.clone(), plan.clone(), identity.clone(), ai.clone(), counts.clone());
+            let (store, plan, identity, ai, counts) = (
+                store.clone(),
+                plan.clone(),
+                identity.clone(),
+                ai.clone(),
+                counts.clone(),
+            );
             let latency = config.provider_latency;
             tasks.spawn(async move {
                 while Instant::now() < deadline {
@@ -129,10 +134,11 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
     for store in &stores {
         store.release().await;
     }
-    let key = super::counter_key(&plan.rules[0], &identity.agent_id, super::window_bounds(
-        clawgress_policies::model::BudgetWindow::Day,
-        chrono::Utc::now(),
-    ).0);
+    let key = super::counter_key(
+        &plan.rules[0],
+        &identity.agent_id,
+        super::window_bounds(clawgress_policies::model::BudgetWindow::Day, chrono::Utc::now()).0,
+    );
     let spent_tokens = stores[0].read(&key).await.map(|c| c.tokens_spent).unwrap_or(0);
     let requests = counts[0].load(Ordering::Relaxed);
     Ok(BenchReport {

@@ -104,10 +104,8 @@ impl State {
 
     fn free(&self) -> (u64, u64) {
         (
-            self.cap_tokens
-                .saturating_sub(self.in_flight_tokens + self.used_tokens),
-            self.cap_micros
-                .saturating_sub(self.in_flight_micros + self.used_micros),
+            self.cap_tokens.saturating_sub(self.in_flight_tokens + self.used_tokens),
+            self.cap_micros.saturating_sub(self.in_flight_micros + self.used_micros),
         )
     }
 
@@ -302,7 +300,10 @@ impl Leases {
             .unwrap_or_else(|unwritten| unwritten);
         let mut state = held.state.lock().unwrap_or_else(|p| p.into_inner());
         if written.lost {
-            tracing::warn!(key, "this replica's budget block had expired in the store (charged in full); taking a new one");
+            tracing::warn!(
+                key,
+                "this replica's budget block had expired in the store (charged in full); taking a new one"
+            );
             state.generation += 1;
             state.in_flight_tokens = 0;
             state.in_flight_micros = 0;
@@ -351,9 +352,8 @@ impl Leases {
         };
         for (key, held) in all {
             let state = *held.state.lock().unwrap_or_else(|p| p.into_inner());
-            let idle = state.in_flight_tokens == 0
-                && state.in_flight_micros == 0
-                && state.last_used.elapsed() >= IDLE_RETURN;
+            let idle =
+                state.in_flight_tokens == 0 && state.in_flight_micros == 0 && state.last_used.elapsed() >= IDLE_RETURN;
             if idle && !state.holds_something() {
                 self.forget(&key, &held);
                 continue;

@@ -21,6 +21,19 @@ const MAX_AGE: Duration = Duration::from_secs(35 * 24 * 3600);
 /// Compare-and-set attempts before giving up; contention this high means
 /// hundreds of replicas on one key in the same instant.
 const MAX_ATTEMPTS: usize = 64;
+/// How long one change waits for the bucket through a failure. On a
+/// cluster, `kill -9` of the server that leads the bucket's stream leaves
+/// writes unanswered until the others elect a new leader (nats-server's
+/// election timeouts are 4–9 s); refusing every AI call meanwhile would
+/// turn a survivable one-node outage into one for budgets. Past this the
+/// store counts as unreachable and requests are refused (fail closed).
+const STORE_WAIT: Duration = Duration::from_secs(12);
+/// One JetStream request's timeout: short, so a write lost to the dead
+/// leader is retried against the new one soon after it is elected.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pauses between attempts after a failure: from the first, doubling.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_millis(500);
 
 /// One budget window's counts. Cost in micro-dollars: integers add up
 /// exactly, across replicas, in any order.
@@ -231,18 +244,31 @@ impl BudgetStore {
                     .get_or_try_init(|| open(url, *replicas))
                     .await
                     .map_err(StoreError::Unavailable)?;
-                for _ in 0..MAX_ATTEMPTS {
-                    let entry = kv
-                        .entry(key)
-                        .await
-                        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-                    let (current, revision) = match &entry {
-                        Some(entry) if entry.operation == kv::Operation::Put => (
-                            serde_json::from_slice(&entry.value).unwrap_or_default(),
-                            Some(entry.revision),
-                        ),
-                        Some(entry) => (Counter::default(), Some(entry.revision)),
-                        None => (Counter::default(), None),
+                let started = tokio::time::Instant::now();
+                let mut pause = RETRY_FIRST;
+                let mut conflicts = 0;
+                // A failure is retried (re-read, recomputed) until
+                // `STORE_WAIT`. A write that timed out may still have
+                // landed; the retry then applies the change on top of it
+                // again, which only ever counts more as used or reserved:
+                // the budget errs towards refusing, never overspending.
+                let mut failed = |why: String| {
+                    let waited = started.elapsed();
+                    if waited + pause > STORE_WAIT {
+                        return Err(StoreError::Unavailable(format!("{why} (retried for {waited:.1?})")));
+                    }
+                    tracing::debug!(%key, error = %why, ?waited, "budget store not answering; retrying");
+                    let wait = pause;
+                    pause = (pause * 2).min(RETRY_MAX);
+                    Ok(wait)
+                };
+                while conflicts < MAX_ATTEMPTS {
+                    let (current, revision) = match latest(kv, key).await {
+                        Ok(found) => found,
+                        Err(error) => {
+                            tokio::time::sleep(failed(error)?).await;
+                            continue;
+                        }
                     };
                     let (next, value) = match change(current) {
                         Ok(done) => done,
@@ -250,26 +276,24 @@ impl BudgetStore {
                     };
                     let bytes = serde_json::to_vec(&next).unwrap_or_default();
                     self.stats.writes.fetch_add(1, Ordering::Relaxed);
-                    let written = match revision {
-                        Some(revision) => kv
-                            .update(key, bytes.into(), revision)
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| (e.kind() == kv::UpdateErrorKind::WrongLastRevision, e.to_string())),
-                        None => kv
-                            .create(key, bytes.into())
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| (e.kind() == kv::CreateErrorKind::AlreadyExists, e.to_string())),
-                    };
+                    // Revision 0 for a new key: "no message on this subject
+                    // yet", so a lost race to create is a wrong revision too
+                    // (`kv.create` re-reads through a replica and can report
+                    // it as some other failure).
+                    let written = kv
+                        .update(key, bytes.into(), revision.unwrap_or(0))
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| (e.kind() == kv::UpdateErrorKind::WrongLastRevision, e.to_string()));
                     match written {
                         Ok(()) => return Ok(Ok(value)),
                         // Another replica wrote first: read again and retry.
                         Err((true, _)) => {
                             self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                            conflicts += 1;
                             continue;
                         }
-                        Err((false, why)) => return Err(StoreError::Unavailable(why)),
+                        Err((false, why)) => tokio::time::sleep(failed(why)?).await,
                     }
                 }
                 Err(StoreError::Contended)
@@ -316,6 +340,36 @@ impl BudgetStore {
     }
 }
 
+/// The counter at `key` and its revision, read from the bucket's stream
+/// leader. Not `kv.entry`: on a replicated bucket that is a direct get
+/// answered by any replica, and a follower that lags (as one does while a
+/// server rejoins, or under load) returns an older revision; every
+/// compare-and-set on it then fails, and under a burst the retries ran out
+/// and refused the requests as if the store were down.
+async fn latest(kv: &kv::Store, key: &str) -> Result<(Counter, Option<u64>), String> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    match kv
+        .stream
+        .get_last_raw_message_by_subject(&format!("{}{key}", kv.prefix))
+        .await
+    {
+        Ok(message) => {
+            let removed = message
+                .headers
+                .get("KV-Operation")
+                .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
+            let counter = if removed {
+                Counter::default()
+            } else {
+                serde_json::from_slice(&message.payload).unwrap_or_default()
+            };
+            Ok((counter, Some(message.sequence)))
+        }
+        Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => Ok((Counter::default(), None)),
+        Err(error) => Err(format!("cannot read {key}: {error}")),
+    }
+}
+
 async fn open(url: &str, replicas: Replicas) -> Result<kv::Store, String> {
     let client = async_nats::ConnectOptions::new()
         .name("clawgress-gateway-budgets")
@@ -329,7 +383,8 @@ async fn open(url: &str, replicas: Replicas) -> Result<kv::Store, String> {
             )
         })?;
     let replicas = replicas.resolve(&client);
-    let js = jetstream::new(client);
+    let mut js = jetstream::new(client);
+    js.set_timeout(REQUEST_TIMEOUT);
     match js.get_key_value(BUCKET).await {
         Ok(kv) => {
             if let Ok(status) = kv.status().await {

@@ -163,7 +163,16 @@ mod leases {
     #[test]
     fn a_block_is_sixteen_requests_or_an_eighth_of_what_is_free_never_less_than_asked() {
         let mut counter = Counter::default();
-        let written = write_block(&mut counter, "a", (0, 0), (0, 0), (0, 0), Some(&need(100, 1_000_000)), true, T);
+        let written = write_block(
+            &mut counter,
+            "a",
+            (0, 0),
+            (0, 0),
+            (0, 0),
+            Some(&need(100, 1_000_000)),
+            true,
+            T,
+        );
         assert!(written.granted);
         assert_eq!(written.lease.tokens, 1600, "16 requests' worth");
         // Near the end: an eighth of what is free...
@@ -171,24 +180,78 @@ mod leases {
             tokens_spent: 990_000,
             ..Default::default()
         };
-        let written = write_block(&mut counter, "a", (0, 0), (0, 0), (0, 0), Some(&need(100, 1_000_000)), true, T);
+        let written = write_block(
+            &mut counter,
+            "a",
+            (0, 0),
+            (0, 0),
+            (0, 0),
+            Some(&need(100, 1_000_000)),
+            true,
+            T,
+        );
         assert_eq!(written.lease.tokens, 1250);
         // ...and at the very end exactly the request, then nothing.
         let mut counter = Counter {
             tokens_spent: 999_850,
             ..Default::default()
         };
-        let written = write_block(&mut counter, "a", (0, 0), (0, 0), (0, 0), Some(&need(100, 1_000_000)), true, T);
+        let written = write_block(
+            &mut counter,
+            "a",
+            (0, 0),
+            (0, 0),
+            (0, 0),
+            Some(&need(100, 1_000_000)),
+            true,
+            T,
+        );
         assert_eq!(written.lease.tokens, 100);
-        let written = write_block(&mut counter, "b", (0, 0), (0, 0), (0, 0), Some(&need(100, 1_000_000)), true, T);
+        let written = write_block(
+            &mut counter,
+            "b",
+            (0, 0),
+            (0, 0),
+            (0, 0),
+            Some(&need(100, 1_000_000)),
+            true,
+            T,
+        );
         assert!(!written.granted, "50 left, 100 asked");
         assert_eq!(counter.tokens_committed(), 999_950);
         // A replica's own block counts against what it may grow into.
         let mut counter = Counter::default();
-        write_block(&mut counter, "a", (0, 0), (0, 0), (0, 0), Some(&need(400, 1000)), true, T);
-        let written = write_block(&mut counter, "a", (400, 0), (400, 0), (0, 0), Some(&need(400, 1000)), true, T);
+        write_block(
+            &mut counter,
+            "a",
+            (0, 0),
+            (0, 0),
+            (0, 0),
+            Some(&need(400, 1000)),
+            true,
+            T,
+        );
+        let written = write_block(
+            &mut counter,
+            "a",
+            (400, 0),
+            (400, 0),
+            (0, 0),
+            Some(&need(400, 1000)),
+            true,
+            T,
+        );
         assert!(written.granted);
-        let written = write_block(&mut counter, "a", (800, 0), (800, 0), (0, 0), Some(&need(400, 1000)), true, T);
+        let written = write_block(
+            &mut counter,
+            "a",
+            (800, 0),
+            (800, 0),
+            (0, 0),
+            Some(&need(400, 1000)),
+            true,
+            T,
+        );
         assert!(!written.granted, "800 of 1000 held and in flight: no room for 400 more");
         assert_eq!(counter.tokens_committed(), 800);
     }
@@ -234,7 +297,9 @@ mod leases {
     #[tokio::test]
     async fn replicas_with_blocks_never_overspend_and_give_back_what_they_do_not_use() {
         const LIMIT: u64 = 10_000;
-        let plan = plan(&format!("  - {{scope: agent, window: day, tokens: {LIMIT}, mode: hard-stop}}\n"));
+        let plan = plan(&format!(
+            "  - {{scope: agent, window: day, tokens: {LIMIT}, mode: hard-stop}}\n"
+        ));
         let first = Arc::new(BudgetStore::memory().with_leases("r0"));
         // The other three share the first one's counters, with blocks of their own.
         let replicas: Vec<Arc<BudgetStore>> = std::iter::once(first.clone())
@@ -266,7 +331,11 @@ mod leases {
         // One at a time, the rest of the budget is usable: it is refused
         // only when less than one reservation is left.
         let mut more = 0;
-        while plan.reserve(&replicas[more % 4], &me, &ai(70, 100), now()).await.is_ok() {
+        while plan
+            .reserve(&replicas[more % 4], &me, &ai(70, 100), now())
+            .await
+            .is_ok()
+        {
             more += 1;
         }
         for store in &replicas {
@@ -274,7 +343,10 @@ mod leases {
         }
         let counter = replicas[0].read(&key).await.unwrap();
         assert!(counter.tokens_committed() <= LIMIT);
-        assert!(LIMIT - counter.tokens_committed() < 170 * 4, "{counter:?} after {more} more");
+        assert!(
+            LIMIT - counter.tokens_committed() < 170 * 4,
+            "{counter:?} after {more} more"
+        );
         let _ = lease::TICK;
     }
 }

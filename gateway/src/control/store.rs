@@ -31,6 +31,9 @@ const RETRY_FIRST: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(10);
 /// How long a write waits for its own change to come back on the watch.
 const APPLY_WAIT: Duration = Duration::from_secs(2);
+/// How often the watch is checked against the bucket: a change it has not
+/// delivered by the next check is fetched again (within 1 s in all).
+const STALL_CHECK: Duration = Duration::from_millis(250);
 
 /// How much the replica knows about the control state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -580,7 +583,8 @@ async fn follow_inner(store: &ControlStore, url: &str) -> Result<Never, (bool, S
     store
         .replace(ControlSnapshot::from_parts(items, revisions, revision.max(last)))
         .await;
-    store.kv.store(Some(Arc::new(kv)));
+    let kv = Arc::new(kv);
+    store.kv.store(Some(kv.clone()));
     store.client.store(Some(Arc::new(client.clone())));
     store.set_status(StoreStatus::Synced);
     store.first_attempt_done.store(true, Ordering::Relaxed);
@@ -588,7 +592,23 @@ async fn follow_inner(store: &ControlStore, url: &str) -> Result<Never, (bool, S
 
     let synced = |e: String| (true, e);
     let mut state = client.connection_state();
-    let mut check = tokio::time::interval(Duration::from_millis(500));
+    // The bucket's last revision, asked off this loop (a slow answer under
+    // load must not hold back the watch's deliveries).
+    let bucket_last = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let _poller = AbortOnDrop(tokio::spawn({
+        let (kv, last) = (kv.clone(), bucket_last.clone());
+        async move {
+            loop {
+                if let Ok(Ok(status)) = tokio::time::timeout(Duration::from_secs(2), kv.status()).await {
+                    last.store(status.info.state.last_sequence, Ordering::Relaxed);
+                }
+                tokio::time::sleep(STALL_CHECK).await;
+            }
+        }
+    }));
+    let mut check = tokio::time::interval(STALL_CHECK);
+    // The applied revision when the bucket was last seen ahead of it.
+    let mut behind_at: Option<u64> = None;
     loop {
         tokio::select! {
             entry = watch.next() => {
@@ -613,7 +633,39 @@ async fn follow_inner(store: &ControlStore, url: &str) -> Result<Never, (bool, S
                         _ => store.set_status(store.disconnected_status()),
                     }
                 }
+                // The watch's consumer lives on one server: when that server
+                // dies the watch goes quiet, and says so only after missed
+                // idle heartbeats, seconds later; an emergency block made
+                // meanwhile would not reach this replica. A change the
+                // bucket holds but the watch has not delivered by the next
+                // check means it stalled: watch again from the next revision.
+                let last = bucket_last.load(Ordering::Relaxed);
+                let applied = store.snapshot().revision;
+                match last {
+                    last if last > applied => {
+                        if behind_at == Some(applied) {
+                            tracing::warn!(applied, last, "the control store's watch stalled (its server went?); watching again");
+                            watch = kv
+                                .watch_all_from_revision(applied + 1)
+                                .await
+                                .map_err(|e| synced(e.to_string()))?;
+                            behind_at = None;
+                        } else {
+                            behind_at = Some(applied);
+                        }
+                    }
+                    _ => behind_at = None,
+                }
             }
         }
+    }
+}
+
+/// Stops the task when the follow loop it serves ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

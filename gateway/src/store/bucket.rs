@@ -21,15 +21,23 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 /// Attempts of one compare-and-set publish before it is left to the next round.
 const PUBLISH_ATTEMPTS: usize = 16;
 
-/// Opens the bucket, creating it the first time.
-pub(super) async fn open(js: &jetstream::Context) -> Result<kv::Store, String> {
+/// Opens the bucket, creating it the first time with `replicas` (an
+/// existing one keeps an operator's settings; fewer replicas are reported).
+pub(super) async fn open(js: &jetstream::Context, replicas: usize) -> Result<kv::Store, String> {
     match js.get_key_value(BUCKET).await {
-        Ok(kv) => Ok(kv),
+        Ok(kv) => {
+            if let Ok(status) = kv.status().await {
+                let has = status.info.config.num_replicas.max(1);
+                clawgress_nats::warn_if_fewer(clawgress_nats::Holder::Bucket(BUCKET), has, replicas);
+            }
+            Ok(kv)
+        }
         Err(_) => js
             .create_key_value(kv::Config {
                 bucket: BUCKET.to_string(),
                 description: "Clawgress control store snapshots: agents, tokens, the policy in force".to_string(),
                 history: 5,
+                num_replicas: replicas,
                 ..Default::default()
             })
             .await
@@ -105,14 +113,15 @@ async fn follow_once(gateway: &Gateway, url: &str) -> (bool, String) {
     let client = match async_nats::ConnectOptions::new()
         .name("clawgress-gateway-store")
         .connection_timeout(CONNECT_TIMEOUT)
-        .connect(url)
+        .connect(clawgress_nats::servers(url))
         .await
     {
         Ok(client) => client,
         Err(e) => return (false, format!("cannot connect: {e}")),
     };
     let js = jetstream::new(client.clone());
-    let kv = match open(&js).await {
+    let replicas = gateway.store.replicas.resolve(&client);
+    let kv = match open(&js, replicas).await {
         Ok(kv) => kv,
         Err(e) => return (false, e),
     };

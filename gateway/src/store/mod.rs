@@ -87,6 +87,8 @@ pub struct StoreLink {
     pub file_identities: ArcSwap<IdentityResolver>,
     /// The `--agents` file: an empty store starts with its agents.
     pub agents_file: PathBuf,
+    /// Replicas of the bucket when this replica creates it.
+    replicas: clawgress_nats::Replicas,
     applied: Mutex<lkg::Applied>,
     /// The bucket has been read once since start.
     synced: AtomicBool,
@@ -112,6 +114,7 @@ impl StoreLink {
         policy_file: PathBuf,
         agents_file: PathBuf,
         file_identities: Arc<IdentityResolver>,
+        replicas: clawgress_nats::Replicas,
     ) -> StoreLink {
         let policy_dir = match policy_file.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
@@ -130,6 +133,7 @@ impl StoreLink {
             policy_dir,
             file_identities: ArcSwap::new(file_identities),
             agents_file,
+            replicas,
             applied: Mutex::new(lkg::Applied::default()),
             synced: AtomicBool::new(false),
             nudge: Notify::new(),

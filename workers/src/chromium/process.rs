@@ -150,7 +150,9 @@ fn sweep_stale_profiles_in(dir: &Path) -> usize {
                 removed += 1;
                 tracing::info!(profile = %path.display(), "removed the profile directory of a browser whose worker is gone");
             }
-            Err(error) => tracing::warn!(profile = %path.display(), %error, "cannot remove a stale browser profile directory"),
+            Err(error) => {
+                tracing::warn!(profile = %path.display(), %error, "cannot remove a stale browser profile directory")
+            }
         }
     }
     removed
