@@ -46,7 +46,13 @@ impl Chrome {
             .prefix("clawgress-console-test-")
             .tempdir()
             .unwrap();
-        let mut builder = BrowserConfig::builder().chrome_executable(executable);
+        // Chromium's singleton socket directory goes under TMPDIR and stays
+        // after a kill: in the profile, it goes with it.
+        let tmp = profile.path().join("tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
+        let mut builder = BrowserConfig::builder()
+            .chrome_executable(executable)
+            .env("TMPDIR", tmp.to_string_lossy());
         if !executable.ends_with("chromium-headless-shell") {
             builder = builder.new_headless_mode();
         }
