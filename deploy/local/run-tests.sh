@@ -19,6 +19,8 @@ mkdir -p target
 : > "$log"
 run_id="clawgress-test-$$-$(date +%s)"
 suite_tmp=$(mktemp -d "${TMPDIR:-/tmp}/clawgress-suite.XXXXXX")
+# Like /tmp: PostgreSQL's tests run it as another user, under here.
+chmod 1777 "$suite_tmp"
 CLAWGRESS_TEST_RUN="$run_id" TMPDIR="$suite_tmp" CLAWGRESS_SKIP_LOG="$log" \
     cargo test --locked --workspace --no-fail-fast "$@"
 status=$?

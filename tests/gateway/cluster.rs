@@ -227,7 +227,9 @@ async fn budget_burst(cluster: &Cluster) {
     for i in 0..200 {
         let proxy = cluster.gateways[i % 2].as_ref().unwrap().proxy;
         let (head, body) = (head.clone(), body.clone());
-        calls.spawn(async move { raw::send(proxy, &head, body.as_bytes()).await });
+        // The gateway waits through the budget bucket's election (up to
+        // 12 s, README: Scale-out) before it would refuse.
+        calls.spawn(async move { raw::send_waiting(proxy, &head, body.as_bytes(), Duration::from_secs(30)).await });
     }
     let mut statuses: HashMap<u16, usize> = HashMap::new();
     while let Some(response) = calls.join_next().await {

@@ -54,6 +54,25 @@ pub async fn send(proxy: SocketAddr, head: &str, body: &[u8]) -> RawResponse {
     read_response(&mut stream).await
 }
 
+/// [`send`], for a request the gateway may rightly hold longer than
+/// [`read_response`]'s 10 s (a budget store electing a new leader): the
+/// head may take up to `wait`.
+pub async fn send_waiting(proxy: SocketAddr, head: &str, body: &[u8], wait: Duration) -> RawResponse {
+    let mut stream = TcpStream::connect(proxy).await.expect("connect to proxy");
+    stream
+        .write_all(format!("{head}\r\n\r\n").as_bytes())
+        .await
+        .expect("write head");
+    stream.write_all(body).await.expect("write body");
+    let mut first = [0u8; 1];
+    let n = tokio::time::timeout(wait, stream.peek(&mut first))
+        .await
+        .unwrap_or_else(|_| panic!("no response within {wait:?}"))
+        .expect("read");
+    assert!(n > 0, "connection closed without a response");
+    read_response(&mut stream).await
+}
+
 /// Reads one response from a stream (Content-Length, chunked, or until close).
 pub async fn read_response<S: AsyncRead + Unpin>(stream: &mut S) -> RawResponse {
     let mut buf = Vec::new();

@@ -199,13 +199,6 @@ impl ChromiumPool {
                 .new_headless_mode()
                 .arg(("disable-features", &["WebUIOmniboxPopup", "WebUIOmniboxAimPopup"][..]));
         }
-        // Chromium keeps its process-singleton socket in a directory of its
-        // own under TMPDIR and removes it only on a clean exit. Under the
-        // profile it goes with the profile, also after a kill (the sweep).
-        let tmp = profile.path().join("tmp");
-        std::fs::create_dir_all(&tmp)
-            .map_err(|e| FetchError::Transport(format!("browser profile {}: {e}", profile.path().display())))?;
-        builder = builder.env("TMPDIR", tmp.to_string_lossy());
         let config = builder
             // chromiumoxide tells every page to ignore certificate errors
             // unless asked not to; with TLS passthrough the browser's check

@@ -50,9 +50,11 @@ pub(super) async fn open_database(gateway: Arc<Gateway>, mut stop: watch::Receiv
     };
     tracing::info!(database = %holder.shown, backend = db.backend().as_str(), "control store open");
     *lock(&holder.last_error) = None;
+    // Before the API can reach the database: a change made first would
+    // make the store look used, and the file's agents would be left out.
+    seed_agents(&gateway, &db).await;
     let _ = holder.db.set(db);
     let Ok(db) = gateway.store.db() else { return };
-    seed_agents(&gateway, db).await;
     if gateway.store.nats_url.is_none() {
         for kind in Kind::ALL {
             match db.snapshot(kind).await {

@@ -38,6 +38,7 @@ pub struct Chrome {
     browser: Option<Browser>,
     handler: tokio::task::JoinHandle<()>,
     profile: Option<tempfile::TempDir>,
+    _singleton: tempfile::TempDir,
 }
 
 impl Chrome {
@@ -47,12 +48,12 @@ impl Chrome {
             .tempdir()
             .unwrap();
         // Chromium's singleton socket directory goes under TMPDIR and stays
-        // after a kill: in the profile, it goes with it.
-        let tmp = profile.path().join("tmp");
-        std::fs::create_dir_all(&tmp).unwrap();
+        // after a kill: a short directory of the test's own (a unix socket
+        // path has at most 107 bytes), removed with the profile.
+        let singleton = tempfile::Builder::new().prefix("cs").tempdir().unwrap();
         let mut builder = BrowserConfig::builder()
             .chrome_executable(executable)
-            .env("TMPDIR", tmp.to_string_lossy());
+            .env("TMPDIR", singleton.path().to_string_lossy());
         if !executable.ends_with("chromium-headless-shell") {
             builder = builder.new_headless_mode();
         }
@@ -79,6 +80,7 @@ impl Chrome {
             browser: Some(browser),
             handler,
             profile: Some(profile),
+            _singleton: singleton,
         }
     }
 

@@ -113,6 +113,23 @@ pub fn new_profile() -> std::io::Result<tempfile::TempDir> {
         .tempdir()
 }
 
+/// Full Chromium keeps its process-singleton socket in a directory of its
+/// own in the temporary directory (a unix socket path is short; the profile
+/// is not), and removes it only when it exits cleanly.
+const SINGLETON_PREFIX: &str = "org.chromium.Chromium.";
+
+/// Whether a singleton directory's socket is there and nobody listens on
+/// it: its browser is gone. A directory without the socket yet may belong
+/// to a browser starting now, and is left alone.
+fn singleton_is_dead(dir: &Path) -> bool {
+    let socket = dir.join("SingletonSocket");
+    socket.exists()
+        && matches!(
+            std::os::unix::net::UnixStream::connect(&socket),
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused
+        )
+}
+
 /// Removes profile directories whose worker is gone (killed before it could
 /// remove them), with any browser process still naming them. Returns how
 /// many were removed.
@@ -129,6 +146,16 @@ fn sweep_stale_profiles_in(dir: &Path) -> usize {
     let mut removed = 0;
     for entry in entries.flatten() {
         let name = entry.file_name();
+        if name.to_str().is_some_and(|n| n.starts_with(SINGLETON_PREFIX))
+            && entry.metadata().is_ok_and(|m| m.is_dir() && m.uid() == me)
+            && singleton_is_dead(&entry.path())
+        {
+            // What a killed full Chromium leaves of its process singleton.
+            if std::fs::remove_dir_all(entry.path()).is_ok() {
+                removed += 1;
+            }
+            continue;
+        }
         let Some(owner) = name.to_str().and_then(|n| n.strip_prefix(PROFILE_PREFIX)) else {
             continue;
         };
@@ -288,6 +315,23 @@ mod tests {
                 Path::new("/usr/lib/chromium/chromium-headless-shell")
             );
         }
+    }
+
+    #[test]
+    fn only_dead_singleton_directories_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = dir.path().join(format!("{SINGLETON_PREFIX}dead01"));
+        std::fs::create_dir(&dead).unwrap();
+        // Bound, then closed: the socket file stays and refuses connections.
+        drop(std::os::unix::net::UnixListener::bind(dead.join("SingletonSocket")).unwrap());
+        let live = dir.path().join(format!("{SINGLETON_PREFIX}live01"));
+        std::fs::create_dir(&live).unwrap();
+        let _listener = std::os::unix::net::UnixListener::bind(live.join("SingletonSocket")).unwrap();
+        let starting = dir.path().join(format!("{SINGLETON_PREFIX}new001"));
+        std::fs::create_dir(&starting).unwrap();
+        assert_eq!(sweep_stale_profiles_in(dir.path()), 1);
+        assert!(!dead.exists());
+        assert!(live.exists() && starting.exists());
     }
 
     #[test]
