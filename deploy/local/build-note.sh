@@ -6,8 +6,9 @@ cd "$(dirname "$0")/../.."
 cores=$(nproc 2>/dev/null || echo 1)
 if [ ! -x target/release/clawgress ]; then
     crates=$(grep -c '^name = ' Cargo.lock 2>/dev/null || echo 450)
-    # Measured: BENCHMARKS.md, "Build profile". About 14 CPU-minutes in all.
-    minutes=$(( (14 + cores - 1) / cores + 1 ))
+    # Measured: BENCHMARKS.md, "Build profile": 10 m 25 s on 2 cores, about
+    # 20 CPU-minutes in all.
+    minutes=$(( (20 + cores - 1) / cores + 1 ))
     echo "make up: first build of Clawgress and its ${crates} crates (release mode): about ${minutes} minutes on ${cores} core(s); later starts take seconds."
 else
     echo "make up: rebuilding what changed since the last build (seconds, or a minute or two after a pull)."

@@ -80,7 +80,7 @@ if [ "${BENCH_NATS:-0}" = 1 ]; then
     # The shipper's own rate: a gateway started on the largest unshipped
     # trail of this run ships its whole backlog; records/s until the streams
     # have acknowledged every line, against the gateway's peak request rate.
-    trail=$(ls -S "$TMP"/fsync-never-audit.jsonl "$TMP"/fsync-interval-audit.jsonl 2>/dev/null | head -1)
+    trail=$(ls -S "$TMP"/fsync-never-audit.jsonl "$TMP"/fsync-interval-audit.jsonl 2>/dev/null | head -1 || true)
     if [ -n "$trail" ]; then
         lines=$(wc -l <"$trail")
         "$NATS" -js -a 127.0.0.1 -p $((NATS_PORT + 1)) -sd "$TMP/nats-ship" >"$TMP/nats-ship.log" 2>&1 &
