@@ -178,22 +178,38 @@ pub(super) async fn handle(gateway: &Arc<Gateway>, peer: SocketAddr, req: Reques
         let mut event = AdminEvent::new(actor.name.clone(), actor.role.as_str(), route.action());
         event.details.insert("peer".to_string(), peer.to_string());
         let result = change(&gateway, &route, &actor, &body, &mut event.details).await;
-        let outcome = match &result {
-            Ok(_) => "ok",
-            // The store may have taken it: say so rather than "failed".
-            Err(problem) if problem.code == "control_store_uncertain" => "unknown",
-            Err(_) => "failed",
-        };
-        event.details.insert("outcome".to_string(), outcome.to_string());
-        if let Err(problem) = &result {
-            event.details.insert("error".to_string(), problem.code.to_string());
-        }
+        note_outcome(&mut event.details, &result, "control_store_uncertain");
         // The answer waits for the record (bounded): no change is reported
         // done that a crash could leave unrecorded.
         crate::record::confirmed(&gateway, slot.record_confirmed(event)).await;
         result
     });
-    match task.await {
+    change_response(task.await)
+}
+
+/// A change's outcome on its audit record: `ok`, `failed` with the error,
+/// or `unknown` when the error is `uncertain` (the store may have taken it).
+pub(super) fn note_outcome<T>(
+    details: &mut std::collections::BTreeMap<String, String>,
+    result: &Result<T, Problem>,
+    uncertain: &str,
+) {
+    let outcome = match result {
+        Ok(_) => "ok",
+        Err(problem) if problem.code == uncertain => "unknown",
+        Err(_) => "failed",
+    };
+    details.insert("outcome".to_string(), outcome.to_string());
+    if let Err(problem) = result {
+        details.insert("error".to_string(), problem.code.to_string());
+    }
+}
+
+/// The answer of a change run in a task of its own.
+pub(super) fn change_response(
+    joined: Result<Result<(StatusCode, serde_json::Value), Problem>, tokio::task::JoinError>,
+) -> ApiResponse {
+    match joined {
         Ok(Ok((status, body))) => json_response(status, &body),
         Ok(Err(problem)) => problem.into_response(),
         Err(_) => Problem::new(

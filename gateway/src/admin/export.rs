@@ -92,10 +92,9 @@ pub(super) fn parse_query(query: &str, now: DateTime<Utc>) -> Result<ExportQuery
         decision: None,
         format: super::formats::Format::Jsonl,
     };
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = percent_decode(value);
-        match key {
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        let value = value.into_owned();
+        match &*key {
             "from" => parsed.from = Some(parse_when(&value, now)?),
             "to" => parsed.to = Some(parse_when(&value, now)?),
             "limit" => {
@@ -174,27 +173,6 @@ pub(super) fn parse_when(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>
         .and_then(chrono::Duration::try_seconds)
         .and_then(|d| now.checked_sub_signed(d))
         .ok_or_else(|| Problem::bad(format!("'{text}' is too far back"), hint))
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let hex = |b: u8| (b as char).to_digit(16);
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() && hex(bytes[i + 1]).is_some() && hex(bytes[i + 2]).is_some() => {
-                let high = hex(bytes[i + 1]).unwrap_or(0);
-                let low = hex(bytes[i + 2]).unwrap_or(0);
-                out.push((high * 16 + low) as u8);
-                i += 2;
-            }
-            byte => out.push(byte),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The matching lines, in file order, and whether the limit cut them.

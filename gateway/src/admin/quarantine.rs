@@ -133,7 +133,10 @@ pub(super) async fn release(
 ) -> Changed {
     let body: ReleaseBody = parse_body(body, r#"{"reason": "false positive, checked by ..."}"#)?;
     let reason = required(&body.reason, "reason")?;
-    let agent_id = percent_decoded(agent_id);
+    // Agent ids travel in the path: `%XX` escapes are undone.
+    let agent_id = percent_encoding::percent_decode_str(agent_id)
+        .decode_utf8_lossy()
+        .into_owned();
     details.insert("agent_id".to_string(), agent_id.clone());
     details.insert("reason".to_string(), reason.clone());
     let store = &gateway.control;
@@ -161,28 +164,4 @@ pub(super) fn list(snapshot: &ControlSnapshot) -> serde_json::Value {
     let mut held: Vec<&QuarantinedAgent> = snapshot.holds().collect();
     held.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
     serde_json::json!({ "quarantined": held })
-}
-
-/// Agent ids travel in the path: `%XX` escapes are undone.
-fn percent_decoded(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }

@@ -25,7 +25,7 @@ use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use super::api::{audit_refused_action, audit_unavailable, auth_problem};
+use super::api::{audit_refused_action, audit_unavailable, auth_problem, change_response, note_outcome};
 use super::auth::{Actor, Role};
 use super::problem::{ApiResponse, Problem, json_response};
 use crate::Gateway;
@@ -65,7 +65,11 @@ impl Route {
             .trim_end_matches('/')
             .split('/')
             .skip(2)
-            .map(percent_decoded)
+            .map(|segment| {
+                percent_encoding::percent_decode_str(segment)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
             .collect();
         let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
         match (method.as_str(), segments.as_slice()) {
@@ -228,28 +232,11 @@ pub(super) async fn handle(gateway: &Arc<Gateway>, peer: SocketAddr, req: Reques
             details: &mut event.details,
         };
         let result = change(&route, call).await;
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(problem) if problem.code == "store_unavailable" => "unknown",
-            Err(_) => "failed",
-        };
-        event.details.insert("outcome".to_string(), outcome.to_string());
-        if let Err(problem) = &result {
-            event.details.insert("error".to_string(), problem.code.to_string());
-        }
+        note_outcome(&mut event.details, &result, "store_unavailable");
         crate::record::confirmed(&gateway, slot.record_confirmed(event)).await;
         result
     });
-    match task.await {
-        Ok(Ok((status, body))) => json_response(status, &body),
-        Ok(Err(problem)) => problem.into_response(),
-        Err(_) => Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            "the change task failed",
-        )
-        .into_response(),
-    }
+    change_response(task.await)
 }
 
 async fn read(route: &Route, mut call: Call<'_>) -> Answer {
@@ -346,32 +333,5 @@ pub(super) fn parse<T: serde::de::DeserializeOwned>(body: &Bytes, example: &str)
 
 /// One `name=value` of a query string, percent-decoded.
 pub(super) fn query_value(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (key == name).then(|| percent_decoded(&value.replace('+', " ")))
-    })
-}
-
-/// `%XX` escapes undone (ids travel in paths and queries).
-fn percent_decoded(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    url::form_urlencoded::parse(query.as_bytes()).find_map(|(key, value)| (key == name).then(|| value.into_owned()))
 }
