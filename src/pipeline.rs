@@ -89,6 +89,12 @@ pub struct SchedulerArgs {
     /// 1: a fresh browser per job). Bounds what a long-lived browser leaks.
     #[arg(long, default_value_t = 0)]
     pub browser_jobs: u64,
+    /// Jobs one warm page serves before it is closed: a browser context of
+    /// the job's agent, kept for that agent's next job and wiped in between
+    /// (cookies, storage, history). 1: a fresh context per job, which costs
+    /// a new renderer process each time (0: no limit).
+    #[arg(long, default_value_t = clawgress_workers::chromium::DEFAULT_JOBS_PER_PAGE)]
+    pub browser_page_jobs: u64,
     /// Validate and dispatch jobs but fetch nothing: each valid job is
     /// answered `ok` with `fetch.tier: "dry-run"`. For testing a pipeline's
     /// plumbing and measuring dispatch.
@@ -239,6 +245,7 @@ pub struct Browsers<'a> {
     pub path: &'a str,
     pub pages: usize,
     pub jobs_per_browser: u64,
+    pub jobs_per_page: u64,
 }
 
 /// The workers' backends: http always, Chromium when it is installed,
@@ -261,6 +268,8 @@ pub fn backends(
             executable: path,
             max_pages: browsers.pages,
             jobs_per_browser: browsers.jobs_per_browser,
+            jobs_per_page: browsers.jobs_per_page,
+            page_idle: clawgress_workers::chromium::LANE_IDLE,
             // This binary: `main` becomes the browser when asked to, so the
             // browser leads its own process group and dies with us.
             launcher: std::env::current_exe().ok(),
@@ -325,6 +334,7 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
                 path: &args.chromium,
                 pages: args.browser_pages,
                 jobs_per_browser: args.browser_jobs,
+                jobs_per_page: args.browser_page_jobs,
             },
             steel,
         );

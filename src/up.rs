@@ -274,6 +274,7 @@ async fn run_platform(
             path: "auto",
             pages: 8,
             jobs_per_browser: 0,
+            jobs_per_page: clawgress_workers::chromium::DEFAULT_JOBS_PER_PAGE,
         },
         steel,
     );

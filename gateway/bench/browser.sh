@@ -4,20 +4,26 @@
 # only once a script ran) through the same Clawgress gateway, as many pages
 # at once, by
 #
-#   clawgress  chromium jobs published to NATS and run by `clawgress
-#              scheduler` (its chromium backend: a browser context per job);
-#   crawlee    Crawlee's PuppeteerCrawler (gateway/bench/browser/crawl.js,
-#              puppeteer-core), the gateway as its proxy with the agent's
-#              credential;
+#   clawgress        chromium jobs published to NATS and run by `clawgress
+#                    scheduler` (its chromium backend: warm pages, a browser
+#                    context of the agent's kept between jobs and wiped);
+#   crawlee          Crawlee's PuppeteerCrawler (gateway/bench/browser/
+#                    crawl.js, puppeteer-core), the gateway as its proxy with
+#                    the agent's credential;
+#   clawgress_fresh  the scheduler again with --browser-page-jobs 1: a new
+#                    browser context (and renderer) per job, for the price of
+#                    that isolation;
 #
-# both launching the same Debian binary. Each reports pages/s, p50/p95 page
-# latency, peak RSS of its whole process tree (browsers included) and the
-# CPU it spent per page; then the ratio. Target: Clawgress ≥ 2× Crawlee's
-# pages/s at no more memory.
+# all launching the same Debian binary. Each reports pages/s, p50/p95 page
+# latency, the peak memory of its whole process tree (browsers included) as
+# PSS and as summed RSS (browser/memory.py), and the CPU it spent per page;
+# then the ratio. Target: Clawgress ≥ 2× Crawlee's pages/s at no more
+# memory.
 #
 # Environment: BENCH_BROWSERS (default "chromium chromium-headless-shell":
-# Debian's /usr/bin names), BENCH_PAGES (200), BENCH_CONCURRENCY (10),
-# BENCH_ORDER ("clawgress crawlee"), CLAWGRESS_BIN, BENCH_KEEP_TMP=1.
+# Debian's /usr/bin names), BENCH_PAGES (400), BENCH_CONCURRENCY (10),
+# BENCH_ORDER ("clawgress crawlee clawgress_fresh"), CLAWGRESS_BIN,
+# BENCH_KEEP_TMP=1.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -26,9 +32,9 @@ DURATION=5
 WARMUP=1
 SIZE=4096
 BROWSERS=${BENCH_BROWSERS:-chromium chromium-headless-shell}
-PAGES=${BENCH_PAGES:-200}
+PAGES=${BENCH_PAGES:-400}
 CONCURRENCY=${BENCH_CONCURRENCY:-10}
-ORDER=${BENCH_ORDER:-clawgress crawlee}
+ORDER=${BENCH_ORDER:-clawgress crawlee clawgress_fresh}
 # Ports of their own, so this can run next to the other benchmarks.
 TARGET_PORT=18087
 TARGET_LISTEN=127.0.0.1:$TARGET_PORT
@@ -100,28 +106,19 @@ print(f"{sum(c for p, c in cpu.items() if under(p)):.2f}")
 EOF
 }
 
-# Peak RSS (KiB) of a process and all its descendants, sampled every 100 ms
-# into $TMP/rss-$1 until $TMP/rss-$1.stop appears.
-rss_sampler() {
-    local root=$1 peak=0 now
-    while [ ! -e "$TMP/rss-$root.stop" ]; do
-        now=$(ps -e -o pid=,ppid=,rss= | awk -v root="$root" '
-            { parent[$1] = $2; rss[$1] = $3 }
-            END {
-                for (p in rss) {
-                    q = p
-                    while (q != "" && q != 0 && q != root) q = parent[q]
-                    if (q == root) total += rss[p]
-                }
-                print total + 0
-            }')
-        [ "$now" -gt "$peak" ] && peak=$now
-        echo "$peak" >"$TMP/rss-$root"
-        sleep 0.1
-    done
+# Peak memory of a process and all its descendants, RSS and PSS
+# (gateway/bench/browser/memory.py says why both), until stop_sampler.
+start_sampler() {
+    rm -f "$TMP/mem-$1.stop"
+    python3 "$NODE_PROJECT/memory.py" "$1" "$TMP/mem-$1" "$TMP/mem-$1.stop" &
+    SAMPLER=$!
 }
-start_sampler() { rm -f "$TMP/rss-$1.stop"; rss_sampler "$1" & SAMPLER=$!; }
-stop_sampler() { touch "$TMP/rss-$1.stop"; wait "$SAMPLER"; PEAK_MIB=$(($(cat "$TMP/rss-$1") / 1024)); }
+stop_sampler() {
+    touch "$TMP/mem-$1.stop"
+    wait "$SAMPLER"
+    read -r PEAK_RSS PEAK_PSS <"$TMP/mem-$1"
+    PEAK_RSS=$((PEAK_RSS / 1024)) PEAK_PSS=$((PEAK_PSS / 1024))
+}
 
 # summarise RESULTS: ok count, p50 and p95 of the jobs' durations.
 summarise() {
@@ -164,7 +161,7 @@ submit_wait() {
 }
 
 OUT=$TMP/table.md
-printf '| browser | runner | pages/s | p50 / p95 page latency | peak RSS, process tree | CPU per page |\n|---|---|---:|---:|---:|---:|\n' >"$OUT"
+printf '| browser | runner | pages/s | p50 / p95 page latency | peak PSS, process tree | peak RSS, summed | CPU per page |\n|---|---|---:|---:|---:|---:|---:|\n' >"$OUT"
 row() { printf '| %s |\n' "$*" | tee -a "$OUT" >&2; }
 per_page() { awk -v a="$1" -v b="$2" -v n="$3" 'BEGIN { printf "%.0f ms", (b - a) * 1000 / n }'; }
 
@@ -183,11 +180,19 @@ printf 'agents:\n  bench-agent: bench-key\n' >"$TMP/credentials.yaml"
 
 # --- the runs ------------------------------------------------------------
 
+# run_clawgress EXE BROWSER [PAGE-JOBS]: the scheduler's chromium jobs, with
+# warm pages (the default) or, with PAGE-JOBS 1, a new context per job.
 run_clawgress() {
-    local exe=$1 tag=clawgress-$2 scheduler n ok p50 p95 cpu0 cpu1 nats0 nats1 nats_peak
+    local exe=$1 tag=clawgress-$2 page_jobs=${3:-} scheduler n ok p50 p95 cpu0 cpu1 nats0 nats1 label=Clawgress
+    local extra=()
+    if [ -n "$page_jobs" ]; then
+        extra=(--browser-page-jobs "$page_jobs")
+        tag=$tag-$page_jobs
+        label="Clawgress, --browser-page-jobs $page_jobs"
+    fi
     TMPDIR=$TMP/tmp "$BIN" scheduler --nats "$NATS_URL" --gateway "http://$GATEWAY" \
         --credentials "$TMP/credentials.yaml" --chromium "$exe" --browser-pages "$CONCURRENCY" \
-        --browser-jobs 0 --concurrency "$CONCURRENCY" --per-domain "$CONCURRENCY" \
+        --browser-jobs 0 --concurrency "$CONCURRENCY" --per-domain "$CONCURRENCY" "${extra[@]}" \
         >"$TMP/$tag.log" 2>&1 &
     scheduler=$!
     PIDS+=("$scheduler")
@@ -205,18 +210,24 @@ run_clawgress() {
     cpu1=$(tree_cpu "$scheduler")
     nats1=$(tree_cpu "$NATS_PID")
     stop_sampler "$scheduler"
+    local pss=$PEAK_PSS rss=$PEAK_RSS
     SAMPLER=$nats_sampler
-    nats_peak=$(($(cat "$TMP/rss-$NATS_PID") / 1024))
-    touch "$TMP/rss-$NATS_PID.stop"
-    wait "$nats_sampler"
+    stop_sampler "$NATS_PID"
     kill "$scheduler"
     wait "$scheduler" 2>/dev/null || true
     read -r n ok p50 p95 < <(summarise "$TMP/$tag.results")
-    CLAWGRESS_RATE=$(awk -v n="$ok" -v w="$WALL" 'BEGIN { printf "%.2f", n / w }')
-    CLAWGRESS_MIB=$PEAK_MIB
-    row "$exe | Clawgress scheduler ($ok of $n ok, $WALL s) | $CLAWGRESS_RATE | $p50 / $p95 ms" \
-        "| $PEAK_MIB MiB (+ nats-server $nats_peak MiB) | $(per_page "$cpu0" "$cpu1" "$n") (+ nats-server $(per_page "$nats0" "$nats1" "$n"))"
+    local rate
+    rate=$(awk -v n="$ok" -v w="$WALL" 'BEGIN { printf "%.2f", n / w }')
+    if [ -z "$page_jobs" ]; then
+        CLAWGRESS_RATE=$rate CLAWGRESS_PSS=$pss CLAWGRESS_RSS=$rss
+    fi
+    row "$exe | $label ($ok of $n ok, $WALL s) | $rate | $p50 / $p95 ms" \
+        "| $pss MiB (+ nats-server $PEAK_PSS) | $rss MiB (+ nats-server $PEAK_RSS) |" \
+        "$(per_page "$cpu0" "$cpu1" "$n") (+ nats-server $(per_page "$nats0" "$nats1" "$n"))"
 }
+
+# The price of a new browser context (and renderer) per job, for comparison.
+run_clawgress_fresh() { run_clawgress "$1" "$2" 1; }
 
 run_crawlee() {
     local exe=$1 label=$1 tag=crawlee-$2 headless=true node_pid cpu0 cpu1 line sync
@@ -247,10 +258,9 @@ run_crawlee() {
     line=$(cat "$TMP/$tag.json")
     [ -n "$line" ] || die "crawl.js printed no result ($TMP/$tag.log)"
     read -r ok failed wall rate p50 p95 < <(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(r["ok"], r["failed"], r["wall_s"], r["pages_per_s"], r["p50_ms"], r["p95_ms"])' "$line")
-    CRAWLEE_RATE=$rate
-    CRAWLEE_MIB=$PEAK_MIB
+    CRAWLEE_RATE=$rate CRAWLEE_PSS=$PEAK_PSS CRAWLEE_RSS=$PEAK_RSS
     row "$label | Crawlee PuppeteerCrawler ($ok of $((ok + failed)) ok, $wall s) | $rate | $p50 / $p95 ms" \
-        "| $PEAK_MIB MiB | $(per_page "$cpu0" "$cpu1" "$PAGES")"
+        "| $PEAK_PSS MiB | $PEAK_RSS MiB | $(per_page "$cpu0" "$cpu1" "$PAGES")"
 }
 
 for browser in $BROWSERS; do
@@ -261,8 +271,9 @@ for browser in $BROWSERS; do
         "run_$runner" "$exe" "$browser"
     done
     [ -n "$CLAWGRESS_RATE" ] && [ -n "$CRAWLEE_RATE" ] || continue
-    row "$exe | ratio Clawgress / Crawlee (target ≥ 2×, memory ≤ 1×) | $(awk -v a="$CLAWGRESS_RATE" -v b="$CRAWLEE_RATE" 'BEGIN { printf "%.2f×", a / b }') | |" \
-        "$(awk -v a="$CLAWGRESS_MIB" -v b="$CRAWLEE_MIB" 'BEGIN { printf "%.2f×", a / b }') | |"
+    ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f×", a / b }'; }
+    row "$exe | ratio Clawgress / Crawlee (target ≥ 2×, memory ≤ 1×) | $(ratio "$CLAWGRESS_RATE" "$CRAWLEE_RATE") | |" \
+        "$(ratio "$CLAWGRESS_PSS" "$CRAWLEE_PSS") | $(ratio "$CLAWGRESS_RSS" "$CRAWLEE_RSS") | |"
 done
 
 log ""

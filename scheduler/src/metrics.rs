@@ -1,7 +1,8 @@
 //! The scheduler's Prometheus metrics (`--metrics ADDR`, `GET /metrics`):
-//! jobs finished by kind and status, fetch time by tier, and the Steel
-//! servers by state with their failures. Labels are bounded: kinds,
-//! statuses, tiers and states are closed sets.
+//! jobs finished by kind and status, fetch time by tier, the Chromium
+//! pool's browsers and warm pages, and the Steel servers by state with their
+//! failures. Labels are bounded: kinds, statuses, tiers and states are
+//! closed sets.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use http_body_util::Full;
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use tokio::sync::watch;
 
+use clawgress_workers::chromium::ChromiumPool;
 use clawgress_workers::steel::SteelPool;
 
 pub struct SchedulerMetrics {
@@ -22,10 +24,15 @@ pub struct SchedulerMetrics {
     steel_session_failures: IntGauge,
     steel_bypassed: IntGauge,
     steel: Option<Arc<SteelPool>>,
+    browser_launches: IntGauge,
+    browser_contexts: IntGauge,
+    browser_reused: IntGauge,
+    browser_idle: IntGauge,
+    chromium: Option<Arc<ChromiumPool>>,
 }
 
 impl SchedulerMetrics {
-    pub fn new(steel: Option<Arc<SteelPool>>) -> SchedulerMetrics {
+    pub fn new(steel: Option<Arc<SteelPool>>, chromium: Option<Arc<ChromiumPool>>) -> SchedulerMetrics {
         let registry = Registry::new();
         let jobs = IntCounterVec::new(
             Opts::new(
@@ -66,6 +73,23 @@ impl SchedulerMetrics {
             "Steel pages the gateway did not see (bypassed_gateway)",
         )
         .expect("static metric");
+        let browser_launches = IntGauge::new(
+            "clawgress_browser_launches_total",
+            "Chromium processes started (a crashed or worn-out one is replaced by a new launch)",
+        )
+        .expect("static metric");
+        let browser_contexts = IntGauge::new(
+            "clawgress_browser_contexts_opened_total",
+            "Browser contexts opened for chromium and agent jobs, each with its page (a new renderer)",
+        )
+        .expect("static metric");
+        let browser_reused = IntGauge::new(
+            "clawgress_browser_pages_reused_total",
+            "Jobs that ran in a warm page of their agent, wiped since its last job",
+        )
+        .expect("static metric");
+        let browser_idle =
+            IntGauge::new("clawgress_browser_pages_idle", "Warm pages waiting for a job").expect("static metric");
         for collector in [
             Box::new(jobs.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(fetch_seconds.clone()),
@@ -73,6 +97,10 @@ impl SchedulerMetrics {
             Box::new(steel_waiting.clone()),
             Box::new(steel_session_failures.clone()),
             Box::new(steel_bypassed.clone()),
+            Box::new(browser_launches.clone()),
+            Box::new(browser_contexts.clone()),
+            Box::new(browser_reused.clone()),
+            Box::new(browser_idle.clone()),
         ] {
             registry.register(collector).expect("distinct metric names");
         }
@@ -85,6 +113,11 @@ impl SchedulerMetrics {
             steel_session_failures,
             steel_bypassed,
             steel,
+            browser_launches,
+            browser_contexts,
+            browser_reused,
+            browser_idle,
+            chromium,
         }
     }
 
@@ -96,7 +129,8 @@ impl SchedulerMetrics {
         self.fetch_seconds.with_label_values(&[tier]).observe(seconds);
     }
 
-    /// The text exposition format, with the Steel pool read now.
+    /// The text exposition format, with the Steel and Chromium pools read
+    /// now.
     pub fn render(&self) -> String {
         if let Some(steel) = &self.steel {
             let stats = steel.stats();
@@ -106,6 +140,12 @@ impl SchedulerMetrics {
             self.steel_waiting.set(stats.waiting as i64);
             self.steel_session_failures.set(stats.session_failures as i64);
             self.steel_bypassed.set(stats.bypassed as i64);
+        }
+        if let Some(chromium) = &self.chromium {
+            self.browser_launches.set(chromium.launches() as i64);
+            self.browser_contexts.set(chromium.contexts_opened() as i64);
+            self.browser_reused.set(chromium.pages_reused() as i64);
+            self.browser_idle.set(chromium.pages_idle() as i64);
         }
         let mut out = Vec::new();
         let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out);

@@ -164,7 +164,7 @@ pub async fn run(
     config: SchedulerConfig,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), streams::SetupError> {
-    let metrics = Arc::new(SchedulerMetrics::new(backends.steel.clone()));
+    let metrics = Arc::new(SchedulerMetrics::new(backends.steel.clone(), backends.chromium.clone()));
     let (metrics_stop, metrics_stopped) = watch::channel(false);
     if let Some(addr) = config.metrics {
         let listener = crate::metrics::bind(addr).await.map_err(streams::SetupError::Listen)?;

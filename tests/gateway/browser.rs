@@ -12,6 +12,8 @@ use clawgress_workers::outcome::FetchError;
 
 use super::*;
 
+mod warm;
+
 fn pool(w: &World) -> Option<ChromiumPool> {
     pool_with(w, ChromiumConfig::default())
 }
@@ -27,7 +29,10 @@ fn pool_with(w: &World, mut config: ChromiumConfig) -> Option<ChromiumPool> {
         ));
         return None;
     }
-    let credentials = Credentials::from_pairs([(SCRAPER.0.to_string(), SCRAPER.1.to_string())]);
+    let credentials = Credentials::from_pairs([
+        (SCRAPER.0.to_string(), SCRAPER.1.to_string()),
+        (AI_AGENT.0.to_string(), AI_AGENT.1.to_string()),
+    ]);
     Some(ChromiumPool::new(format!("http://{}", w.gw.proxy), credentials, config))
 }
 

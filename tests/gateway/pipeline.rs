@@ -328,7 +328,8 @@ async fn auto_jobs_escalate_to_chromium_for_javascript_pages_and_remember_it() {
         return;
     }
     let Some(mut p) = Pipeline::start().await else { return };
-    p.start_scheduler(2);
+    let metrics = support::nats::free_port();
+    p.start_scheduler_with(2, &["--metrics", &format!("127.0.0.1:{metrics}")]);
     let port = p.w.origin.addr.port();
     let mut shell = scrape("auto-1", format!("http://site.test:{port}/js"));
     shell["fetch"] = "auto".into();
@@ -366,6 +367,30 @@ async fn auto_jobs_escalate_to_chromium_for_javascript_pages_and_remember_it() {
             .filter(|l| l["request"]["path"] == "/js" && l["type"] == "egress_request")
             .count();
     assert_eq!(js_fetches, 3, "http once, then the browser twice");
+    // Three browser jobs of one agent: each opened a page or took the warm
+    // one an earlier job left, and the last came after both were free.
+    let text = String::from_utf8(
+        support::raw::send(
+            SocketAddr::from(([127, 0, 0, 1], metrics)),
+            "GET /metrics HTTP/1.1\r\nHost: scheduler\r\nConnection: close",
+            b"",
+        )
+        .await
+        .body,
+    )
+    .unwrap();
+    let value = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
+    };
+    let (opened, reused) = (
+        value("clawgress_browser_contexts_opened_total"),
+        value("clawgress_browser_pages_reused_total"),
+    );
+    assert_eq!(opened + reused, 3, "{text}");
+    assert!(reused >= 1, "{text}");
+    assert_eq!(value("clawgress_browser_launches_total"), 1);
 }
 
 #[tokio::test]

@@ -177,6 +177,54 @@ setTimeout(function () {
             ))
             .unwrap();
     }
+    if path == "/state" {
+        // What a browser page finds of an earlier visit (cookies, the
+        // Cookie header, local and session storage, IndexedDB, history),
+        // then leaves its own: for the warm-page tests.
+        let cookie_header = req
+            .headers()
+            .get("cookie")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .replace(['<', '>', '&'], "");
+        let page = format!(
+            r#"<html><body><p id="header">{cookie_header}</p><p id="seen"></p><script>
+(async function () {{
+  var seen = {{
+    cookie: document.cookie,
+    local: localStorage.getItem('left') || '',
+    session: sessionStorage.getItem('left') || '',
+    databases: (await indexedDB.databases()).map(function (d) {{ return d.name; }}).join(','),
+    history: history.length
+  }};
+  document.cookie = 'script=left; max-age=3600';
+  localStorage.setItem('left', 'by a job');
+  sessionStorage.setItem('left', 'by a job');
+  await new Promise(function (done) {{
+    var open = indexedDB.open('left-by-a-job');
+    open.onsuccess = function () {{ open.result.close(); done(); }};
+    open.onerror = done;
+  }});
+  var p = document.getElementById('seen');
+  p.textContent = JSON.stringify(seen);
+  p.className = 'done';
+}})();
+</script></body></html>"#
+        );
+        return Response::builder()
+            .header("content-type", "text/html; charset=utf-8")
+            .header("set-cookie", "server=left; Max-Age=3600; Path=/")
+            .body(full(page))
+            .unwrap();
+    }
+    if path == "/popup" {
+        return Response::builder()
+            .header("content-type", "text/html; charset=utf-8")
+            .body(full(
+                r#"<html><body><script>window.open('/page');</script><h1 class="opened">opened</h1></body></html>"#,
+            ))
+            .unwrap();
+    }
     if path == "/latin1" {
         return Response::builder()
             .header("content-type", "text/plain; charset=ISO-8859-1")

@@ -41,7 +41,7 @@ pub async fn run(pool: Option<&ChromiumPool>, http: &HttpFetcher, job: &AgentJob
         .await
         .unwrap_or(Err(FetchError::Timeout));
     if let Some(session) = session {
-        session.close().await;
+        session.end(&result).await;
     }
     result
 }

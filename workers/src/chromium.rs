@@ -2,13 +2,17 @@
 //! `chromium-headless-shell`, else `chromium`) driven over CDP with
 //! chromiumoxide, every request through the gateway.
 //!
-//! One browser process serves many jobs; each job gets its own browser
-//! context (cookies, cache, storage) whose proxy is the gateway, and the
-//! agent's credential answers the gateway's 407 through CDP auth handling.
-//! A browser that crashes is replaced on the next job; every CDP call has a
-//! timeout; contexts are always disposed; the process is reaped. Browsers
-//! never outlive the worker, and their profiles go with them (`process.rs`).
+//! One browser process serves many jobs. Each job runs in a page of a
+//! browser context of its own agent, whose proxy is the gateway and whose
+//! credential answers the gateway's 407 through CDP auth handling; the page
+//! and context stay warm for that agent's next job and are wiped in between
+//! (`lanes.rs`), so no cookie, storage or history crosses from one job to
+//! the next. A browser that crashes is replaced on the next job; every CDP
+//! call has a timeout; contexts are always disposed; the process is reaped.
+//! Browsers never outlive the worker, and their profiles go with them
+//! (`process.rs`).
 
+mod lanes;
 mod process;
 
 use std::path::{Path, PathBuf};
@@ -17,9 +21,9 @@ use std::time::Duration;
 
 use chromiumoxide::auth::Credentials as ProxyCredentials;
 use chromiumoxide::browser::{Browser, BrowserConfig};
-use chromiumoxide::cdp::browser_protocol::browser::BrowserContextId;
 use chromiumoxide::cdp::browser_protocol::target::{CreateBrowserContextParams, CreateTargetParams};
 use futures_util::StreamExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::{Mutex, Semaphore};
 
 use crate::credentials::Credentials;
@@ -27,6 +31,8 @@ use crate::job::ScrapeJob;
 use crate::outcome::{FetchError, Fetched};
 pub use crate::page::{BrowserExtras, MAX_SCREENSHOT, Navigation};
 use crate::page::{BrowserPage, CDP_TIMEOUT, cdp};
+pub use lanes::LANE_IDLE;
+use lanes::{IdleLanes, Lane, LaneKey};
 use process::BrowserProcess;
 pub use process::{LAUNCH_ENV, exec_browser_if_asked, kill_all_browsers, real_executable, sweep_stale_profiles};
 
@@ -38,6 +44,14 @@ pub struct ChromiumConfig {
     /// Jobs one browser serves before it is replaced (0: no limit). A
     /// long-lived browser accumulates memory; 1 means a browser per job.
     pub jobs_per_browser: u64,
+    /// Jobs one warm page (a browser context of its own, wiped between
+    /// jobs) serves before it is closed (0: no limit; 1: a fresh context
+    /// and page per job, as strict as it gets, at a new renderer process
+    /// per job).
+    pub jobs_per_page: u64,
+    /// A warm page unused for this long is closed, and its renderer's
+    /// memory goes back.
+    pub page_idle: Duration,
     /// A binary that answers [`LAUNCH_ENV`] ([`exec_browser_if_asked`] first
     /// thing in its `main`): the `clawgress` binary. Through it the browser
     /// leads its own process group and dies with this process. `None`: the
@@ -63,12 +77,18 @@ fn is_headless_shell(executable: &std::path::Path) -> bool {
         .is_some_and(|name| name.to_string_lossy().contains("headless-shell"))
 }
 
+/// A warm page's share of jobs: enough to spare nearly every renderer
+/// start, few enough that what a renderer accumulates is bounded.
+pub const DEFAULT_JOBS_PER_PAGE: u64 = 100;
+
 impl Default for ChromiumConfig {
     fn default() -> Self {
         ChromiumConfig {
             executable: find_browser().unwrap_or_else(|| PathBuf::from(BROWSERS[1])),
             max_pages: 8,
             jobs_per_browser: 0,
+            jobs_per_page: DEFAULT_JOBS_PER_PAGE,
+            page_idle: LANE_IDLE,
             launcher: None,
         }
     }
@@ -83,9 +103,11 @@ struct Running {
     browser: Arc<Browser>,
     handler: tokio::task::JoinHandle<()>,
     /// A CDP call timed out: the browser is replaced on the next job.
-    broken: Arc<std::sync::atomic::AtomicBool>,
+    broken: Arc<AtomicBool>,
     /// Sessions opened in this browser.
     sessions: u64,
+    /// Which launch of the pool this is: warm pages belong to one.
+    generation: u64,
 }
 
 pub struct ChromiumPool {
@@ -99,7 +121,13 @@ pub struct ChromiumPool {
     /// each is closed when its last session is.
     retiring: Mutex<Vec<Running>>,
     pages: Semaphore,
-    launches: std::sync::atomic::AtomicU64,
+    /// Warm pages between jobs.
+    idle: Arc<IdleLanes>,
+    /// Whether the task that closes warm pages left unused runs.
+    sweeping: AtomicBool,
+    launches: AtomicU64,
+    contexts: AtomicU64,
+    reused: AtomicU64,
 }
 
 impl std::fmt::Debug for ChromiumPool {
@@ -126,6 +154,7 @@ impl ChromiumPool {
         // Profiles of browsers whose worker was killed (OOM, kill -9).
         sweep_stale_profiles();
         let pages = Semaphore::new(config.max_pages.max(1));
+        let idle = Arc::new(IdleLanes::new(config.page_idle));
         ChromiumPool {
             gateway: None,
             credentials,
@@ -133,13 +162,32 @@ impl ChromiumPool {
             running: Mutex::new(None),
             retiring: Mutex::new(Vec::new()),
             pages,
+            idle,
+            sweeping: AtomicBool::new(false),
             launches: Default::default(),
+            contexts: Default::default(),
+            reused: Default::default(),
         }
     }
 
     /// Browsers started so far (a crashed one is replaced by a new launch).
     pub fn launches(&self) -> u64 {
-        self.launches.load(std::sync::atomic::Ordering::Relaxed)
+        self.launches.load(Ordering::Relaxed)
+    }
+
+    /// Browser contexts (with their page) opened so far.
+    pub fn contexts_opened(&self) -> u64 {
+        self.contexts.load(Ordering::Relaxed)
+    }
+
+    /// Jobs that ran in a warm page instead of a new one.
+    pub fn pages_reused(&self) -> u64 {
+        self.reused.load(Ordering::Relaxed)
+    }
+
+    /// Warm pages waiting for a job.
+    pub fn pages_idle(&self) -> usize {
+        self.idle.len()
     }
 
     /// The running browser's profile directory, which names its processes
@@ -151,24 +199,29 @@ impl ChromiumPool {
             .and_then(|r| r.process.profile().map(Path::to_path_buf))
     }
 
-    async fn browser(&self) -> Result<Arc<Browser>, FetchError> {
+    /// The running browser (started, or replaced, as needed) and its
+    /// generation, counting a session in it.
+    async fn browser(&self) -> Result<(Arc<Browser>, u64), FetchError> {
         let mut running = self.running.lock().await;
         let limit = self.config.jobs_per_browser;
         if let Some(current) = running.as_mut()
             && !current.handler.is_finished()
-            && !current.broken.load(std::sync::atomic::Ordering::Relaxed)
+            && !current.broken.load(Ordering::Relaxed)
             && current.process.pid().is_none_or(process_alive)
         {
             if limit == 0 || current.sessions < limit {
                 current.sessions += 1;
-                return Ok(current.browser.clone());
+                return Ok((current.browser.clone(), current.generation));
             }
             if let Some(worn) = running.take() {
+                // Its warm pages go now; its pages in use, when their jobs end.
+                self.close_pages_of(worn.generation).await;
                 self.retiring.lock().await.push(worn);
             }
         }
         if let Some(dead) = running.take() {
             tracing::warn!("the browser went away; starting a new one");
+            self.close_pages_of(dead.generation).await;
             close(dead).await;
         }
         let profile = process::new_profile().map_err(|e| {
@@ -193,11 +246,19 @@ impl ChromiumPool {
             // Every isolated context is a window, and Chromium 156 builds a
             // window's omnibox popup as WebUI (a page of its own) for every
             // job. Off (as Puppeteer has it), a page costs about a third less
-            // CPU (BENCHMARKS.md, issue 16). Merged into chromiumoxide's own
-            // `--disable-features` list: Chromium reads only one such switch.
-            builder = builder
-                .new_headless_mode()
-                .arg(("disable-features", &["WebUIOmniboxPopup", "WebUIOmniboxAimPopup"][..]));
+            // CPU. The spare renderer full Chromium keeps started is never
+            // the one a warm page needs, so every navigation started another
+            // for nothing (BENCHMARKS.md, issue 16). Merged into
+            // chromiumoxide's own `--disable-features` list: Chromium reads
+            // only one such switch.
+            builder = builder.new_headless_mode().arg((
+                "disable-features",
+                &[
+                    "WebUIOmniboxPopup",
+                    "WebUIOmniboxAimPopup",
+                    "SpareRendererForSitePerProcess",
+                ][..],
+            ));
         }
         let config = builder
             // chromiumoxide tells every page to ignore certificate errors
@@ -232,7 +293,7 @@ impl ChromiumPool {
                 }
             }
         });
-        self.launches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let generation = self.launches.fetch_add(1, Ordering::Relaxed) + 1;
         let browser = Arc::new(browser);
         *running = Some(Running {
             process,
@@ -240,8 +301,18 @@ impl ChromiumPool {
             handler,
             broken: Default::default(),
             sessions: 1,
+            generation,
         });
-        Ok(browser)
+        Ok((browser, generation))
+    }
+
+    /// The generation of the running browser, if it is healthy.
+    async fn healthy_generation(&self) -> Option<u64> {
+        let running = self.running.lock().await;
+        running
+            .as_ref()
+            .filter(|r| !r.broken.load(Ordering::Relaxed) && !r.handler.is_finished())
+            .map(|r| r.generation)
     }
 
     /// Closes the retired browsers no session uses any more.
@@ -259,12 +330,50 @@ impl ChromiumPool {
 
     async fn mark_broken(&self) {
         if let Some(running) = self.running.lock().await.as_ref() {
-            running.broken.store(true, std::sync::atomic::Ordering::Relaxed);
+            running.broken.store(true, Ordering::Relaxed);
         }
     }
 
-    /// Closes the browser and reaps its process.
+    /// Closes the warm pages of the browser of `generation`.
+    async fn close_pages_of(&self, generation: u64) {
+        let pages = self.idle.take_generation(generation);
+        futures_util::future::join_all(pages.into_iter().map(Lane::close)).await;
+    }
+
+    /// Closes warm pages no job may use any more (see
+    /// [`IdleLanes::take_surplus`]), then the retired browsers they kept.
+    async fn close_surplus(&self, generation: Option<u64>, keep: usize) {
+        let surplus = self.idle.take_surplus(generation, keep);
+        if surplus.is_empty() {
+            return;
+        }
+        futures_util::future::join_all(surplus.into_iter().map(Lane::close)).await;
+        self.close_retired().await;
+    }
+
+    /// Warm pages unused for `page_idle` are closed even when no job
+    /// comes: a task, started with the first warm page, that ends with the
+    /// pool.
+    fn sweep_idle_pages(&self) {
+        if self.sweeping.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let idle = Arc::downgrade(&self.idle);
+        let period = (self.config.page_idle / 3).max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let Some(lanes) = idle.upgrade() else { return };
+                let expired = lanes.take_surplus(None, usize::MAX);
+                drop(lanes);
+                futures_util::future::join_all(expired.into_iter().map(Lane::close)).await;
+            }
+        });
+    }
+
+    /// Closes the warm pages and the browser, and reaps its process.
     pub async fn shutdown(&self) {
+        futures_util::future::join_all(self.idle.take_all().into_iter().map(Lane::close)).await;
         if let Some(running) = self.running.lock().await.take() {
             close(running).await;
         }
@@ -273,17 +382,21 @@ impl ChromiumPool {
         }
     }
 
-    /// A fresh context (proxy: the gateway) and page for `agent`, with the
-    /// agent's credential ready for the gateway's 407. Close it with
-    /// [`Session::close`], also on errors.
+    /// A page for `agent` in a browser context of its own (proxy: the
+    /// gateway, with the agent's credential ready for its 407): a warm one
+    /// the agent's last job left, wiped, or a new one. End it with
+    /// [`Session::release`] when the page is still sound, else
+    /// [`Session::close`].
     pub async fn session(&self, agent: &str) -> Result<Session<'_>, FetchError> {
-        let key = match &self.gateway {
-            Some(_) => Some(
-                self.credentials
+        let credential = match &self.gateway {
+            Some(_) => Some(ProxyCredentials {
+                username: agent.to_string(),
+                password: self
+                    .credentials
                     .key(agent)
                     .ok_or_else(|| FetchError::Transport(format!("no credential for agent {agent}")))?
                     .to_string(),
-            ),
+            }),
             None => None,
         };
         let slot = self
@@ -291,10 +404,52 @@ impl ChromiumPool {
             .acquire()
             .await
             .map_err(|_| FetchError::Transport("pool closed".into()))?;
-        let mut browser = self.browser().await?;
-        let params = match &self.gateway {
-            Some(gateways) => CreateBrowserContextParams::builder()
-                .proxy_server(gateways.pick().await.to_string())
+        let (browser, generation) = self.browser().await?;
+        // Pages of a browser that went away or retired, and pages unused too long.
+        self.close_surplus(Some(generation), usize::MAX).await;
+        while let Some(mut lane) = self.idle.take(generation, |key| key.agent == agent) {
+            let gateway_answers = match (&self.gateway, &lane.key.gateway) {
+                (Some(gateways), Some(url)) => gateways.still_answers(url).await,
+                _ => true,
+            };
+            if gateway_answers && lane.wake().await.is_ok() {
+                self.reused.fetch_add(1, Ordering::Relaxed);
+                return Ok(Session {
+                    pool: self,
+                    lane,
+                    _slot: slot,
+                });
+            }
+            lane.close().await;
+        }
+        // A new page: room is made by closing the least recently used warm
+        // pages (of other agents) beyond the pool's size.
+        let in_use = self.config.max_pages.max(1) - self.pages.available_permits();
+        self.close_surplus(Some(generation), self.config.max_pages.max(1).saturating_sub(in_use))
+            .await;
+        let mut lane = self.open_lane(agent, credential, browser, generation).await?;
+        lane.wake().await?;
+        Ok(Session {
+            pool: self,
+            lane,
+            _slot: slot,
+        })
+    }
+
+    async fn open_lane(
+        &self,
+        agent: &str,
+        credential: Option<ProxyCredentials>,
+        mut browser: Arc<Browser>,
+        mut generation: u64,
+    ) -> Result<Lane, FetchError> {
+        let gateway = match &self.gateway {
+            Some(gateways) => Some(gateways.pick().await.to_string()),
+            None => None,
+        };
+        let params = match &gateway {
+            Some(gateway) => CreateBrowserContextParams::builder()
+                .proxy_server(gateway.clone())
                 // Chromium skips the proxy for loopback unless told not to.
                 .proxy_bypass_list("<-loopback>")
                 .build(),
@@ -306,7 +461,7 @@ impl ChromiumPool {
             Err(error) => {
                 tracing::warn!(%error, "the browser does not answer; replacing it");
                 self.mark_broken().await;
-                browser = self.browser().await?;
+                (browser, generation) = self.browser().await?;
                 cdp(browser.create_browser_context(params)).await?
             }
         };
@@ -322,28 +477,12 @@ impl ChromiumPool {
                 return Err(error);
             }
         };
-        let session = Session {
-            pool: self,
-            browser,
-            context,
-            page: BrowserPage(page),
-            _slot: slot,
+        self.contexts.fetch_add(1, Ordering::Relaxed);
+        let key = LaneKey {
+            agent: agent.to_string(),
+            gateway,
         };
-        let Some(key) = key else {
-            return Ok(session);
-        };
-        let auth = cdp(session.page.0.authenticate(ProxyCredentials {
-            username: agent.to_string(),
-            password: key,
-        }))
-        .await;
-        match auth {
-            Ok(()) => Ok(session),
-            Err(error) => {
-                session.close().await;
-                Err(error)
-            }
-        }
+        Lane::open(key, generation, browser, context, page, credential).await
     }
 
     /// Loads the job's page in a fresh session, waits for `wait_for` (or,
@@ -354,14 +493,14 @@ impl ChromiumPool {
             .await
             .unwrap_or(Err(FetchError::Timeout));
         // Always, on success, error and timeout alike.
-        session.close().await;
+        session.end(&result).await;
         result
     }
 }
 
 async fn load(session: &Session<'_>, job: &ScrapeJob) -> Result<(Fetched, BrowserExtras), FetchError> {
     let traceparent = clawgress_telemetry::traceparent(&tracing::Span::current());
-    let loaded = session.page.load(job, traceparent).await?;
+    let loaded = session.load(job, traceparent).await?;
     Ok((
         loaded.page,
         BrowserExtras {
@@ -413,12 +552,10 @@ fn process_alive(pid: u32) -> bool {
     }
 }
 
-/// One job's browser context and page.
+/// One job's page, in a browser context of the job's agent.
 pub struct Session<'a> {
     pool: &'a ChromiumPool,
-    browser: Arc<Browser>,
-    context: BrowserContextId,
-    pub page: BrowserPage,
+    lane: Lane,
     _slot: tokio::sync::SemaphorePermit<'a>,
 }
 
@@ -426,23 +563,59 @@ impl std::ops::Deref for Session<'_> {
     type Target = BrowserPage;
 
     fn deref(&self) -> &BrowserPage {
-        &self.page
+        &self.lane.page
     }
 }
 
 impl Session<'_> {
-    /// Closes the page and disposes of the context.
-    pub async fn close(self) {
-        let Session {
-            pool,
-            browser,
-            context,
-            page,
-            _slot,
-        } = self;
-        let _ = tokio::time::timeout(CDP_TIMEOUT, page.0.close()).await;
-        let _ = tokio::time::timeout(CDP_TIMEOUT, browser.dispose_browser_context(context)).await;
-        drop(browser);
+    /// Releases the page after a job whose `result` leaves it sound (it
+    /// loaded, or the gateway or the site said no); closes it otherwise.
+    pub async fn end<T>(self, result: &Result<T, FetchError>) {
+        match result {
+            Ok(_) => self.release().await,
+            Err(error) if page_still_sound(error) => self.release().await,
+            Err(_) => self.close().await,
+        }
+    }
+
+    /// The job is done and the page sound: wiped, frozen and kept warm for
+    /// the agent's next job, unless it served its share of jobs or its
+    /// browser is no longer the running one.
+    pub async fn release(self) {
+        let Session { pool, mut lane, _slot } = self;
+        let limit = pool.config.jobs_per_page;
+        let current = pool.healthy_generation().await == Some(lane.generation);
+        if current && (limit == 0 || lane.jobs < limit) && lane.wipe().await.is_ok() {
+            pool.idle.put(lane);
+            pool.sweep_idle_pages();
+        } else {
+            lane.close().await;
+        }
+        drop(_slot);
         pool.close_retired().await;
     }
+
+    /// Closes the page and disposes of its context.
+    pub async fn close(self) {
+        let Session { pool, lane, _slot } = self;
+        lane.close().await;
+        drop(_slot);
+        pool.close_retired().await;
+    }
+}
+
+/// Whether a page whose job failed with `error` may serve another job: yes
+/// when the page did its part and an answer said no; not after a timeout or
+/// a browser error, where it may be mid-load or broken.
+fn page_still_sound(error: &FetchError) -> bool {
+    matches!(
+        error,
+        FetchError::Denied { .. }
+            | FetchError::RateLimited { .. }
+            | FetchError::BreakerOpen { .. }
+            | FetchError::Gateway { .. }
+            | FetchError::Origin { .. }
+            | FetchError::MissingRequired(_)
+            | FetchError::TooManyRedirects(_)
+    )
 }

@@ -131,6 +131,28 @@ impl Gateways {
         }
         &self.urls[order[0]]
     }
+
+    /// Whether something already bound to `url` (a warm browser context)
+    /// may go on using it: not passed over, and accepting a connection now.
+    /// With one gateway there is nowhere else to go: always.
+    pub async fn still_answers(&self, url: &str) -> bool {
+        let Some(index) = self.urls.iter().position(|u| u == url) else {
+            return false;
+        };
+        if self.urls.len() == 1 {
+            return true;
+        }
+        if self.passed_over(index, Instant::now()) {
+            return false;
+        }
+        let answers = accepts(url).await;
+        if answers {
+            self.mark_up(index);
+        } else {
+            self.mark_down(index);
+        }
+        answers
+    }
 }
 
 /// Whether the gateway at `url` accepts a TCP connection within
