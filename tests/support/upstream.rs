@@ -180,7 +180,15 @@ setTimeout(function () {
     if path == "/state" {
         // What a browser page finds of an earlier visit (cookies, the
         // Cookie header, local and session storage, IndexedDB, history),
-        // then leaves its own: for the warm-page tests.
+        // then leaves its own, also late (a timer, an unload handler) and
+        // from a cross-site iframe: for the warm-page tests.
+        let port = req
+            .headers()
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.rsplit_once(':'))
+            .map(|(_, p)| p.to_string())
+            .unwrap_or_default();
         let cookie_header = req
             .headers()
             .get("cookie")
@@ -188,15 +196,24 @@ setTimeout(function () {
             .unwrap_or_default()
             .replace(['<', '>', '&'], "");
         let page = format!(
-            r#"<html><body><p id="header">{cookie_header}</p><p id="seen"></p><script>
+            r#"<html><body><p id="header">{cookie_header}</p><p id="seen"></p>
+<iframe src="http://a.wild.test:{port}/page"></iframe><script>
 (async function () {{
   var seen = {{
     cookie: document.cookie,
     local: localStorage.getItem('left') || '',
+    late: localStorage.getItem('late') || '',
     session: sessionStorage.getItem('left') || '',
     databases: (await indexedDB.databases()).map(function (d) {{ return d.name; }}).join(','),
-    history: history.length
+    history: history.length,
+    visibility: document.visibilityState
   }};
+  setTimeout(function () {{ localStorage.setItem('late', 'timer'); }}, 150);
+  addEventListener('pagehide', function () {{
+    localStorage.setItem('late', 'pagehide');
+    sessionStorage.setItem('left', 'by pagehide');
+    document.cookie = 'hidden=left; max-age=3600';
+  }});
   document.cookie = 'script=left; max-age=3600';
   localStorage.setItem('left', 'by a job');
   sessionStorage.setItem('left', 'by a job');

@@ -56,7 +56,9 @@ async fn steps(
         let browser = || session.ok_or_else(|| FetchError::Transport("this step needs a browser".to_string()));
         match step {
             Step::Goto(url) => {
-                browser()?.goto(url).await?;
+                let session = browser()?;
+                session.visited(url);
+                session.goto(url).await?;
             }
             Step::Click(selector) => browser()?.click(selector).await?,
             Step::Fill { selector, value } => browser()?.fill(selector, value).await?,

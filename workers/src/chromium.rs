@@ -214,14 +214,13 @@ impl ChromiumPool {
                 return Ok((current.browser.clone(), current.generation));
             }
             if let Some(worn) = running.take() {
-                // Its warm pages go now; its pages in use, when their jobs end.
-                self.close_pages_of(worn.generation).await;
+                // Its warm pages go with the caller's `close_surplus`; its
+                // pages in use, when their jobs end.
                 self.retiring.lock().await.push(worn);
             }
         }
         if let Some(dead) = running.take() {
             tracing::warn!("the browser went away; starting a new one");
-            self.close_pages_of(dead.generation).await;
             close(dead).await;
         }
         let profile = process::new_profile().map_err(|e| {
@@ -334,12 +333,6 @@ impl ChromiumPool {
         }
     }
 
-    /// Closes the warm pages of the browser of `generation`.
-    async fn close_pages_of(&self, generation: u64) {
-        let pages = self.idle.take_generation(generation);
-        futures_util::future::join_all(pages.into_iter().map(Lane::close)).await;
-    }
-
     /// Closes warm pages no job may use any more (see
     /// [`IdleLanes::take_surplus`]), then the retired browsers they kept.
     async fn close_surplus(&self, generation: Option<u64>, keep: usize) {
@@ -347,7 +340,11 @@ impl ChromiumPool {
         if surplus.is_empty() {
             return;
         }
-        futures_util::future::join_all(surplus.into_iter().map(Lane::close)).await;
+        // A browser that stopped answering would hold the job for a CDP
+        // timeout: past this, the pages left are disposed of in the
+        // background (Lane's Drop).
+        let closing = futures_util::future::join_all(surplus.into_iter().map(Lane::close));
+        let _ = tokio::time::timeout(Duration::from_secs(2), closing).await;
         self.close_retired().await;
     }
 
@@ -412,7 +409,8 @@ impl ChromiumPool {
                 (Some(gateways), Some(url)) => gateways.still_answers(url).await,
                 _ => true,
             };
-            if gateway_answers && lane.wake().await.is_ok() {
+            if gateway_answers {
+                lane.take_job();
                 self.reused.fetch_add(1, Ordering::Relaxed);
                 return Ok(Session {
                     pool: self,
@@ -428,7 +426,7 @@ impl ChromiumPool {
         self.close_surplus(Some(generation), self.config.max_pages.max(1).saturating_sub(in_use))
             .await;
         let mut lane = self.open_lane(agent, credential, browser, generation).await?;
-        lane.wake().await?;
+        lane.take_job();
         Ok(Session {
             pool: self,
             lane,
@@ -489,6 +487,7 @@ impl ChromiumPool {
     /// briefly, for required values to render), and returns the document.
     pub async fn fetch(&self, job: &ScrapeJob) -> Result<(Fetched, BrowserExtras), FetchError> {
         let session = self.session(&job.agent).await?;
+        session.visited(&job.url);
         let result = tokio::time::timeout(job.timeout, load(&session, job))
             .await
             .unwrap_or(Err(FetchError::Timeout));
@@ -568,6 +567,12 @@ impl std::ops::Deref for Session<'_> {
 }
 
 impl Session<'_> {
+    /// The job loads `url`: its origin's storage is cleared after the job,
+    /// whatever the page's events say.
+    pub fn visited(&self, url: &str) {
+        self.lane.visited(url);
+    }
+
     /// Releases the page after a job whose `result` leaves it sound (it
     /// loaded, or the gateway or the site said no); closes it otherwise.
     pub async fn end<T>(self, result: &Result<T, FetchError>) {
@@ -585,11 +590,17 @@ impl Session<'_> {
         let Session { pool, mut lane, _slot } = self;
         let limit = pool.config.jobs_per_page;
         let current = pool.healthy_generation().await == Some(lane.generation);
-        if current && (limit == 0 || lane.jobs < limit) && lane.wipe().await.is_ok() {
-            pool.idle.put(lane);
-            pool.sweep_idle_pages();
-        } else {
-            lane.close().await;
+        let kept = current && (limit == 0 || lane.jobs < limit);
+        match if kept { lane.wipe().await } else { Ok(()) } {
+            Ok(()) if kept => {
+                pool.idle.put(lane);
+                pool.sweep_idle_pages();
+            }
+            Ok(()) => lane.close().await,
+            Err(error) => {
+                tracing::debug!(%error, "the page is closed instead of kept warm");
+                lane.close().await;
+            }
         }
         drop(_slot);
         pool.close_retired().await;

@@ -2,18 +2,19 @@
 //! jobs and wiped in between.
 //!
 //! Opening a context and a page per job costs a new renderer process every
-//! time (about half the CPU of a small page here: BENCHMARKS.md, issue 16).
-//! A lane keeps both, so a job on the same site lands in a renderer that is
-//! already running, while what one job leaves behind never reaches the next:
-//! between jobs the context's cookies, the storage of every origin whose
-//! document the page loaded (local and session storage, IndexedDB, caches,
-//! service workers), the page's history and its extra headers are cleared,
-//! its heap is garbage-collected every few jobs, and the page is frozen so
-//! its scripts stop. The HTTP cache is off, as
-//! every page must reach the gateway. A lane serves one agent only (the
-//! gateway knows it by the credential its context answered with), and is
-//! closed after a job that failed, a popup it opened, its share of jobs or
-//! a while unused ([`LANE_IDLE`] by default).
+//! time. A lane keeps both, while what one job leaves behind never reaches
+//! the next: between jobs the page's scripts are stopped (no timer or
+//! unload handler of the job's runs after the clearing), the session
+//! storage of its document cleared, and the page leaves for about:blank;
+//! then the context's cookies, the storage of every origin whose document
+//! the page loaded (local storage, IndexedDB, caches, service workers), the
+//! page's history and its extra headers are cleared, and its heap is
+//! garbage-collected every few jobs. The HTTP cache is off, as every page
+//! must reach the gateway. A lane serves one agent only (the gateway knows
+//! it by the credential its context answered with), and is closed after a
+//! job that failed, a popup it opened, a main frame that went through
+//! several origins, its share of jobs or a while unused ([`LANE_IDLE`] by
+//! default). Measured in BENCHMARKS.md (issue 16).
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -22,10 +23,9 @@ use std::time::Duration;
 use chromiumoxide::browser::Browser;
 use chromiumoxide::cdp::browser_protocol::browser::BrowserContextId;
 use chromiumoxide::cdp::browser_protocol::dom_storage::{ClearParams as ClearDomStorage, StorageId};
+use chromiumoxide::cdp::browser_protocol::emulation::SetScriptExecutionDisabledParams;
 use chromiumoxide::cdp::browser_protocol::network::{EventRequestWillBeSent, ResourceType};
-use chromiumoxide::cdp::browser_protocol::page::{
-    ResetNavigationHistoryParams, SetWebLifecycleStateParams, SetWebLifecycleStateState,
-};
+use chromiumoxide::cdp::browser_protocol::page::{EventFrameNavigated, ResetNavigationHistoryParams};
 use chromiumoxide::cdp::browser_protocol::storage::{ClearCookiesParams, ClearDataForOriginParams};
 use chromiumoxide::cdp::browser_protocol::target::GetTargetsParams;
 use chromiumoxide::cdp::js_protocol::heap_profiler::CollectGarbageParams;
@@ -39,6 +39,9 @@ use crate::page::{BrowserPage, CDP_TIMEOUT, cdp};
 /// By default, a warm page nobody used for this long is closed (its
 /// renderer's memory goes back).
 pub const LANE_IDLE: Duration = Duration::from_secs(30);
+
+/// Longest wait for a page to leave its document between jobs.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A warm page's script heap is collected after every this many jobs.
 const COLLECT_EVERY: u64 = 4;
@@ -59,13 +62,16 @@ pub struct Lane {
     pub browser: Arc<Browser>,
     context: BrowserContextId,
     pub page: BrowserPage,
-    /// Origins of the documents the page loaded since it was last wiped.
-    documents: Arc<Mutex<BTreeSet<String>>>,
+    /// Origins of the documents the page asked for since it was last wiped
+    /// (redirect hops and iframes included), and of those its main frame
+    /// committed (whose session storage must be cleared).
+    documents: Arc<Mutex<Documents>>,
+    /// Counts the page's main frame committing about:blank.
+    blanked: tokio::sync::watch::Receiver<u64>,
     watcher: JoinHandle<()>,
     /// Jobs the lane served, the current one included.
     pub jobs: u64,
     idle_since: Instant,
-    frozen: bool,
     /// Closed (or handed to a task that closes it): nothing left for Drop.
     closed: bool,
 }
@@ -82,17 +88,47 @@ impl Lane {
         page: chromiumoxide::Page,
         credential: Option<chromiumoxide::auth::Credentials>,
     ) -> Result<Lane, FetchError> {
-        let documents = Arc::new(Mutex::new(BTreeSet::new()));
-        let watcher = match page.event_listener::<EventRequestWillBeSent>().await {
-            Ok(mut requests) => {
+        let documents = Arc::new(Mutex::new(Documents::default()));
+        let (blanked_tx, blanked) = tokio::sync::watch::channel(0u64);
+        let listeners = async {
+            Ok::<_, chromiumoxide::error::CdpError>((
+                page.event_listener::<EventRequestWillBeSent>().await?,
+                page.event_listener::<EventFrameNavigated>().await?,
+            ))
+        };
+        let watcher = match listeners.await {
+            Ok((mut requests, mut commits)) => {
                 let documents = documents.clone();
+                let blanked = blanked_tx;
                 tokio::spawn(async move {
-                    while let Some(request) = requests.next().await {
-                        if request.r#type == Some(ResourceType::Document)
-                            && let Some(origin) = storage_origin(&request.request.url)
-                            && let Ok(mut documents) = documents.lock()
-                        {
-                            documents.insert(origin);
+                    loop {
+                        let (asked, committed) = tokio::select! {
+                            Some(request) = requests.next() => (
+                                (request.r#type == Some(ResourceType::Document)).then(|| request.request.url.clone()),
+                                None,
+                            ),
+                            Some(commit) = commits.next() => {
+                                let main = commit.frame.parent_id.is_none();
+                                if main && commit.frame.url == "about:blank" {
+                                    blanked.send_modify(|count| *count += 1);
+                                }
+                                // An iframe's storage is asked for like any
+                                // document's; the main frame's origins are
+                                // the ones whose session storage must go.
+                                if main {
+                                    (None, Some(commit.frame.url.clone()))
+                                } else {
+                                    (Some(commit.frame.url.clone()), None)
+                                }
+                            }
+                            else => return,
+                        };
+                        let mut documents = documents.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        if let Some(origin) = asked.as_deref().and_then(storage_origin) {
+                            documents.asked.insert(origin);
+                        }
+                        if let Some(origin) = committed.as_deref().and_then(storage_origin) {
+                            documents.committed.insert(origin);
                         }
                     }
                 })
@@ -110,10 +146,10 @@ impl Lane {
             context,
             page: BrowserPage(page),
             documents,
+            blanked,
             watcher,
             jobs: 0,
             idle_since: Instant::now(),
-            frozen: false,
             closed: false,
         };
         let ready = async {
@@ -132,39 +168,85 @@ impl Lane {
         }
     }
 
-    /// Ready for a job: thawed if it was frozen.
-    pub async fn wake(&mut self) -> Result<(), FetchError> {
-        if self.frozen {
-            cdp(self.page.0.execute(lifecycle(SetWebLifecycleStateState::Active))).await?;
-            self.frozen = false;
-        }
+    /// Counts a job in.
+    pub fn take_job(&mut self) {
         self.jobs += 1;
-        Ok(())
     }
 
-    /// Clears what the last job left (see the module's text) and freezes
-    /// the page. `Err` when that could not be done, or when the job left
-    /// more than its page (a popup): the lane must be closed instead.
+    /// Records that the job loaded `url`, so its origin's storage is
+    /// cleared whatever the page's own events say.
+    pub fn visited(&self, url: &str) {
+        if let Some(origin) = storage_origin(url) {
+            let mut documents = self.documents.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            documents.asked.insert(origin);
+        }
+    }
+
+    /// Clears what the last job left (see the module's text). `Err` when
+    /// that could not be done, or when the job left more than its page (a
+    /// popup): the lane must be closed instead.
     pub async fn wipe(&mut self) -> Result<(), FetchError> {
-        let origins = match self.documents.lock() {
-            Ok(mut documents) => std::mem::take(&mut *documents),
-            Err(_) => return Err(FetchError::Transport("the page's document list is poisoned".into())),
-        };
         let page = &self.page.0;
-        let storage = futures_util::future::try_join_all(origins.iter().map(|origin| async move {
-            cdp(page.execute(ClearDataForOriginParams::new(origin.clone(), "all"))).await?;
+        let last = cdp(page.url()).await?;
+        if let Some(url) = &last {
+            self.visited(url);
+        }
+        let last = last.as_deref().and_then(storage_origin);
+        // From here no script of the job's runs: not its timers, not its
+        // unload handlers, so nothing is written after the clearing.
+        cdp(page.execute(SetScriptExecutionDisabledParams::new(true))).await?;
+        // The page's events are delivered after command answers: let the
+        // watcher catch up. What arrives later is cleared next time.
+        tokio::task::yield_now().await;
+        let (asked, mut committed) = {
+            let mut documents = self.documents.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let documents = std::mem::take(&mut *documents);
+            (documents.asked, documents.committed)
+        };
+        committed.extend(last.clone());
+        // Session storage is the page's own, per origin, and CDP reaches it
+        // only through a frame of that origin: the last document's. An
+        // origin the page's main frame left before (an agent's earlier
+        // `goto`, a page that navigated itself) cannot be reached: then the
+        // page is closed, not kept.
+        if committed.iter().any(|origin| Some(origin) != last.as_ref()) {
+            return Err(FetchError::Transport(
+                "the job's pages had several origins: their session storage cannot all be cleared".into(),
+            ));
+        }
+        if let Some(origin) = &last {
             let session = StorageId {
                 security_origin: Some(origin.clone()),
                 storage_key: None,
                 is_local_storage: false,
             };
-            cdp(page.execute(ClearDomStorage::new(session))).await
-        }));
+            cdp(page.execute(ClearDomStorage::new(session))).await?;
+        }
+        // Then the document goes, for a blank page that the page itself
+        // navigates to (from CDP, the navigation would start a new
+        // renderer): the next job starts from a blank page (a fragment-only
+        // URL is a real load again, an agent job without a `goto` sees
+        // nothing of the last page).
+        let mut blanked = self.blanked.clone();
+        blanked.mark_unchanged();
+        cdp(page.evaluate_expression("location.href = 'about:blank'")).await?;
+        let left = tokio::time::timeout(LEAVE_TIMEOUT, blanked.changed()).await;
+        cdp(page.execute(SetScriptExecutionDisabledParams::new(false))).await?;
+        if !matches!(left, Ok(Ok(()))) {
+            return Err(FetchError::Transport("the page did not leave its document".into()));
+        }
+        let origins: BTreeSet<&String> = asked.iter().chain(&committed).collect();
+        let storage = futures_util::future::try_join_all(
+            origins
+                .into_iter()
+                .map(|origin| cdp(page.execute(ClearDataForOriginParams::new(origin.clone(), "all")))),
+        );
         let cookies = cdp(self.browser.execute(
             ClearCookiesParams::builder()
                 .browser_context_id(self.context.clone())
                 .build(),
         ));
+        // Back and forward lead nowhere: the blank page is the only entry.
         let history = cdp(page.execute(ResetNavigationHistoryParams::default()));
         let headers = self.page.set_headers(serde_json::json!({}));
         let targets = cdp(self.browser.execute(GetTargetsParams::default()));
@@ -186,30 +268,33 @@ impl Lane {
         history?;
         headers?;
         garbage?;
+        // Pages only: a cross-site iframe or a worker is a target too, and
+        // went with the document.
         let ours = page.target_id();
         let others = targets?
             .result
             .target_infos
             .iter()
-            .filter(|t| t.browser_context_id.as_ref() == Some(&self.context) && &t.target_id != ours)
+            .filter(|t| {
+                t.r#type == "page" && t.browser_context_id.as_ref() == Some(&self.context) && &t.target_id != ours
+            })
             .count();
         if others > 0 {
             return Err(FetchError::Transport(format!(
                 "the job left {others} other page(s) open"
             )));
         }
-        cdp(page.execute(lifecycle(SetWebLifecycleStateState::Frozen))).await?;
-        self.frozen = true;
         self.idle_since = Instant::now();
         Ok(())
     }
 
     /// Closes the page and disposes of the context (its popups with it).
     pub async fn close(mut self) {
-        self.closed = true;
         self.watcher.abort();
         let _ = tokio::time::timeout(CDP_TIMEOUT, self.page.0.clone().close()).await;
         let _ = tokio::time::timeout(CDP_TIMEOUT, self.browser.dispose_browser_context(self.context.clone())).await;
+        // Only now: a close cancelled half-way still has Drop dispose of it.
+        self.closed = true;
     }
 }
 
@@ -232,16 +317,19 @@ impl Drop for Lane {
     }
 }
 
-fn lifecycle(state: SetWebLifecycleStateState) -> SetWebLifecycleStateParams {
-    SetWebLifecycleStateParams { state }
-}
-
 /// The origin whose storage a document of `url` can write: http(s) only
 /// (about:, data: and blob: documents have none of their own, or an
 /// opaque one that dies with them).
 pub(super) fn storage_origin(url: &str) -> Option<String> {
     let url = reqwest::Url::parse(url).ok()?;
     matches!(url.scheme(), "http" | "https").then(|| url.origin().ascii_serialization())
+}
+
+/// The origins of a lane's documents since it was last wiped.
+#[derive(Default)]
+struct Documents {
+    asked: BTreeSet<String>,
+    committed: BTreeSet<String>,
 }
 
 /// The lanes not in use, most recently used last.
@@ -284,14 +372,6 @@ impl IdleLanes {
 
     pub fn take_all(&self) -> Vec<Lane> {
         self.lanes().drain(..).collect()
-    }
-
-    /// The lanes of the browser of `generation`.
-    pub fn take_generation(&self, generation: u64) -> Vec<Lane> {
-        let mut lanes = self.lanes();
-        let (out, stay): (Vec<Lane>, Vec<Lane>) = lanes.drain(..).partition(|lane| lane.generation == generation);
-        *lanes = stay;
-        out
     }
 
     /// Takes out the lanes to close: of another browser than `generation`
