@@ -223,10 +223,10 @@ impl Lane {
             cdp(page.execute(ClearDomStorage::new(session))).await?;
         }
         // Then the document goes, for a blank page that the page itself
-        // navigates to (from CDP, the navigation would start a new
-        // renderer): the next job starts from a blank page (a fragment-only
-        // URL is a real load again, an agent job without a `goto` sees
-        // nothing of the last page).
+        // navigates to (the same from CDP measured slower in full Chromium,
+        // and left renderers piling up): the next job starts from a blank
+        // page (a fragment-only URL is a real load again, an agent job
+        // without a `goto` sees nothing of the last page).
         let mut blanked = self.blanked.clone();
         blanked.mark_unchanged();
         cdp(page.evaluate_expression("location.href = 'about:blank'")).await?;
