@@ -583,7 +583,7 @@ impl Session<'_> {
         }
     }
 
-    /// The job is done and the page sound: wiped, frozen and kept warm for
+    /// The job is done and the page sound: wiped and kept warm for
     /// the agent's next job, unless it served its share of jobs or its
     /// browser is no longer the running one.
     pub async fn release(self) {

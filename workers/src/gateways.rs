@@ -218,6 +218,26 @@ mod tests {
         assert_eq!(gateways.order(), [1, 2, 0]);
     }
 
+    #[tokio::test]
+    async fn a_warm_context_keeps_its_gateway_only_while_it_answers() {
+        let up = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (up, down_url) = (
+            format!("http://{}", up.local_addr().unwrap()),
+            format!("http://{}", down.local_addr().unwrap()),
+        );
+        drop(down);
+        // Alone, a gateway is kept whatever it does: there is nowhere else.
+        assert!(Gateways::new(&down_url).still_answers(&down_url).await);
+        let gateways = Gateways::new(&format!("{up},{down_url}"));
+        assert!(gateways.still_answers(&up).await);
+        assert!(!gateways.still_answers(&down_url).await);
+        // The silent one is now passed over by everything else too.
+        assert_eq!(gateways.order(), [0, 1]);
+        assert_eq!(gateways.order(), [0, 1]);
+        assert!(!gateways.still_answers("http://127.0.0.1:1").await, "not in the list");
+    }
+
     #[test]
     fn a_gateway_list_must_be_urls() {
         assert!(Gateways::check("http://127.0.0.1:3128,https://gw:3129").is_ok());

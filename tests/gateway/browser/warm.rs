@@ -176,3 +176,31 @@ async fn a_fresh_context_per_job_when_asked_and_warm_pages_close_when_unused() {
     assert_eq!(pool.contexts_opened(), 2);
     pool.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_reused_page_starts_blank_and_one_that_went_through_several_sites_is_closed() {
+    let w = world("enforce").await;
+    let Some(pool) = pool(&w) else { return };
+    let port = w.origin.addr.port();
+    visit_state(&pool, &w, SCRAPER.0).await;
+    // An agent job that does not start with a `goto` sees nothing of the
+    // last job's page.
+    let session = pool.session(SCRAPER.0).await.unwrap();
+    assert_eq!(pool.pages_reused(), 1);
+    assert_eq!(session.evaluate("location.href").await.unwrap(), "about:blank");
+    assert_eq!(session.evaluate("document.body.innerHTML").await.unwrap(), "");
+    // Two sites in one job: the first one's session storage can no longer
+    // be reached, so the page is not kept.
+    for url in [
+        format!("http://site.test:{port}/page"),
+        format!("http://a.wild.test:{port}/page"),
+    ] {
+        session.visited(&url);
+        session.goto(&url).await.unwrap();
+    }
+    session.end(&Ok::<(), FetchError>(())).await;
+    assert_eq!(pool.pages_idle(), 0, "a page that went through two sites was kept");
+    visit_state(&pool, &w, SCRAPER.0).await;
+    assert_eq!(pool.contexts_opened(), 2);
+    pool.shutdown().await;
+}
