@@ -14,6 +14,9 @@
 //! is, and [`fewer_replicas`] is the warning that names it and the command
 //! that raises it.
 
+pub mod kv_gaps;
+pub mod repeats;
+
 use std::fmt;
 use std::str::FromStr;
 

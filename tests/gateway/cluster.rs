@@ -21,6 +21,7 @@ use support::nats_cluster::NatsCluster;
 
 use super::*;
 
+mod control;
 mod progress;
 use progress::*;
 
@@ -48,7 +49,8 @@ struct Cluster {
 }
 
 impl Cluster {
-    async fn start() -> Option<Cluster> {
+    /// Three nats-servers, two gateways and `schedulers` schedulers.
+    async fn start(schedulers: usize) -> Option<Cluster> {
         let nats = NatsCluster::start(3).await?;
         let origin = upstream::origin().await;
         let dns = TestDns::start(&[]).await;
@@ -94,7 +96,7 @@ impl Cluster {
             let gateway = cluster.gateway(i);
             cluster.gateways.push(Some(gateway));
         }
-        for i in 0..2 {
+        for i in 0..schedulers {
             let scheduler = cluster.scheduler(i);
             cluster.schedulers.push(Some(scheduler));
         }
@@ -160,32 +162,37 @@ impl Cluster {
         Killed(child)
     }
 
+    /// What the processes said: each gateway's control-store lines (they
+    /// tell how its watch fared) and the tail of the rest, then the
+    /// schedulers' tails. Gateways first: a failing run's output is cut in
+    /// the middle.
     fn logs(&self) -> String {
         let mut out = String::new();
-        for i in 0..2 {
-            let log = std::fs::read_to_string(self.dir.path().join(format!("scheduler-{i}.log"))).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            out.push_str(&format!(
-                "--- scheduler {i}\n{}\n",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            ));
-        }
         for (i, gateway) in self.gateways.iter().enumerate() {
             if let Some(gateway) = gateway {
+                let log = gateway.log();
+                let control: Vec<&str> = log.lines().filter(|l| l.contains("control::store")).collect();
                 // Without the store-bucket retries (another feature's; they
                 // drown the lines that tell what happened here).
-                let log: String = gateway
-                    .log()
+                let rest: Vec<&str> = log
                     .lines()
-                    .filter(|l| !l.contains("store::bucket"))
-                    .map(|l| format!("{l}\n"))
+                    .filter(|l| !l.contains("store::bucket") && !l.contains("control::store"))
                     .collect();
-                let tail: Vec<&str> = log.lines().rev().take(20).collect();
                 out.push_str(&format!(
-                    "--- gateway {i}\n{}\n",
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    "--- gateway {i} ({}): control store\n{}\n--- gateway {i}: the rest, last lines\n{}\n",
+                    gateway.proxy,
+                    control.join("\n"),
+                    rest[rest.len().saturating_sub(15)..].join("\n")
                 ));
             }
+        }
+        for i in 0..self.schedulers.len() {
+            let log = std::fs::read_to_string(self.dir.path().join(format!("scheduler-{i}.log"))).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            out.push_str(&format!(
+                "--- scheduler {i}, last lines\n{}\n",
+                lines[lines.len().saturating_sub(12)..].join("\n")
+            ));
         }
         out
     }
@@ -387,7 +394,7 @@ async fn read_all(js: &async_nats::jetstream::Context, stream: &str, subject: &s
 
 #[tokio::test]
 async fn a_cluster_loses_no_job_to_a_killed_nats_server_scheduler_or_gateway() {
-    let Some(mut cluster) = Cluster::start().await else {
+    let Some(mut cluster) = Cluster::start(2).await else {
         return;
     };
     let total = job_count();

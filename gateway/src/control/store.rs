@@ -28,12 +28,14 @@ pub use super::lkg::LKG_FILE;
 pub const BUCKET: &str = "clawgress-control";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RETRY_FIRST: Duration = Duration::from_millis(250);
-const RETRY_MAX: Duration = Duration::from_secs(10);
+/// Short: while it retries, a replica enforces its last-known-good state,
+/// and an emergency block made meanwhile waits for the next attempt.
+const RETRY_MAX: Duration = Duration::from_secs(2);
+/// A catch-up read that delivers nothing for this long is started again
+/// (its consumer's server may have just died).
+const CATCH_UP_STALL: Duration = Duration::from_secs(3);
 /// How long a write waits for its own change to come back on the watch.
 const APPLY_WAIT: Duration = Duration::from_secs(2);
-/// How often the watch is checked against the bucket: a change it has not
-/// delivered by the next check is fetched again (within 1 s in all).
-const STALL_CHECK: Duration = Duration::from_millis(250);
 
 /// How much the replica knows about the control state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -404,12 +406,14 @@ impl ControlStore {
         Ok(())
     }
 
-    /// Applies one change delivered by the watch. Deliveries come in bucket
-    /// order; one at or below what is applied already is a replay.
+    /// Applies one change of the bucket. The watch and the gap poll each
+    /// deliver in bucket order, so one at or below the applied revision is
+    /// a replay (by either of them): applying it again could bring back an
+    /// item deleted since.
     async fn apply_watched(&self, key: &str, item: Option<ControlItem>, revision: u64) {
         let _saving = self.save_lock.lock().await;
         let current = self.snapshot();
-        if current.revision_of(key).is_some_and(|applied| applied >= revision) {
+        if revision <= current.revision {
             return;
         }
         let next = current.with(key, item, revision);
@@ -472,6 +476,7 @@ pub fn redacted(url: &str) -> String {
 async fn sync_forever(store: Arc<ControlStore>, url: String, mut stop: watch::Receiver<bool>) {
     let shown = redacted(&url);
     let mut delay = RETRY_FIRST;
+    let mut repeats = clawgress_nats::repeats::Repeats::default();
     loop {
         let (synced, error) = tokio::select! {
             ended = follow(&store, &url) => ended,
@@ -483,12 +488,15 @@ async fn sync_forever(store: Arc<ControlStore>, url: String, mut stop: watch::Re
         store.first_attempt_done.store(true, Ordering::Relaxed);
         if synced {
             delay = RETRY_FIRST;
+            repeats.clear();
         }
-        tracing::warn!(
-            url = %shown,
-            status = store.status().as_str(),
-            "control store unreachable ({error}); enforcing the last-known-good state and retrying"
-        );
+        if repeats.worth_logging(&error) {
+            tracing::warn!(
+                url = %shown,
+                status = store.status().as_str(),
+                "control store unreachable ({error}); enforcing the last-known-good state and retrying (the same failure is logged again once a minute)"
+            );
+        }
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             _ = stop.changed() => return,
@@ -498,7 +506,7 @@ async fn sync_forever(store: Arc<ControlStore>, url: String, mut stop: watch::Re
 }
 
 /// Returns whether it got as far as a sync, and why it ended.
-async fn follow(store: &ControlStore, url: &str) -> (bool, String) {
+async fn follow(store: &Arc<ControlStore>, url: &str) -> (bool, String) {
     match follow_inner(store, url).await {
         Ok(never) => match never {},
         Err(ended) => ended,
@@ -507,7 +515,7 @@ async fn follow(store: &ControlStore, url: &str) -> (bool, String) {
 
 enum Never {}
 
-async fn follow_inner(store: &ControlStore, url: &str) -> Result<Never, (bool, String)> {
+async fn follow_inner(store: &Arc<ControlStore>, url: &str) -> Result<Never, (bool, String)> {
     let early = |e: String| (false, e);
     let client = async_nats::ConnectOptions::new()
         .name("clawgress-gateway")
@@ -538,10 +546,11 @@ async fn follow_inner(store: &ControlStore, url: &str) -> Result<Never, (bool, S
             .await
             .map_err(|e| early(format!("cannot open the KV bucket {BUCKET}: {e}")))?,
     };
-    let last = js
+    let mut stream = js
         .get_stream(format!("KV_{BUCKET}"))
         .await
-        .map_err(|e| early(e.to_string()))?
+        .map_err(|e| early(e.to_string()))?;
+    let last = stream
         .info()
         .await
         .map_err(|e| early(e.to_string()))?
@@ -555,23 +564,22 @@ async fn follow_inner(store: &ControlStore, url: &str) -> Result<Never, (bool, S
     let mut revision = 0;
     if last > 0 {
         loop {
-            let entry = tokio::time::timeout(Duration::from_secs(10), watch.next())
+            let entry = tokio::time::timeout(CATCH_UP_STALL, watch.next())
                 .await
                 .map_err(|_| early("the watch stalled during catch-up".to_string()))?
                 .ok_or_else(|| early("the watch ended during catch-up".to_string()))?
                 .map_err(|e| early(e.to_string()))?;
             revision = revision.max(entry.revision);
-            match entry.operation {
-                kv::Operation::Put => {
-                    if let Some(item) = ControlItem::decode_failing_closed(&entry.key, &entry.value) {
-                        items.insert(entry.key.clone(), item);
-                        revisions.insert(entry.key.clone(), entry.revision);
-                    }
+            match change_of(&entry) {
+                Some(Some(item)) => {
+                    items.insert(entry.key.clone(), item);
+                    revisions.insert(entry.key.clone(), entry.revision);
                 }
-                kv::Operation::Delete | kv::Operation::Purge => {
+                Some(None) => {
                     items.remove(&entry.key);
                     revisions.remove(&entry.key);
                 }
+                None => {}
             }
             // `delta` counts what is still pending: zero means caught up, even
             // when the stream's tail was a purged message.
@@ -592,35 +600,44 @@ async fn follow_inner(store: &ControlStore, url: &str) -> Result<Never, (bool, S
 
     let synced = |e: String| (true, e);
     let mut state = client.connection_state();
-    // The bucket's last revision, asked off this loop (a slow answer under
-    // load must not hold back the watch's deliveries).
-    let bucket_last = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let _poller = AbortOnDrop(tokio::spawn({
-        let (kv, last) = (kv.clone(), bucket_last.clone());
-        async move {
-            loop {
-                if let Ok(Ok(status)) = tokio::time::timeout(Duration::from_secs(2), kv.status()).await {
-                    last.store(status.info.state.last_sequence, Ordering::Relaxed);
+    // The watch's server may die: what it misses meanwhile is read from
+    // the bucket, or an emergency block made then would not reach this
+    // replica for seconds.
+    let _gaps = clawgress_nats::kv_gaps::fill(
+        stream,
+        BUCKET,
+        {
+            let store = store.clone();
+            move || store.snapshot().revision
+        },
+        {
+            let store = store.clone();
+            move |entry| {
+                let store = store.clone();
+                async move {
+                    if let Some(item) = change_of(&entry) {
+                        store.apply_watched(&entry.key, item, entry.revision).await;
+                    }
                 }
-                tokio::time::sleep(STALL_CHECK).await;
             }
-        }
-    }));
-    let mut check = tokio::time::interval(STALL_CHECK);
-    // The applied revision when the bucket was last seen ahead of it.
-    let mut behind_at: Option<u64> = None;
+        },
+    );
+    let mut check = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {
             entry = watch.next() => {
-                let entry = entry.ok_or_else(|| synced("the watch ended".to_string()))?.map_err(|e| synced(e.to_string()))?;
-                let item = match entry.operation {
-                    kv::Operation::Put => match ControlItem::decode_failing_closed(&entry.key, &entry.value) {
-                        Some(item) => Some(item),
-                        None => continue,
-                    },
-                    kv::Operation::Delete | kv::Operation::Purge => None,
+                let entry = match entry.ok_or_else(|| synced("the watch ended".to_string()))? {
+                    Ok(entry) => entry,
+                    // The client recreates the watch's consumer after this
+                    // (its server went away); the gap poll covers the time.
+                    Err(error) => {
+                        tracing::warn!("the control store's watch: {error}; it is recreated, and changes are read from the bucket meanwhile");
+                        continue;
+                    }
                 };
-                store.apply_watched(&entry.key, item, entry.revision).await;
+                if let Some(item) = change_of(&entry) {
+                    store.apply_watched(&entry.key, item, entry.revision).await;
+                }
             }
             // The watch does not end when the connection drops; the
             // connection state says so, and the replica reports it.
@@ -633,39 +650,17 @@ async fn follow_inner(store: &ControlStore, url: &str) -> Result<Never, (bool, S
                         _ => store.set_status(store.disconnected_status()),
                     }
                 }
-                // The watch's consumer lives on one server: when that server
-                // dies the watch goes quiet, and says so only after missed
-                // idle heartbeats, seconds later; an emergency block made
-                // meanwhile would not reach this replica. A change the
-                // bucket holds but the watch has not delivered by the next
-                // check means it stalled: watch again from the next revision.
-                let last = bucket_last.load(Ordering::Relaxed);
-                let applied = store.snapshot().revision;
-                match last {
-                    last if last > applied => {
-                        if behind_at == Some(applied) {
-                            tracing::warn!(applied, last, "the control store's watch stalled (its server went?); watching again");
-                            watch = kv
-                                .watch_all_from_revision(applied + 1)
-                                .await
-                                .map_err(|e| synced(e.to_string()))?;
-                            behind_at = None;
-                        } else {
-                            behind_at = Some(applied);
-                        }
-                    }
-                    _ => behind_at = None,
-                }
             }
         }
     }
 }
 
-/// Stops the task when the follow loop it serves ends.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+/// What a bucket entry does to the snapshot: `Some(None)` removes its key;
+/// `None` for a value no item can be read from (nothing changes, unless
+/// it is a block or a hold: those fail closed).
+fn change_of(entry: &kv::Entry) -> Option<Option<ControlItem>> {
+    match entry.operation {
+        kv::Operation::Put => ControlItem::decode_failing_closed(&entry.key, &entry.value).map(Some),
+        kv::Operation::Delete | kv::Operation::Purge => Some(None),
     }
 }

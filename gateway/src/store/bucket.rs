@@ -17,7 +17,10 @@ pub use clawgress_control::BUCKET;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RETRY_FIRST: Duration = Duration::from_millis(250);
-const RETRY_MAX: Duration = Duration::from_secs(10);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+/// A catch-up read that delivers nothing for this long is started again
+/// (its consumer's server may have just died).
+const CATCH_UP_STALL: Duration = Duration::from_secs(3);
 /// Attempts of one compare-and-set publish before it is left to the next round.
 const PUBLISH_ATTEMPTS: usize = 16;
 
@@ -89,6 +92,7 @@ pub(super) async fn put_if_newer(kv: &kv::Store, snapshot: &Snapshot) -> Result<
 pub(super) async fn follow(gateway: Arc<Gateway>, url: String, mut stop: watch::Receiver<bool>) {
     let shown = crate::control::store::redacted(&url);
     let mut delay = RETRY_FIRST;
+    let mut repeats = clawgress_nats::repeats::Repeats::default();
     loop {
         let (synced, error) = tokio::select! {
             ended = follow_once(&gateway, &url) => ended,
@@ -99,8 +103,11 @@ pub(super) async fn follow(gateway: Arc<Gateway>, url: String, mut stop: watch::
         gateway.store.synced.store(true, Ordering::Relaxed);
         if synced {
             delay = RETRY_FIRST;
+            repeats.clear();
         }
-        tracing::warn!(url = %shown, "control store bucket unreachable ({error}); keeping the snapshots in force and retrying");
+        if repeats.worth_logging(&error) {
+            tracing::warn!(url = %shown, "control store bucket unreachable ({error}); keeping the snapshots in force and retrying (the same failure is logged again once a minute)");
+        }
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             _ = stop.changed() => return,
@@ -109,7 +116,7 @@ pub(super) async fn follow(gateway: Arc<Gateway>, url: String, mut stop: watch::
     }
 }
 
-async fn follow_once(gateway: &Gateway, url: &str) -> (bool, String) {
+async fn follow_once(gateway: &Arc<Gateway>, url: &str) -> (bool, String) {
     let client = match async_nats::ConnectOptions::new()
         .name("clawgress-gateway-store")
         .connection_timeout(CONNECT_TIMEOUT)
@@ -125,11 +132,12 @@ async fn follow_once(gateway: &Gateway, url: &str) -> (bool, String) {
         Ok(kv) => kv,
         Err(e) => return (false, e),
     };
-    let held = match js.get_stream(format!("KV_{BUCKET}")).await {
-        Ok(mut stream) => match stream.info().await {
-            Ok(info) => info.state.messages,
-            Err(e) => return (false, e.to_string()),
-        },
+    let mut stream = match js.get_stream(format!("KV_{BUCKET}")).await {
+        Ok(stream) => stream,
+        Err(e) => return (false, e.to_string()),
+    };
+    let held = match stream.info().await {
+        Ok(info) => info.state.messages,
         Err(e) => return (false, e.to_string()),
     };
     let mut watch = match kv.watch_with_history(">").await {
@@ -137,11 +145,15 @@ async fn follow_once(gateway: &Gateway, url: &str) -> (bool, String) {
         Err(e) => return (false, e.to_string()),
     };
     let mut seen = std::collections::BTreeSet::new();
+    // The last revision delivered, by the watch or the gap filler: each
+    // delivers in bucket order, and an older snapshot must never replace
+    // a newer one.
+    let applied = Arc::new(std::sync::Mutex::new(0));
     // With history, the watch first delivers the last value of each key;
     // `delta` counts what is left of that catch-up.
     if held > 0 {
         loop {
-            let entry = match tokio::time::timeout(Duration::from_secs(10), watch.next()).await {
+            let entry = match tokio::time::timeout(CATCH_UP_STALL, watch.next()).await {
                 Ok(Some(Ok(entry))) => entry,
                 Ok(Some(Err(e))) => return (false, e.to_string()),
                 Ok(None) => return (false, "the watch ended during catch-up".to_string()),
@@ -150,7 +162,7 @@ async fn follow_once(gateway: &Gateway, url: &str) -> (bool, String) {
             if let Some(kind) = Kind::from_key(&entry.key) {
                 seen.insert(kind);
             }
-            deliver(gateway, &entry);
+            deliver_in_order(gateway, &applied, &entry);
             if entry.delta == 0 {
                 break;
             }
@@ -165,12 +177,31 @@ async fn follow_once(gateway: &Gateway, url: &str) -> (bool, String) {
     gateway.store.synced.store(true, Ordering::Relaxed);
     gateway.store.nudge.notify_one();
     tracing::info!("control store bucket synced");
+    // What the watch misses while its server is gone (a token revoked
+    // then must not wait for it).
+    let _gaps = clawgress_nats::kv_gaps::fill(
+        stream,
+        BUCKET,
+        {
+            let applied = applied.clone();
+            move || *applied.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        },
+        {
+            let (gateway, applied) = (gateway.clone(), applied.clone());
+            move |entry| {
+                deliver_in_order(&gateway, &applied, &entry);
+                std::future::ready(())
+            }
+        },
+    );
     let mut check = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
             entry = watch.next() => match entry {
-                Some(Ok(entry)) => deliver(gateway, &entry),
-                Some(Err(e)) => return (true, e.to_string()),
+                Some(Ok(entry)) => deliver_in_order(gateway, &applied, &entry),
+                // The client recreates the watch's consumer after this (its
+                // server went away); the gap filler covers the time.
+                Some(Err(e)) => tracing::warn!("the control store bucket's watch: {e}; it is recreated, and changes are read from the bucket meanwhile"),
                 None => return (true, "the watch ended".to_string()),
             },
             // The watch does not end when the connection drops.
@@ -180,6 +211,14 @@ async fn follow_once(gateway: &Gateway, url: &str) -> (bool, String) {
                 }
             }
         }
+    }
+}
+
+fn deliver_in_order(gateway: &Gateway, applied: &std::sync::Mutex<u64>, entry: &kv::Entry) {
+    let mut applied = applied.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if entry.revision > *applied {
+        *applied = entry.revision;
+        deliver(gateway, entry);
     }
 }
 
