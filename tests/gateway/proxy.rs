@@ -112,6 +112,17 @@ async fn connect_tunnels_half_close() {
     let head = connect(&format!("echo.test:{}", w.echo.port()), Some(SCRAPER));
     stream.write_all(format!("{head}\r\n\r\n").as_bytes()).await.unwrap();
     assert_eq!(raw::read_response(&mut stream).await.status, 200);
+    let open = |metrics: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with("egress_tunnels_open "))
+            .map(str::to_string)
+    };
+    assert_eq!(
+        open(&w.gw.metrics().await).as_deref(),
+        Some("egress_tunnels_open 1"),
+        "the tunnel is counted while it is open"
+    );
     stream.write_all(b"ping").await.unwrap();
     stream.shutdown().await.unwrap();
     let mut rest = Vec::new();
@@ -123,6 +134,14 @@ async fn connect_tunnels_half_close() {
         rest, b"pingbye",
         "the server's answer after our half-close must come back"
     );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while open(&w.gw.metrics().await).as_deref() != Some("egress_tunnels_open 0") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ended tunnel is still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]

@@ -98,6 +98,7 @@ async fn route(gateway: &Arc<Gateway>, peer: SocketAddr, mut req: Request<Incomi
             let mut text = gateway.metrics.render();
             render_breakers(gateway, &mut text);
             render_control(gateway, &mut text);
+            render_tunnels(gateway, &mut text);
             let mut response = Response::new(Full::new(Bytes::from(text)));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -210,6 +211,17 @@ fn render_control(gateway: &Gateway, out: &mut String) {
         "clawgress_temporary_allows {}",
         snapshot.temporary(chrono::Utc::now()).count()
     );
+}
+
+/// Relays open now: CONNECT tunnels, intercepted TLS sessions and
+/// transparent connections (each holds its buffers and two sockets until
+/// it ends; `connections_active` also counts idle keep-alive clients).
+fn render_tunnels(gateway: &Gateway, out: &mut String) {
+    use std::fmt::Write as _;
+    out.push_str("# HELP egress_tunnels_open Tunnels relaying now (CONNECT, intercepted TLS, transparent)\n");
+    out.push_str("# TYPE egress_tunnels_open gauge\n");
+    let open = gateway.open_tunnels.load(std::sync::atomic::Ordering::Relaxed);
+    let _ = writeln!(out, "egress_tunnels_open {open}");
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
