@@ -179,9 +179,9 @@ setTimeout(function () {
     }
     if path == "/state" {
         // What a browser page finds of an earlier visit (cookies, the
-        // Cookie header, local and session storage, IndexedDB, history),
-        // then leaves its own, also late (a timer, an unload handler) and
-        // from a cross-site iframe: for the warm-page tests.
+        // Cookie header, local and session storage, IndexedDB, history), and
+        // what its iframe finds, then both leave their own, also late (a
+        // timer, an unload handler): for the warm-page tests.
         let port = req
             .headers()
             .get("host")
@@ -189,6 +189,12 @@ setTimeout(function () {
             .and_then(|h| h.rsplit_once(':'))
             .map(|(_, p)| p.to_string())
             .unwrap_or_default();
+        // `?frame=cross`: the iframe is of another site, else of this origin.
+        let frame = if req.uri().query() == Some("frame=cross") {
+            format!("http://a.wild.test:{port}")
+        } else {
+            String::new()
+        };
         let cookie_header = req
             .headers()
             .get("cookie")
@@ -197,7 +203,7 @@ setTimeout(function () {
             .replace(['<', '>', '&'], "");
         let page = format!(
             r#"<html><body><p id="header">{cookie_header}</p><p id="seen"></p>
-<iframe src="http://a.wild.test:{port}/page"></iframe><script>
+<script>
 (async function () {{
   var seen = {{
     cookie: document.cookie,
@@ -208,6 +214,15 @@ setTimeout(function () {
     history: history.length,
     visibility: document.visibilityState
   }};
+  // Then what the iframe found of earlier visits in its storage (its own
+  // keys; partitioned under this site when it is of another).
+  seen.frame = await new Promise(function (done) {{
+    addEventListener('message', function (m) {{ done(m.data); }});
+    setTimeout(function () {{ done('no answer from the iframe'); }}, 5000);
+    var frame = document.createElement('iframe');
+    frame.src = '{frame}/state-frame';
+    document.body.appendChild(frame);
+  }});
   setTimeout(function () {{ localStorage.setItem('late', 'timer'); }}, 150);
   addEventListener('pagehide', function () {{
     localStorage.setItem('late', 'pagehide');
@@ -232,6 +247,37 @@ setTimeout(function () {
             .header("content-type", "text/html; charset=utf-8")
             .header("set-cookie", "server=left; Max-Age=3600; Path=/")
             .body(full(page))
+            .unwrap();
+    }
+    if path == "/state-frame" {
+        // The cross-site iframe of `/state`: what it finds of an earlier
+        // visit in its storage (partitioned under the page's site), then
+        // it leaves its own, also when the page goes.
+        return Response::builder()
+            .header("content-type", "text/html; charset=utf-8")
+            .body(full(
+                r#"<html><body><script>
+(async function () {
+  var seen = {
+    local: localStorage.getItem('frame-left') || '',
+    session: sessionStorage.getItem('frame-left') || '',
+    databases: (await indexedDB.databases())
+      .map(function (d) { return d.name; })
+      .filter(function (name) { return name === 'left-by-a-frame'; })
+      .join(',')
+  };
+  addEventListener('pagehide', function () { sessionStorage.setItem('frame-left', 'by pagehide'); });
+  localStorage.setItem('frame-left', 'by a frame');
+  sessionStorage.setItem('frame-left', 'by a frame');
+  await new Promise(function (done) {
+    var open = indexedDB.open('left-by-a-frame');
+    open.onsuccess = function () { open.result.close(); done(); };
+    open.onerror = done;
+  });
+  parent.postMessage(seen, '*');
+})();
+</script></body></html>"#,
+            ))
             .unwrap();
     }
     if path == "/popup" {

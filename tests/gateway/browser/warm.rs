@@ -21,8 +21,13 @@ fn text(selector: &str) -> ExtractSpec {
 }
 
 async fn visit_state(pool: &ChromiumPool, w: &World, agent: &str) -> Seen {
+    visit(pool, w, agent, "/state").await
+}
+
+/// `/state` at `path`, as `agent`: what the page and its iframe found.
+async fn visit(pool: &ChromiumPool, w: &World, agent: &str, path: &str) -> Seen {
     let mut state = job(
-        format!("http://site.test:{}/state", w.origin.addr.port()),
+        format!("http://site.test:{}{path}", w.origin.addr.port()),
         Some("#seen.done"),
     );
     state.agent = agent.into();
@@ -55,11 +60,17 @@ async fn a_warm_page_serves_the_agent_s_next_job_with_nothing_of_the_last_left()
     assert_eq!(first.found["session"], "");
     assert_eq!(first.found["visibility"], "visible");
     assert_eq!(first.found["databases"], "");
+    assert_eq!(
+        first.found["frame"],
+        serde_json::json!({"local": "", "session": "", "databases": ""}),
+        "the iframe answered, finding nothing"
+    );
     assert_eq!(first.cookie_header, "");
     // The first job left a server cookie, a script cookie, local and session
     // storage, an IndexedDB database and a history entry, and more once it
-    // was over (a timer, a pagehide handler); the next jobs, in the same
-    // page, find none of it (the fourth job's end also collects garbage).
+    // was over (a timer, a pagehide handler), in the page and in its
+    // iframe; the next jobs, in the same page, find none of it (the fourth
+    // job's end also collects garbage).
     for _ in 0..3 {
         let mut next = visit_state(&pool, &w, SCRAPER.0).await;
         // History is the page's own: never longer than a new page's.
@@ -68,7 +79,7 @@ async fn a_warm_page_serves_the_agent_s_next_job_with_nothing_of_the_last_left()
         next.found["history"] = first.found["history"].clone();
         assert_eq!(next, first, "what a job left reached the next one");
     }
-    // The cross-site iframe each visit loads is not a page left open.
+    // The iframe each visit loads is not a page left open.
     assert_eq!(pool.contexts_opened(), 1, "one context for the agent's four jobs");
     assert_eq!(pool.pages_reused(), 3);
     assert_eq!(pool.pages_idle(), 1);
@@ -203,4 +214,50 @@ async fn a_reused_page_starts_blank_and_one_that_went_through_several_sites_is_c
     visit_state(&pool, &w, SCRAPER.0).await;
     assert_eq!(pool.contexts_opened(), 2);
     pool.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_page_with_an_iframe_of_another_site_is_not_reused() {
+    let w = world("enforce").await;
+    // Both browsers: in full Chromium a cross-site iframe is another
+    // renderer (site isolation), and its commit must still be seen.
+    let browsers: Vec<_> = clawgress_workers::chromium::BROWSERS
+        .iter()
+        .map(std::path::PathBuf::from)
+        .filter(|b| b.exists())
+        .collect();
+    for executable in browsers {
+        let config = ChromiumConfig {
+            executable: executable.clone(),
+            ..ChromiumConfig::default()
+        };
+        let Some(pool) = pool_with(&w, config) else { return };
+        // A cross-site iframe's storage is partitioned under the page's site
+        // and lives in another renderer: out of reach of the wipe, so the
+        // page and its context go, and the iframe of the next job finds
+        // nothing.
+        for _ in 0..2 {
+            let seen = visit(&pool, &w, SCRAPER.0, "/state?frame=cross").await;
+            assert_eq!(
+                seen.found["frame"],
+                serde_json::json!({"local": "", "session": "", "databases": ""}),
+                "{}: what a cross-site iframe left reached the next job",
+                executable.display()
+            );
+            assert_eq!(
+                pool.pages_idle(),
+                0,
+                "{}: a page that held a cross-site iframe was kept",
+                executable.display()
+            );
+        }
+        assert_eq!(pool.contexts_opened(), 2);
+        assert_eq!(pool.pages_reused(), 0);
+        pool.shutdown().await;
+    }
+    // The iframe's document was asked of the gateway as the agent.
+    w.gw.wait_audit(|l| {
+        l["request"]["domain"] == "a.wild.test" && l["request"]["path"] == "/state-frame" && l["agent_id"] == SCRAPER.0
+    })
+    .await;
 }

@@ -12,9 +12,9 @@
 //! garbage-collected every few jobs. The HTTP cache is off, as every page
 //! must reach the gateway. A lane serves one agent only (the gateway knows
 //! it by the credential its context answered with), and is closed after a
-//! job that failed, a popup it opened, a main frame that went through
-//! several origins, its share of jobs or a while unused ([`LANE_IDLE`] by
-//! default). Measured in BENCHMARKS.md (issue 16).
+//! job that failed, a popup it opened, documents of several origins (an
+//! earlier one in the main frame, or an iframe of another origin), its
+//! share of jobs or a while unused ([`LANE_IDLE`] by default). Measured in BENCHMARKS.md (issue 16).
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -27,7 +27,7 @@ use chromiumoxide::cdp::browser_protocol::emulation::SetScriptExecutionDisabledP
 use chromiumoxide::cdp::browser_protocol::network::{EventRequestWillBeSent, ResourceType};
 use chromiumoxide::cdp::browser_protocol::page::{EventFrameNavigated, ResetNavigationHistoryParams};
 use chromiumoxide::cdp::browser_protocol::storage::{ClearCookiesParams, ClearDataForOriginParams};
-use chromiumoxide::cdp::browser_protocol::target::GetTargetsParams;
+use chromiumoxide::cdp::browser_protocol::target::{EventTargetCreated, GetTargetsParams};
 use chromiumoxide::cdp::js_protocol::heap_profiler::CollectGarbageParams;
 use futures_util::StreamExt;
 use tokio::task::JoinHandle;
@@ -63,7 +63,7 @@ pub struct Lane {
     context: BrowserContextId,
     pub page: BrowserPage,
     /// Origins of the documents the page asked for since it was last wiped
-    /// (redirect hops and iframes included), and of those its main frame
+    /// (redirect hops and iframes included), and of those its frames
     /// committed (whose session storage must be cleared).
     documents: Arc<Mutex<Documents>>,
     /// Counts the page's main frame committing about:blank.
@@ -94,15 +94,28 @@ impl Lane {
             Ok::<_, chromiumoxide::error::CdpError>((
                 page.event_listener::<EventRequestWillBeSent>().await?,
                 page.event_listener::<EventFrameNavigated>().await?,
+                browser.event_listener::<EventTargetCreated>().await?,
             ))
         };
         let watcher = match listeners.await {
-            Ok((mut requests, mut commits)) => {
+            Ok((mut requests, mut commits, mut targets)) => {
                 let documents = documents.clone();
                 let blanked = blanked_tx;
+                let ours = context.clone();
                 tokio::spawn(async move {
                     loop {
                         let (asked, committed) = tokio::select! {
+                            // An iframe in a renderer of its own (site
+                            // isolation): its events reach the page's
+                            // session only in some browsers, its target
+                            // always.
+                            Some(created) = targets.next() => {
+                                let info = &created.target_info;
+                                if info.r#type == "iframe" && info.browser_context_id.as_ref() == Some(&ours) {
+                                    documents.lock().unwrap_or_else(std::sync::PoisonError::into_inner).other_renderers += 1;
+                                }
+                                continue;
+                            }
                             Some(request) = requests.next() => (
                                 (request.r#type == Some(ResourceType::Document)).then(|| request.request.url.clone()),
                                 None,
@@ -112,14 +125,11 @@ impl Lane {
                                 if main && commit.frame.url == "about:blank" {
                                     blanked.send_modify(|count| *count += 1);
                                 }
-                                // An iframe's storage is asked for like any
-                                // document's; the main frame's origins are
-                                // the ones whose session storage must go.
-                                if main {
-                                    (None, Some(commit.frame.url.clone()))
-                                } else {
-                                    (Some(commit.frame.url.clone()), None)
-                                }
+                                // Any frame's origin: its session storage
+                                // (and, for a cross-site iframe, storage
+                                // partitioned under the page's site) is
+                                // only reachable while its document is.
+                                (None, Some(commit.frame.url.clone()))
                             }
                             else => return,
                         };
@@ -198,20 +208,24 @@ impl Lane {
         // The page's events are delivered after command answers: let the
         // watcher catch up. What arrives later is cleared next time.
         tokio::task::yield_now().await;
-        let (asked, mut committed) = {
+        let (asked, mut committed, other_renderers) = {
             let mut documents = self.documents.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let documents = std::mem::take(&mut *documents);
-            (documents.asked, documents.committed)
+            (documents.asked, documents.committed, documents.other_renderers)
         };
         committed.extend(last.clone());
         // Session storage is the page's own, per origin, and CDP reaches it
-        // only through a frame of that origin: the last document's. An
-        // origin the page's main frame left before (an agent's earlier
-        // `goto`, a page that navigated itself) cannot be reached: then the
-        // page is closed, not kept.
-        if committed.iter().any(|origin| Some(origin) != last.as_ref()) {
+        // only through a frame of that origin in the page's own renderer:
+        // the last document's. A document of another origin, in the main
+        // frame before (an agent's earlier `goto`, a page that navigated
+        // itself) or in an iframe (a cross-site one is another renderer,
+        // and its local storage and databases are partitioned under this
+        // site, out of reach of the clearing below), cannot be reached:
+        // then the page is closed, not kept.
+        if other_renderers > 0 || committed.iter().any(|origin| Some(origin) != last.as_ref()) {
             return Err(FetchError::Transport(
-                "the job's pages had several origins: their session storage cannot all be cleared".into(),
+                "the job's page held documents of several origins (frames included): their storage cannot all be cleared"
+                    .into(),
             ));
         }
         if let Some(origin) = &last {
@@ -330,6 +344,8 @@ pub(super) fn storage_origin(url: &str) -> Option<String> {
 struct Documents {
     asked: BTreeSet<String>,
     committed: BTreeSet<String>,
+    /// Iframes the browser gave a renderer of their own (cross-site).
+    other_renderers: usize,
 }
 
 /// The lanes not in use, most recently used last.
