@@ -147,6 +147,10 @@ release
 sleep 2
 released_rss=$(gateway_sum rss_kb)
 released_fds=$(gateway_sum fds_of)
+# What the allocator gives back once it has had time (jemalloc purges
+# freed pages after about 10 s).
+sleep 28
+settled_rss=$(gateway_sum rss_kb)
 
 opened=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["open"])' "$tunnel_line")
 per_tunnel=$(awk -v a="$idle_rss" -v b="$held_rss" -v n="$opened" 'BEGIN { printf "%.1f", (b - a) / (n > 0 ? n : 1) }')
@@ -162,6 +166,7 @@ row "gateway RSS per tunnel" "$per_tunnel KB"
 row "bench-target RSS per held plain connection (reference)" "$per_direct KB"
 row "gateway RSS after the latency runs, tunnels still held" "$(mb "$after_rss")"
 row "gateway RSS once the tunnels closed" "$(mb "$released_rss")"
+row "gateway RSS 30 s after the tunnels closed" "$(mb "$settled_rss")"
 row "gateway descriptors idle / held / closed" "$idle_fds / $held_fds / $released_fds"
 row "gateway threads idle / held" "$idle_threads / $held_threads"
 row "request direct, nothing held: p50 / p99" "$d50 / $d99 ms"
