@@ -527,3 +527,72 @@ async fn an_emergency_block_cuts_open_tunnels() {
     assert_eq!(line["error"], "emergency_block");
     assert_eq!(line["bytes_out"], 4);
 }
+
+/// The control bucket deleted and made again while the replicas run (an
+/// operator's `nats kv rm` and `add`, a rebuilt cluster): its revisions
+/// start over at 1, and the replicas read it again instead of taking every
+/// new change for one they already applied.
+#[tokio::test]
+async fn a_control_bucket_deleted_and_made_again_is_read_again() {
+    let Some(nats) = NatsServer::start() else { return };
+    let plane = Plane::new(|p| p).await;
+    let a = plane.gateway(&["--nats", &nats.url]);
+    let b = plane.gateway(&["--nats", &nats.url]);
+    let site = get(
+        &format!("http://site.test:{}/hello", plane.origin.addr.port()),
+        Some(AI_AGENT),
+    );
+    let block = || {
+        api(
+            &a,
+            "POST",
+            "/v1/emergency-block",
+            Some(MAINTAINER),
+            r#"{"reason": "drill"}"#,
+        )
+    };
+    // Blocks and restores: the bucket's revision is well above 1.
+    for _ in 0..3 {
+        let blocked = block().await;
+        assert_eq!(blocked.status, 201, "{}", String::from_utf8_lossy(&blocked.body));
+        let incident = blocked.json()["incident_id"].as_str().unwrap().to_string();
+        let body = format!(r#"{{"incident_id": "{incident}"}}"#);
+        let restored = api(&a, "POST", "/v1/restore", Some(MAINTAINER), &body).await;
+        assert_eq!(restored.status, 200, "{}", String::from_utf8_lossy(&restored.body));
+    }
+    until_answer(&b, &site, 200, None).await;
+
+    let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    js.delete_key_value("clawgress-control").await.unwrap();
+    // Made again at once (whoever is first: this or a replica).
+    let _ = js
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: "clawgress-control".into(),
+            history: 5,
+            ..Default::default()
+        })
+        .await;
+
+    // A block now is revision 1 of the new bucket: both replicas enforce it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let blocked = block().await;
+        match blocked.status {
+            201 => break,
+            // While A reads the new bucket: unavailable, or unconfirmed.
+            503 => assert!(Instant::now() < deadline, "{}", String::from_utf8_lossy(&blocked.body)),
+            other => panic!("{other}: {}", String::from_utf8_lossy(&blocked.body)),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // A confirmed it once it was in force there.
+    let on_a = raw::send(a.proxy, &site, b"").await;
+    assert_eq!(
+        (on_a.status, on_a.reason()),
+        (403, "emergency_block".to_string()),
+        "A answered 201 before enforcing the block\n{}",
+        a.log()
+    );
+    let took = until_answer(&b, &site, 403, Some("emergency_block")).await;
+    println!("the block in the new bucket reached B in {took:?}");
+}

@@ -6,7 +6,8 @@
 //! Without `--nats` the gateway runs standalone: the disk copy is the store.
 //!
 //! With NATS, a replica never applies its own writes directly: it waits for
-//! its watch to deliver them, so every replica applies every change in the
+//! them to come back from the bucket (by its watch, or by the poll that fills
+//! what the watch misses), so every replica applies every change in the
 //! bucket's one order, and a slow local apply can never undo a newer change
 //! made elsewhere.
 
@@ -27,7 +28,7 @@ mod follow;
 
 /// The KV bucket every replica watches.
 pub const BUCKET: &str = "clawgress-control";
-/// How long a write waits for its own change to come back on the watch.
+/// How long a write waits for its own change to come back from the bucket.
 const APPLY_WAIT: Duration = Duration::from_secs(2);
 
 /// How much the replica knows about the control state.
@@ -106,6 +107,8 @@ pub struct ControlStore {
     blocked: watch::Sender<bool>,
     /// Pacing of rate-reduced agents on this replica.
     reduced: super::hold::ReducedRates,
+    /// Told by a write that found the bucket made again since it was read.
+    bucket_replaced: tokio::sync::Notify,
     /// Replicas of the bucket when this replica creates it.
     replicas: clawgress_nats::Replicas,
 }
@@ -170,6 +173,7 @@ impl ControlStore {
             first_attempt_done: AtomicBool::new(false),
             blocked,
             reduced: Default::default(),
+            bucket_replaced: tokio::sync::Notify::new(),
             replicas,
         });
         if let Some(url) = nats_url {
@@ -349,17 +353,44 @@ impl ControlStore {
                     })
             }
         }?;
-        self.await_watch(key, written).await;
+        let replaced = match written {
+            Some(revision) => self.bucket_made_again(&kv, key, revision).await,
+            None => false,
+        };
+        self.await_watch(key, written, replaced).await;
         Ok(())
     }
 
-    /// Waits until the watch has delivered this replica's own write, so the
+    /// Whether the bucket `revision` was written to is not the one this
+    /// replica follows (deleted and made again: its revisions started over,
+    /// so `revision` looks applied already). Then the follower is told to
+    /// read it again at once; it would notice within a second anyway.
+    async fn bucket_made_again(&self, kv: &kv::Store, key: &str, revision: u64) -> bool {
+        let snapshot = self.snapshot();
+        if revision > snapshot.revision || snapshot.revision_of(key) == Some(revision) {
+            return false;
+        }
+        let mut stream = kv.stream.clone();
+        let made_again = match tokio::time::timeout(APPLY_WAIT, stream.info()).await {
+            Ok(Ok(info)) => info.created != kv.stream.cached_info().created,
+            _ => false,
+        };
+        if made_again {
+            self.bucket_replaced.notify_one();
+        }
+        made_again
+    }
+
+    /// Waits until the bucket has given back this replica's own write, so the
     /// API answers after the change is in force here too.
-    async fn await_watch(&self, key: &str, written: Option<u64>) {
+    /// In a bucket `made_again`, the snapshot's revision says nothing until
+    /// it is read again: the write itself must be there.
+    async fn await_watch(&self, key: &str, written: Option<u64>, made_again: bool) {
         let deadline = tokio::time::Instant::now() + APPLY_WAIT;
         loop {
             let snapshot = self.snapshot();
             let applied = match written {
+                Some(revision) if made_again => snapshot.revision_of(key) == Some(revision),
                 Some(revision) => snapshot.revision >= revision,
                 None => snapshot.revision_of(key).is_none(),
             };
@@ -367,7 +398,7 @@ impl ControlStore {
                 return;
             }
             if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(%key, "the change is stored but this replica's watch has not delivered it yet");
+                tracing::warn!(%key, "the change is stored but has not come back to this replica yet");
                 return;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;

@@ -88,7 +88,9 @@ pub(super) async fn put_if_newer(kv: &kv::Store, snapshot: &Snapshot) -> Result<
 
 /// Follows the bucket for the gateway's life: catch up (the latest value of
 /// each key), then every change. A kind the bucket does not hold goes back
-/// to its file. On any loss, keeps what it applied and reconnects.
+/// to its file. When the connection, the watch (beyond what its client
+/// recovers from) or the bucket itself is lost, keeps what it applied and
+/// starts again.
 pub(super) async fn follow(gateway: Arc<Gateway>, url: String, mut stop: watch::Receiver<bool>) {
     let shown = crate::control::store::redacted(&url);
     let mut delay = RETRY_FIRST;
@@ -145,10 +147,7 @@ async fn follow_once(gateway: &Arc<Gateway>, url: &str) -> (bool, String) {
         Err(e) => return (false, e.to_string()),
     };
     let mut seen = std::collections::BTreeSet::new();
-    // The last revision delivered, by the watch or the gap filler: each
-    // delivers in bucket order, and an older snapshot must never replace
-    // a newer one.
-    let applied = Arc::new(std::sync::Mutex::new(0));
+    let delivered = Arc::new(Delivered::default());
     // With history, the watch first delivers the last value of each key;
     // `delta` counts what is left of that catch-up.
     if held > 0 {
@@ -162,7 +161,7 @@ async fn follow_once(gateway: &Arc<Gateway>, url: &str) -> (bool, String) {
             if let Some(kind) = Kind::from_key(&entry.key) {
                 seen.insert(kind);
             }
-            deliver_in_order(gateway, &applied, &entry);
+            delivered.deliver(gateway, &entry).await;
             if entry.delta == 0 {
                 break;
             }
@@ -179,18 +178,18 @@ async fn follow_once(gateway: &Arc<Gateway>, url: &str) -> (bool, String) {
     tracing::info!("control store bucket synced");
     // What the watch misses while its server is gone (a token revoked
     // then must not wait for it).
-    let _gaps = clawgress_nats::kv_gaps::fill(
+    let mut gaps = clawgress_nats::kv_gaps::fill(
         stream,
         BUCKET,
         {
-            let applied = applied.clone();
-            move || *applied.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+            let delivered = delivered.clone();
+            move || delivered.revision.load(Ordering::SeqCst)
         },
         {
-            let (gateway, applied) = (gateway.clone(), applied.clone());
+            let (gateway, delivered) = (gateway.clone(), delivered.clone());
             move |entry| {
-                deliver_in_order(&gateway, &applied, &entry);
-                std::future::ready(())
+                let (gateway, delivered) = (gateway.clone(), delivered.clone());
+                async move { delivered.deliver(&gateway, &entry).await }
             }
         },
     );
@@ -198,12 +197,16 @@ async fn follow_once(gateway: &Arc<Gateway>, url: &str) -> (bool, String) {
     loop {
         tokio::select! {
             entry = watch.next() => match entry {
-                Some(Ok(entry)) => deliver_in_order(gateway, &applied, &entry),
+                Some(Ok(entry)) => delivered.deliver(gateway, &entry).await,
                 // The client recreates the watch's consumer after this (its
                 // server went away); the gap filler covers the time.
-                Some(Err(e)) => tracing::warn!("the control store bucket's watch: {e}; it is recreated, and changes are read from the bucket meanwhile"),
+                Some(Err(e)) if clawgress_nats::kv_gaps::watch_recovers(&e) => tracing::warn!("the control store bucket's watch: {e}; it is recreated, and changes are read from the bucket meanwhile"),
+                Some(Err(e)) => return (true, format!("the watch failed: {e}")),
                 None => return (true, "the watch ended".to_string()),
             },
+            // Revisions started over: every change from now on would be
+            // taken for a replay.
+            why = gaps.replaced() => return (true, why),
             // The watch does not end when the connection drops.
             _ = check.tick() => {
                 if client.connection_state() != async_nats::connection::State::Connected {
@@ -214,11 +217,22 @@ async fn follow_once(gateway: &Arc<Gateway>, url: &str) -> (bool, String) {
     }
 }
 
-fn deliver_in_order(gateway: &Gateway, applied: &std::sync::Mutex<u64>, entry: &kv::Entry) {
-    let mut applied = applied.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if entry.revision > *applied {
-        *applied = entry.revision;
-        deliver(gateway, entry);
+/// The last revision delivered, by the watch or the gap filler: each
+/// delivers in bucket order, and an older snapshot must never replace a
+/// newer one. An async lock: applying a policy compiles it.
+#[derive(Default)]
+struct Delivered {
+    order: tokio::sync::Mutex<()>,
+    revision: std::sync::atomic::AtomicU64,
+}
+
+impl Delivered {
+    async fn deliver(&self, gateway: &Gateway, entry: &kv::Entry) {
+        let _order = self.order.lock().await;
+        if entry.revision > self.revision.load(Ordering::SeqCst) {
+            self.revision.store(entry.revision, Ordering::SeqCst);
+            deliver(gateway, entry);
+        }
     }
 }
 

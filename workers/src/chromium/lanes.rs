@@ -202,8 +202,10 @@ impl Lane {
             self.visited(url);
         }
         let last = last.as_deref().and_then(storage_origin);
-        // From here no script of the job's runs: not its timers, not its
-        // unload handlers, so nothing is written after the clearing.
+        // From here no script of the job's runs in the page's renderer: not
+        // its timers, not its unload handlers, so nothing is written after
+        // the clearing (an iframe in another renderer is not stopped: such
+        // a page is not kept, below).
         cdp(page.execute(SetScriptExecutionDisabledParams::new(true))).await?;
         // The page's events are delivered after command answers: let the
         // watcher catch up. What arrives later is cleared next time.
@@ -222,7 +224,16 @@ impl Lane {
         // and its local storage and databases are partitioned under this
         // site, out of reach of the clearing below), cannot be reached:
         // then the page is closed, not kept.
-        if other_renderers > 0 || committed.iter().any(|origin| Some(origin) != last.as_ref()) {
+        // An iframe with a renderer of its own is also asked for by its
+        // target, now: its creation event may still be on its way.
+        let iframes = cdp(self.browser.execute(GetTargetsParams::default()))
+            .await?
+            .result
+            .target_infos
+            .iter()
+            .filter(|t| t.r#type == "iframe" && t.browser_context_id.as_ref() == Some(&self.context))
+            .count();
+        if other_renderers + iframes > 0 || committed.iter().any(|origin| Some(origin) != last.as_ref()) {
             return Err(FetchError::Transport(
                 "the job's page held documents of several origins (frames included): their storage cannot all be cleared"
                     .into(),
@@ -297,6 +308,20 @@ impl Lane {
             return Err(FetchError::Transport(format!(
                 "the job left {others} other page(s) open"
             )));
+        }
+        // An iframe that reached another renderer while the page was left
+        // (its load committed after the page's scripts stopped, which stops
+        // only the page's own renderer) belongs to this job, not the next.
+        if self
+            .documents
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .other_renderers
+            > 0
+        {
+            return Err(FetchError::Transport(
+                "an iframe of another site loaded while the page was wiped".into(),
+            ));
         }
         self.idle_since = Instant::now();
         Ok(())

@@ -23,8 +23,9 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 /// (its consumer's server may have just died).
 const CATCH_UP_STALL: Duration = Duration::from_secs(3);
 
-/// Connects, catches up and follows the bucket; on any loss, falls back to
-/// the last-known-good state and reconnects with backoff.
+/// Connects, catches up and follows the bucket; when the connection, the
+/// watch (beyond what its client recovers from) or the bucket itself is
+/// lost, falls back to the last-known-good state and starts again.
 pub(super) async fn sync_forever(store: Arc<ControlStore>, url: String, mut stop: watch::Receiver<bool>) {
     let shown = redacted(&url);
     let mut delay = RETRY_FIRST;
@@ -102,19 +103,17 @@ async fn follow_inner(store: &Arc<ControlStore>, url: &str) -> Result<Never, (bo
         .get_stream(format!("KV_{BUCKET}"))
         .await
         .map_err(|e| early(e.to_string()))?;
-    let last = stream
-        .info()
-        .await
-        .map_err(|e| early(e.to_string()))?
-        .state
-        .last_sequence;
+    let held = stream.info().await.map_err(|e| early(e.to_string()))?.state.clone();
+    let last = held.last_sequence;
     let mut watch = kv.watch_with_history(">").await.map_err(|e| early(e.to_string()))?;
 
     // Catch up into a fresh map: the bucket, not the old copy, is the truth.
     let mut items = std::collections::BTreeMap::new();
     let mut revisions = std::collections::BTreeMap::new();
     let mut revision = 0;
-    if last > 0 {
+    // Messages, not the last revision: a bucket whose every message was
+    // purged has a last revision and nothing for the watch to deliver.
+    if held.messages > 0 {
         loop {
             let entry = tokio::time::timeout(CATCH_UP_STALL, watch.next())
                 .await
@@ -148,14 +147,14 @@ async fn follow_inner(store: &Arc<ControlStore>, url: &str) -> Result<Never, (bo
     store.client.store(Some(Arc::new(client.clone())));
     store.set_status(StoreStatus::Synced);
     store.first_attempt_done.store(true, Ordering::Relaxed);
-    tracing::info!(revision = last, "control store synced");
+    tracing::info!(revision = store.snapshot().revision, "control store synced");
 
     let synced = |e: String| (true, e);
     let mut state = client.connection_state();
     // The watch's server may die: what it misses meanwhile is read from
     // the bucket, or an emergency block made then would not reach this
     // replica for seconds.
-    let _gaps = clawgress_nats::kv_gaps::fill(
+    let mut gaps = clawgress_nats::kv_gaps::fill(
         stream,
         BUCKET,
         {
@@ -182,14 +181,21 @@ async fn follow_inner(store: &Arc<ControlStore>, url: &str) -> Result<Never, (bo
                     Ok(entry) => entry,
                     // The client recreates the watch's consumer after this
                     // (its server went away); the gap poll covers the time.
-                    Err(error) => {
+                    Err(error) if clawgress_nats::kv_gaps::watch_recovers(&error) => {
                         tracing::warn!("the control store's watch: {error}; it is recreated, and changes are read from the bucket meanwhile");
                         continue;
                     }
+                    Err(error) => return Err(synced(format!("the watch failed: {error}"))),
                 };
                 if let Some(item) = change_of(&entry) {
                     store.apply_watched(&entry.key, item, entry.revision).await;
                 }
+            }
+            // Revisions started over: every change from now on would be
+            // taken for a replay.
+            why = gaps.replaced() => return Err(synced(why)),
+            () = store.bucket_replaced.notified() => {
+                return Err(synced("a write went to a bucket made again since it was read".to_string()));
             }
             // The watch does not end when the connection drops; the
             // connection state says so, and the replica reports it.
