@@ -12,6 +12,10 @@ use super::{ControlError, ControlItem, ControlSnapshot};
 /// The file inside the state directory.
 pub const LKG_FILE: &str = "control.json";
 
+/// The order of [`save`] calls, and the newest written to each path.
+static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static WRITTEN: std::sync::Mutex<BTreeMap<std::path::PathBuf, u64>> = std::sync::Mutex::new(BTreeMap::new());
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LastKnownGood {
@@ -64,7 +68,21 @@ pub async fn save(path: &Path, snapshot: &ControlSnapshot) -> Result<(), Control
     };
     let bytes = serde_json::to_vec_pretty(&lkg).unwrap_or_default();
     let path = path.to_path_buf();
-    let written = tokio::task::spawn_blocking(move || write_atomically(&path, &bytes).map_err(|e| (path, e))).await;
+    // Callers save in order (under the store's lock), but a caller whose
+    // task is cancelled leaves its write running on the blocking pool, next
+    // to the one after it: the writes take turns, and an older one that
+    // comes last is skipped.
+    let order = SAVES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let written = tokio::task::spawn_blocking(move || {
+        let mut newest = WRITTEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if newest.get(&path).is_some_and(|&written| written > order) {
+            return Ok(());
+        }
+        write_atomically(&path, &bytes).map_err(|e| (path.clone(), e))?;
+        newest.insert(path, order);
+        Ok(())
+    })
+    .await;
     match written {
         Ok(Ok(())) => Ok(()),
         Ok(Err((path, source))) => Err(ControlError::Save {

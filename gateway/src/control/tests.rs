@@ -128,6 +128,26 @@ mod store {
     use super::*;
     use crate::control::store::LKG_FILE;
 
+    /// Two saves in flight at once (a cancelled caller's write still runs):
+    /// whichever finishes last, the file holds the newer state.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn overlapping_saves_leave_the_newer_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LKG_FILE);
+        for round in 0..50u64 {
+            let at = |revision| ControlSnapshot::from_parts(BTreeMap::new(), BTreeMap::new(), revision);
+            let (older, newer) = (at(round * 2 + 1), at(round * 2 + 2));
+            let (a, b) = tokio::join!(
+                crate::control::lkg::save(&path, &older),
+                crate::control::lkg::save(&path, &newer)
+            );
+            a.unwrap();
+            b.unwrap();
+            let kept = crate::control::lkg::load(&path).unwrap().unwrap();
+            assert_eq!(kept.revision, round * 2 + 2, "round {round}: an older save came last");
+        }
+    }
+
     fn stop() -> tokio::sync::watch::Receiver<bool> {
         let (tx, rx) = tokio::sync::watch::channel(false);
         std::mem::forget(tx);
