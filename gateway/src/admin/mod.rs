@@ -5,6 +5,7 @@
 
 mod api;
 pub mod auth;
+mod changes;
 // The web console lives beside the admin port's other pages but reuses
 // this module's token check, problems and audit helpers.
 #[path = "../console/mod.rs"]
