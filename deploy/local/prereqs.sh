@@ -85,6 +85,9 @@ for what in "$@"; do
   case "$what" in
     build)
       command -v cc >/dev/null || need_apt+=(gcc)
+      # jemalloc (the binary's allocator) is built with its own configure
+      # and make.
+      command -v make >/dev/null || need_apt+=(make)
       command -v cargo >/dev/null || { echo "cargo is missing: install Rust with rustup (https://rustup.rs)" >&2; exit 1; }
       ;;
     squid)
