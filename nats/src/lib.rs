@@ -132,6 +132,26 @@ pub fn fewer_replicas(holder: Holder<'_>, has: usize, wanted: usize) -> Option<S
     ))
 }
 
+/// Opens the KV bucket `config.bucket` as it is when it exists (an
+/// operator's settings are not reset by every start; fewer replicas than
+/// `config.num_replicas` are reported), else creates it with `config`.
+pub async fn open_bucket(
+    js: &async_nats::jetstream::Context,
+    config: async_nats::jetstream::kv::Config,
+) -> Result<async_nats::jetstream::kv::Store, String> {
+    if let Ok(kv) = js.get_key_value(&config.bucket).await {
+        if let Ok(status) = kv.status().await {
+            let has = status.info.config.num_replicas.max(1);
+            warn_if_fewer(Holder::Bucket(&config.bucket), has, config.num_replicas);
+        }
+        return Ok(kv);
+    }
+    let bucket = config.bucket.clone();
+    js.create_key_value(config)
+        .await
+        .map_err(|e| format!("cannot open or create the KV bucket {bucket}: {e} (is JetStream on: nats-server -js?)"))
+}
+
 /// Logs [`fewer_replicas`]' warning when there is one; returns whether it did.
 pub fn warn_if_fewer(holder: Holder<'_>, has: usize, wanted: usize) -> bool {
     match fewer_replicas(holder, has, wanted) {

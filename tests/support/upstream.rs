@@ -76,16 +76,21 @@ fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).map_err(|never| match never {}).boxed()
 }
 
+/// The port the request's Host header names (the origin's own port, which
+/// the pages it serves link back to).
+fn host_port(req: &Request<Incoming>) -> String {
+    req.headers()
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.rsplit_once(':'))
+        .map(|(_, p)| p.to_string())
+        .unwrap_or_default()
+}
+
 pub async fn route(req: Request<Incoming>, release: Arc<Notify>) -> Response<Body> {
     let path = req.uri().path().to_string();
     if let Some(host) = path.strip_prefix("/redirect/") {
-        let port = req
-            .headers()
-            .get("host")
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.rsplit_once(':'))
-            .map(|(_, p)| p.to_string())
-            .unwrap_or_default();
+        let port = host_port(&req);
         return Response::builder()
             .status(302)
             .header("location", format!("http://{host}:{port}/page"))
@@ -182,13 +187,7 @@ setTimeout(function () {
         // Cookie header, local and session storage, IndexedDB, history), and
         // what its iframe finds, then both leave their own, also late (a
         // timer, an unload handler): for the warm-page tests.
-        let port = req
-            .headers()
-            .get("host")
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.rsplit_once(':'))
-            .map(|(_, p)| p.to_string())
-            .unwrap_or_default();
+        let port = host_port(&req);
         // `?frame=cross`: the iframe is of another site, else of this origin.
         let frame = if req.uri().query() == Some("frame=cross") {
             format!("http://a.wild.test:{port}")

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
-use clawgress_nats::{Holder, Replicas};
+use clawgress_nats::Replicas;
 use serde::{Deserialize, Serialize};
 
 /// The KV bucket every replica shares.
@@ -385,23 +385,16 @@ async fn open(url: &str, replicas: Replicas) -> Result<kv::Store, String> {
     let replicas = replicas.resolve(&client);
     let mut js = jetstream::new(client);
     js.set_timeout(REQUEST_TIMEOUT);
-    match js.get_key_value(BUCKET).await {
-        Ok(kv) => {
-            if let Ok(status) = kv.status().await {
-                clawgress_nats::warn_if_fewer(Holder::Bucket(BUCKET), status.info.config.num_replicas.max(1), replicas);
-            }
-            Ok(kv)
-        }
-        Err(_) => js
-            .create_key_value(kv::Config {
-                bucket: BUCKET.to_string(),
-                description: "Clawgress token and cost budget counters".to_string(),
-                history: 1,
-                max_age: MAX_AGE,
-                num_replicas: replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| format!("cannot open the KV bucket {BUCKET}: {e}")),
-    }
+    clawgress_nats::open_bucket(
+        &js,
+        kv::Config {
+            bucket: BUCKET.to_string(),
+            description: "Clawgress token and cost budget counters".to_string(),
+            history: 1,
+            max_age: MAX_AGE,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+    )
+    .await
 }

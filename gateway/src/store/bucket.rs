@@ -27,25 +27,17 @@ const PUBLISH_ATTEMPTS: usize = 16;
 /// Opens the bucket, creating it the first time with `replicas` (an
 /// existing one keeps an operator's settings; fewer replicas are reported).
 pub(super) async fn open(js: &jetstream::Context, replicas: usize) -> Result<kv::Store, String> {
-    match js.get_key_value(BUCKET).await {
-        Ok(kv) => {
-            if let Ok(status) = kv.status().await {
-                let has = status.info.config.num_replicas.max(1);
-                clawgress_nats::warn_if_fewer(clawgress_nats::Holder::Bucket(BUCKET), has, replicas);
-            }
-            Ok(kv)
-        }
-        Err(_) => js
-            .create_key_value(kv::Config {
-                bucket: BUCKET.to_string(),
-                description: "Clawgress control store snapshots: agents, tokens, the policy in force".to_string(),
-                history: 5,
-                num_replicas: replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| format!("cannot open the KV bucket {BUCKET}: {e}")),
-    }
+    clawgress_nats::open_bucket(
+        js,
+        kv::Config {
+            bucket: BUCKET.to_string(),
+            description: "Clawgress control store snapshots: agents, tokens, the policy in force".to_string(),
+            history: 5,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+    )
+    .await
 }
 
 /// Puts `snapshot` under its key unless the bucket already holds one at

@@ -167,26 +167,18 @@ pub struct SharedSlots {
 impl SharedSlots {
     /// Opens (or creates, with `replicas` copies) the bucket.
     pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<SharedSlots, String> {
-        let kv = match js.get_key_value(BUCKET).await {
-            Ok(kv) => {
-                if let Ok(status) = kv.status().await {
-                    let has = status.info.config.num_replicas.max(1);
-                    clawgress_nats::warn_if_fewer(clawgress_nats::Holder::Bucket(BUCKET), has, replicas);
-                }
-                kv
-            }
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: BUCKET.to_string(),
-                    description: "Clawgress per-host job slots and politeness, shared by every scheduler".to_string(),
-                    history: 1,
-                    max_age: RECORD_MAX_AGE,
-                    num_replicas: replicas,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| format!("cannot create the KV bucket {BUCKET}: {e}"))?,
-        };
+        let kv = clawgress_nats::open_bucket(
+            js,
+            kv::Config {
+                bucket: BUCKET.to_string(),
+                description: "Clawgress per-host job slots and politeness, shared by every scheduler".to_string(),
+                history: 1,
+                max_age: RECORD_MAX_AGE,
+                num_replicas: replicas,
+                ..Default::default()
+            },
+        )
+        .await?;
         let me = format!(
             "sched-{:x}-{:x}",
             std::process::id(),

@@ -3,6 +3,7 @@
 //! control bucket's leader, or the consumer a gateway's watch reads from),
 //! and an emergency block made at once, while the bucket elects a new
 //! leader, still reaches both gateways within a second of being confirmed.
+//! And how every process opens the buckets such a cluster holds.
 
 use super::*;
 
@@ -49,4 +50,41 @@ async fn an_emergency_block_reaches_both_gateways_whichever_nats_server_is_down(
         block_and_restore(&cluster).await;
         cluster.nats.restart(node);
     }
+}
+
+/// Every process opens its buckets the same way: an existing bucket is used
+/// as it is (an operator's settings kept, even with fewer replicas than
+/// wanted), a missing one is made with the process's settings.
+#[tokio::test]
+async fn a_bucket_is_used_as_it_is_or_made_with_the_settings_asked_for() {
+    let Some(nats) = support::nats::NatsServer::start() else {
+        return;
+    };
+    let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    let config = |history| async_nats::jetstream::kv::Config {
+        bucket: "clawgress-test".into(),
+        history,
+        num_replicas: 1,
+        ..Default::default()
+    };
+    let made = clawgress_nats::open_bucket(&js, config(3)).await.unwrap();
+    assert_eq!(made.status().await.unwrap().info.config.max_messages_per_subject, 3);
+    // Asked again with other settings (and more replicas than one server
+    // can hold): the bucket as it is, not an error, not changed.
+    let wanted = async_nats::jetstream::kv::Config {
+        num_replicas: 3,
+        ..config(7)
+    };
+    let opened = clawgress_nats::open_bucket(&js, wanted).await.unwrap();
+    let info = js
+        .get_stream("KV_clawgress-test")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    assert_eq!((info.max_messages_per_subject, info.num_replicas), (3, 1));
+    assert_eq!(opened.name, "clawgress-test");
 }

@@ -224,15 +224,32 @@ impl Lane {
         // and its local storage and databases are partitioned under this
         // site, out of reach of the clearing below), cannot be reached:
         // then the page is closed, not kept.
-        // An iframe with a renderer of its own is also asked for by its
-        // target, now: its creation event may still be on its way.
-        let iframes = cdp(self.browser.execute(GetTargetsParams::default()))
+        // The context's other targets, now that no script of the page's can
+        // open more: a popup (another page) is more than the page, and an
+        // iframe with a renderer of its own is asked for here too, as its
+        // creation event may still be on its way.
+        let targets = cdp(self.browser.execute(GetTargetsParams::default()))
             .await?
             .result
-            .target_infos
+            .target_infos;
+        let ours = page.target_id();
+        let in_context = targets
             .iter()
-            .filter(|t| t.r#type == "iframe" && t.browser_context_id.as_ref() == Some(&self.context))
-            .count();
+            .filter(|t| t.browser_context_id.as_ref() == Some(&self.context) && &t.target_id != ours);
+        let (mut popups, mut iframes) = (0, 0);
+        for target in in_context {
+            match target.r#type.as_str() {
+                "page" => popups += 1,
+                "iframe" => iframes += 1,
+                // Workers went with their document.
+                _ => {}
+            }
+        }
+        if popups > 0 {
+            return Err(FetchError::Transport(format!(
+                "the job left {popups} other page(s) open"
+            )));
+        }
         if other_renderers + iframes > 0 || committed.iter().any(|origin| Some(origin) != last.as_ref()) {
             return Err(FetchError::Transport(
                 "the job's page held documents of several origins (frames included): their storage cannot all be cleared"
@@ -274,7 +291,6 @@ impl Lane {
         // Back and forward lead nowhere: the blank page is the only entry.
         let history = cdp(page.execute(ResetNavigationHistoryParams::default()));
         let headers = self.page.set_headers(serde_json::json!({}));
-        let targets = cdp(self.browser.execute(GetTargetsParams::default()));
         // The documents of past jobs are garbage that a page at rest is in no
         // hurry to collect: a warm renderer held about three times the
         // memory of a new one. Collected every few jobs, it stays about as
@@ -286,29 +302,12 @@ impl Lane {
             }
             Ok::<(), FetchError>(())
         };
-        let (storage, cookies, history, headers, targets, garbage) =
-            tokio::join!(storage, cookies, history, headers, targets, garbage);
+        let (storage, cookies, history, headers, garbage) = tokio::join!(storage, cookies, history, headers, garbage);
         storage?;
         cookies?;
         history?;
         headers?;
         garbage?;
-        // Pages only: a cross-site iframe or a worker is a target too, and
-        // went with the document.
-        let ours = page.target_id();
-        let others = targets?
-            .result
-            .target_infos
-            .iter()
-            .filter(|t| {
-                t.r#type == "page" && t.browser_context_id.as_ref() == Some(&self.context) && &t.target_id != ours
-            })
-            .count();
-        if others > 0 {
-            return Err(FetchError::Transport(format!(
-                "the job left {others} other page(s) open"
-            )));
-        }
         // An iframe that reached another renderer while the page was left
         // (its load committed after the page's scripts stopped, which stops
         // only the page's own renderer) belongs to this job, not the next.

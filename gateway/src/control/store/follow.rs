@@ -80,25 +80,18 @@ async fn follow_inner(store: &Arc<ControlStore>, url: &str) -> Result<Never, (bo
     // Opened as it is when it exists, so an operator's settings (replicas,
     // placement) are not reset by every gateway start.
     let replicas = store.replicas.resolve(&client);
-    let kv = match js.get_key_value(BUCKET).await {
-        Ok(kv) => {
-            if let Ok(status) = kv.status().await {
-                let has = status.info.config.num_replicas.max(1);
-                clawgress_nats::warn_if_fewer(clawgress_nats::Holder::Bucket(BUCKET), has, replicas);
-            }
-            kv
-        }
-        Err(_) => js
-            .create_key_value(kv::Config {
-                bucket: BUCKET.to_string(),
-                description: "Clawgress runtime control: temporary allows, requests, emergency block".to_string(),
-                history: 5,
-                num_replicas: replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| early(format!("cannot open the KV bucket {BUCKET}: {e}")))?,
-    };
+    let kv = clawgress_nats::open_bucket(
+        &js,
+        kv::Config {
+            bucket: BUCKET.to_string(),
+            description: "Clawgress runtime control: temporary allows, requests, emergency block".to_string(),
+            history: 5,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(early)?;
     let mut stream = js
         .get_stream(format!("KV_{BUCKET}"))
         .await
